@@ -1,0 +1,118 @@
+//! Foundation benchmarks: BanMany throughput, daemon start with 100k and 1M
+//! stored bans (until all are in the kernel), and daemon RSS at 100k bans.
+//!
+//! Run as root: `cargo bench --bench core` (figures go to docs/benchmarks.md).
+//! Each scenario uses a fresh network namespace, a private dbus-daemon and
+//! the release `orch` binary, like the integration tests.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, NetNs, TestBus};
+use orch::store::{BanRecord, Store};
+
+/// `count` distinct public-looking IPv4 addresses (from 11.0.0.1 upward).
+fn addresses(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| Ipv4Addr::from(0x0B00_0001u32 + i as u32).to_string())
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn kernel_ban_count(netns: &NetNs) -> usize {
+    netns.set_elements("orch", "ban4").len()
+}
+
+fn bench_ban_many(count: usize) {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, "");
+    // SAFETY (of set_var): single-threaded at this point of the bench.
+    unsafe { std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bus.address()) };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let list = addresses(count);
+    let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+    let elapsed = runtime.block_on(async {
+        let proxy = orch::bus::client::connect(Duration::from_secs(120))
+            .await
+            .expect("connect");
+        let started = Instant::now();
+        let banned = proxy.ban_many(&refs, 3600, "bench").await.expect("BanMany");
+        let elapsed = started.elapsed();
+        assert_eq!(banned as usize, count);
+        elapsed
+    });
+    let in_kernel = kernel_ban_count(&netns);
+    assert_eq!(in_kernel, count, "all bans in the kernel");
+    println!(
+        "BanMany {count}: {:.3} s, {:.0} bans/s (call to reply: validated, fsynced, in the kernel); daemon RSS after: {} KiB",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64(),
+        rss_kib(daemon.pid())
+    );
+}
+
+fn bench_start(count: usize) {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    // Start once to create the state dir, stop, fill the store directly, start again.
+    let mut daemon = Daemon::start(&netns, &bus, "");
+    daemon.stop();
+    {
+        let now = orch::timefmt::now_unix();
+        let mut store = Store::open(&daemon.state_dir, now).expect("open store");
+        let reason: Arc<str> = Arc::from("bench");
+        let source: Arc<str> = Arc::from("manual");
+        let records: Vec<BanRecord> = addresses(count)
+            .iter()
+            .map(|a| BanRecord {
+                net: a.parse::<std::net::IpAddr>().expect("generated").into(),
+                created: now,
+                expires: now + 86_400,
+                reason: reason.clone(),
+                source: source.clone(),
+            })
+            .collect();
+        for chunk in records.chunks(100_000) {
+            store.insert_bans(chunk).expect("insert");
+        }
+        store.compact().expect("compact");
+    }
+    let started = Instant::now();
+    daemon.restart(&netns, &bus);
+    let elapsed = started.elapsed();
+    let in_kernel = kernel_ban_count(&netns);
+    assert_eq!(in_kernel, count, "all stored bans in the kernel");
+    println!(
+        "start with {count} stored bans: {:.3} s until serving D-Bus with all {in_kernel} in the kernel; daemon RSS: {} KiB",
+        elapsed.as_secs_f64(),
+        rss_kib(daemon.pid())
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` runs this too, so
+    // only do the heavy work when asked for a benchmark run.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("core benches: run with `cargo bench --bench core`");
+        return;
+    }
+    bench_ban_many(100_000);
+    bench_start(100_000);
+    bench_start(1_000_000);
+}

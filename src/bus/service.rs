@@ -1,0 +1,251 @@
+//! The daemon side of `org.orch.Orch1`: checks who is calling, hands the
+//! request to the core, emits signals.
+//!
+//! It must not touch the store or the firewall directly; the core does.
+
+use zbus::fdo::DBusProxy;
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::{Connection, interface};
+
+use super::errors::OrchError;
+use crate::daemon::core::CoreHandle;
+use crate::store::BanRecord;
+use crate::timefmt::rfc3339;
+
+/// BanMany emits one `Banned` signal per address up to this many; larger
+/// batches (bulk imports) emit none, so they cannot flood the bus.
+pub const MAX_SIGNALS_PER_CALL: usize = 1000;
+
+/// One row of `ListBans`: address, banned_at, expires_at, reason, source.
+pub type BanRow = (String, u64, u64, String, String);
+
+pub struct OrchService {
+    core: CoreHandle,
+}
+
+impl OrchService {
+    pub fn new(core: CoreHandle) -> Self {
+        OrchService { core }
+    }
+}
+
+/// Only uid 0 may change state; the bus tells us the caller's uid.
+async fn require_root(header: &Header<'_>, connection: &Connection) -> Result<(), OrchError> {
+    let sender = header
+        .sender()
+        .ok_or_else(|| OrchError::AccessDenied("the call has no sender".into()))?;
+    let uid = DBusProxy::new(connection)
+        .await?
+        .get_connection_unix_user(sender.clone().into())
+        .await
+        .map_err(|e| OrchError::AccessDenied(format!("cannot tell who is calling: {e}")))?;
+    if uid != 0 {
+        return Err(OrchError::AccessDenied(format!(
+            "uid {uid} may not change orch's state; only root may"
+        )));
+    }
+    Ok(())
+}
+
+fn display_net(record: &BanRecord) -> String {
+    if crate::addr::is_single_address(&record.net) {
+        record.net.addr().to_string()
+    } else {
+        record.net.to_string()
+    }
+}
+
+async fn emit_banned(emitter: &SignalEmitter<'_>, records: &[BanRecord]) {
+    if records.len() > MAX_SIGNALS_PER_CALL {
+        return;
+    }
+    for record in records {
+        if let Err(err) = OrchService::banned(
+            emitter,
+            &display_net(record),
+            record.expires,
+            &record.reason,
+        )
+        .await
+        {
+            tracing::debug!("cannot emit Banned: {err}");
+        }
+    }
+}
+
+#[interface(name = "org.orch.Orch1")]
+impl OrchService {
+    /// Ban an address or prefix for `seconds` (0 = bans.default_time).
+    async fn ban(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        address: String,
+        seconds: u64,
+        reason: String,
+    ) -> Result<(), OrchError> {
+        require_root(&header, connection).await?;
+        let records = self
+            .core
+            .call(move |core| core.ban(&[address], seconds, &reason, "manual"))
+            .await??;
+        emit_banned(&emitter, &records).await;
+        Ok(())
+    }
+
+    /// Ban many addresses in one transaction and one fsync; all or nothing.
+    /// Returns how many distinct addresses were banned.
+    async fn ban_many(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        addresses: Vec<String>,
+        seconds: u64,
+        reason: String,
+    ) -> Result<u32, OrchError> {
+        require_root(&header, connection).await?;
+        let records = self
+            .core
+            .call(move |core| core.ban(&addresses, seconds, &reason, "manual"))
+            .await??;
+        emit_banned(&emitter, &records).await;
+        Ok(u32::try_from(records.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Lift a ban. Returns whether it was banned.
+    async fn unban(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        address: String,
+    ) -> Result<bool, OrchError> {
+        require_root(&header, connection).await?;
+        let removed = self.core.call(move |core| core.unban(&address)).await??;
+        if let Some(record) = &removed
+            && let Err(err) = OrchService::unbanned(&emitter, &display_net(record)).await
+        {
+            tracing::debug!("cannot emit Unbanned: {err}");
+        }
+        Ok(removed.is_some())
+    }
+
+    /// Every active ban: address, banned_at, expires_at, reason, source.
+    async fn list_bans(&self) -> Result<Vec<BanRow>, OrchError> {
+        let bans = self.core.call(|core| core.list()).await?;
+        Ok(bans
+            .iter()
+            .map(|r| {
+                (
+                    display_net(r),
+                    r.created,
+                    r.expires,
+                    r.reason.to_string(),
+                    r.source.to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// Add a runtime allowlist entry (persisted).
+    async fn allow(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+        cidr: String,
+    ) -> Result<(), OrchError> {
+        require_root(&header, connection).await?;
+        self.core.call(move |core| core.allow(&cidr)).await??;
+        Ok(())
+    }
+
+    /// Remove a runtime allowlist entry.
+    async fn disallow(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+        cidr: String,
+    ) -> Result<(), OrchError> {
+        require_root(&header, connection).await?;
+        self.core.call(move |core| core.disallow(&cidr)).await??;
+        Ok(())
+    }
+
+    /// Re-apply the whole table from the store, returning when done.
+    async fn sync(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<(), OrchError> {
+        require_root(&header, connection).await?;
+        self.core
+            .call(|core| core.sync("Sync() over D-Bus"))
+            .await??;
+        Ok(())
+    }
+
+    /// Number of stored bans.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn ban_count(&self) -> Result<u32, zbus::fdo::Error> {
+        let count = self
+            .core
+            .call(|core| core.ban_count())
+            .await
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    /// orch's version.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    /// Firewall facts as key/value strings: table, backend, owned, persist,
+    /// last_sync, and allowlist sizes.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn firewall(
+        &self,
+    ) -> Result<std::collections::HashMap<String, String>, zbus::fdo::Error> {
+        let status = self
+            .core
+            .call(|core| core.status())
+            .await
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        let mut facts = std::collections::HashMap::new();
+        facts.insert("table".into(), format!("inet {}", status.table));
+        facts.insert("backend".into(), status.firewall.backend.to_string());
+        facts.insert("owned".into(), status.firewall.owned.to_string());
+        facts.insert("persist".into(), status.firewall.persist.to_string());
+        facts.insert("bans".into(), status.ban_count.to_string());
+        facts.insert("static_allows".into(), status.static_allows.to_string());
+        facts.insert("runtime_allows".into(), status.runtime_allows.to_string());
+        if let Some(sync) = status.last_sync {
+            facts.insert(
+                "last_sync".into(),
+                format!(
+                    "{} ({}, {} bans in {} ms)",
+                    rfc3339(sync.at_unix),
+                    sync.cause,
+                    sync.bans_applied,
+                    sync.duration_ms
+                ),
+            );
+        }
+        Ok(facts)
+    }
+
+    #[zbus(signal)]
+    async fn banned(
+        emitter: &SignalEmitter<'_>,
+        address: &str,
+        expires_at: u64,
+        reason: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn unbanned(emitter: &SignalEmitter<'_>, address: &str) -> zbus::Result<()>;
+}

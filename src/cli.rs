@@ -1,0 +1,255 @@
+//! Command-line interface: argument definitions (with their `--help`
+//! text) and the client commands that talk to the daemon over D-Bus.
+//!
+//! Client commands only ask the daemon; they must never touch the store or
+//! the kernel themselves.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::bus::client::{self, CALL_TIMEOUT, ClientError, Orch1Proxy};
+use crate::timefmt::{now_unix, rfc3339};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orch",
+    version,
+    about = "Host firewall orchestrator: nftables bans that survive firewall reloads",
+    long_about = "orch keeps a persistent set of IP bans in its own nftables table (inet orch) and \
+re-applies them whenever the firewall is reloaded, restarted or flushed.\n\n\
+`orch daemon` runs the service; every other command talks to it over the system D-Bus \
+(org.orch.Orch1). Changing commands need root; reading commands do not.",
+    after_help = "Configuration: /etc/orch/orch.toml, then /etc/orch/conf.d/*.toml in lexical order; \
+with neither, the embedded default (see `orch check-config --help`)."
+)]
+pub struct Cli {
+    /// Read only this config file (no /etc/orch/conf.d), for `daemon` and `check-config`
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (what orch.service starts)
+    #[command(
+        long_about = "Run the daemon in the foreground. It loads the config, opens the ban store in \
+state_dir, puts every stored ban back into the kernel in one transaction, then serves \
+org.orch.Orch1 on the system bus (DBUS_SYSTEM_BUS_ADDRESS is honoured). It logs to stderr. \
+SIGTERM or SIGINT stops it."
+    )]
+    Daemon,
+
+    /// Ban addresses or prefixes
+    #[command(
+        long_about = "Ban one or more IPv4/IPv6 addresses or CIDR prefixes, in one transaction. \
+Either all are banned or none: an invalid, over-broad (see bans.min_prefix_v4/v6), allowlisted, \
+loopback or own address refuses the whole command. Banning an address again resets its expiry.",
+        after_help = "Examples:\n  orch ban 203.0.113.7\n  orch ban 198.51.100.0/24 2001:db8::7 --for 1d --reason 'port scan'"
+    )]
+    Ban {
+        /// Addresses or prefixes, e.g. 203.0.113.7, 2001:db8::7, 198.51.100.0/24
+        #[arg(required = true, value_name = "ADDR")]
+        addresses: Vec<String>,
+        /// How long, e.g. 30m, 1h, 7d (default: bans.default_time)
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Why, shown by `orch list`
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+    },
+
+    /// Lift bans
+    #[command(long_about = "Lift the ban on each ADDR. Exits 1 if any of them was not banned.")]
+    Unban {
+        #[arg(required = true, value_name = "ADDR")]
+        addresses: Vec<String>,
+    },
+
+    /// List active bans
+    List {
+        /// One JSON array of {address, banned_at, expires_at, reason, source} (Unix seconds)
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Add a runtime allowlist entry (never banned; persisted)
+    #[command(
+        long_about = "Add CIDR (or a single address) to the runtime allowlist. Allowlisted \
+traffic is accepted by orch's table before any ban is checked, and bans overlapping it are refused. \
+Runtime entries persist across restarts; remove them with `orch disallow`."
+    )]
+    Allow {
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+    },
+
+    /// Remove a runtime allowlist entry
+    Disallow {
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+    },
+
+    /// Show the daemon's state: table, backend, bans, last sync
+    Status,
+
+    /// Re-apply orch's whole table from its store now
+    #[command(
+        long_about = "Ask the daemon to re-apply its whole table from the ban store, and wait until \
+it is done. When the daemon is not running this is a quiet no-op (exit 0), so it is safe in \
+nftables.service's ExecReload=."
+    )]
+    Sync,
+
+    /// Check the configuration and report every error as file:line:column
+    #[command(
+        long_about = "Load the configuration the daemon would load (or --config PATH) and report \
+every problem as file:line:column: message. Exits 0 when the configuration is valid."
+    )]
+    CheckConfig,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; use a number and unit such as 30m, 1h or 7d"))?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+/// What a client command ended with: a message for stderr and an exit code.
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        Failure {
+            message: err.to_string(),
+            code: 1,
+        }
+    }
+}
+
+/// Runs a client command (anything but `daemon` and `check-config`).
+pub async fn run_client(command: &Command) -> Result<(), Failure> {
+    let proxy = client::connect(CALL_TIMEOUT).await?;
+    let classify = |e| client::classify(e, CALL_TIMEOUT);
+    match command {
+        Command::Ban {
+            addresses,
+            duration,
+            reason,
+        } => {
+            let seconds = duration.map(|d| d.as_secs().max(1)).unwrap_or(0);
+            let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+            let count = proxy
+                .ban_many(&refs, seconds, reason)
+                .await
+                .map_err(classify)?;
+            println!("banned {count}");
+        }
+        Command::Unban { addresses } => {
+            let mut missing = Vec::new();
+            for address in addresses {
+                if !proxy.unban(address).await.map_err(classify)? {
+                    missing.push(address.as_str());
+                }
+            }
+            if !missing.is_empty() {
+                return Err(Failure {
+                    message: format!("not banned: {}", missing.join(", ")),
+                    code: 1,
+                });
+            }
+        }
+        Command::List { json } => print_list(&proxy, *json).await.map_err(classify)?,
+        Command::Allow { cidr } => proxy.allow(cidr).await.map_err(classify)?,
+        Command::Disallow { cidr } => proxy.disallow(cidr).await.map_err(classify)?,
+        Command::Status => print_status(&proxy).await.map_err(classify)?,
+        Command::Sync => match proxy.sync().await.map_err(classify) {
+            Ok(()) => {}
+            Err(ClientError::NotRunning) => {
+                eprintln!("orch: daemon not running; nothing to sync");
+            }
+            Err(other) => return Err(other.into()),
+        },
+        Command::Daemon | Command::CheckConfig => {}
+    }
+    Ok(())
+}
+
+async fn print_list(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
+    let bans = proxy.list_bans().await?;
+    if json {
+        let rows: Vec<serde_json::Value> = bans
+            .iter()
+            .map(|(address, banned_at, expires_at, reason, source)| {
+                serde_json::json!({
+                    "address": address,
+                    "banned_at": banned_at,
+                    "expires_at": expires_at,
+                    "reason": reason,
+                    "source": source,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if bans.is_empty() {
+        println!("no active bans");
+        return Ok(());
+    }
+    let now = now_unix();
+    println!(
+        "{:<40} {:<21} {:>10}  {:<10} REASON",
+        "ADDRESS", "EXPIRES", "REMAINING", "SOURCE"
+    );
+    for (address, _banned_at, expires_at, reason, source) in &bans {
+        let remaining =
+            humantime::format_duration(Duration::from_secs(expires_at.saturating_sub(now)));
+        println!(
+            "{address:<40} {:<21} {:>10}  {source:<10} {reason}",
+            rfc3339(*expires_at),
+            remaining.to_string()
+        );
+    }
+    Ok(())
+}
+
+async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
+    let version = proxy.version().await?;
+    let facts = proxy.firewall().await?;
+    let fact = |key: &str| facts.get(key).map(String::as_str).unwrap_or("?");
+    println!("orch {version}: daemon running");
+    println!("table:      {} via {}", fact("table"), fact("backend"));
+    let ownership = match (fact("owned"), fact("persist")) {
+        ("true", "true") => "owned by the daemon, persists if it exits",
+        ("true", _) => {
+            "owned by the daemon (nft flush ruleset cannot touch it); removed when the daemon exits"
+        }
+        _ => "not owned (re-applied by orch after a flush)",
+    };
+    println!("ownership:  {ownership}");
+    println!("bans:       {}", fact("bans"));
+    println!(
+        "allowlist:  {} static, {} runtime",
+        fact("static_allows"),
+        fact("runtime_allows")
+    );
+    println!(
+        "last sync:  {}",
+        facts
+            .get("last_sync")
+            .map(String::as_str)
+            .unwrap_or("never")
+    );
+    Ok(())
+}

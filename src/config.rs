@@ -1,0 +1,1221 @@
+//! Configuration: finding, parsing, merging and validating `orch.toml`.
+//!
+//! Reads `/etc/orch/orch.toml` plus `/etc/orch/conf.d/*.toml` (or one file
+//! given with `--config`), layers them over the embedded default
+//! (`examples/orch.toml`) and reports every problem with `file:line:column`.
+//! This module only reads files; it never touches the firewall or the store.
+//!
+//! Merge rules: files are applied in order (main file, then conf.d files in
+//! lexical filename order); a scalar key in a later file overrides earlier
+//! ones, while `allow` entries from all files are appended together. Keys
+//! that no file sets keep the embedded default.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The main system configuration file.
+pub const SYSTEM_CONFIG: &str = "/etc/orch/orch.toml";
+/// Drop-in directory; its `*.toml` files are merged after [`SYSTEM_CONFIG`].
+pub const SYSTEM_CONF_D: &str = "/etc/orch/conf.d";
+/// The fully commented default configuration, used when no file exists.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../examples/orch.toml");
+
+/// Name used in messages for the embedded default.
+const EMBEDDED_NAME: &str = "<embedded>";
+const TABLE_NAME_MAX: usize = 64;
+const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -400..=400;
+const DURATION_HINT: &str = r#"expected a number and unit like "1h", "30m" or "7d""#;
+
+/// What the firewall does with packets from banned addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Drop,
+    Reject,
+}
+
+impl Verdict {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Drop => "drop",
+            Verdict::Reject => "reject",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether orch's nftables table is created as an owned table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerMode {
+    /// Use an owned table when libnftables supports it.
+    Auto,
+    /// Require an owned table.
+    On,
+    /// Never use an owned table.
+    Off,
+}
+
+impl OwnerMode {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerMode::Auto => "auto",
+            OwnerMode::On => "on",
+            OwnerMode::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for OwnerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[firewall]`: how orch's nftables table looks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirewallConfig {
+    pub table: String,
+    pub priority: i32,
+    pub verdict: Verdict,
+    pub forward: bool,
+    pub owner: OwnerMode,
+}
+
+/// `[bans]`: limits every ban must respect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BansConfig {
+    pub default_time: Duration,
+    pub max_time: Duration,
+    pub min_prefix_v4: u8,
+    pub min_prefix_v6: u8,
+}
+
+/// The validated, merged configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub firewall: FirewallConfig,
+    pub bans: BansConfig,
+    /// Static allowlist: networks orch never bans.
+    pub allow: Vec<IpNet>,
+    /// Files read, in merge order, for messages; empty means the embedded
+    /// default alone.
+    pub sources: Vec<PathBuf>,
+}
+
+impl Default for Config {
+    /// The embedded default, i.e. `examples/orch.toml`.
+    fn default() -> Self {
+        build(&[]).expect("the embedded default configuration is valid")
+    }
+}
+
+/// One problem, located.
+///
+/// `line` and `column` are 1-based; both are 0 when the problem concerns the
+/// file as a whole (for instance it cannot be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    fn whole_file(file: &Path, message: String) -> Self {
+        ConfigIssue {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+/// All problems found in the configuration; displayed one issue per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", join_issues(.issues))]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+fn join_issues(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Where to read the configuration from.
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigSource<'a> {
+    /// `--config PATH`: read only this file, which must exist.
+    Explicit(&'a Path),
+    /// The system locations: `main` (optional) then `conf_d/*.toml`
+    /// (optional) in lexical filename order.
+    System { main: &'a Path, conf_d: &'a Path },
+}
+
+/// Loads, merges and validates the configuration from `source`.
+///
+/// With [`ConfigSource::System`], a missing main file or conf.d directory is
+/// not an error; when neither provides a file the embedded default is used.
+/// conf.d files must end in `.toml`; names starting with `.` are skipped.
+pub fn load(source: ConfigSource) -> Result<Config, ConfigError> {
+    let mut issues = Vec::new();
+    let mut docs = Vec::new();
+    match source {
+        ConfigSource::Explicit(path) => match fs::read_to_string(path) {
+            Ok(text) => docs.push(Document::new(path, text)),
+            Err(err) => issues.push(read_issue(path, &err)),
+        },
+        ConfigSource::System { main, conf_d } => {
+            match fs::read_to_string(main) {
+                Ok(text) => docs.push(Document::new(main, text)),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => issues.push(read_issue(main, &err)),
+            }
+            for path in conf_d_files(conf_d, &mut issues) {
+                match fs::read_to_string(&path) {
+                    Ok(text) => docs.push(Document::new(&path, text)),
+                    Err(err) => issues.push(read_issue(&path, &err)),
+                }
+            }
+        }
+    }
+    match build(&docs) {
+        Ok(config) if issues.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError { issues }),
+        Err(err) => {
+            issues.extend(err.issues);
+            Err(ConfigError { issues })
+        }
+    }
+}
+
+/// Loads from `explicit` if given, otherwise from [`SYSTEM_CONFIG`] and
+/// [`SYSTEM_CONF_D`].
+pub fn load_default_locations(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    match explicit {
+        Some(path) => load(ConfigSource::Explicit(path)),
+        None => load(ConfigSource::System {
+            main: Path::new(SYSTEM_CONFIG),
+            conf_d: Path::new(SYSTEM_CONF_D),
+        }),
+    }
+}
+
+/// Parses one document (layered over the embedded default) as if it had been
+/// read from `file`.
+pub fn parse_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    build(&[Document::new(file, text.to_string())])
+}
+
+fn read_issue(path: &Path, err: &io::Error) -> ConfigIssue {
+    ConfigIssue::whole_file(path, format!("cannot read: {err}"))
+}
+
+/// The `*.toml` files of `dir`, sorted by file name. A missing directory
+/// yields nothing; other errors are recorded.
+fn conf_d_files(dir: &Path, issues: &mut Vec<ConfigIssue>) -> Vec<PathBuf> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Vec::new(),
+        Err(err) => {
+            issues.push(ConfigIssue::whole_file(
+                dir,
+                format!("cannot read directory: {err}"),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                issues.push(ConfigIssue::whole_file(
+                    dir,
+                    format!("cannot read directory: {err}"),
+                ));
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        let name_bytes = name.as_encoded_bytes();
+        if name_bytes.starts_with(b".") || !name_bytes.ends_with(b".toml") {
+            continue;
+        }
+        let path = entry.path();
+        // Follow symlinks: a link to a file counts, a directory does not.
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push((name, path)),
+            Ok(_) => {}
+            Err(err) => issues.push(read_issue(&path, &err)),
+        }
+    }
+    files.sort();
+    files.into_iter().map(|(_, path)| path).collect()
+}
+
+/// One configuration text and where it came from.
+struct Document {
+    file: PathBuf,
+    text: String,
+}
+
+impl Document {
+    fn new(file: &Path, text: String) -> Self {
+        Document {
+            file: file.to_path_buf(),
+            text,
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    fn origin(&self, span: &Range<usize>) -> Origin {
+        let (line, column) = self.line_col(span.start);
+        Origin {
+            file: self.file.clone(),
+            line,
+            column,
+        }
+    }
+}
+
+/// Where a value was written.
+#[derive(Debug, Clone)]
+struct Origin {
+    file: PathBuf,
+    line: usize,
+    column: usize,
+}
+
+impl Origin {
+    fn issue(&self, message: String) -> ConfigIssue {
+        ConfigIssue {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            message,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw layers: what one file says, with spans, before validation.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLayer {
+    state_dir: Option<Spanned<String>>,
+    allow: Option<Vec<Spanned<String>>>,
+    firewall: Option<RawFirewall>,
+    bans: Option<RawBans>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFirewall {
+    table: Option<Spanned<String>>,
+    priority: Option<Spanned<i64>>,
+    verdict: Option<Spanned<String>>,
+    forward: Option<Spanned<bool>>,
+    owner: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBans {
+    default_time: Option<Spanned<String>>,
+    max_time: Option<Spanned<String>>,
+    min_prefix_v4: Option<Spanned<i64>>,
+    min_prefix_v6: Option<Spanned<i64>>,
+}
+
+// ---------------------------------------------------------------------------
+// Merged values: each remembers where it was set.
+
+/// A validated value and where it came from.
+type Located<T> = Option<(T, Origin)>;
+
+#[derive(Debug, Default)]
+struct Merged {
+    state_dir: Located<PathBuf>,
+    table: Located<String>,
+    priority: Located<i32>,
+    verdict: Located<Verdict>,
+    forward: Located<bool>,
+    owner: Located<OwnerMode>,
+    default_time: Located<Duration>,
+    max_time: Located<Duration>,
+    min_prefix_v4: Located<u8>,
+    min_prefix_v6: Located<u8>,
+    allow: Vec<IpNet>,
+}
+
+/// Validates one scalar and, if valid, lets it override the merged value.
+fn set<R, T>(
+    slot: &mut Located<T>,
+    raw: Option<Spanned<R>>,
+    doc: &Document,
+    issues: &mut Vec<ConfigIssue>,
+    key: &str,
+    check: impl FnOnce(R) -> Result<T, String>,
+) {
+    let Some(raw) = raw else { return };
+    let origin = doc.origin(&raw.span());
+    match check(raw.into_inner()) {
+        Ok(value) => *slot = Some((value, origin)),
+        Err(message) => issues.push(origin.issue(format!("{key}: {message}"))),
+    }
+}
+
+impl Merged {
+    /// Parses `doc`, validates every value it sets and applies it.
+    fn apply(&mut self, doc: &Document, issues: &mut Vec<ConfigIssue>) {
+        let layer: RawLayer = match toml::from_str(&doc.text) {
+            Ok(layer) => layer,
+            Err(err) => {
+                issues.push(toml_issue(doc, &err));
+                return;
+            }
+        };
+
+        set(
+            &mut self.state_dir,
+            layer.state_dir,
+            doc,
+            issues,
+            "state_dir",
+            check_state_dir,
+        );
+
+        if let Some(entries) = layer.allow {
+            for (index, entry) in entries.into_iter().enumerate() {
+                let origin = doc.origin(&entry.span());
+                match crate::addr::parse_net(entry.get_ref()) {
+                    Ok(net) => self.allow.push(net),
+                    Err(err) => issues.push(origin.issue(format!("allow[{index}]: {err}"))),
+                }
+            }
+        }
+
+        let fw = layer.firewall.unwrap_or_default();
+        set(
+            &mut self.table,
+            fw.table,
+            doc,
+            issues,
+            "firewall.table",
+            check_table,
+        );
+        set(
+            &mut self.priority,
+            fw.priority,
+            doc,
+            issues,
+            "firewall.priority",
+            |n| {
+                in_range(n, PRIORITY_RANGE)
+                    .and_then(|n| i32::try_from(n).map_err(|err| err.to_string()))
+            },
+        );
+        set(
+            &mut self.verdict,
+            fw.verdict,
+            doc,
+            issues,
+            "firewall.verdict",
+            |s| match s.as_str() {
+                "drop" => Ok(Verdict::Drop),
+                "reject" => Ok(Verdict::Reject),
+                _ => Err(format!(
+                    r#"{s:?} is not a verdict; expected "drop" or "reject""#
+                )),
+            },
+        );
+        set(
+            &mut self.forward,
+            fw.forward,
+            doc,
+            issues,
+            "firewall.forward",
+            Ok,
+        );
+        set(
+            &mut self.owner,
+            fw.owner,
+            doc,
+            issues,
+            "firewall.owner",
+            |s| match s.as_str() {
+                "auto" => Ok(OwnerMode::Auto),
+                "on" => Ok(OwnerMode::On),
+                "off" => Ok(OwnerMode::Off),
+                _ => Err(format!(
+                    r#"{s:?} is not an owner mode; expected "auto", "on" or "off""#
+                )),
+            },
+        );
+
+        let bans = layer.bans.unwrap_or_default();
+        set(
+            &mut self.default_time,
+            bans.default_time,
+            doc,
+            issues,
+            "bans.default_time",
+            |s| check_duration(&s),
+        );
+        set(
+            &mut self.max_time,
+            bans.max_time,
+            doc,
+            issues,
+            "bans.max_time",
+            |s| check_duration(&s),
+        );
+        set(
+            &mut self.min_prefix_v4,
+            bans.min_prefix_v4,
+            doc,
+            issues,
+            "bans.min_prefix_v4",
+            |n| check_prefix(n, 32),
+        );
+        set(
+            &mut self.min_prefix_v6,
+            bans.min_prefix_v6,
+            doc,
+            issues,
+            "bans.min_prefix_v6",
+            |n| check_prefix(n, 128),
+        );
+    }
+
+    /// Cross-field checks, then the final config. `None` only when a value
+    /// is missing, which cannot happen once the embedded default applied.
+    fn finish(self, sources: Vec<PathBuf>, issues: &mut Vec<ConfigIssue>) -> Option<Config> {
+        if let (Some((default_time, default_at)), Some((max_time, max_at))) =
+            (&self.default_time, &self.max_time)
+            && max_time < default_time
+        {
+            // Point at whichever of the two was set last by the user.
+            let at = if max_at.file.as_os_str() == EMBEDDED_NAME {
+                default_at
+            } else {
+                max_at
+            };
+            issues.push(at.issue(format!(
+                "bans.max_time ({}) is shorter than bans.default_time ({})",
+                humantime::format_duration(*max_time),
+                humantime::format_duration(*default_time)
+            )));
+        }
+        Some(Config {
+            state_dir: self.state_dir?.0,
+            firewall: FirewallConfig {
+                table: self.table?.0,
+                priority: self.priority?.0,
+                verdict: self.verdict?.0,
+                forward: self.forward?.0,
+                owner: self.owner?.0,
+            },
+            bans: BansConfig {
+                default_time: self.default_time?.0,
+                max_time: self.max_time?.0,
+                min_prefix_v4: self.min_prefix_v4?.0,
+                min_prefix_v6: self.min_prefix_v6?.0,
+            },
+            allow: self.allow,
+            sources,
+        })
+    }
+}
+
+/// Layers `docs` over the embedded default and validates the result,
+/// collecting every issue from every document.
+fn build(docs: &[Document]) -> Result<Config, ConfigError> {
+    let mut issues = Vec::new();
+    let mut merged = Merged::default();
+    let embedded = Document::new(Path::new(EMBEDDED_NAME), EMBEDDED_DEFAULT.to_string());
+    merged.apply(&embedded, &mut issues);
+    for doc in docs {
+        let first = issues.len();
+        merged.apply(doc, &mut issues);
+        // Report each file's problems top to bottom.
+        issues[first..].sort_by_key(|issue| (issue.line, issue.column));
+    }
+    let sources = docs.iter().map(|doc| doc.file.clone()).collect();
+    match merged.finish(sources, &mut issues) {
+        Some(config) if issues.is_empty() => Ok(config),
+        Some(_) => Err(ConfigError { issues }),
+        None => {
+            if issues.is_empty() {
+                issues.push(ConfigIssue::whole_file(
+                    Path::new(EMBEDDED_NAME),
+                    "the embedded default configuration is incomplete".to_string(),
+                ));
+            }
+            Err(ConfigError { issues })
+        }
+    }
+}
+
+/// Turns a TOML syntax or schema error into an issue at its span, naming
+/// the key when the error is about a value's type.
+fn toml_issue(doc: &Document, err: &toml::de::Error) -> ConfigIssue {
+    let mut message = friendly_type_names(err.message().trim());
+    // `allow` and `state_dir` written below a [table] header end up inside it.
+    for key in ["allow", "state_dir"] {
+        if message.starts_with(&format!("unknown field `{key}`")) {
+            message.push_str(&format!(
+                "; `{key}` is a top-level key: put it above the first [section] header"
+            ));
+        }
+    }
+    let Some(span) = err.span() else {
+        return ConfigIssue::whole_file(&doc.file, message);
+    };
+    if message == "duplicate key"
+        && let Some(key) = doc.text.get(span.clone())
+    {
+        message = format!("duplicate key `{}`", key.trim());
+    }
+    if let Ok(root) = toml::de::DeTable::parse(&doc.text)
+        && let Some(key) = key_at(root.get_ref(), span.start, "")
+    {
+        message = format!("{key}: {message}");
+    }
+    doc.origin(&span).issue(message)
+}
+
+/// Replaces Rust type names in serde messages with TOML ones.
+fn friendly_type_names(message: &str) -> String {
+    let mut message = message
+        .replace("expected i64", "expected an integer")
+        .replace("expected a sequence", "expected an array of strings")
+        .replace("expected a boolean", "expected true or false");
+    for raw in ["RawLayer", "RawFirewall", "RawBans"] {
+        message = message.replace(&format!("expected struct {raw}"), "expected a table");
+    }
+    message
+}
+
+/// The dotted key (with `[index]` for array items) of the non-table value
+/// whose span contains byte `pos`; `None` when `pos` is on a key or header.
+fn key_at(table: &toml::de::DeTable<'_>, pos: usize, prefix: &str) -> Option<String> {
+    use toml::de::DeValue;
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        match value.get_ref() {
+            DeValue::Table(inner) => {
+                if let Some(found) = key_at(inner, pos, &path) {
+                    return Some(found);
+                }
+            }
+            DeValue::Array(items) if value.span().contains(&pos) => {
+                let index = items.iter().position(|item| item.span().contains(&pos));
+                return Some(match index {
+                    Some(index) => format!("{path}[{index}]"),
+                    None => path,
+                });
+            }
+            _ if value.span().contains(&pos) => return Some(path),
+            _ => {}
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Value checks. Each returns the message that follows "key: ".
+
+fn check_state_dir(s: String) -> Result<PathBuf, String> {
+    let path = PathBuf::from(&s);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(format!("{s:?} must be an absolute path (starting with /)"))
+    }
+}
+
+fn check_table(s: String) -> Result<String, String> {
+    let starts_with_letter = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    let valid_chars = s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if starts_with_letter && valid_chars && s.len() <= TABLE_NAME_MAX {
+        Ok(s)
+    } else {
+        Err(format!(
+            "{s:?} is not a valid table name: use 1-{TABLE_NAME_MAX} letters, digits \
+             or underscores, starting with a letter"
+        ))
+    }
+}
+
+fn in_range(n: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
+    if range.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is out of range; expected {} to {}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+fn check_prefix(n: i64, max: u8) -> Result<u8, String> {
+    in_range(n, 0..=i64::from(max)).and_then(|n| u8::try_from(n).map_err(|err| err.to_string()))
+}
+
+/// The longest ban time accepted anywhere: ten years. The kernel refuses
+/// set timeouts somewhere past a century; a decade is "permanent" for a ban.
+pub const MAX_BAN_TIME: Duration = Duration::from_secs(3650 * 86_400);
+
+fn check_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("{s:?} must be longer than zero")),
+        Ok(d) if d > MAX_BAN_TIME => Err(format!(
+            "{s:?} is longer than orch's limit of {}",
+            humantime::format_duration(MAX_BAN_TIME)
+        )),
+        Ok(d) => Ok(d),
+        Err(err) => Err(format!(
+            "invalid duration {s:?}: {}; {DURATION_HINT}",
+            duration_problem(s, &err)
+        )),
+    }
+}
+
+/// humantime's messages quote byte offsets; say what is wrong instead.
+fn duration_problem(s: &str, err: &humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    match err {
+        E::InvalidCharacter(at) | E::NumberExpected(at) => match s.get(*at..) {
+            Some(rest) if !rest.is_empty() => {
+                let c = rest.chars().next().unwrap_or_default();
+                if matches!(err, E::NumberExpected(_)) {
+                    format!("expected a number at {c:?}")
+                } else {
+                    format!("unexpected character {c:?}")
+                }
+            }
+            _ => "unexpected end".to_string(),
+        },
+        E::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("missing unit after {value}")
+        }
+        E::UnknownUnit { unit, .. } => format!("unknown unit {unit:?}"),
+        E::NumberOverflow => "the number is too large".to_string(),
+        E::Empty => "it is empty".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_str(text, Path::new("test.toml"))
+    }
+
+    fn issues(text: &str) -> Vec<ConfigIssue> {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(err) => err.issues,
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, text).expect("write test file");
+        path
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test network")
+    }
+
+    #[test]
+    fn default_matches_documented_values() {
+        let config = Config::default();
+        assert_eq!(
+            config,
+            Config {
+                state_dir: PathBuf::from("/var/lib/orch"),
+                firewall: FirewallConfig {
+                    table: "orch".to_string(),
+                    priority: -10,
+                    verdict: Verdict::Drop,
+                    forward: false,
+                    owner: OwnerMode::Auto,
+                },
+                bans: BansConfig {
+                    default_time: Duration::from_secs(3600),
+                    max_time: Duration::from_secs(365 * 86400),
+                    min_prefix_v4: 16,
+                    min_prefix_v6: 32,
+                },
+                allow: Vec::new(),
+                sources: Vec::new(),
+            }
+        );
+    }
+
+    #[test]
+    fn embedded_default_parses_alone_to_defaults() {
+        // Parsing the embedded text as a user file changes nothing but sources.
+        let config = parse_str(EMBEDDED_DEFAULT, Path::new("orch.toml")).expect("valid");
+        assert_eq!(config.sources, vec![PathBuf::from("orch.toml")]);
+        assert_eq!(
+            Config {
+                sources: Vec::new(),
+                ..config
+            },
+            Config::default()
+        );
+        // An empty file keeps every default too.
+        let empty = parse("").expect("valid");
+        assert_eq!(empty.firewall, Config::default().firewall);
+        assert_eq!(empty.bans, Config::default().bans);
+    }
+
+    #[test]
+    fn embedded_default_sets_every_key() {
+        // Every key must be spelled out in examples/orch.toml.
+        let layer: RawLayer = toml::from_str(EMBEDDED_DEFAULT).expect("embedded parses");
+        let fw = layer.firewall.expect("[firewall]");
+        let bans = layer.bans.expect("[bans]");
+        assert!(layer.state_dir.is_some() && layer.allow.is_some());
+        assert!(fw.table.is_some() && fw.priority.is_some() && fw.verdict.is_some());
+        assert!(fw.forward.is_some() && fw.owner.is_some());
+        assert!(bans.default_time.is_some() && bans.max_time.is_some());
+        assert!(bans.min_prefix_v4.is_some() && bans.min_prefix_v6.is_some());
+    }
+
+    #[test]
+    fn parses_every_field() {
+        let config = parse(
+            r#"
+state_dir = "/srv/orch"
+allow = ["192.0.2.0/24", "2001:db8::1", "10.0.0.1"]
+
+[firewall]
+table = "my_orch2"
+priority = 400
+verdict = "reject"
+forward = true
+owner = "off"
+
+[bans]
+default_time = "30m"
+max_time = "2d 12h"
+min_prefix_v4 = 24
+min_prefix_v6 = 64
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.state_dir, PathBuf::from("/srv/orch"));
+        assert_eq!(
+            config.allow,
+            vec![
+                net("192.0.2.0/24"),
+                net("2001:db8::1/128"),
+                net("10.0.0.1/32")
+            ]
+        );
+        assert_eq!(
+            config.firewall,
+            FirewallConfig {
+                table: "my_orch2".to_string(),
+                priority: 400,
+                verdict: Verdict::Reject,
+                forward: true,
+                owner: OwnerMode::Off,
+            }
+        );
+        assert_eq!(
+            config.bans,
+            BansConfig {
+                default_time: Duration::from_secs(1800),
+                max_time: Duration::from_secs(60 * 3600),
+                min_prefix_v4: 24,
+                min_prefix_v6: 64,
+            }
+        );
+        assert!(config.allow[2].contains(&IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+
+        let on = parse("[firewall]\nowner = \"on\"\nverdict = \"drop\"\n").expect("valid");
+        assert_eq!(on.firewall.owner, OwnerMode::On);
+        assert_eq!(on.firewall.verdict, Verdict::Drop);
+        let low = parse("[firewall]\npriority = -400\n").expect("valid");
+        assert_eq!(low.firewall.priority, -400);
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let found = issues("state_dir = \"/x\"\n\n[firewall]\n  tabel = \"x\"\n");
+        assert_eq!(found.len(), 1);
+        let issue = &found[0];
+        assert_eq!((issue.line, issue.column), (4, 3), "{issue}");
+        assert!(issue.message.contains("unknown field `tabel`"), "{issue}");
+        assert!(issue.message.contains("`table`"), "{issue}");
+        assert!(
+            issue
+                .to_string()
+                .starts_with("test.toml:4:3: unknown field")
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_and_misplaced_allow() {
+        let found = issues("statedir = \"/x\"\n");
+        assert_eq!((found[0].line, found[0].column), (1, 1));
+        assert!(found[0].message.contains("unknown field `statedir`"));
+
+        let found = issues("[bans]\nallow = [\"192.0.2.1\"]\n");
+        assert_eq!((found[0].line, found[0].column), (2, 1));
+        assert!(found[0].message.contains("top-level key"), "{}", found[0]);
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let found = issues("[firewall]\ntable = \"orch\"\npriority = = 3\n");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].line, 3, "{}", found[0]);
+        assert!(found[0].column >= 10, "{}", found[0]);
+        assert!(!found[0].message.is_empty());
+
+        let found = issues("[firewall\n");
+        assert_eq!(found[0].line, 1, "{}", found[0]);
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let found = issues("[firewall]\nforward = \"yes\"\n");
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].line, found[0].column), (2, 11), "{}", found[0]);
+        assert_eq!(
+            found[0].message,
+            r#"firewall.forward: invalid type: string "yes", expected true or false"#
+        );
+        let found = issues("allow = [\"192.0.2.1\", 7]\n");
+        assert!(found[0].message.starts_with("allow[1]: "), "{}", found[0]);
+        let found = issues("[bans]\nmin_prefix_v6 = 1.5\n");
+        assert!(
+            found[0]
+                .message
+                .starts_with("bans.min_prefix_v6: invalid type: floating point")
+                && found[0].message.ends_with("expected an integer"),
+            "{}",
+            found[0]
+        );
+        let found = issues("firewall = 3\n");
+        assert!(
+            found[0].message.ends_with("expected a table"),
+            "{}",
+            found[0]
+        );
+        let found = issues("state_dir = \"/a\"\nstate_dir = \"/b\"\n");
+        assert_eq!(found[0].message, "duplicate key `state_dir`");
+        assert_eq!((found[0].line, found[0].column), (2, 1));
+    }
+
+    #[test]
+    fn every_bad_allow_entry_is_reported() {
+        let found =
+            issues("allow = [\n  \"192.0.2.0/24\",\n  \"not-an-ip\",\n  \"2001:db8::/200\",\n]\n");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (3, 3));
+        assert_eq!((found[1].line, found[1].column), (4, 3));
+        assert!(found[0].message.starts_with("allow[1]: "), "{}", found[0]);
+        assert!(found[0].message.contains("not-an-ip"));
+        assert!(found[1].message.starts_with("allow[2]: "), "{}", found[1]);
+    }
+
+    #[test]
+    fn host_bits_suggest_network() {
+        let found = issues("allow = [\"192.0.2.77/24\", \"2001:db8::1/32\"]\n");
+        assert_eq!(found.len(), 2);
+        assert_eq!((found[0].line, found[0].column), (1, 10));
+        assert!(found[0].message.contains("host bits"), "{}", found[0]);
+        assert!(found[0].message.contains("192.0.2.0/24"), "{}", found[0]);
+        assert!(found[1].message.contains("2001:db8::/32"), "{}", found[1]);
+    }
+
+    #[test]
+    fn every_validation_error_is_reported() {
+        let text = r#"state_dir = "var/lib/orch"
+[firewall]
+table = "1-bad"
+priority = 401
+verdict = "accept"
+owner = "maybe"
+[bans]
+default_time = "1 fortnight"
+max_time = "0s"
+min_prefix_v4 = 33
+min_prefix_v6 = -1
+"#;
+        let found = issues(text);
+        let keys: Vec<(usize, &str)> = found
+            .iter()
+            .map(|i| (i.line, i.message.split(':').next().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (1, "state_dir"),
+                (3, "firewall.table"),
+                (4, "firewall.priority"),
+                (5, "firewall.verdict"),
+                (6, "firewall.owner"),
+                (8, "bans.default_time"),
+                (9, "bans.max_time"),
+                (10, "bans.min_prefix_v4"),
+                (11, "bans.min_prefix_v6"),
+            ]
+        );
+        let duration = &found[5];
+        assert_eq!(duration.column, 16);
+        assert_eq!(
+            duration.to_string(),
+            r#"test.toml:8:16: bans.default_time: invalid duration "1 fortnight": unknown unit "fortnight"; expected a number and unit like "1h", "30m" or "7d""#
+        );
+        assert!(found[6].message.contains("longer than zero"));
+        assert!(found[2].message.contains("-400 to 400"));
+    }
+
+    #[test]
+    fn table_name_rules() {
+        assert!(parse(&format!("[firewall]\ntable = \"a{}\"\n", "b".repeat(63))).is_ok());
+        for bad in ["", "_x", "a-b", "a b", "ä"] {
+            let text = format!("[firewall]\ntable = {bad:?}\n");
+            assert_eq!(issues(&text).len(), 1, "{bad:?}");
+        }
+        let long = format!("[firewall]\ntable = \"a{}\"\n", "b".repeat(64));
+        assert_eq!(issues(&long).len(), 1);
+    }
+
+    #[test]
+    fn duration_messages_are_human() {
+        let msg = |s: &str| check_duration(s).expect_err(s);
+        assert!(msg("").contains("empty"));
+        assert!(msg("5").contains("missing unit after 5"), "{}", msg("5"));
+        assert!(msg("h").contains("expected a number"), "{}", msg("h"));
+        assert!(
+            msg("1h!").contains("unexpected character '!'"),
+            "{}",
+            msg("1h!")
+        );
+        assert_eq!(check_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn max_shorter_than_default_is_an_error() {
+        let found = issues("[bans]\ndefault_time = \"2h\"\nmax_time = \"1h\"\n");
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].line, found[0].column), (3, 12));
+        assert!(found[0].message.contains("shorter than bans.default_time"));
+        // Only default_time set by the user: point at it.
+        let found = issues("[bans]\ndefault_time = \"400d\"\n");
+        assert_eq!((found[0].line, found[0].column), (2, 16), "{}", found[0]);
+    }
+
+    #[test]
+    fn conf_d_merges_in_lexical_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let main = write(
+            dir.path(),
+            "orch.toml",
+            "allow = [\"192.0.2.1\"]\n[firewall]\ntable = \"main\"\npriority = 5\n",
+        );
+        let conf_d = dir.path().join("conf.d");
+        fs::create_dir(&conf_d).expect("mkdir");
+        // Written out of order on purpose.
+        let b = write(
+            &conf_d,
+            "20-b.toml",
+            "allow = [\"198.51.100.0/24\"]\n[firewall]\ntable = \"second\"\n",
+        );
+        let a = write(
+            &conf_d,
+            "10-a.toml",
+            "allow = [\"2001:db8::/48\"]\n[firewall]\ntable = \"first\"\nverdict = \"reject\"\n",
+        );
+        write(&conf_d, "30-ignored.conf", "this is not toml");
+        write(&conf_d, ".hidden.toml", "this is not toml");
+        fs::create_dir(conf_d.join("40-dir.toml")).expect("mkdir");
+
+        let config = load(ConfigSource::System {
+            main: &main,
+            conf_d: &conf_d,
+        })
+        .expect("valid");
+        assert_eq!(config.sources, vec![main, a, b]);
+        assert_eq!(config.firewall.table, "second");
+        assert_eq!(config.firewall.priority, 5);
+        assert_eq!(config.firewall.verdict, Verdict::Reject);
+        assert_eq!(config.bans, Config::default().bans);
+        assert_eq!(
+            config.allow,
+            vec![
+                net("192.0.2.1/32"),
+                net("2001:db8::/48"),
+                net("198.51.100.0/24")
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_from_all_files_are_collected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let main = write(dir.path(), "orch.toml", "[bans]\nmin_prefix_v4 = 40\n");
+        let conf_d = dir.path().join("conf.d");
+        fs::create_dir(&conf_d).expect("mkdir");
+        let x = write(
+            &conf_d,
+            "10-x.toml",
+            "\n[bans]\ndefault_time = \"1 hourr\"\n",
+        );
+        let y = write(&conf_d, "20-y.toml", "[firewall\n");
+        let err = load(ConfigSource::System {
+            main: &main,
+            conf_d: &conf_d,
+        })
+        .expect_err("invalid");
+        let files: Vec<&Path> = err.issues.iter().map(|i| i.file.as_path()).collect();
+        assert_eq!(files, vec![main.as_path(), x.as_path(), y.as_path()]);
+        assert_eq!((err.issues[1].line, err.issues[1].column), (3, 16));
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.contains(&format!(
+            "{}:3:16: bans.default_time: invalid duration",
+            x.display()
+        )));
+    }
+
+    #[test]
+    fn missing_files_use_embedded_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = load(ConfigSource::System {
+            main: &dir.path().join("orch.toml"),
+            conf_d: &dir.path().join("conf.d"),
+        })
+        .expect("valid");
+        assert_eq!(config, Config::default());
+        assert!(config.sources.is_empty());
+
+        // An empty conf.d with no main file also means the default.
+        fs::create_dir(dir.path().join("conf.d")).expect("mkdir");
+        let config = load(ConfigSource::System {
+            main: &dir.path().join("orch.toml"),
+            conf_d: &dir.path().join("conf.d"),
+        })
+        .expect("valid");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn conf_d_without_main_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf_d = dir.path().join("conf.d");
+        fs::create_dir(&conf_d).expect("mkdir");
+        let only = write(&conf_d, "50-only.toml", "[firewall]\nforward = true\n");
+        let config = load(ConfigSource::System {
+            main: &dir.path().join("orch.toml"),
+            conf_d: &conf_d,
+        })
+        .expect("valid");
+        assert!(config.firewall.forward);
+        assert_eq!(config.sources, vec![only]);
+    }
+
+    #[test]
+    fn explicit_path_reads_only_that_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), "custom.toml", "state_dir = \"/tmp/orch\"\n");
+        let config = load(ConfigSource::Explicit(&path)).expect("valid");
+        assert_eq!(config.state_dir, PathBuf::from("/tmp/orch"));
+        assert_eq!(config.sources, vec![path]);
+        assert_eq!(config.firewall, Config::default().firewall);
+    }
+
+    #[test]
+    fn explicit_path_missing_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nope.toml");
+        let err = load_default_locations(Some(&path)).expect_err("missing");
+        assert_eq!(err.issues.len(), 1);
+        assert_eq!(err.issues[0].file, path);
+        assert_eq!(err.issues[0].line, 0);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("{}: cannot read: ", path.display())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        let doc = Document::new(Path::new("x"), "ab\nçd = 1\n".to_string());
+        assert_eq!(doc.line_col(0), (1, 1));
+        assert_eq!(doc.line_col(3), (2, 1));
+        // 'ç' is two bytes but one column.
+        assert_eq!(doc.line_col(5), (2, 2));
+        assert_eq!(doc.line_col(4), (2, 1)); // inside 'ç': clamps back
+        assert_eq!(doc.line_col(1000), (3, 1));
+    }
+}

@@ -1,0 +1,369 @@
+//! The serialised core: every event source (D-Bus calls today; systemd,
+//! kernel, jails and timers later) hands the core a job, and one thread runs
+//! the jobs one at a time against the store and the reconciler.
+//!
+//! The core decides what may be banned and in what order things happen:
+//! validate, persist (fsync), then change the kernel, then acknowledge. It
+//! must not talk D-Bus or render nft scripts itself.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::sync::oneshot;
+
+use crate::addr::{self, AddrError, BanPolicy};
+use crate::config::Config;
+use crate::daemon::reconciler::{Reconciler, SyncInfo};
+use crate::firewall::{FirewallError, FirewallStatus};
+use crate::store::{BanRecord, Store, StoreError};
+use crate::timefmt::now_unix;
+
+/// Why the core refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    Address(#[from] AddrError),
+    #[error("{context}: {source}")]
+    AddressIn { context: String, source: AddrError },
+    #[error("{0}")]
+    InvalidDuration(String),
+    #[error("{0}")]
+    Overlaps(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Firewall(#[from] FirewallError),
+    #[error("ban store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the daemon's core has stopped")]
+    Stopped,
+}
+
+impl CoreError {
+    /// The address error behind this one, if any, for naming D-Bus errors.
+    pub fn address_error(&self) -> Option<&AddrError> {
+        match self {
+            CoreError::Address(err) | CoreError::AddressIn { source: err, .. } => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// A snapshot of the daemon for `orch status`.
+#[derive(Debug, Clone)]
+pub struct CoreStatus {
+    pub ban_count: usize,
+    pub firewall: FirewallStatus,
+    pub table: String,
+    pub static_allows: usize,
+    pub runtime_allows: usize,
+    pub last_sync: Option<SyncInfo>,
+}
+
+/// The state the core's thread owns.
+pub struct Core {
+    config: Config,
+    store: Store,
+    reconciler: Reconciler,
+    /// Banned prefixes (not single addresses), kept to refuse overlaps:
+    /// the kernel's interval sets reject overlapping elements.
+    banned_prefixes: HashSet<IpNet>,
+}
+
+/// How often the core purges expired bans and compacts the store.
+const TICK: Duration = Duration::from_secs(30);
+
+impl Core {
+    /// Builds the core and brings the kernel in line with the store.
+    pub fn start(config: Config, store: Store, reconciler: Reconciler) -> Result<Core, CoreError> {
+        let banned_prefixes = store
+            .bans()
+            .map(|record| record.net)
+            .filter(|net| !addr::is_single_address(net))
+            .collect();
+        let mut core = Core {
+            config,
+            store,
+            reconciler,
+            banned_prefixes,
+        };
+        core.sync("daemon start")?;
+        Ok(core)
+    }
+
+    /// The whole allowlist: config entries, then runtime additions.
+    fn allowlist(&self) -> Vec<IpNet> {
+        let mut allows = self.config.allow.clone();
+        allows.extend(self.store.runtime_allows().copied());
+        allows
+    }
+
+    fn policy(&self) -> BanPolicy {
+        BanPolicy {
+            min_prefix_v4: self.config.bans.min_prefix_v4,
+            min_prefix_v6: self.config.bans.min_prefix_v6,
+            allowlist: self.allowlist(),
+            own_addresses: addr::host_addresses(),
+        }
+    }
+
+    /// Turns a requested duration (0 = default) into seconds, within max_time.
+    fn ban_seconds(&self, requested: u64) -> Result<u64, CoreError> {
+        let max = self.config.bans.max_time.as_secs();
+        let seconds = if requested == 0 {
+            self.config.bans.default_time.as_secs()
+        } else {
+            requested
+        };
+        if seconds > max {
+            return Err(CoreError::InvalidDuration(format!(
+                "ban time {} exceeds bans.max_time {}",
+                humantime::format_duration(Duration::from_secs(seconds)),
+                humantime::format_duration(Duration::from_secs(max)),
+            )));
+        }
+        Ok(seconds.max(1))
+    }
+
+    /// Validates every input first (a refused call changes nothing), then
+    /// persists all bans with one fsync, then adds them to the kernel.
+    /// Returns the records banned, one per distinct network.
+    pub fn ban(
+        &mut self,
+        inputs: &[String],
+        seconds: u64,
+        reason: &str,
+        source: &str,
+    ) -> Result<Vec<BanRecord>, CoreError> {
+        let seconds = self.ban_seconds(seconds)?;
+        let policy = self.policy();
+        let now = now_unix();
+        let reason: Arc<str> = Arc::from(reason);
+        let source: Arc<str> = Arc::from(source);
+        let mut seen = HashSet::with_capacity(inputs.len());
+        let mut new_prefixes: Vec<IpNet> = Vec::new();
+        let mut records = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.iter().enumerate() {
+            let located = |source: AddrError| {
+                if inputs.len() == 1 {
+                    CoreError::Address(source)
+                } else {
+                    CoreError::AddressIn {
+                        context: format!("entry {} of {}", index + 1, inputs.len()),
+                        source,
+                    }
+                }
+            };
+            let net = addr::parse_net(input).map_err(located)?;
+            policy.check(&net).map_err(located)?;
+            if !seen.insert(net) {
+                continue;
+            }
+            if !addr::is_single_address(&net) {
+                self.refuse_prefix_overlap(&net, &new_prefixes)?;
+                new_prefixes.push(net);
+            }
+            records.push(BanRecord {
+                net,
+                created: now,
+                expires: now.saturating_add(seconds),
+                reason: reason.clone(),
+                source: source.clone(),
+            });
+        }
+        let (replaced, added): (Vec<BanRecord>, Vec<BanRecord>) = records
+            .iter()
+            .cloned()
+            .partition(|record| self.store.get_ban(&record.net).is_some());
+        self.store.insert_bans(&records)?;
+        self.banned_prefixes.extend(new_prefixes);
+        if let Err(err) = self.reconciler.apply_bans(&added, &replaced, now) {
+            tracing::warn!("incremental ban failed ({err}); re-applying the whole table");
+            self.sync("recovery after a failed ban")?;
+        }
+        Ok(records)
+    }
+
+    /// Refuses a prefix that overlaps a different banned prefix, already
+    /// stored or earlier in the same request. The same prefix again is a
+    /// re-ban and fine.
+    fn refuse_prefix_overlap(&self, net: &IpNet, pending: &[IpNet]) -> Result<(), CoreError> {
+        let clash = self
+            .banned_prefixes
+            .iter()
+            .chain(pending)
+            .find(|other| *other != net && addr::overlaps(net, other));
+        match clash {
+            Some(other) => Err(CoreError::Overlaps(format!(
+                "{net} overlaps the banned prefix {other}; unban {other} first"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes a ban (store first, then kernel). Returns whether it existed.
+    pub fn unban(&mut self, input: &str) -> Result<Option<BanRecord>, CoreError> {
+        let net = addr::parse_net(input)?;
+        let Some(removed) = self.store.remove_ban(&net)? else {
+            return Ok(None);
+        };
+        self.banned_prefixes.remove(&net);
+        if let Err(err) = self.reconciler.remove_bans(&[net]) {
+            tracing::warn!("incremental unban failed ({err}); re-applying the whole table");
+            self.sync("recovery after a failed unban")?;
+        }
+        Ok(Some(removed))
+    }
+
+    /// Every active ban, sorted by network.
+    pub fn list(&self) -> Vec<BanRecord> {
+        let now = now_unix();
+        let mut bans: Vec<BanRecord> = self
+            .store
+            .bans()
+            .filter(|r| r.expires > now)
+            .cloned()
+            .collect();
+        bans.sort_by_key(|record| record.net);
+        bans
+    }
+
+    /// Adds a runtime allowlist entry (persisted) and applies it.
+    pub fn allow(&mut self, input: &str) -> Result<bool, CoreError> {
+        let net = addr::parse_net(input)?;
+        if net.prefix_len() == 0 {
+            return Err(AddrError::TooBroad {
+                net,
+                min: 1,
+                family: if matches!(net, IpNet::V4(_)) { 4 } else { 6 },
+            }
+            .into());
+        }
+        let added = self.store.add_allow(net)?;
+        if added {
+            self.apply_allows()?;
+        }
+        Ok(added)
+    }
+
+    /// Removes a runtime allowlist entry. Entries from the config file can
+    /// only be removed there.
+    pub fn disallow(&mut self, input: &str) -> Result<(), CoreError> {
+        let net = addr::parse_net(input)?;
+        if self.store.remove_allow(&net)? {
+            return self.apply_allows();
+        }
+        if self.config.allow.contains(&net) {
+            return Err(CoreError::NotFound(format!(
+                "{net} is in the static allowlist of the config file; remove it there"
+            )));
+        }
+        Err(CoreError::NotFound(format!(
+            "{net} is not in the runtime allowlist"
+        )))
+    }
+
+    fn apply_allows(&mut self) -> Result<(), CoreError> {
+        let allows = self.allowlist();
+        if let Err(err) = self.reconciler.set_allows(&allows) {
+            tracing::warn!("allowlist update failed ({err}); re-applying the whole table");
+            self.sync("recovery after a failed allowlist update")?;
+        }
+        Ok(())
+    }
+
+    /// Re-applies the whole table from the store.
+    pub fn sync(&mut self, cause: &str) -> Result<SyncInfo, CoreError> {
+        let allows = self.allowlist();
+        Ok(self
+            .reconciler
+            .sync_all(&self.store, &allows, now_unix(), cause)?)
+    }
+
+    pub fn status(&self) -> CoreStatus {
+        let now = now_unix();
+        CoreStatus {
+            ban_count: self.store.bans().filter(|r| r.expires > now).count(),
+            firewall: self.reconciler.firewall_status(),
+            table: self.reconciler.table().to_string(),
+            static_allows: self.config.allow.len(),
+            runtime_allows: self.store.runtime_allows().count(),
+            last_sync: self.reconciler.last_sync().cloned(),
+        }
+    }
+
+    pub fn ban_count(&self) -> usize {
+        self.store.ban_count()
+    }
+
+    /// Housekeeping: drops expired bans (the kernel already dropped them)
+    /// and compacts the store when its log has grown.
+    fn tick(&mut self) {
+        let expired = self.store.purge_expired(now_unix());
+        for record in &expired {
+            self.banned_prefixes.remove(&record.net);
+        }
+        if !expired.is_empty() {
+            tracing::debug!(count = expired.len(), "expired bans purged");
+        }
+        if let Err(err) = self.store.compact_if_needed() {
+            tracing::error!("store compaction failed: {err}");
+        }
+    }
+
+    /// Moves the core onto its own thread and returns the handle that
+    /// feeds it.
+    pub fn spawn(self) -> (CoreHandle, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("orch-core".into())
+            .spawn(move || self.run(receiver))
+            .expect("spawning the core thread");
+        (CoreHandle { sender }, thread)
+    }
+
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match jobs.recv_timeout(wait) {
+                Ok(job) => job(&mut self),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_tick {
+                self.tick();
+                next_tick = Instant::now() + TICK;
+            }
+        }
+        tracing::debug!("core stopped");
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Core) + Send>;
+
+/// A cheap, cloneable way to run a job on the core and await its result.
+#[derive(Clone)]
+pub struct CoreHandle {
+    sender: mpsc::Sender<Job>,
+}
+
+impl CoreHandle {
+    /// Runs `job` on the core thread, after every job sent before it.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Core) -> R + Send + 'static,
+    ) -> Result<R, CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Box::new(move |core: &mut Core| {
+                let _ = reply.send(job(core));
+            }))
+            .map_err(|_| CoreError::Stopped)?;
+        answer.await.map_err(|_| CoreError::Stopped)
+    }
+}

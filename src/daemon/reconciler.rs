@@ -1,0 +1,122 @@
+//! The reconciler: the one place that turns orch's desired state (the
+//! store's bans plus the allowlist) into kernel changes.
+//!
+//! It holds the [`Firewall`] handle. It never decides whether a ban is
+//! allowed (the core does) and never persists anything (the store does).
+
+use std::time::Instant;
+
+use ipnet::IpNet;
+
+use crate::firewall::{BanElement, Firewall, FirewallError, FirewallStatus};
+use crate::store::{BanRecord, Store};
+
+/// When and why the table was last fully re-applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncInfo {
+    pub at_unix: u64,
+    pub cause: String,
+    pub duration_ms: u64,
+    pub bans_applied: usize,
+}
+
+pub struct Reconciler {
+    firewall: Firewall,
+    last_sync: Option<SyncInfo>,
+}
+
+/// Above this many elements a full apply has used enough transient memory
+/// (nft's parse tree) that it is worth handing it back to the system.
+const TRIM_AFTER_ELEMENTS: usize = 10_000;
+
+fn element(record: &BanRecord, now: u64) -> BanElement {
+    BanElement {
+        net: record.net,
+        timeout_secs: record.expires.saturating_sub(now).max(1),
+    }
+}
+
+impl Reconciler {
+    pub fn new(firewall: Firewall) -> Self {
+        Reconciler {
+            firewall,
+            last_sync: None,
+        }
+    }
+
+    /// Re-applies the whole table from the store in one transaction.
+    pub fn sync_all(
+        &mut self,
+        store: &Store,
+        allows: &[IpNet],
+        now: u64,
+        cause: &str,
+    ) -> Result<SyncInfo, FirewallError> {
+        let started = Instant::now();
+        let bans: Vec<BanElement> = store
+            .bans()
+            .filter(|record| record.expires > now)
+            .map(|record| element(record, now))
+            .collect();
+        let result = self.firewall.apply_full(allows, &bans);
+        let applied = bans.len();
+        drop(bans);
+        if applied >= TRIM_AFTER_ELEMENTS {
+            release_freed_memory();
+        }
+        result?;
+        let info = SyncInfo {
+            at_unix: now,
+            cause: cause.to_string(),
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            bans_applied: applied,
+        };
+        tracing::info!(cause, bans = applied, ms = info.duration_ms, "table synced");
+        self.last_sync = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Puts freshly stored bans into the kernel: `added` are new, `replaced`
+    /// already had an element whose timeout must change.
+    pub fn apply_bans(
+        &mut self,
+        added: &[BanRecord],
+        replaced: &[BanRecord],
+        now: u64,
+    ) -> Result<(), FirewallError> {
+        let added: Vec<BanElement> = added.iter().map(|r| element(r, now)).collect();
+        let replaced: Vec<BanElement> = replaced.iter().map(|r| element(r, now)).collect();
+        self.firewall.add_bans(&added)?;
+        self.firewall.replace_bans(&replaced)
+    }
+
+    pub fn remove_bans(&mut self, nets: &[IpNet]) -> Result<(), FirewallError> {
+        self.firewall.remove_bans(nets)
+    }
+
+    pub fn set_allows(&mut self, allows: &[IpNet]) -> Result<(), FirewallError> {
+        self.firewall.replace_allows(allows)
+    }
+
+    pub fn firewall_status(&self) -> FirewallStatus {
+        self.firewall.status()
+    }
+
+    pub fn last_sync(&self) -> Option<&SyncInfo> {
+        self.last_sync.as_ref()
+    }
+
+    pub fn table(&self) -> &str {
+        self.firewall.table()
+    }
+}
+
+/// Returns freed heap pages to the kernel so RSS reflects what orch holds,
+/// not the peak of the last big transaction.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

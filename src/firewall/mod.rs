@@ -1,0 +1,210 @@
+//! orch's nftables table: what it should hold (`script`), and the two ways
+//! of getting a script into the kernel (`libnft`, `nft_cli`).
+//!
+//! [`Firewall`] is the only handle that changes the kernel, and only the
+//! daemon's reconciler holds one. It knows nothing about the store or about
+//! why a ban exists: it is told which elements to add or remove.
+
+mod libnft;
+mod nft_cli;
+pub mod script;
+
+use ipnet::IpNet;
+
+use crate::config::{FirewallConfig, OwnerMode};
+pub use libnft::LibNftExecutor;
+pub use nft_cli::NftCliExecutor;
+pub use script::{BanElement, Ownership, TableLayout};
+
+/// What can go wrong getting a script into the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("libnftables is not usable: {0}")]
+    LibraryUnavailable(String),
+    #[error("nftables refused the change: {0}")]
+    Refused(String),
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs one nft script as one transaction.
+pub trait Executor: Send {
+    fn run(&mut self, script: &str) -> Result<(), FirewallError>;
+    /// "libnftables" or "nft", for `orch status`.
+    fn name(&self) -> &'static str;
+}
+
+/// What `orch status` reports about the firewall backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallStatus {
+    pub backend: &'static str,
+    pub owned: bool,
+    pub persist: bool,
+}
+
+/// orch's table in the kernel, driven through one executor.
+pub struct Firewall {
+    executor: Box<dyn Executor>,
+    layout: TableLayout,
+    /// Table flags to try, best first, until one full apply succeeds.
+    ownership_candidates: Vec<Ownership>,
+    /// The flags in force since the last successful full apply.
+    ownership: Option<Ownership>,
+}
+
+impl Firewall {
+    /// Picks the executor for `config.owner`: libnftables for an owned
+    /// table (required with `on`, preferred with `auto`), the `nft` binary
+    /// otherwise.
+    pub fn open(config: &FirewallConfig) -> Result<Firewall, FirewallError> {
+        let layout = TableLayout::from(config);
+        let owned_first = vec![Ownership::OwnedPersist, Ownership::Owned];
+        let (executor, candidates): (Box<dyn Executor>, Vec<Ownership>) = match config.owner {
+            OwnerMode::Off => (Box::new(NftCliExecutor::new()), vec![Ownership::Unowned]),
+            OwnerMode::On => (Box::new(LibNftExecutor::open()?), owned_first),
+            OwnerMode::Auto => match LibNftExecutor::open() {
+                Ok(executor) => {
+                    let mut candidates = owned_first;
+                    candidates.push(Ownership::Unowned);
+                    (Box::new(executor), candidates)
+                }
+                Err(err) => {
+                    tracing::warn!("{err}; falling back to the nft binary with an unowned table");
+                    (Box::new(NftCliExecutor::new()), vec![Ownership::Unowned])
+                }
+            },
+        };
+        Ok(Self::with_executor(executor, layout, candidates))
+    }
+
+    /// A firewall over any executor, trying `ownership_candidates` in order.
+    pub fn with_executor(
+        executor: Box<dyn Executor>,
+        layout: TableLayout,
+        ownership_candidates: Vec<Ownership>,
+    ) -> Self {
+        Firewall {
+            executor,
+            layout,
+            ownership_candidates,
+            ownership: None,
+        }
+    }
+
+    /// Replaces the whole table, in one transaction, with these allows and
+    /// bans. The first call settles which table flags this kernel and
+    /// nftables accept; later calls reuse them.
+    pub fn apply_full(
+        &mut self,
+        allows: &[IpNet],
+        bans: &[BanElement],
+    ) -> Result<(), FirewallError> {
+        let candidates = match self.ownership {
+            Some(settled) => vec![settled],
+            None => self.ownership_candidates.clone(),
+        };
+        let mut last_error = None;
+        for ownership in candidates {
+            let script = self.layout.full_table(ownership, allows, bans);
+            match self.executor.run(&script) {
+                Ok(()) => {
+                    if self.ownership != Some(ownership) {
+                        tracing::info!(
+                            backend = self.executor.name(),
+                            ?ownership,
+                            "table {} in place",
+                            self.layout.table
+                        );
+                    }
+                    self.ownership = Some(ownership);
+                    return Ok(());
+                }
+                Err(err) => {
+                    tracing::debug!(?ownership, "full apply refused: {err}");
+                    last_error = Some(err);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| FirewallError::Refused("no table flags to try".into())))
+    }
+
+    /// Adds (or refreshes) ban elements with their timeouts.
+    pub fn add_bans(&mut self, bans: &[BanElement]) -> Result<(), FirewallError> {
+        if bans.is_empty() {
+            return Ok(());
+        }
+        self.executor.run(&self.layout.add_bans(bans))
+    }
+
+    /// Replaces existing ban elements: removes them and adds them back with
+    /// new timeouts in one transaction (a plain re-add does not change the
+    /// timeout on kernels before 6.12).
+    pub fn replace_bans(&mut self, bans: &[BanElement]) -> Result<(), FirewallError> {
+        if bans.is_empty() {
+            return Ok(());
+        }
+        let nets: Vec<IpNet> = bans.iter().map(|ban| ban.net).collect();
+        let mut script = self.layout.remove_bans(&nets);
+        script.push_str(&self.layout.add_bans(bans));
+        self.executor.run(&script)
+    }
+
+    /// Removes ban elements; elements the kernel already expired are fine.
+    pub fn remove_bans(&mut self, nets: &[IpNet]) -> Result<(), FirewallError> {
+        if nets.is_empty() {
+            return Ok(());
+        }
+        self.executor.run(&self.layout.remove_bans(nets))
+    }
+
+    /// Replaces the allow sets with `allows`.
+    pub fn replace_allows(&mut self, allows: &[IpNet]) -> Result<(), FirewallError> {
+        self.executor.run(&self.layout.replace_allows(allows))
+    }
+
+    pub fn status(&self) -> FirewallStatus {
+        FirewallStatus {
+            backend: self.executor.name(),
+            owned: matches!(
+                self.ownership,
+                Some(Ownership::Owned | Ownership::OwnedPersist)
+            ),
+            persist: self.ownership == Some(Ownership::OwnedPersist),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.layout.table
+    }
+}
+
+/// Shortens nft's error text for logs and D-Bus replies: nft echoes the
+/// offending input line, which can hold 100k elements.
+pub(crate) fn summarise_nft_error(message: &str) -> String {
+    const MAX_LINE: usize = 240;
+    let lines: Vec<String> = message
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with('^'))
+        .take(4)
+        .map(|line| {
+            if line.len() > MAX_LINE {
+                let mut cut = MAX_LINE;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                format!("{}…", &line[..cut])
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    if lines.is_empty() {
+        "unknown error (nft printed nothing)".into()
+    } else {
+        lines.join(" | ")
+    }
+}

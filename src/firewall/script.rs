@@ -1,0 +1,358 @@
+//! Renders orch's desired nftables state as `nft` scripts.
+//!
+//! Every function here is pure text generation: one script is one atomic
+//! transaction when handed to an executor. Nothing here runs `nft` or talks
+//! to the kernel; the reconciler decides *when*, this module decides *what*.
+//!
+//! Why native syntax rather than JSON: nftables 1.0.6 (Debian 12) ignores
+//! table flags in JSON input, so an owned table can only be created with the
+//! native syntax, and one transaction cannot mix the two. Native syntax is
+//! also faster to parse (100k elements: 0.38 s against 0.60 s for JSON).
+
+use std::fmt::Write as _;
+
+use ipnet::IpNet;
+
+use crate::addr::is_single_address;
+use crate::config::{FirewallConfig, Verdict};
+
+/// Names of the sets orch keeps in its table.
+pub mod sets {
+    pub const ALLOW4: &str = "allow4";
+    pub const ALLOW6: &str = "allow6";
+    pub const BAN4: &str = "ban4";
+    pub const BAN6: &str = "ban6";
+    pub const BANNET4: &str = "bannet4";
+    pub const BANNET6: &str = "bannet6";
+}
+
+/// Table flags orch asks for when it creates its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// A plain table anyone (root) can edit or flush.
+    Unowned,
+    /// `flags owner`: tied to the creating netlink socket.
+    Owned,
+    /// `flags owner, persist`: owned, and kept when the owner exits.
+    OwnedPersist,
+}
+
+/// Everything about the table's shape that comes from config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableLayout {
+    pub table: String,
+    pub priority: i32,
+    pub verdict: Verdict,
+    pub forward: bool,
+}
+
+impl From<&FirewallConfig> for TableLayout {
+    fn from(config: &FirewallConfig) -> Self {
+        TableLayout {
+            table: config.table.clone(),
+            priority: config.priority,
+            verdict: config.verdict,
+            forward: config.forward,
+        }
+    }
+}
+
+/// One ban as the kernel holds it: the network and its remaining seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BanElement {
+    pub net: IpNet,
+    pub timeout_secs: u64,
+}
+
+/// The ban set an element belongs in: single addresses go to the hash sets,
+/// prefixes to the interval sets.
+pub fn ban_set_for(net: &IpNet) -> &'static str {
+    match (net, is_single_address(net)) {
+        (IpNet::V4(_), true) => sets::BAN4,
+        (IpNet::V4(_), false) => sets::BANNET4,
+        (IpNet::V6(_), true) => sets::BAN6,
+        (IpNet::V6(_), false) => sets::BANNET6,
+    }
+}
+
+/// A timeout in nft's time syntax. Whole days are written as days because
+/// nft refuses second counts above about 10^8 ("value too large").
+fn timeout_text(seconds: u64) -> String {
+    let seconds = seconds.max(1);
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    if days == 0 {
+        format!("{rest}s")
+    } else {
+        format!("{days}d{rest}s")
+    }
+}
+
+fn element_text(net: &IpNet) -> String {
+    if is_single_address(net) {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+/// Sorts rendered elements into the four ban sets, keeping their order.
+fn group_by_ban_set(
+    items: impl Iterator<Item = (IpNet, String)>,
+) -> [(&'static str, Vec<String>); 4] {
+    let mut by_set =
+        [sets::BAN4, sets::BAN6, sets::BANNET4, sets::BANNET6].map(|set| (set, Vec::new()));
+    for (net, text) in items {
+        let set = ban_set_for(&net);
+        if let Some((_, texts)) = by_set.iter_mut().find(|(name, _)| *name == set) {
+            texts.push(text);
+        }
+    }
+    by_set
+}
+
+impl TableLayout {
+    /// A script that replaces the whole table in one transaction: it creates
+    /// the table if missing, deletes it, and declares it anew with every set,
+    /// chain and element.
+    pub fn full_table(
+        &self,
+        ownership: Ownership,
+        allows: &[IpNet],
+        bans: &[BanElement],
+    ) -> String {
+        let table = &self.table;
+        let mut out = String::with_capacity(256 + bans.len() * 32);
+        let _ = writeln!(out, "table inet {table}");
+        let _ = writeln!(out, "delete table inet {table}");
+        let _ = writeln!(out, "table inet {table} {{");
+        match ownership {
+            Ownership::Unowned => {}
+            Ownership::Owned => out.push_str("  flags owner\n"),
+            Ownership::OwnedPersist => out.push_str("  flags owner, persist\n"),
+        }
+        let _ = writeln!(
+            out,
+            "  set {} {{ type ipv4_addr; flags interval; }}",
+            sets::ALLOW4
+        );
+        let _ = writeln!(
+            out,
+            "  set {} {{ type ipv6_addr; flags interval; }}",
+            sets::ALLOW6
+        );
+        let _ = writeln!(
+            out,
+            "  set {} {{ type ipv4_addr; flags timeout; }}",
+            sets::BAN4
+        );
+        let _ = writeln!(
+            out,
+            "  set {} {{ type ipv6_addr; flags timeout; }}",
+            sets::BAN6
+        );
+        let _ = writeln!(
+            out,
+            "  set {} {{ type ipv4_addr; flags interval, timeout; }}",
+            sets::BANNET4
+        );
+        let _ = writeln!(
+            out,
+            "  set {} {{ type ipv6_addr; flags interval, timeout; }}",
+            sets::BANNET6
+        );
+        self.write_filter_chain(&mut out);
+        let _ = writeln!(
+            out,
+            "  chain input {{ type filter hook input priority {}; policy accept; jump filter; }}",
+            self.priority
+        );
+        if self.forward {
+            let _ = writeln!(
+                out,
+                "  chain forward {{ type filter hook forward priority {}; policy accept; jump filter; }}",
+                self.priority
+            );
+        }
+        out.push_str("}\n");
+        out.push_str(&self.add_allows(allows));
+        out.push_str(&self.add_bans(bans));
+        out
+    }
+
+    /// The regular chain both base chains jump to: allowlist first, then bans.
+    fn write_filter_chain(&self, out: &mut String) {
+        let verdict = match self.verdict {
+            Verdict::Drop => "drop",
+            Verdict::Reject => "reject",
+        };
+        out.push_str("  chain filter {\n");
+        let _ = writeln!(out, "    ip saddr @{} counter accept", sets::ALLOW4);
+        let _ = writeln!(out, "    ip6 saddr @{} counter accept", sets::ALLOW6);
+        for (family, set) in [
+            ("ip", sets::BAN4),
+            ("ip", sets::BANNET4),
+            ("ip6", sets::BAN6),
+            ("ip6", sets::BANNET6),
+        ] {
+            let _ = writeln!(out, "    {family} saddr @{set} counter {verdict}");
+        }
+        out.push_str("  }\n");
+    }
+
+    /// Adds ban elements, each with its explicit timeout (never without one:
+    /// on kernels >= 6.12 re-adding an element without a timeout makes it
+    /// permanent).
+    pub fn add_bans(&self, bans: &[BanElement]) -> String {
+        let by_set = group_by_ban_set(bans.iter().map(|ban| {
+            let text = format!(
+                "{} timeout {}",
+                element_text(&ban.net),
+                timeout_text(ban.timeout_secs)
+            );
+            (ban.net, text)
+        }));
+        self.element_commands("add", &by_set)
+    }
+
+    /// Removes ban elements whether or not the kernel still holds them: each
+    /// is first added with a one-second timeout (a no-op if present), then
+    /// deleted, so an element that already timed out cannot fail the
+    /// transaction.
+    pub fn remove_bans(&self, nets: &[IpNet]) -> String {
+        let present: Vec<BanElement> = nets
+            .iter()
+            .map(|net| BanElement {
+                net: *net,
+                timeout_secs: 1,
+            })
+            .collect();
+        let mut out = self.add_bans(&present);
+        let by_set = group_by_ban_set(nets.iter().map(|net| (*net, element_text(net))));
+        out.push_str(&self.element_commands("delete", &by_set));
+        out
+    }
+
+    /// Replaces both allow sets with `allows` (aggregated first, since
+    /// interval sets refuse overlapping elements).
+    pub fn replace_allows(&self, allows: &[IpNet]) -> String {
+        let mut out = String::new();
+        for set in [sets::ALLOW4, sets::ALLOW6] {
+            let _ = writeln!(out, "flush set inet {} {set}", self.table);
+        }
+        out.push_str(&self.add_allows(allows));
+        out
+    }
+
+    fn add_allows(&self, allows: &[IpNet]) -> String {
+        let merged = IpNet::aggregate(&allows.to_vec());
+        let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = merged
+            .into_iter()
+            .partition(|net| matches!(net, IpNet::V4(_)));
+        let by_set = [
+            (sets::ALLOW4, v4.iter().map(element_text).collect()),
+            (sets::ALLOW6, v6.iter().map(element_text).collect()),
+        ];
+        self.element_commands("add", &by_set)
+    }
+
+    fn element_commands(&self, verb: &str, by_set: &[(&str, Vec<String>)]) -> String {
+        let mut out = String::new();
+        for (set, items) in by_set {
+            if items.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "{verb} element inet {} {set} {{ {} }}",
+                self.table,
+                items.join(", ")
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(forward: bool) -> TableLayout {
+        TableLayout {
+            table: "orch".into(),
+            priority: -10,
+            verdict: Verdict::Drop,
+            forward,
+        }
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().expect("test literal")
+    }
+
+    #[test]
+    fn full_table_puts_allow_rules_before_ban_rules() {
+        let script = layout(false).full_table(Ownership::Owned, &[], &[]);
+        let allow = script.find("@allow4 counter accept").expect("allow rule");
+        let ban = script.find("@ban4 counter drop").expect("ban rule");
+        assert!(allow < ban);
+        assert!(script.contains("flags owner\n"));
+        assert!(script.contains("hook input priority -10"));
+        assert!(!script.contains("hook forward"));
+        assert!(
+            layout(true)
+                .full_table(Ownership::Unowned, &[], &[])
+                .contains("hook forward priority -10")
+        );
+    }
+
+    #[test]
+    fn bans_go_to_the_right_set_with_timeouts() {
+        let script = layout(false).add_bans(&[
+            BanElement {
+                net: net("192.0.2.1/32"),
+                timeout_secs: 60,
+            },
+            BanElement {
+                net: net("2001:db8::1/128"),
+                timeout_secs: 0,
+            },
+            BanElement {
+                net: net("198.51.100.0/24"),
+                timeout_secs: 3600,
+            },
+        ]);
+        assert!(script.contains("add element inet orch ban4 { 192.0.2.1 timeout 60s }"));
+        assert!(script.contains("add element inet orch ban6 { 2001:db8::1 timeout 1s }"));
+        assert!(script.contains("add element inet orch bannet4 { 198.51.100.0/24 timeout 3600s }"));
+        let decade = layout(false).add_bans(&[BanElement {
+            net: net("192.0.2.2/32"),
+            timeout_secs: 3650 * 86_400 + 5,
+        }]);
+        assert!(decade.contains("{ 192.0.2.2 timeout 3650d5s }"), "{decade}");
+        assert!(!script.contains("bannet6"));
+    }
+
+    #[test]
+    fn removal_tolerates_already_expired_elements() {
+        let script = layout(false).remove_bans(&[net("192.0.2.1/32")]);
+        let add = script
+            .find("add element inet orch ban4 { 192.0.2.1 timeout 1s }")
+            .expect("add first");
+        let delete = script
+            .find("delete element inet orch ban4 { 192.0.2.1 }")
+            .expect("then delete");
+        assert!(add < delete);
+    }
+
+    #[test]
+    fn allows_are_aggregated() {
+        let script = layout(false).replace_allows(&[
+            net("10.0.0.0/8"),
+            net("10.1.0.0/16"),
+            net("2001:db8::1/128"),
+        ]);
+        assert!(script.contains("add element inet orch allow4 { 10.0.0.0/8 }"));
+        assert!(script.contains("add element inet orch allow6 { 2001:db8::1 }"));
+        assert!(script.starts_with("flush set inet orch allow4\n"));
+    }
+}

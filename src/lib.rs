@@ -1,0 +1,14 @@
+//! orch: host firewall orchestrator for systemd + nftables.
+//!
+//! The library holds every module; `src/main.rs` only parses arguments and
+//! dispatches. See `docs/design.md` for how the pieces fit together.
+
+pub mod addr;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod firewall;
+pub mod logging;
+pub mod store;
+pub mod timefmt;

@@ -1,0 +1,86 @@
+//! `orch` binary entry point: parse arguments, set up logging, dispatch.
+//! All logic lives in the library; this file only turns results into exit
+//! codes and messages.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use orch::cli::{Cli, Command};
+use orch::config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    orch::logging::init();
+    match cli.command {
+        Command::CheckConfig => check_config(&cli),
+        Command::Daemon => run_daemon(&cli),
+        ref client_command => run_client(client_command),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn check_config(cli: &Cli) -> ExitCode {
+    match config::load_default_locations(cli.config.as_deref()) {
+        Ok(loaded) => {
+            if loaded.sources.is_empty() {
+                println!("configuration OK (embedded default; no config file found)");
+            } else {
+                for source in &loaded.sources {
+                    println!("read {}", source.display());
+                }
+                println!("configuration OK");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_daemon(cli: &Cli) -> ExitCode {
+    let loaded = match config::load_default_locations(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("{err}");
+            eprintln!("orch: refusing to start with an invalid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(orch::daemon::run(loaded))
+            .map_err(anyhow::Error::from)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_client(command: &Command) -> ExitCode {
+    let result = match runtime() {
+        Ok(rt) => rt.block_on(orch::cli::run_client(command)),
+        Err(err) => Err(orch::cli::Failure {
+            message: format!("cannot start: {err}"),
+            code: 1,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("orch: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,2401 @@
+//! Crash-safe ban store: active bans, per-network ban history and runtime
+//! allowlist additions, kept in memory and persisted as a snapshot file plus
+//! an append-only log (format and crash-safety argument: `docs/design.md`,
+//! section "Store").
+//!
+//! This is the only module that persists state. It must not touch the kernel
+//! or the firewall and it makes no policy decisions: callers decide what to
+//! ban or allow, the store only remembers it durably. Every mutating call is
+//! on disk (fdatasync'd) before it returns.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::hash::{Hash, Hasher};
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// Longest `reason` or `source` kept, in bytes; longer text is cut at a char
+/// boundary on insert.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// History of a network with no active ban is forgotten once its last ban is
+/// this old (applied at open and at compaction) so history cannot grow forever.
+pub const HISTORY_RETENTION_SECS: u64 = 365 * 24 * 60 * 60;
+
+/// The log is compacted once it is larger than this and than the snapshot.
+pub const COMPACT_MIN_LOG_BYTES: u64 = 4 * 1024 * 1024;
+
+const SNAPSHOT_FILE: &str = "bans.snap";
+const SNAPSHOT_TMP_FILE: &str = "bans.snap.tmp";
+const LOG_FILE: &str = "bans.log";
+const LOG_TMP_FILE: &str = "bans.log.tmp";
+const LOCK_FILE: &str = "bans.lock";
+
+const SNAPSHOT_MAGIC: [u8; 8] = *b"ORCHSNAP";
+const LOG_MAGIC: [u8; 8] = *b"ORCHBLOG";
+const FORMAT_VERSION: u32 = 1;
+
+/// magic (8) + version (4) + generation (8) + crc32 of those 20 bytes (4).
+const FILE_HEADER_LEN: usize = 24;
+const FILE_HEADER_CRC_OFFSET: usize = 20;
+/// payload length (4) + crc32 over length and payload (4).
+const RECORD_HEADER_LEN: usize = 8;
+/// Largest well-formed payload is a Ban with two maximal strings (~2.1 KiB);
+/// anything claiming more is damage, not data.
+const MAX_PAYLOAD_LEN: usize = 4096;
+
+const KIND_BAN: u8 = 1;
+const KIND_UNBAN: u8 = 2;
+const KIND_ALLOW: u8 = 3;
+const KIND_DISALLOW: u8 = 4;
+const KIND_HISTORY: u8 = 5;
+const KIND_SNAPSHOT_END: u8 = 6;
+
+const FAMILY_V4: u8 = 4;
+const FAMILY_V6: u8 = 6;
+
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+const SNAPSHOT_WRITE_BUFFER: usize = 1 << 20;
+
+/// Why the store could not be opened or updated.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("ban store: cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("ban store file {path} is corrupt at byte {offset}: {detail}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    #[error(
+        "ban store file {path} has format version {found}; this build reads version {supported}"
+    )]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("ban store {dir} is in use by another process (lock file {LOCK_FILE} is held)")]
+    Locked { dir: PathBuf },
+}
+
+/// One active ban.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanRecord {
+    /// Normalised by the caller (host bits zero); one address is /32 or /128.
+    pub net: IpNet,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds; the ban is over once `now >= expires`.
+    pub expires: u64,
+    pub reason: Arc<str>,
+    /// "manual", a jail name, "fleet:host", ...
+    pub source: Arc<str>,
+}
+
+/// How often a network has been banned, and when last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BanHistory {
+    pub count: u32,
+    pub last_banned: u64,
+}
+
+/// The persistent ban store. Holds an exclusive lock on its directory for
+/// as long as it lives.
+pub struct Store {
+    dir: PathBuf,
+    log_path: PathBuf,
+    log: File,
+    /// Bytes of the log known to be valid and durable; appends go here.
+    log_len: u64,
+    log_health: LogHealth,
+    snapshot_len: u64,
+    /// Generation of the snapshot on disk; the log must carry the same one.
+    generation: u64,
+    /// Largest `now` seen (open, purge_expired); compaction's notion of time.
+    latest_now: u64,
+    state: MemState,
+    /// Held only for its lock; released when the store is dropped.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("generation", &self.generation)
+            .field("bans", &self.state.bans.len())
+            .field("runtime_allows", &self.state.allows.len())
+            .field("log_len", &self.log_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating dir and files if missing) the store in `dir`, replays
+    /// it, drops bans already expired at `now`. A torn/corrupt tail record in
+    /// the log (crash mid-write) is truncated away with a warning, not an
+    /// error; damage anywhere in the snapshot is [`StoreError::Corrupt`].
+    pub fn open(dir: &Path, now: u64) -> Result<Store, StoreError> {
+        create_private_dir(dir)?;
+        let lock = lock_dir(dir)?;
+        remove_leftover_tmp_files(dir);
+
+        let mut state = MemState::default();
+        let snapshot = load_snapshot(dir, &mut state, now)?;
+        let generation = snapshot.as_ref().map_or(0, |loaded| loaded.generation);
+        let log = open_log(dir, generation, &mut state, now)?;
+        let snapshot_len = match snapshot {
+            Some(loaded) => loaded.len,
+            None => write_empty_snapshot(dir, generation)?,
+        };
+        state.forget_old_history(now);
+        state.shrink_after_load();
+        state.interner.drop_unused();
+
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            log_path: dir.join(LOG_FILE),
+            log: log.file,
+            log_len: log.len,
+            log_health: LogHealth::Clean,
+            snapshot_len,
+            generation,
+            latest_now: now,
+            state,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ban_count(&self) -> usize {
+        self.state.bans.len()
+    }
+
+    /// Every active ban, in no particular order.
+    pub fn bans(&self) -> impl Iterator<Item = &BanRecord> {
+        self.state.bans.iter().map(|slot| &slot.0)
+    }
+
+    pub fn get_ban(&self, net: &IpNet) -> Option<&BanRecord> {
+        self.state.bans.get(net).map(|slot| &slot.0)
+    }
+
+    /// Inserts or replaces (latest wins) the bans, updates each net's history
+    /// (count+1, last_banned=created), writes them with ONE append and ONE
+    /// fdatasync before returning. Empty slice = no I/O. `reason` and
+    /// `source` longer than [`MAX_TEXT_BYTES`] are cut at a char boundary.
+    /// On error nothing changed, in memory or (after a crash) on disk.
+    pub fn insert_bans(&mut self, bans: &[BanRecord]) -> Result<(), StoreError> {
+        if bans.is_empty() {
+            return Ok(());
+        }
+        let staged = self.stage_bans(bans);
+        let mut encoded = Vec::with_capacity(staged.len() * 64);
+        for (record, history_count) in &staged {
+            encode_record(&mut encoded, &ban_record_payload(record, *history_count));
+        }
+        self.append_durably(&encoded)?;
+        for (record, history_count) in staged {
+            self.state.apply_ban(record, history_count);
+        }
+        Ok(())
+    }
+
+    /// Removes a ban; durable (fsynced) before returning. Returns the removed
+    /// record, or None (no I/O) if absent.
+    pub fn remove_ban(&mut self, net: &IpNet) -> Result<Option<BanRecord>, StoreError> {
+        if !self.state.bans.contains(net) {
+            return Ok(None);
+        }
+        self.append_record(&Record::Unban { net: *net })?;
+        Ok(self.state.remove_ban(net))
+    }
+
+    /// Drops from memory every ban with `expires <= now` and returns them.
+    /// No I/O: replay at open drops the same bans, and compaction omits them.
+    pub fn purge_expired(&mut self, now: u64) -> Vec<BanRecord> {
+        self.latest_now = self.latest_now.max(now);
+        // Strings of bans handed out earlier are released once the caller
+        // has dropped them, so the check runs before this round's removal.
+        self.state.drop_unused_strings_if_sparse();
+        self.state.take_expired(now)
+    }
+
+    /// How often `net` has been banned; `Default` if never (or not within
+    /// [`HISTORY_RETENTION_SECS`]).
+    pub fn history(&self, net: &IpNet) -> BanHistory {
+        self.state.history(net)
+    }
+
+    /// Runtime allowlist additions, sorted.
+    pub fn runtime_allows(&self) -> impl Iterator<Item = &IpNet> {
+        self.state.allows.iter()
+    }
+
+    /// Adds a runtime allowlist entry; true if newly added. Durable before
+    /// returning; no I/O if already present.
+    pub fn add_allow(&mut self, net: IpNet) -> Result<bool, StoreError> {
+        if self.state.allows.contains(&net) {
+            return Ok(false);
+        }
+        self.append_record(&Record::Allow { net })?;
+        self.state.allows.insert(net);
+        Ok(true)
+    }
+
+    /// Removes a runtime allowlist entry; true if it was there. Durable
+    /// before returning; no I/O if absent.
+    pub fn remove_allow(&mut self, net: &IpNet) -> Result<bool, StoreError> {
+        if !self.state.allows.contains(net) {
+            return Ok(false);
+        }
+        self.append_record(&Record::Disallow { net: *net })?;
+        self.state.allows.remove(net);
+        Ok(true)
+    }
+
+    /// Compacts when the log has outgrown both [`COMPACT_MIN_LOG_BYTES`] and
+    /// the snapshot; otherwise a cheap comparison.
+    pub fn compact_if_needed(&mut self) -> Result<(), StoreError> {
+        if self.log_len > COMPACT_MIN_LOG_BYTES.max(self.snapshot_len) {
+            self.compact()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Unconditional compaction: writes the current state as a new snapshot
+    /// (generation + 1) via tmp file + fsync + rename + directory fsync, then
+    /// replaces the log with an empty one of the new generation. Bans expired
+    /// at the latest `now` seen are left out (but stay in memory until
+    /// `purge_expired` hands them to the caller); stale history is dropped.
+    pub fn compact(&mut self) -> Result<(), StoreError> {
+        self.state.forget_old_history(self.latest_now);
+        self.state.interner.drop_unused();
+        let next_generation = self.generation + 1;
+        let written = write_snapshot_tmp(&self.dir, next_generation, &self.state, self.latest_now)?;
+        rename_into_place(&self.dir, SNAPSHOT_TMP_FILE, SNAPSHOT_FILE)?;
+        // The new snapshot may now be what a restart sees, and it makes the
+        // current log stale: nothing may be appended to it any more.
+        self.generation = next_generation;
+        self.snapshot_len = written;
+        self.log_health = LogHealth::Stale;
+        sync_dir(&self.dir)?;
+        self.make_log_writable()
+    }
+
+    /// Resolves reason/source through the interner and computes each ban's
+    /// resulting history count (a net may appear more than once in `bans`).
+    fn stage_bans(&mut self, bans: &[BanRecord]) -> Vec<(BanRecord, u32)> {
+        let mut counts_in_batch: HashMap<IpNet, u32> = HashMap::new();
+        bans.iter()
+            .map(|ban| {
+                let previous = counts_in_batch
+                    .get(&ban.net)
+                    .copied()
+                    .unwrap_or_else(|| self.state.history(&ban.net).count);
+                let history_count = previous.saturating_add(1);
+                counts_in_batch.insert(ban.net, history_count);
+                let record = BanRecord {
+                    net: ban.net,
+                    created: ban.created,
+                    expires: ban.expires,
+                    reason: self.state.interner.intern_shared(&ban.reason),
+                    source: self.state.interner.intern_shared(&ban.source),
+                };
+                (record, history_count)
+            })
+            .collect()
+    }
+
+    fn append_record(&mut self, record: &Record<'_>) -> Result<(), StoreError> {
+        let mut encoded = Vec::with_capacity(64);
+        encode_record(&mut encoded, record);
+        self.append_durably(&encoded)
+    }
+
+    /// Writes `encoded` at the end of the valid log and fdatasyncs it. On
+    /// failure the tail is cut back so a half-written batch can never sit in
+    /// front of later, successful appends.
+    fn append_durably(&mut self, encoded: &[u8]) -> Result<(), StoreError> {
+        self.make_log_writable()?;
+        let written = self
+            .log
+            .write_all_at(encoded, self.log_len)
+            .and_then(|()| self.log.sync_data());
+        match written {
+            Ok(()) => {
+                self.log_len += encoded.len() as u64;
+                Ok(())
+            }
+            Err(source) => {
+                self.log_health = LogHealth::TailDirty;
+                if let Err(repair_error) = self.make_log_writable() {
+                    tracing::warn!(error = %repair_error, "ban store: could not roll back failed log append; will retry");
+                }
+                Err(io_error("append to", &self.log_path, source))
+            }
+        }
+    }
+
+    /// Brings the log back to a state where appending is safe.
+    fn make_log_writable(&mut self) -> Result<(), StoreError> {
+        match self.log_health {
+            LogHealth::Clean => return Ok(()),
+            LogHealth::TailDirty => {
+                self.log
+                    .set_len(self.log_len)
+                    .and_then(|()| self.log.sync_data())
+                    .map_err(|source| io_error("roll back", &self.log_path, source))?;
+            }
+            LogHealth::Stale => {
+                self.log = create_log(&self.dir, self.generation)?;
+                self.log_len = FILE_HEADER_LEN as u64;
+            }
+        }
+        self.log_health = LogHealth::Clean;
+        Ok(())
+    }
+
+    /// Rough heap footprint of the in-memory tables (tests: memory budget).
+    #[cfg(test)]
+    fn approx_table_bytes(&self) -> usize {
+        fn table_bytes<T>(capacity: usize) -> usize {
+            let buckets = (capacity * 8 / 7).next_power_of_two();
+            buckets * (std::mem::size_of::<T>() + 1)
+        }
+        table_bytes::<BanSlot>(self.state.bans.capacity())
+            + table_bytes::<(IpNet, u32)>(self.state.repeat_counts.capacity())
+            + table_bytes::<(IpNet, BanHistory)>(self.state.idle_history.capacity())
+            + table_bytes::<Arc<str>>(self.state.interner.strings.capacity())
+    }
+}
+
+/// Whether the open log file may be appended to as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogHealth {
+    Clean,
+    /// An append failed; bytes past `log_len` may exist and must be cut.
+    TailDirty,
+    /// A newer snapshot was renamed into place; the log must be recreated
+    /// with the new generation before anything is appended.
+    Stale,
+}
+
+// ---------------------------------------------------------------------------
+// In-memory state
+// ---------------------------------------------------------------------------
+
+/// A ban keyed (hashed and compared) by its network only, so the table needs
+/// no separate key and `get(&IpNet)` works through `Borrow`.
+struct BanSlot(BanRecord);
+
+impl PartialEq for BanSlot {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.net == other.0.net
+    }
+}
+
+impl Eq for BanSlot {}
+
+impl Hash for BanSlot {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.net.hash(state);
+    }
+}
+
+impl Borrow<IpNet> for BanSlot {
+    fn borrow(&self) -> &IpNet {
+        &self.0.net
+    }
+}
+
+/// Everything the files describe. History is split so that the common case,
+/// a net banned once and still banned, costs nothing beyond its ban: for an
+/// active ban `last_banned == created` and the count is 1 unless listed in
+/// `repeat_counts`; nets without an active ban keep theirs in `idle_history`.
+struct MemState {
+    bans: HashSet<BanSlot>,
+    /// History count of actively banned nets banned more than once.
+    repeat_counts: HashMap<IpNet, u32>,
+    /// History of nets with no active ban.
+    idle_history: HashMap<IpNet, BanHistory>,
+    allows: BTreeSet<IpNet>,
+    interner: Interner,
+    /// Lower bound of every active ban's `expires` (lets purge skip scans).
+    earliest_expiry: u64,
+}
+
+impl Default for MemState {
+    fn default() -> Self {
+        MemState {
+            bans: HashSet::new(),
+            repeat_counts: HashMap::new(),
+            idle_history: HashMap::new(),
+            allows: BTreeSet::new(),
+            interner: Interner::default(),
+            earliest_expiry: u64::MAX,
+        }
+    }
+}
+
+impl MemState {
+    fn history(&self, net: &IpNet) -> BanHistory {
+        match self.bans.get(net) {
+            Some(slot) => self.active_history(&slot.0),
+            None => self.idle_history.get(net).copied().unwrap_or_default(),
+        }
+    }
+
+    fn active_history(&self, active: &BanRecord) -> BanHistory {
+        let repeated = match self.repeat_counts.is_empty() {
+            true => None,
+            false => self.repeat_counts.get(&active.net).copied(),
+        };
+        BanHistory {
+            count: repeated.unwrap_or(1),
+            last_banned: active.created,
+        }
+    }
+
+    /// Sizes the tables for a bulk load, so they need not grow step by step.
+    fn reserve(&mut self, counts: &RecordCounts) {
+        self.bans.reserve(counts.bans);
+        self.idle_history.reserve(counts.histories);
+    }
+
+    /// Gives back what `reserve` over-estimated (e.g. bans found expired).
+    fn shrink_after_load(&mut self) {
+        self.bans.shrink_to_fit();
+        self.repeat_counts.shrink_to_fit();
+        self.idle_history.shrink_to_fit();
+    }
+
+    /// Makes `record` the active ban of its net with the given history count.
+    fn apply_ban(&mut self, record: BanRecord, history_count: u32) {
+        let net = record.net;
+        // The emptiness checks keep bulk loading to one hash per ban.
+        if !self.idle_history.is_empty() {
+            self.idle_history.remove(&net);
+        }
+        if history_count > 1 {
+            self.repeat_counts.insert(net, history_count);
+        } else if !self.repeat_counts.is_empty() {
+            self.repeat_counts.remove(&net);
+        }
+        self.earliest_expiry = self.earliest_expiry.min(record.expires);
+        self.bans.replace(BanSlot(record));
+    }
+
+    /// Ends the active ban of `net` (if any), keeping its history.
+    fn remove_ban(&mut self, net: &IpNet) -> Option<BanRecord> {
+        let removed = self.bans.take(net)?.0;
+        self.retire_history(&removed);
+        Some(removed)
+    }
+
+    fn retire_history(&mut self, ended: &BanRecord) {
+        let count = self.repeat_counts.remove(&ended.net).unwrap_or(1);
+        let history = BanHistory {
+            count,
+            last_banned: ended.created,
+        };
+        self.idle_history.insert(ended.net, history);
+    }
+
+    /// Records history for a net whose latest ban had already ended by the
+    /// time it was loaded.
+    fn apply_ended_ban(&mut self, net: IpNet, history: BanHistory) {
+        self.bans.remove(&net);
+        self.repeat_counts.remove(&net);
+        self.idle_history.insert(net, history);
+    }
+
+    fn apply_history(&mut self, net: IpNet, history: BanHistory) {
+        if self.bans.contains(&net) {
+            if history.count > 1 {
+                self.repeat_counts.insert(net, history.count);
+            }
+        } else {
+            self.idle_history.insert(net, history);
+        }
+    }
+
+    fn take_expired(&mut self, now: u64) -> Vec<BanRecord> {
+        if now < self.earliest_expiry {
+            return Vec::new();
+        }
+        let mut earliest_remaining = u64::MAX;
+        let expired: Vec<BanRecord> = self
+            .bans
+            .extract_if(|slot| {
+                let is_expired = slot.0.expires <= now;
+                if !is_expired {
+                    earliest_remaining = earliest_remaining.min(slot.0.expires);
+                }
+                is_expired
+            })
+            .map(|slot| slot.0)
+            .collect();
+        self.earliest_expiry = earliest_remaining;
+        for record in &expired {
+            self.retire_history(record);
+        }
+        expired
+    }
+
+    fn forget_old_history(&mut self, now: u64) {
+        self.idle_history
+            .retain(|_, history| history_is_retained(history, now));
+    }
+
+    fn drop_unused_strings_if_sparse(&mut self) {
+        if self.interner.len() > 2 * self.bans.len() + 64 {
+            self.interner.drop_unused();
+        }
+    }
+
+    /// Applies one record read back from disk. Bans that ended by `now` only
+    /// leave history behind.
+    fn apply_loaded(&mut self, record: Record<'_>, now: u64) {
+        match record {
+            Record::Ban {
+                net,
+                created,
+                expires,
+                history_count,
+                reason,
+                source,
+            } => {
+                let history_count = history_count.max(1);
+                if expires <= now {
+                    let history = BanHistory {
+                        count: history_count,
+                        last_banned: created,
+                    };
+                    self.apply_ended_ban(net, history);
+                } else {
+                    let record = BanRecord {
+                        net,
+                        created,
+                        expires,
+                        reason: self.interner.intern(reason),
+                        source: self.interner.intern(source),
+                    };
+                    self.apply_ban(record, history_count);
+                }
+            }
+            Record::Unban { net } => {
+                self.remove_ban(&net);
+            }
+            Record::Allow { net } => {
+                self.allows.insert(net);
+            }
+            Record::Disallow { net } => {
+                self.allows.remove(&net);
+            }
+            Record::History {
+                net,
+                count,
+                last_banned,
+            } => self.apply_history(net, BanHistory { count, last_banned }),
+            Record::SnapshotEnd { .. } => {}
+        }
+    }
+}
+
+fn history_is_retained(history: &BanHistory, now: u64) -> bool {
+    history.last_banned.saturating_add(HISTORY_RETENTION_SECS) > now
+}
+
+/// Shares one allocation per distinct reason/source text.
+#[derive(Default)]
+struct Interner {
+    strings: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(text) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.strings.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// Like `intern` after cutting to [`MAX_TEXT_BYTES`], reusing the
+    /// caller's allocation when the text is new and short enough.
+    fn intern_shared(&mut self, text: &Arc<str>) -> Arc<str> {
+        let kept = truncate_at_char_boundary(text, MAX_TEXT_BYTES);
+        if kept.len() < text.len() {
+            return self.intern(kept);
+        }
+        if let Some(shared) = self.strings.get(kept) {
+            return Arc::clone(shared);
+        }
+        self.strings.insert(Arc::clone(text));
+        Arc::clone(text)
+    }
+
+    /// Forgets strings no ban refers to any more.
+    fn drop_unused(&mut self) {
+        self.strings.retain(|text| Arc::strong_count(text) > 1);
+    }
+}
+
+fn truncate_at_char_boundary(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+// ---------------------------------------------------------------------------
+// Records: encoding and decoding
+// ---------------------------------------------------------------------------
+
+/// One record as stored; strings borrow from the file buffer when decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Record<'a> {
+    Ban {
+        net: IpNet,
+        created: u64,
+        expires: u64,
+        /// The net's history count after this ban (absolute, so replay
+        /// never has to add).
+        history_count: u32,
+        reason: &'a str,
+        source: &'a str,
+    },
+    Unban {
+        net: IpNet,
+    },
+    Allow {
+        net: IpNet,
+    },
+    Disallow {
+        net: IpNet,
+    },
+    History {
+        net: IpNet,
+        count: u32,
+        last_banned: u64,
+    },
+    /// Last record of a snapshot: proves the file is complete.
+    SnapshotEnd {
+        record_count: u64,
+    },
+}
+
+fn ban_record_payload(record: &BanRecord, history_count: u32) -> Record<'_> {
+    Record::Ban {
+        net: record.net,
+        created: record.created,
+        expires: record.expires,
+        history_count,
+        reason: &record.reason,
+        source: &record.source,
+    }
+}
+
+/// Appends `[u32 len][u32 crc32(len ‖ payload)][payload]` to `out`.
+fn encode_record(out: &mut Vec<u8>, record: &Record<'_>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+    encode_payload(out, record);
+    seal_record(out, start);
+}
+
+/// Fills in length and checksum of the record whose header begins at `start`.
+fn seal_record(out: &mut [u8], start: usize) {
+    let payload_start = start + RECORD_HEADER_LEN;
+    let payload_len = (out.len() - payload_start) as u32;
+    let len_bytes = payload_len.to_le_bytes();
+    let crc = record_crc(len_bytes, &out[payload_start..]);
+    out[start..start + 4].copy_from_slice(&len_bytes);
+    out[start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn record_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len_bytes);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+fn encode_payload(out: &mut Vec<u8>, record: &Record<'_>) {
+    match record {
+        Record::Ban {
+            net,
+            created,
+            expires,
+            history_count,
+            reason,
+            source,
+        } => {
+            out.push(KIND_BAN);
+            encode_net(out, net);
+            out.extend_from_slice(&created.to_le_bytes());
+            out.extend_from_slice(&expires.to_le_bytes());
+            out.extend_from_slice(&history_count.to_le_bytes());
+            encode_text(out, reason);
+            encode_text(out, source);
+        }
+        Record::Unban { net } => encode_net_record(out, KIND_UNBAN, net),
+        Record::Allow { net } => encode_net_record(out, KIND_ALLOW, net),
+        Record::Disallow { net } => encode_net_record(out, KIND_DISALLOW, net),
+        Record::History {
+            net,
+            count,
+            last_banned,
+        } => {
+            out.push(KIND_HISTORY);
+            encode_net(out, net);
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(&last_banned.to_le_bytes());
+        }
+        Record::SnapshotEnd { record_count } => {
+            out.push(KIND_SNAPSHOT_END);
+            out.extend_from_slice(&record_count.to_le_bytes());
+        }
+    }
+}
+
+fn encode_net_record(out: &mut Vec<u8>, kind: u8, net: &IpNet) {
+    out.push(kind);
+    encode_net(out, net);
+}
+
+fn encode_net(out: &mut Vec<u8>, net: &IpNet) {
+    match net {
+        IpNet::V4(v4) => {
+            out.push(FAMILY_V4);
+            out.extend_from_slice(&v4.addr().octets());
+        }
+        IpNet::V6(v6) => {
+            out.push(FAMILY_V6);
+            out.extend_from_slice(&v6.addr().octets());
+        }
+    }
+    out.push(net.prefix_len());
+}
+
+fn encode_text(out: &mut Vec<u8>, text: &str) {
+    let kept = truncate_at_char_boundary(text, MAX_TEXT_BYTES);
+    out.extend_from_slice(&(kept.len() as u16).to_le_bytes());
+    out.extend_from_slice(kept.as_bytes());
+}
+
+/// Cursor over one record payload; every read is bounds-checked.
+struct PayloadReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> PayloadReader<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&end| end <= self.bytes.len());
+        let end = end.ok_or_else(|| {
+            format!(
+                "record payload ends early (needs {len} bytes at {})",
+                self.pos
+            )
+        })?;
+        let taken = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let taken = self.take(N)?;
+        taken.try_into().map_err(|_| format!("expected {N} bytes"))
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn net(&mut self) -> Result<IpNet, String> {
+        match self.u8()? {
+            FAMILY_V4 => {
+                let address = Ipv4Addr::from(self.array::<4>()?);
+                let prefix_len = self.u8()?;
+                Ipv4Net::new(address, prefix_len)
+                    .map(IpNet::V4)
+                    .map_err(|_| format!("invalid IPv4 prefix length {prefix_len}"))
+            }
+            FAMILY_V6 => {
+                let address = Ipv6Addr::from(self.array::<16>()?);
+                let prefix_len = self.u8()?;
+                Ipv6Net::new(address, prefix_len)
+                    .map(IpNet::V6)
+                    .map_err(|_| format!("invalid IPv6 prefix length {prefix_len}"))
+            }
+            family => Err(format!("unknown address family {family}")),
+        }
+    }
+
+    fn text(&mut self) -> Result<&'a str, String> {
+        let len = usize::from(self.u16()?);
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes).map_err(|_| "text is not valid UTF-8".to_string())
+    }
+
+    fn finish(self) -> Result<(), String> {
+        let trailing = self.bytes.len() - self.pos;
+        if trailing == 0 {
+            Ok(())
+        } else {
+            Err(format!("{trailing} unexpected trailing bytes in record"))
+        }
+    }
+}
+
+fn decode_payload(payload: &[u8]) -> Result<Record<'_>, String> {
+    let mut reader = PayloadReader {
+        bytes: payload,
+        pos: 0,
+    };
+    let record = match reader.u8()? {
+        KIND_BAN => Record::Ban {
+            net: reader.net()?,
+            created: reader.u64()?,
+            expires: reader.u64()?,
+            history_count: reader.u32()?,
+            reason: reader.text()?,
+            source: reader.text()?,
+        },
+        KIND_UNBAN => Record::Unban { net: reader.net()? },
+        KIND_ALLOW => Record::Allow { net: reader.net()? },
+        KIND_DISALLOW => Record::Disallow { net: reader.net()? },
+        KIND_HISTORY => Record::History {
+            net: reader.net()?,
+            count: reader.u32()?,
+            last_banned: reader.u64()?,
+        },
+        KIND_SNAPSHOT_END => Record::SnapshotEnd {
+            record_count: reader.u64()?,
+        },
+        kind => return Err(format!("unknown record kind {kind}")),
+    };
+    reader.finish()?;
+    Ok(record)
+}
+
+/// What sits at one offset of a file buffer.
+enum Frame<'a> {
+    /// A record whose length and checksum are intact; `next` is the offset
+    /// just past it.
+    Intact {
+        payload: &'a [u8],
+        next: usize,
+    },
+    EndOfData,
+    /// Torn or damaged bytes.
+    Damaged(&'static str),
+}
+
+fn read_frame(bytes: &[u8], offset: usize) -> Frame<'_> {
+    let rest = bytes.get(offset..).unwrap_or_default();
+    if rest.is_empty() {
+        return Frame::EndOfData;
+    }
+    let (Some(len_bytes), Some(crc_bytes)) = (le_array::<4>(rest, 0), le_array::<4>(rest, 4))
+    else {
+        return Frame::Damaged("record header cut short");
+    };
+    let payload_len = u32::from_le_bytes(len_bytes) as usize;
+    if payload_len > MAX_PAYLOAD_LEN {
+        return Frame::Damaged("implausible record length");
+    }
+    let Some(payload) = rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload_len) else {
+        return Frame::Damaged("record payload cut short");
+    };
+    if record_crc(len_bytes, payload) != u32::from_le_bytes(crc_bytes) {
+        return Frame::Damaged("record checksum mismatch");
+    }
+    Frame::Intact {
+        payload,
+        next: offset + RECORD_HEADER_LEN + payload_len,
+    }
+}
+
+fn le_array<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
+    bytes.get(at..at + N)?.try_into().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Files: headers, replay, atomic replacement
+// ---------------------------------------------------------------------------
+
+fn encode_file_header(magic: &[u8; 8], generation: u64) -> [u8; FILE_HEADER_LEN] {
+    let mut header = [0u8; FILE_HEADER_LEN];
+    header[..8].copy_from_slice(magic);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..20].copy_from_slice(&generation.to_le_bytes());
+    let crc = crc32fast::hash(&header[..FILE_HEADER_CRC_OFFSET]);
+    header[FILE_HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Validates the header of `bytes` and returns its generation.
+fn parse_file_header(bytes: &[u8], magic: &[u8; 8], path: &Path) -> Result<u64, StoreError> {
+    let header = bytes
+        .get(..FILE_HEADER_LEN)
+        .ok_or_else(|| corrupt(path, 0, "file is shorter than its header"))?;
+    if header[..8] != magic[..] {
+        return Err(corrupt(
+            path,
+            0,
+            "bad magic: not an orch ban store file of this kind",
+        ));
+    }
+    let version = le_array::<4>(header, 8).map_or(0, u32::from_le_bytes);
+    if version != FORMAT_VERSION {
+        return Err(StoreError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let stored_crc = le_array::<4>(header, FILE_HEADER_CRC_OFFSET).map(u32::from_le_bytes);
+    if stored_crc != Some(crc32fast::hash(&header[..FILE_HEADER_CRC_OFFSET])) {
+        return Err(corrupt(path, 0, "header checksum mismatch"));
+    }
+    le_array::<8>(header, 12)
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| corrupt(path, 12, "header generation missing"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileRole {
+    Snapshot,
+    Log,
+}
+
+/// How many records of the kinds that fill big tables a file holds.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RecordCounts {
+    bans: usize,
+    histories: usize,
+}
+
+/// Cheap pre-pass over the frame headers (no checksums, no decoding) so
+/// the tables can be sized once; stops quietly at anything odd, replay
+/// reports it properly.
+fn count_records(bytes: &[u8]) -> RecordCounts {
+    let mut counts = RecordCounts::default();
+    let mut offset = FILE_HEADER_LEN;
+    while let Some(len_bytes) = le_array::<4>(bytes, offset) {
+        let payload_start = offset + RECORD_HEADER_LEN;
+        match bytes.get(payload_start) {
+            Some(&KIND_BAN) => counts.bans += 1,
+            Some(&KIND_HISTORY) => counts.histories += 1,
+            Some(_) => {}
+            None => break,
+        }
+        offset = payload_start + u32::from_le_bytes(len_bytes) as usize;
+    }
+    counts
+}
+
+/// Where replay of a log stopped early because of a torn tail.
+struct TornTail {
+    offset: usize,
+    detail: &'static str,
+}
+
+/// Applies every record after the header of `bytes` to `state`. In the log
+/// the first damaged frame ends replay (torn tail); in the snapshot any
+/// damage, or a missing end marker, is corruption.
+fn replay_records(
+    state: &mut MemState,
+    bytes: &[u8],
+    role: FileRole,
+    path: &Path,
+    now: u64,
+) -> Result<Option<TornTail>, StoreError> {
+    let mut offset = FILE_HEADER_LEN;
+    let mut records_applied: u64 = 0;
+    let mut end_marker_seen = false;
+    loop {
+        let (payload, next) = match read_frame(bytes, offset) {
+            Frame::Intact { payload, next } => (payload, next),
+            Frame::EndOfData => break,
+            Frame::Damaged(detail) if role == FileRole::Log => {
+                return Ok(Some(TornTail { offset, detail }));
+            }
+            Frame::Damaged(detail) => return Err(corrupt(path, offset, detail)),
+        };
+        if end_marker_seen {
+            return Err(corrupt(path, offset, "data after the snapshot end marker"));
+        }
+        let record = decode_payload(payload).map_err(|detail| corrupt(path, offset, detail))?;
+        if let Record::SnapshotEnd { record_count } = record {
+            check_end_marker(role, record_count, records_applied)
+                .map_err(|detail| corrupt(path, offset, detail))?;
+            end_marker_seen = true;
+        } else {
+            state.apply_loaded(record, now);
+            records_applied += 1;
+        }
+        offset = next;
+    }
+    if role == FileRole::Snapshot && !end_marker_seen {
+        return Err(corrupt(
+            path,
+            offset,
+            "snapshot is incomplete (no end marker)",
+        ));
+    }
+    Ok(None)
+}
+
+fn check_end_marker(role: FileRole, record_count: u64, records_applied: u64) -> Result<(), String> {
+    if role == FileRole::Log {
+        return Err("snapshot end marker inside the log".to_string());
+    }
+    if record_count != records_applied {
+        return Err(format!(
+            "end marker counts {record_count} records but {records_applied} were read"
+        ));
+    }
+    Ok(())
+}
+
+struct LoadedSnapshot {
+    generation: u64,
+    len: u64,
+}
+
+/// Replays the snapshot into `state`; `None` if there is no snapshot yet.
+fn load_snapshot(
+    dir: &Path,
+    state: &mut MemState,
+    now: u64,
+) -> Result<Option<LoadedSnapshot>, StoreError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error("read", &path, error)),
+    };
+    let generation = parse_file_header(&bytes, &SNAPSHOT_MAGIC, &path)?;
+    state.reserve(&count_records(&bytes));
+    replay_records(state, &bytes, FileRole::Snapshot, &path, now)?;
+    Ok(Some(LoadedSnapshot {
+        generation,
+        len: bytes.len() as u64,
+    }))
+}
+
+struct OpenedLog {
+    file: File,
+    len: u64,
+}
+
+/// Replays the log of `snapshot_generation` into `state`, cutting a torn
+/// tail; a missing, headerless or stale (pre-compaction) log is replaced by
+/// an empty one without being replayed.
+fn open_log(
+    dir: &Path,
+    snapshot_generation: u64,
+    state: &mut MemState,
+    now: u64,
+) -> Result<OpenedLog, StoreError> {
+    let path = dir.join(LOG_FILE);
+    let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return fresh_log(dir, snapshot_generation);
+        }
+        Err(error) => return Err(io_error("open", &path, error)),
+    };
+    let bytes = read_whole(&file, &path)?;
+    if bytes.len() < FILE_HEADER_LEN {
+        tracing::warn!(path = %path.display(), len = bytes.len(), "ban store: log has no complete header; starting an empty log");
+        return fresh_log(dir, snapshot_generation);
+    }
+    let log_generation = parse_file_header(&bytes, &LOG_MAGIC, &path)?;
+    if log_generation < snapshot_generation {
+        tracing::info!(path = %path.display(), log_generation, snapshot_generation,
+            "ban store: ignoring log already folded into the snapshot (crash during compaction)");
+        return fresh_log(dir, snapshot_generation);
+    }
+    if log_generation > snapshot_generation {
+        let detail = format!(
+            "log generation {log_generation} is newer than snapshot generation {snapshot_generation} (snapshot lost or replaced?)"
+        );
+        return Err(corrupt(&path, 12, detail));
+    }
+    let valid_len = match replay_records(state, &bytes, FileRole::Log, &path, now)? {
+        Some(torn) => cut_torn_tail(&file, &path, &torn, bytes.len())?,
+        None => bytes.len(),
+    };
+    Ok(OpenedLog {
+        file,
+        len: valid_len as u64,
+    })
+}
+
+fn fresh_log(dir: &Path, generation: u64) -> Result<OpenedLog, StoreError> {
+    Ok(OpenedLog {
+        file: create_log(dir, generation)?,
+        len: FILE_HEADER_LEN as u64,
+    })
+}
+
+fn cut_torn_tail(
+    file: &File,
+    path: &Path,
+    torn: &TornTail,
+    file_len: usize,
+) -> Result<usize, StoreError> {
+    tracing::warn!(
+        path = %path.display(),
+        offset = torn.offset,
+        dropped_bytes = file_len - torn.offset,
+        problem = torn.detail,
+        "ban store: log ends in a torn or damaged record (crash mid-write?); truncating it away"
+    );
+    file.set_len(torn.offset as u64)
+        .and_then(|()| file.sync_data())
+        .map_err(|error| io_error("truncate torn tail of", path, error))?;
+    Ok(torn.offset)
+}
+
+fn read_whole(mut file: &File, path: &Path) -> Result<Vec<u8>, StoreError> {
+    let expected_len = file.metadata().map(|meta| meta.len() as usize).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(expected_len);
+    file.read_to_end(&mut bytes)
+        .map_err(|error| io_error("read", path, error))?;
+    Ok(bytes)
+}
+
+/// Atomically installs an empty log of `generation` and returns it open for
+/// reading and writing.
+fn create_log(dir: &Path, generation: u64) -> Result<File, StoreError> {
+    let header = encode_file_header(&LOG_MAGIC, generation);
+    let (file, _) = write_synced_tmp(dir, LOG_TMP_FILE, |out| out.write_all(&header))?;
+    rename_into_place(dir, LOG_TMP_FILE, LOG_FILE)?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Installs a snapshot holding nothing (first open of a new store).
+fn write_empty_snapshot(dir: &Path, generation: u64) -> Result<u64, StoreError> {
+    let empty = MemState::default();
+    let written = write_snapshot_tmp(dir, generation, &empty, 0)?;
+    rename_into_place(dir, SNAPSHOT_TMP_FILE, SNAPSHOT_FILE)?;
+    sync_dir(dir)?;
+    Ok(written)
+}
+
+/// Writes `state` as a complete, fsynced snapshot of `generation` to the
+/// tmp file; returns its length. Bans expired at `now` become history.
+fn write_snapshot_tmp(
+    dir: &Path,
+    generation: u64,
+    state: &MemState,
+    now: u64,
+) -> Result<u64, StoreError> {
+    let (_, written) = write_synced_tmp(dir, SNAPSHOT_TMP_FILE, |out| {
+        out.write_all(&encode_file_header(&SNAPSHOT_MAGIC, generation))?;
+        write_snapshot_records(out, state, now)
+    })?;
+    Ok(written)
+}
+
+fn write_snapshot_records(
+    out: &mut BufWriter<&File>,
+    state: &MemState,
+    now: u64,
+) -> io::Result<()> {
+    let mut scratch = Vec::with_capacity(256);
+    let mut record_count: u64 = 0;
+    let mut emit = |out: &mut BufWriter<&File>, record: &Record<'_>| {
+        scratch.clear();
+        encode_record(&mut scratch, record);
+        record_count += 1;
+        out.write_all(&scratch)
+    };
+    // Bans first: while they load, the idle-history table is still empty.
+    for BanSlot(ban) in &state.bans {
+        let history = state.active_history(ban);
+        if ban.expires > now {
+            emit(out, &ban_record_payload(ban, history.count))?;
+        } else {
+            emit(out, &history_record(ban.net, history))?;
+        }
+    }
+    for (net, history) in &state.idle_history {
+        if history_is_retained(history, now) {
+            emit(out, &history_record(*net, *history))?;
+        }
+    }
+    for net in &state.allows {
+        emit(out, &Record::Allow { net: *net })?;
+    }
+    let mut end = Vec::with_capacity(32);
+    encode_record(&mut end, &Record::SnapshotEnd { record_count });
+    out.write_all(&end)
+}
+
+fn history_record(net: IpNet, history: BanHistory) -> Record<'static> {
+    Record::History {
+        net,
+        count: history.count,
+        last_banned: history.last_banned,
+    }
+}
+
+/// Creates `dir/tmp_name` (0600, truncated), fills it through a buffer and
+/// fsyncs it. Returns the open file and its length. The tmp file is removed
+/// again if anything fails.
+fn write_synced_tmp(
+    dir: &Path,
+    tmp_name: &str,
+    fill: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>,
+) -> Result<(File, u64), StoreError> {
+    let path = dir.join(tmp_name);
+    let written = create_and_fill(&path, fill);
+    if written.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    written.map_err(|error| io_error("write", &path, error))
+}
+
+fn create_and_fill(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<&File>) -> io::Result<()>,
+) -> io::Result<(File, u64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    {
+        let mut out = BufWriter::with_capacity(SNAPSHOT_WRITE_BUFFER, &file);
+        fill(&mut out)?;
+        out.flush()?;
+    }
+    file.sync_all()?;
+    let len = file.metadata()?.len();
+    Ok((file, len))
+}
+
+fn rename_into_place(dir: &Path, tmp_name: &str, final_name: &str) -> Result<(), StoreError> {
+    let tmp_path = dir.join(tmp_name);
+    fs::rename(&tmp_path, dir.join(final_name))
+        .map_err(|error| io_error("rename", &tmp_path, error))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|error| io_error("fsync directory", dir, error))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|error| io_error("create directory", dir, error))
+}
+
+/// Takes an exclusive, non-blocking lock so two processes never write the
+/// same store.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(&path)
+        .map_err(|error| io_error("open lock file", &path, error))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(error)) => Err(io_error("lock", &path, error)),
+    }
+}
+
+/// Tmp files left by a crash mid-compaction were never renamed into place,
+/// so they hold nothing the real files lack.
+fn remove_leftover_tmp_files(dir: &Path) {
+    for name in [SNAPSHOT_TMP_FILE, LOG_TMP_FILE] {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "ban store: removed leftover tmp file")
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ban store: cannot remove leftover tmp file")
+            }
+        }
+    }
+}
+
+fn io_error(action: &'static str, path: &Path, source: io::Error) -> StoreError {
+    StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, offset: usize, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        detail: detail.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+
+    const NOW: u64 = 1_700_000_000;
+    const HOUR: u64 = 3600;
+
+    fn net(text: &str) -> IpNet {
+        text.parse().expect("test net parses")
+    }
+
+    fn ban(text: &str, created: u64, expires: u64, reason: &str) -> BanRecord {
+        BanRecord {
+            net: net(text),
+            created,
+            expires,
+            reason: Arc::from(reason),
+            source: Arc::from("manual"),
+        }
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, NOW).expect("store opens")
+    }
+
+    fn sorted_bans(store: &Store) -> Vec<BanRecord> {
+        let mut bans: Vec<BanRecord> = store.bans().cloned().collect();
+        bans.sort_by_key(|ban| ban.net);
+        bans
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        fs::metadata(path).expect("metadata").len()
+    }
+
+    fn log_path(dir: &Path) -> PathBuf {
+        dir.join(LOG_FILE)
+    }
+
+    fn snapshot_path(dir: &Path) -> PathBuf {
+        dir.join(SNAPSHOT_FILE)
+    }
+
+    /// Appends a correctly framed record with arbitrary payload to the log.
+    fn append_raw_record(dir: &Path, payload: &[u8]) {
+        let mut framed = vec![0; RECORD_HEADER_LEN];
+        framed.extend_from_slice(payload);
+        seal_record(&mut framed, 0);
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(log_path(dir))
+            .expect("open log");
+        log.write_all(&framed).expect("append");
+    }
+
+    fn append_garbage(dir: &Path, garbage: &[u8]) {
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(log_path(dir))
+            .expect("open log");
+        log.write_all(garbage).expect("append");
+    }
+
+    fn expect_corrupt(result: Result<Store, StoreError>) -> (PathBuf, u64, String) {
+        match result {
+            Err(StoreError::Corrupt {
+                path,
+                offset,
+                detail,
+            }) => (path, offset, detail),
+            Err(other) => panic!("expected Corrupt, got {other}"),
+            Ok(_) => panic!("expected Corrupt, store opened"),
+        }
+    }
+
+    #[test]
+    fn new_store_creates_private_dir_and_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state").join("orch");
+        let store = open(&dir);
+        assert_eq!(store.dir(), dir.as_path());
+        assert_eq!(store.ban_count(), 0);
+        let dir_mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        for name in [SNAPSHOT_FILE, LOG_FILE, LOCK_FILE] {
+            let mode = fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
+        assert_eq!(file_len(&log_path(&dir)), FILE_HEADER_LEN as u64);
+    }
+
+    #[test]
+    fn bans_allows_and_history_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[
+                    ban("192.0.2.7/32", NOW, NOW + HOUR, "ssh brute force"),
+                    ban("2001:db8::1/128", NOW, NOW + HOUR, "ssh brute force"),
+                    ban("198.51.100.0/24", NOW, NOW + 2 * HOUR, "scanner"),
+                    ban("2001:db8:1::/48", NOW, NOW + 3 * HOUR, "scanner"),
+                ])
+                .unwrap();
+            assert!(store.add_allow(net("203.0.113.5/32")).unwrap());
+            assert!(store.add_allow(net("2001:db8:ffff::/64")).unwrap());
+            assert!(!store.add_allow(net("203.0.113.5/32")).unwrap());
+            sorted_bans(&store)
+        };
+        let store = open(dir.path());
+        assert_eq!(sorted_bans(&store), expected);
+        assert_eq!(store.ban_count(), 4);
+        let allows: Vec<IpNet> = store.runtime_allows().copied().collect();
+        assert_eq!(
+            allows,
+            vec![net("203.0.113.5/32"), net("2001:db8:ffff::/64")]
+        );
+        let history = store.history(&net("198.51.100.0/24"));
+        assert_eq!(
+            history,
+            BanHistory {
+                count: 1,
+                last_banned: NOW
+            }
+        );
+        assert_eq!(store.history(&net("192.0.2.8/32")), BanHistory::default());
+        let v6 = store.get_ban(&net("2001:db8:1::/48")).unwrap();
+        assert_eq!(v6.expires, NOW + 3 * HOUR);
+        assert_eq!(&*v6.reason, "scanner");
+        assert_eq!(&*v6.source, "manual");
+    }
+
+    #[test]
+    fn latest_insert_wins_and_counts_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = net("192.0.2.1/32");
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + 10 * HOUR, "first")])
+                .unwrap();
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW + 5, NOW + HOUR, "second")])
+                .unwrap();
+            let current = store.get_ban(&target).unwrap();
+            assert_eq!(&*current.reason, "second");
+            assert_eq!(current.expires, NOW + HOUR);
+            assert_eq!(
+                store.history(&target),
+                BanHistory {
+                    count: 2,
+                    last_banned: NOW + 5
+                }
+            );
+            assert_eq!(store.ban_count(), 1);
+        }
+        let store = open(dir.path());
+        let current = store.get_ban(&target).unwrap();
+        assert_eq!(&*current.reason, "second");
+        assert_eq!(current.expires, NOW + HOUR);
+        assert_eq!(
+            store.history(&target),
+            BanHistory {
+                count: 2,
+                last_banned: NOW + 5
+            }
+        );
+    }
+
+    #[test]
+    fn same_net_twice_in_one_batch_counts_twice_and_last_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = net("2001:db8::/64");
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[
+                    ban("2001:db8::/64", NOW, NOW + HOUR, "a"),
+                    ban("2001:db8::/64", NOW + 1, NOW + 2 * HOUR, "b"),
+                ])
+                .unwrap();
+            assert_eq!(store.history(&target).count, 2);
+            assert_eq!(&*store.get_ban(&target).unwrap().reason, "b");
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            store.history(&target),
+            BanHistory {
+                count: 2,
+                last_banned: NOW + 1
+            }
+        );
+        assert_eq!(&*store.get_ban(&target).unwrap().reason, "b");
+    }
+
+    #[test]
+    fn empty_insert_does_no_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let before = file_len(&log_path(dir.path()));
+        store.insert_bans(&[]).unwrap();
+        assert_eq!(store.remove_ban(&net("192.0.2.1/32")).unwrap(), None);
+        assert!(!store.remove_allow(&net("192.0.2.1/32")).unwrap());
+        assert_eq!(file_len(&log_path(dir.path())), before);
+    }
+
+    #[test]
+    fn removed_ban_stays_removed_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = net("192.0.2.9/32");
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[
+                    ban("192.0.2.9/32", NOW, NOW + HOUR, "x"),
+                    ban("192.0.2.10/32", NOW, NOW + HOUR, "x"),
+                ])
+                .unwrap();
+            let removed = store.remove_ban(&gone).unwrap().expect("was banned");
+            assert_eq!(removed.net, gone);
+            assert!(store.get_ban(&gone).is_none());
+            assert_eq!(
+                store.history(&gone),
+                BanHistory {
+                    count: 1,
+                    last_banned: NOW
+                }
+            );
+            assert!(store.add_allow(net("198.51.100.1/32")).unwrap());
+            assert!(store.remove_allow(&net("198.51.100.1/32")).unwrap());
+        }
+        let mut store = open(dir.path());
+        assert!(store.get_ban(&gone).is_none());
+        assert_eq!(store.ban_count(), 1);
+        assert_eq!(
+            store.history(&gone),
+            BanHistory {
+                count: 1,
+                last_banned: NOW
+            }
+        );
+        assert_eq!(store.runtime_allows().count(), 0);
+        // Banning again continues the history.
+        store
+            .insert_bans(&[ban("192.0.2.9/32", NOW + 9, NOW + HOUR, "again")])
+            .unwrap();
+        assert_eq!(
+            store.history(&gone),
+            BanHistory {
+                count: 2,
+                last_banned: NOW + 9
+            }
+        );
+    }
+
+    #[test]
+    fn expired_bans_are_dropped_at_open_but_history_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[
+                    ban("192.0.2.1/32", NOW, NOW + 10, "short"),
+                    ban("192.0.2.2/32", NOW, NOW + HOUR, "long"),
+                ])
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), NOW + 10).unwrap();
+        assert_eq!(store.ban_count(), 1);
+        assert!(store.get_ban(&net("192.0.2.1/32")).is_none());
+        assert!(store.get_ban(&net("192.0.2.2/32")).is_some());
+        assert_eq!(
+            store.history(&net("192.0.2.1/32")),
+            BanHistory {
+                count: 1,
+                last_banned: NOW
+            }
+        );
+    }
+
+    #[test]
+    fn replacing_ban_with_expired_one_removes_it_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + HOUR, "long")])
+                .unwrap();
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + 5, "short")])
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), NOW + 6).unwrap();
+        assert!(store.get_ban(&net("192.0.2.1/32")).is_none());
+        assert_eq!(store.history(&net("192.0.2.1/32")).count, 2);
+    }
+
+    #[test]
+    fn purge_expired_returns_expired_and_keeps_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store
+            .insert_bans(&[
+                ban("192.0.2.1/32", NOW, NOW + 10, "a"),
+                ban("192.0.2.2/32", NOW, NOW + 20, "b"),
+                ban("2001:db8::/64", NOW, NOW + 30, "c"),
+            ])
+            .unwrap();
+        assert!(store.purge_expired(NOW + 9).is_empty());
+        let mut purged = store.purge_expired(NOW + 20);
+        purged.sort_by_key(|record| record.net);
+        let purged_nets: Vec<IpNet> = purged.iter().map(|record| record.net).collect();
+        assert_eq!(purged_nets, vec![net("192.0.2.1/32"), net("192.0.2.2/32")]);
+        assert_eq!(store.ban_count(), 1);
+        assert!(store.purge_expired(NOW + 20).is_empty());
+        assert_eq!(
+            store.history(&net("192.0.2.2/32")),
+            BanHistory {
+                count: 1,
+                last_banned: NOW
+            }
+        );
+        assert_eq!(store.purge_expired(NOW + 30).len(), 1);
+        assert_eq!(store.ban_count(), 0);
+        drop(store);
+
+        let store = Store::open(dir.path(), NOW + 20).unwrap();
+        assert_eq!(
+            store.ban_count(),
+            1,
+            "only the ban still live at NOW+20 returns"
+        );
+        assert_eq!(store.history(&net("192.0.2.1/32")).count, 1);
+    }
+
+    #[test]
+    fn purge_notices_expiry_brought_forward_by_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store
+            .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + HOUR, "a")])
+            .unwrap();
+        assert!(store.purge_expired(NOW + 1).is_empty());
+        store
+            .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + 2, "b")])
+            .unwrap();
+        assert_eq!(store.purge_expired(NOW + 2).len(), 1);
+    }
+
+    #[test]
+    fn old_history_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = net("192.0.2.1/32");
+        let recent = net("192.0.2.2/32");
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[
+                    ban("192.0.2.1/32", NOW, NOW + 1, "a"),
+                    ban("192.0.2.2/32", NOW + 2 * HOUR, NOW + 2 * HOUR + 1, "b"),
+                ])
+                .unwrap();
+        }
+        let later = NOW + HISTORY_RETENTION_SECS + HOUR;
+        let mut store = Store::open(dir.path(), later).unwrap();
+        assert_eq!(store.history(&old), BanHistory::default());
+        assert_eq!(store.history(&recent).count, 1);
+        store.compact().unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), later).unwrap();
+        assert_eq!(store.history(&old), BanHistory::default());
+        assert_eq!(store.history(&recent).count, 1);
+    }
+
+    #[test]
+    fn reason_and_source_are_truncated_at_char_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let long_reason = "é".repeat(600); // 1200 bytes
+        let long_source = "x".repeat(5000);
+        let mut record = ban("192.0.2.1/32", NOW, NOW + HOUR, &long_reason);
+        record.source = Arc::from(long_source.as_str());
+        {
+            let mut store = open(dir.path());
+            store.insert_bans(&[record]).unwrap();
+            let stored = store.get_ban(&net("192.0.2.1/32")).unwrap();
+            assert_eq!(stored.reason.len(), 1024);
+            assert_eq!(&*stored.reason, "é".repeat(512));
+            assert_eq!(stored.source.len(), MAX_TEXT_BYTES);
+        }
+        let store = open(dir.path());
+        let stored = store.get_ban(&net("192.0.2.1/32")).unwrap();
+        assert_eq!(&*stored.reason, "é".repeat(512));
+        assert_eq!(stored.source.len(), MAX_TEXT_BYTES);
+        assert_eq!(truncate_at_char_boundary("aé", 2), "a");
+    }
+
+    #[test]
+    fn equal_strings_share_one_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[
+                    ban("192.0.2.1/32", NOW, NOW + HOUR, "sshd"),
+                    ban("192.0.2.2/32", NOW, NOW + HOUR, "sshd"),
+                ])
+                .unwrap();
+            let first = store.get_ban(&net("192.0.2.1/32")).unwrap();
+            let second = store.get_ban(&net("192.0.2.2/32")).unwrap();
+            assert!(Arc::ptr_eq(&first.reason, &second.reason));
+        }
+        let store = open(dir.path());
+        let first = store.get_ban(&net("192.0.2.1/32")).unwrap();
+        let second = store.get_ban(&net("192.0.2.2/32")).unwrap();
+        assert!(Arc::ptr_eq(&first.reason, &second.reason));
+        assert!(Arc::ptr_eq(&first.source, &second.source));
+    }
+
+    #[test]
+    fn unused_strings_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let bans: Vec<BanRecord> = (0..200u32)
+            .map(|i| {
+                ban(
+                    &format!("10.0.{}.{}/32", i / 256, i % 256),
+                    NOW,
+                    NOW + 1,
+                    &format!("reason {i}"),
+                )
+            })
+            .collect();
+        store.insert_bans(&bans).unwrap();
+        drop(bans);
+        assert!(store.state.interner.len() >= 200);
+        assert_eq!(store.purge_expired(NOW + 1).len(), 200);
+        assert!(store.purge_expired(NOW + 2).is_empty());
+        assert!(store.state.interner.len() <= 64);
+    }
+
+    #[test]
+    fn torn_tail_garbage_is_cut_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let valid_len = {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + HOUR, "a")])
+                .unwrap();
+            store
+                .insert_bans(&[ban("192.0.2.2/32", NOW, NOW + HOUR, "b")])
+                .unwrap();
+            file_len(&log_path(dir.path()))
+        };
+        append_garbage(dir.path(), b"\x13\x00\x00\x00garbage that is not a record");
+        {
+            let mut store = open(dir.path());
+            assert_eq!(store.ban_count(), 2);
+            assert_eq!(file_len(&log_path(dir.path())), valid_len);
+            store
+                .insert_bans(&[ban("192.0.2.3/32", NOW, NOW + HOUR, "c")])
+                .unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.ban_count(), 3);
+    }
+
+    #[test]
+    fn record_cut_in_half_is_cut_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let before_last = {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + HOUR, "a")])
+                .unwrap();
+            let before_last = file_len(&log_path(dir.path()));
+            store
+                .insert_bans(&[ban("192.0.2.2/32", NOW, NOW + HOUR, "b")])
+                .unwrap();
+            before_last
+        };
+        let full = file_len(&log_path(dir.path()));
+        let log = OpenOptions::new()
+            .write(true)
+            .open(log_path(dir.path()))
+            .unwrap();
+        log.set_len(before_last + (full - before_last) / 2).unwrap();
+        drop(log);
+        {
+            let mut store = open(dir.path());
+            assert_eq!(store.ban_count(), 1);
+            assert!(store.get_ban(&net("192.0.2.1/32")).is_some());
+            assert_eq!(file_len(&log_path(dir.path())), before_last);
+            store.remove_ban(&net("192.0.2.1/32")).unwrap();
+            store
+                .insert_bans(&[ban("192.0.2.3/32", NOW, NOW + HOUR, "c")])
+                .unwrap();
+        }
+        let store = open(dir.path());
+        let nets: Vec<IpNet> = sorted_bans(&store)
+            .iter()
+            .map(|record| record.net)
+            .collect();
+        assert_eq!(nets, vec![net("192.0.2.3/32")]);
+    }
+
+    #[test]
+    fn zeroed_tail_and_cut_record_header_are_torn() {
+        for tail in [&[0u8; 64][..], &[5, 0, 0][..]] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut store = open(dir.path());
+                store.add_allow(net("192.0.2.0/24")).unwrap();
+            }
+            append_garbage(dir.path(), tail);
+            let store = open(dir.path());
+            assert_eq!(store.runtime_allows().count(), 1);
+        }
+    }
+
+    #[test]
+    fn bad_checksum_in_last_record_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + HOUR, "a")])
+                .unwrap();
+            store
+                .insert_bans(&[ban("192.0.2.2/32", NOW, NOW + HOUR, "b")])
+                .unwrap();
+        }
+        let mut bytes = fs::read(log_path(dir.path())).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(log_path(dir.path()), &bytes).unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.ban_count(), 1);
+    }
+
+    #[test]
+    fn intact_but_undecodable_log_record_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        append_raw_record(dir.path(), &[99, 1, 2, 3]);
+        let (path, offset, detail) = expect_corrupt(Store::open(dir.path(), NOW));
+        assert_eq!(path, log_path(dir.path()));
+        assert_eq!(offset, FILE_HEADER_LEN as u64);
+        assert!(detail.contains("unknown record kind 99"), "{detail}");
+    }
+
+    #[test]
+    fn damaged_snapshot_is_corrupt_with_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            let bans: Vec<BanRecord> = (0..50u32)
+                .map(|i| ban(&format!("192.0.2.{i}/32"), NOW, NOW + HOUR, "scan"))
+                .collect();
+            store.insert_bans(&bans).unwrap();
+            store.compact().unwrap();
+        }
+        let mut bytes = fs::read(snapshot_path(dir.path())).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+        fs::write(snapshot_path(dir.path()), &bytes).unwrap();
+        let (path, offset, _) = expect_corrupt(Store::open(dir.path(), NOW));
+        assert_eq!(path, snapshot_path(dir.path()));
+        assert!(
+            offset >= FILE_HEADER_LEN as u64 && offset <= middle as u64,
+            "{offset}"
+        );
+    }
+
+    #[test]
+    fn snapshot_without_end_marker_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        let bytes = fs::read(snapshot_path(dir.path())).unwrap();
+        fs::write(snapshot_path(dir.path()), &bytes[..FILE_HEADER_LEN]).unwrap();
+        let (_, _, detail) = expect_corrupt(Store::open(dir.path(), NOW));
+        assert!(detail.contains("no end marker"), "{detail}");
+    }
+
+    #[test]
+    fn foreign_or_newer_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        let mut bytes = fs::read(snapshot_path(dir.path())).unwrap();
+        bytes[8] = 2;
+        fs::write(snapshot_path(dir.path()), &bytes).unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), NOW),
+            Err(StoreError::UnsupportedVersion { found: 2, .. })
+        ));
+        bytes[..8].copy_from_slice(b"NOTORCH!");
+        fs::write(snapshot_path(dir.path()), &bytes).unwrap();
+        expect_corrupt(Store::open(dir.path(), NOW));
+    }
+
+    #[test]
+    fn log_newer_than_snapshot_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()));
+        fs::write(log_path(dir.path()), encode_file_header(&LOG_MAGIC, 7)).unwrap();
+        let (path, _, detail) = expect_corrupt(Store::open(dir.path(), NOW));
+        assert_eq!(path, log_path(dir.path()));
+        assert!(detail.contains("newer"), "{detail}");
+    }
+
+    #[test]
+    fn missing_log_is_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + HOUR, "a")])
+                .unwrap();
+            store.compact().unwrap();
+        }
+        fs::remove_file(log_path(dir.path())).unwrap();
+        let mut store = open(dir.path());
+        assert_eq!(store.ban_count(), 1);
+        store
+            .insert_bans(&[ban("192.0.2.2/32", NOW, NOW + HOUR, "b")])
+            .unwrap();
+        drop(store);
+        assert_eq!(open(dir.path()).ban_count(), 2);
+    }
+
+    #[test]
+    fn compaction_preserves_state_and_shrinks_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bans_before, allows_before) = {
+            let mut store = open(dir.path());
+            for round in 0..5u64 {
+                let bans: Vec<BanRecord> = (0..100u32)
+                    .map(|i| {
+                        ban(
+                            &format!("10.1.{round}.{i}/32"),
+                            NOW + round,
+                            NOW + HOUR,
+                            "flood",
+                        )
+                    })
+                    .collect();
+                store.insert_bans(&bans).unwrap();
+            }
+            store
+                .insert_bans(&[ban("10.1.0.1/32", NOW + 50, NOW + 2 * HOUR, "again")])
+                .unwrap();
+            store.remove_ban(&net("10.1.4.99/32")).unwrap();
+            store
+                .insert_bans(&[ban("2001:db8::/56", NOW, NOW + 1, "gone soon")])
+                .unwrap();
+            store.add_allow(net("2001:db8:abcd::/48")).unwrap();
+            let log_before = file_len(&log_path(dir.path()));
+            store.compact_if_needed().unwrap();
+            assert_eq!(
+                file_len(&log_path(dir.path())),
+                log_before,
+                "small log is left alone"
+            );
+
+            store.compact().unwrap();
+            assert_eq!(file_len(&log_path(dir.path())), FILE_HEADER_LEN as u64);
+            assert!(!dir.path().join(SNAPSHOT_TMP_FILE).exists());
+            store
+                .insert_bans(&[ban("10.9.9.9/32", NOW, NOW + HOUR, "after compaction")])
+                .unwrap();
+            (
+                sorted_bans(&store),
+                store.runtime_allows().copied().collect::<Vec<_>>(),
+            )
+        };
+        let store = open(dir.path());
+        assert_eq!(sorted_bans(&store), bans_before);
+        assert_eq!(
+            store.runtime_allows().copied().collect::<Vec<_>>(),
+            allows_before
+        );
+        assert_eq!(
+            store.history(&net("10.1.0.1/32")),
+            BanHistory {
+                count: 2,
+                last_banned: NOW + 50
+            }
+        );
+        assert_eq!(
+            store.history(&net("10.1.4.99/32")),
+            BanHistory {
+                count: 1,
+                last_banned: NOW + 4
+            }
+        );
+        assert_eq!(store.generation, 1);
+    }
+
+    #[test]
+    fn compaction_turns_expired_bans_into_history() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[
+                    ban("192.0.2.1/32", NOW, NOW + 10, "a"),
+                    ban("192.0.2.1/32", NOW + 1, NOW + 10, "b"),
+                ])
+                .unwrap();
+            store.purge_expired(NOW + 5); // advances the store's clock only
+            assert_eq!(store.ban_count(), 1);
+            store.latest_now = NOW + 10;
+            store.compact().unwrap();
+            assert_eq!(
+                store.ban_count(),
+                1,
+                "memory keeps it until purge_expired reports it"
+            );
+        }
+        let store = Store::open(dir.path(), NOW).unwrap();
+        assert_eq!(store.ban_count(), 0, "snapshot holds no expired ban");
+        assert_eq!(
+            store.history(&net("192.0.2.1/32")),
+            BanHistory {
+                count: 2,
+                last_banned: NOW + 1
+            }
+        );
+    }
+
+    /// State that exercises every kind of record, with the log not yet compacted.
+    fn build_mixed_state(store: &mut Store) {
+        store
+            .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + HOUR, "a")])
+            .unwrap();
+        store
+            .insert_bans(&[ban("192.0.2.1/32", NOW + 1, NOW + HOUR, "a")])
+            .unwrap();
+        store
+            .insert_bans(&[ban("192.0.2.2/32", NOW, NOW + HOUR, "b")])
+            .unwrap();
+        store.remove_ban(&net("192.0.2.2/32")).unwrap();
+        store
+            .insert_bans(&[ban("2001:db8::/48", NOW, NOW + HOUR, "c")])
+            .unwrap();
+        store.add_allow(net("198.51.100.0/24")).unwrap();
+        store.add_allow(net("198.51.100.9/32")).unwrap();
+        store.remove_allow(&net("198.51.100.9/32")).unwrap();
+    }
+
+    fn assert_mixed_state(store: &Store) {
+        assert_eq!(store.ban_count(), 2);
+        assert!(
+            store.get_ban(&net("192.0.2.2/32")).is_none(),
+            "unban must not be undone"
+        );
+        assert_eq!(
+            store.history(&net("192.0.2.1/32")),
+            BanHistory {
+                count: 2,
+                last_banned: NOW + 1
+            }
+        );
+        assert_eq!(
+            store.history(&net("192.0.2.2/32")),
+            BanHistory {
+                count: 1,
+                last_banned: NOW
+            }
+        );
+        assert_eq!(store.history(&net("2001:db8::/48")).count, 1);
+        let allows: Vec<IpNet> = store.runtime_allows().copied().collect();
+        assert_eq!(allows, vec![net("198.51.100.0/24")]);
+    }
+
+    #[test]
+    fn crash_after_snapshot_rename_before_log_reset_replays_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale_log = {
+            let mut store = open(dir.path());
+            build_mixed_state(&mut store);
+            let stale_log = fs::read(log_path(dir.path())).unwrap();
+            store.compact().unwrap();
+            stale_log
+        };
+        // Disk as if the crash hit between the snapshot rename and the log
+        // replacement: new snapshot, old (fully folded-in) log.
+        fs::write(log_path(dir.path()), &stale_log).unwrap();
+        {
+            let mut store = open(dir.path());
+            assert_mixed_state(&store);
+            assert_eq!(
+                file_len(&log_path(dir.path())),
+                FILE_HEADER_LEN as u64,
+                "stale log replaced"
+            );
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW + 2, NOW + HOUR, "a")])
+                .unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.history(&net("192.0.2.1/32")).count, 3);
+    }
+
+    #[test]
+    fn crash_before_snapshot_rename_keeps_old_files_authoritative() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_snapshot, old_log) = {
+            let mut store = open(dir.path());
+            build_mixed_state(&mut store);
+            let saved = (
+                fs::read(snapshot_path(dir.path())).unwrap(),
+                fs::read(log_path(dir.path())).unwrap(),
+            );
+            store.compact().unwrap();
+            saved
+        };
+        // Disk as if the crash hit after writing the tmp snapshot but before
+        // renaming it: old snapshot and log, plus a (possibly partial) tmp.
+        let new_snapshot = fs::read(snapshot_path(dir.path())).unwrap();
+        fs::write(
+            dir.path().join(SNAPSHOT_TMP_FILE),
+            &new_snapshot[..new_snapshot.len() / 2],
+        )
+        .unwrap();
+        fs::write(snapshot_path(dir.path()), &old_snapshot).unwrap();
+        fs::write(log_path(dir.path()), &old_log).unwrap();
+        let store = open(dir.path());
+        assert_mixed_state(&store);
+        assert!(
+            !dir.path().join(SNAPSHOT_TMP_FILE).exists(),
+            "leftover tmp removed"
+        );
+    }
+
+    #[test]
+    fn replaying_same_files_twice_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            build_mixed_state(&mut store);
+        }
+        for _ in 0..3 {
+            let store = open(dir.path());
+            assert_mixed_state(&store);
+        }
+    }
+
+    #[test]
+    fn second_open_of_same_dir_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path());
+        assert!(matches!(
+            Store::open(dir.path(), NOW),
+            Err(StoreError::Locked { .. })
+        ));
+        drop(first);
+        drop(open(dir.path()));
+    }
+
+    #[test]
+    fn records_round_trip_through_encoding() {
+        let records = [
+            Record::Ban {
+                net: net("2001:db8::/32"),
+                created: 1,
+                expires: u64::MAX,
+                history_count: 7,
+                reason: "r",
+                source: "fleet:host-a",
+            },
+            Record::Unban {
+                net: net("0.0.0.0/0"),
+            },
+            Record::Allow {
+                net: net("::1/128"),
+            },
+            Record::Disallow {
+                net: net("10.0.0.0/8"),
+            },
+            Record::History {
+                net: net("192.0.2.1/32"),
+                count: u32::MAX,
+                last_banned: 9,
+            },
+            Record::SnapshotEnd { record_count: 5 },
+        ];
+        let mut encoded = vec![0; FILE_HEADER_LEN];
+        for record in &records {
+            encode_record(&mut encoded, record);
+        }
+        let mut offset = FILE_HEADER_LEN;
+        for record in &records {
+            let Frame::Intact { payload, next } = read_frame(&encoded, offset) else {
+                panic!("frame at {offset} not intact");
+            };
+            assert_eq!(&decode_payload(payload).unwrap(), record);
+            offset = next;
+        }
+        assert!(matches!(read_frame(&encoded, offset), Frame::EndOfData));
+    }
+
+    #[test]
+    fn bad_prefix_family_and_trailing_bytes_are_rejected() {
+        assert!(decode_payload(&[KIND_UNBAN, FAMILY_V4, 1, 2, 3, 4, 33]).is_err());
+        assert!(decode_payload(&[KIND_UNBAN, 5, 1, 2, 3, 4, 32]).is_err());
+        assert!(decode_payload(&[KIND_UNBAN, FAMILY_V4, 1, 2, 3, 4, 32, 0]).is_err());
+        assert!(decode_payload(&[KIND_UNBAN, FAMILY_V4, 1, 2]).is_err());
+        assert!(decode_payload(&[]).is_err());
+        assert!(decode_payload(&[KIND_UNBAN, FAMILY_V4, 1, 2, 3, 4, 32]).is_ok());
+    }
+
+    fn many_bans(count: u32, reasons: &[&str]) -> Vec<BanRecord> {
+        (0..count)
+            .map(|i| {
+                let net = if i % 2 == 0 {
+                    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i), 32).unwrap())
+                } else {
+                    IpNet::V6(
+                        Ipv6Net::new(
+                            Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(i) << 64),
+                            64,
+                        )
+                        .unwrap(),
+                    )
+                };
+                let reason = reasons[i as usize % reasons.len()];
+                BanRecord {
+                    net,
+                    created: NOW,
+                    expires: NOW + HOUR + u64::from(i),
+                    reason: Arc::from(reason),
+                    source: Arc::from(if i % 3 == 0 { "sshd" } else { "nginx" }),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn twenty_thousand_bans_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = {
+            let mut store = open(dir.path());
+            let bans = many_bans(20_000, &["ssh brute force", "http scan", "smtp auth"]);
+            for (index, chunk) in bans.chunks(1000).enumerate() {
+                store.insert_bans(chunk).unwrap();
+                if index == 10 {
+                    store.compact().unwrap();
+                }
+            }
+            assert_eq!(store.ban_count(), 20_000);
+            sorted_bans(&store)
+        };
+        let store = open(dir.path());
+        assert_eq!(store.ban_count(), 20_000);
+        assert_eq!(sorted_bans(&store), expected);
+        assert!(store.state.interner.len() <= 5);
+    }
+
+    #[test]
+    fn hundred_thousand_bans_fit_memory_budget_and_trigger_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store
+            .insert_bans(&many_bans(100_000, &["a", "b", "c", "d"]))
+            .unwrap();
+        let per_ban = store.approx_table_bytes() / store.ban_count();
+        assert!(per_ban < 100, "{per_ban} bytes per ban");
+        assert!(file_len(&log_path(dir.path())) > COMPACT_MIN_LOG_BYTES);
+        store.compact_if_needed().unwrap();
+        assert_eq!(file_len(&log_path(dir.path())), FILE_HEADER_LEN as u64);
+        drop(store);
+        assert_eq!(open(dir.path()).ban_count(), 100_000);
+    }
+
+    /// Timing lives in the benches; run with
+    /// `cargo test --release --lib store -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn million_bans_load_quickly() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            for chunk in
+                many_bans(1_000_000, &["ssh brute force", "http scan", "smtp auth"]).chunks(50_000)
+            {
+                store.insert_bans(chunk).unwrap();
+            }
+            store.compact().unwrap();
+            store.insert_bans(&many_bans(100_000, &["again"])).unwrap();
+        }
+        let started = Instant::now();
+        let store = open(dir.path());
+        let elapsed = started.elapsed();
+        assert_eq!(store.ban_count(), 1_000_000);
+        eprintln!("loaded {} bans in {elapsed:?}", store.ban_count());
+    }
+}
