@@ -285,9 +285,8 @@ impl Core {
     }
 
     pub fn status(&self) -> CoreStatus {
-        let now = now_unix();
         CoreStatus {
-            ban_count: self.store.bans().filter(|r| r.expires > now).count(),
+            ban_count: self.ban_count(),
             firewall: self.reconciler.firewall_status(),
             table: self.reconciler.table().to_string(),
             static_allows: self.config.allow.len(),
@@ -296,8 +295,11 @@ impl Core {
         }
     }
 
+    /// Bans not yet expired (the store may still hold a few expired ones
+    /// until the next tick purges them).
     pub fn ban_count(&self) -> usize {
-        self.store.ban_count()
+        let now = now_unix();
+        self.store.bans().filter(|r| r.expires > now).count()
     }
 
     /// Housekeeping: drops expired bans (the kernel already dropped them)

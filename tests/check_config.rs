@@ -1,0 +1,94 @@
+//! `orch check-config`: what an admin sees for a good and a broken config.
+
+use std::process::Command;
+
+fn orch(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(args)
+        .output()
+        .expect("run orch");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_error_is_reported_with_file_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("orch.toml");
+    std::fs::write(
+        &path,
+        "allow = [\"192.0.2.7/24\", \"not-an-ip\"]\n[firewall]\nverdict = \"drop\"\n[bans]\ndefault_time = \"1 hourr\"\nmin_prefix_v4 = 40\n",
+    )
+    .expect("write config");
+    let file = path.display().to_string();
+    let (code, _stdout, stderr) = orch(&["check-config", "--config", &file]);
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        format!("{file}:1:10: "),
+        format!("{file}:1:26: "),
+        format!("{file}:5:16: bans.default_time"),
+        format!("{file}:6:17: bans.min_prefix_v4"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("did you mean 192.0.2.0/24?"), "{stderr}");
+}
+
+#[test]
+fn unknown_keys_are_errors_and_a_good_file_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[firewall]\ntabel = \"x\"\n").expect("write");
+    let (code, _, stderr) = orch(&["check-config", "--config", &bad.display().to_string()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!("{}:2:1: ", bad.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tabel"), "{stderr}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "allow = [\"192.0.2.0/24\"]\n[bans]\ndefault_time = \"2h\"\n",
+    )
+    .expect("write");
+    let (code, stdout, stderr) = orch(&["check-config", "--config", &good.display().to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+}
+
+#[test]
+fn a_missing_explicit_config_is_named() {
+    let (code, _, stderr) = orch(&["check-config", "--config", "/nonexistent/orch.toml"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/nonexistent/orch.toml"), "{stderr}");
+}
+
+#[test]
+fn every_command_has_help() {
+    for command in [
+        "daemon",
+        "ban",
+        "unban",
+        "list",
+        "allow",
+        "disallow",
+        "status",
+        "sync",
+        "check-config",
+    ] {
+        let (code, stdout, _) = orch(&[command, "--help"]);
+        assert_eq!(code, 0, "orch {command} --help");
+        assert!(
+            stdout.contains("Usage: orch"),
+            "orch {command} --help:\n{stdout}"
+        );
+    }
+}
