@@ -93,6 +93,15 @@ fn bench_start(count: usize) {
         }
         store.compact().expect("compact");
     }
+    let load_started = Instant::now();
+    let reopened = Store::open(&daemon.state_dir, orch::timefmt::now_unix()).expect("reopen store");
+    let load_elapsed = load_started.elapsed();
+    assert_eq!(reopened.ban_count(), count);
+    drop(reopened);
+    println!(
+        "store open with {count} bans: {:.3} s (read, CRC-check and index every record)",
+        load_elapsed.as_secs_f64()
+    );
     let started = Instant::now();
     daemon.restart(&netns, &bus);
     let elapsed = started.elapsed();

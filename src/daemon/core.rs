@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::addr::{self, AddrError, BanPolicy};
 use crate::config::Config;
-use crate::daemon::reconciler::{Reconciler, SyncInfo};
+use crate::daemon::reconciler::{Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS, release_freed_memory};
 use crate::firewall::{FirewallError, FirewallStatus};
 use crate::store::{BanRecord, Store, StoreError};
 use crate::timefmt::now_unix;
@@ -72,6 +72,9 @@ pub struct Core {
     /// Banned prefixes (not single addresses), kept to refuse overlaps:
     /// the kernel's interval sets reject overlapping elements.
     banned_prefixes: HashSet<IpNet>,
+    /// Set by a job that handled a large batch: once the job (and the
+    /// request it owned) is dropped, freed memory goes back to the system.
+    trim_after_job: bool,
 }
 
 /// How often the core purges expired bans and compacts the store.
@@ -90,6 +93,7 @@ impl Core {
             store,
             reconciler,
             banned_prefixes,
+            trim_after_job: false,
         };
         core.sync("daemon start")?;
         Ok(core)
@@ -140,6 +144,7 @@ impl Core {
         source: &str,
     ) -> Result<Vec<BanRecord>, CoreError> {
         let seconds = self.ban_seconds(seconds)?;
+        self.trim_after_job = inputs.len() >= TRIM_AFTER_ELEMENTS;
         let policy = self.policy();
         let now = now_unix();
         let reason: Arc<str> = Arc::from(reason);
@@ -333,7 +338,12 @@ impl Core {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match jobs.recv_timeout(wait) {
-                Ok(job) => job(&mut self),
+                Ok(job) => {
+                    job(&mut self);
+                    if std::mem::take(&mut self.trim_after_job) {
+                        release_freed_memory();
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }

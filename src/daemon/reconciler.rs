@@ -27,7 +27,7 @@ pub struct Reconciler {
 
 /// Above this many elements a full apply has used enough transient memory
 /// (nft's parse tree) that it is worth handing it back to the system.
-const TRIM_AFTER_ELEMENTS: usize = 10_000;
+pub(super) const TRIM_AFTER_ELEMENTS: usize = 10_000;
 
 fn element(record: &BanRecord, now: u64) -> BanElement {
     BanElement {
@@ -113,7 +113,7 @@ impl Reconciler {
 
 /// Returns freed heap pages to the kernel so RSS reflects what orch holds,
 /// not the peak of the last big transaction.
-fn release_freed_memory() {
+pub(super) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own free lists.
     unsafe {

@@ -6,6 +6,7 @@
 //! why a ban exists: it is told which elements to add or remove.
 
 mod libnft;
+pub mod monitor;
 mod nft_cli;
 pub mod script;
 
@@ -103,28 +104,33 @@ impl Firewall {
         allows: &[IpNet],
         bans: &[BanElement],
     ) -> Result<(), FirewallError> {
-        let candidates = match self.ownership {
-            Some(settled) => vec![settled],
-            None => self.ownership_candidates.clone(),
-        };
+        let ownership = self.settle_ownership()?;
+        let script = self.layout.full_table(ownership, allows, bans);
+        self.executor.run(&script)
+    }
+
+    /// Finds the best table flags this kernel and nftables accept, once, by
+    /// creating and deleting a throwaway table in one transaction (nothing
+    /// changes). Probing with the real table would make nft parse a script
+    /// of every ban for each refused candidate.
+    fn settle_ownership(&mut self) -> Result<Ownership, FirewallError> {
+        if let Some(settled) = self.ownership {
+            return Ok(settled);
+        }
+        let probe_table = format!("{}_probe_{}", self.layout.table, std::process::id());
         let mut last_error = None;
-        for ownership in candidates {
-            let script = self.layout.full_table(ownership, allows, bans);
-            match self.executor.run(&script) {
+        for candidate in self.ownership_candidates.clone() {
+            match self
+                .executor
+                .run(&script::ownership_probe(&probe_table, candidate))
+            {
                 Ok(()) => {
-                    if self.ownership != Some(ownership) {
-                        tracing::info!(
-                            backend = self.executor.name(),
-                            ?ownership,
-                            "table {} in place",
-                            self.layout.table
-                        );
-                    }
-                    self.ownership = Some(ownership);
-                    return Ok(());
+                    tracing::info!(backend = self.executor.name(), ownership = ?candidate, "table flags settled for {}", self.layout.table);
+                    self.ownership = Some(candidate);
+                    return Ok(candidate);
                 }
                 Err(err) => {
-                    tracing::debug!(?ownership, "full apply refused: {err}");
+                    tracing::debug!(ownership = ?candidate, "table flags refused: {err}");
                     last_error = Some(err);
                 }
             }

@@ -95,6 +95,18 @@ fn element_text(net: &IpNet) -> String {
     }
 }
 
+/// A transaction that creates and deletes a table with the given flags:
+/// it succeeds only if nft and the kernel accept those flags, and leaves
+/// nothing behind.
+pub fn ownership_probe(table: &str, ownership: Ownership) -> String {
+    let flags = match ownership {
+        Ownership::Unowned => "",
+        Ownership::Owned => "flags owner; ",
+        Ownership::OwnedPersist => "flags owner, persist; ",
+    };
+    format!("table inet {table} {{ {flags}}}\ndelete table inet {table}\n")
+}
+
 /// Sorts rendered elements into the four ban sets, keeping their order.
 fn group_by_ban_set(
     items: impl Iterator<Item = (IpNet, String)>,
