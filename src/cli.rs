@@ -244,12 +244,20 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
         fact("static_allows"),
         fact("runtime_allows")
     );
-    println!(
-        "last sync:  {}",
-        facts
-            .get("last_sync")
-            .map(String::as_str)
-            .unwrap_or("never")
-    );
+    let optional =
+        |key: &str, absent: &'static str| facts.get(key).map(String::as_str).unwrap_or(absent);
+    println!("last sync:  {}", optional("last_sync", "never"));
+    println!("last event: {}", optional("last_event", "none"));
+    let mut units: Vec<(&str, &String)> = facts
+        .iter()
+        .filter_map(|(key, state)| key.strip_prefix("unit:").map(|unit| (unit, state)))
+        .collect();
+    units.sort();
+    if units.is_empty() {
+        println!("watching:   no systemd units (no systemd on this bus)");
+    }
+    for (unit, state) in units {
+        println!("watching:   {unit}: {state}");
+    }
     Ok(())
 }

@@ -104,6 +104,14 @@ pub struct BansConfig {
     pub min_prefix_v6: u8,
 }
 
+/// How orch follows systemd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemdConfig {
+    /// Units whose start, reload, restart and stop make orch check its
+    /// table (and run hooks), e.g. nftables.service, firewalld.service.
+    pub watch_units: Vec<String>,
+}
+
 /// The validated, merged configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -112,6 +120,7 @@ pub struct Config {
     pub bans: BansConfig,
     /// Static allowlist: networks orch never bans.
     pub allow: Vec<IpNet>,
+    pub systemd: SystemdConfig,
     /// Files read, in merge order, for messages; empty means the embedded
     /// default alone.
     pub sources: Vec<PathBuf>,
@@ -357,6 +366,13 @@ struct RawLayer {
     allow: Option<Vec<Spanned<String>>>,
     firewall: Option<RawFirewall>,
     bans: Option<RawBans>,
+    systemd: Option<RawSystemd>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSystemd {
+    watch_units: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -397,6 +413,7 @@ struct Merged {
     min_prefix_v4: Located<u8>,
     min_prefix_v6: Located<u8>,
     allow: Vec<IpNet>,
+    watch_units: Located<Vec<String>>,
 }
 
 /// Validates one scalar and, if valid, lets it override the merged value.
@@ -445,6 +462,16 @@ impl Merged {
                 }
             }
         }
+
+        let systemd = layer.systemd.unwrap_or_default();
+        set(
+            &mut self.watch_units,
+            systemd.watch_units,
+            doc,
+            issues,
+            "systemd.watch_units",
+            check_units,
+        );
 
         let fw = layer.firewall.unwrap_or_default();
         set(
@@ -574,6 +601,9 @@ impl Merged {
                 min_prefix_v6: self.min_prefix_v6?.0,
             },
             allow: self.allow,
+            systemd: SystemdConfig {
+                watch_units: self.watch_units?.0,
+            },
             sources,
         })
     }
@@ -715,6 +745,24 @@ fn in_range(n: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, String>
     }
 }
 
+/// Unit names as systemd spells them: `name.service` and friends.
+fn check_units(units: Vec<String>) -> Result<Vec<String>, String> {
+    const SUFFIXES: [&str; 4] = [".service", ".target", ".socket", ".path"];
+    for unit in &units {
+        let well_formed = !unit.contains('/')
+            && !unit.chars().any(char::is_whitespace)
+            && SUFFIXES
+                .iter()
+                .any(|suffix| unit.len() > suffix.len() && unit.ends_with(suffix));
+        if !well_formed {
+            return Err(format!(
+                "{unit:?} is not a unit name like \"nftables.service\""
+            ));
+        }
+    }
+    Ok(units)
+}
+
 fn check_prefix(n: i64, max: u8) -> Result<u8, String> {
     in_range(n, 0..=i64::from(max)).and_then(|n| u8::try_from(n).map_err(|err| err.to_string()))
 }
@@ -789,6 +837,28 @@ mod tests {
     }
 
     #[test]
+    fn watch_units_are_checked_and_replaced_not_appended() {
+        let config = parse_str(
+            "[systemd]\nwatch_units = [\"nftables.service\", \"firewalld.service\"]\n",
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.systemd.watch_units,
+            ["nftables.service", "firewalld.service"]
+        );
+        let err = parse_str(
+            "[systemd]\nwatch_units = [\"nftables\"]\n",
+            Path::new("t.toml"),
+        )
+        .expect_err("bad unit");
+        assert!(
+            err.to_string().contains("t.toml:2:15: systemd.watch_units"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn default_matches_documented_values() {
         let config = Config::default();
         assert_eq!(
@@ -809,6 +879,9 @@ mod tests {
                     min_prefix_v6: 32,
                 },
                 allow: Vec::new(),
+                systemd: SystemdConfig {
+                    watch_units: vec!["nftables.service".to_string()],
+                },
                 sources: Vec::new(),
             }
         );

@@ -11,4 +11,5 @@ pub mod daemon;
 pub mod firewall;
 pub mod logging;
 pub mod store;
+pub mod systemd;
 pub mod timefmt;

@@ -56,7 +56,7 @@ fn run_daemon(cli: &Cli) -> ExitCode {
         }
     };
     let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
-        rt.block_on(orch::daemon::run(loaded))
+        rt.block_on(orch::daemon::run(loaded, cli.config.clone()))
             .map_err(anyhow::Error::from)
     });
     match result {

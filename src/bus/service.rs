@@ -204,8 +204,9 @@ impl OrchService {
         env!("CARGO_PKG_VERSION").to_string()
     }
 
-    /// Firewall facts as key/value strings: table, backend, owned, persist,
-    /// last_sync, and allowlist sizes.
+    /// Daemon facts as key/value strings: table, backend, owned, persist,
+    /// bans, allowlist sizes, last_sync, last_event, and `unit:<name>` for
+    /// each watched systemd unit.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn firewall(
         &self,
@@ -223,6 +224,18 @@ impl OrchService {
         facts.insert("bans".into(), status.ban_count.to_string());
         facts.insert("static_allows".into(), status.static_allows.to_string());
         facts.insert("runtime_allows".into(), status.runtime_allows.to_string());
+        if let Some((kind, cause, at)) = &status.last_event {
+            facts.insert(
+                "last_event".into(),
+                format!("{} ({}: {})", rfc3339(*at), kind.as_str(), cause),
+            );
+        }
+        for (unit, state, at) in &status.units {
+            facts.insert(
+                format!("unit:{unit}"),
+                format!("{state} (since {})", rfc3339(*at)),
+            );
+        }
         if let Some(sync) = status.last_sync {
             facts.insert(
                 "last_sync".into(),

@@ -17,7 +17,9 @@ use tokio::sync::oneshot;
 
 use crate::addr::{self, AddrError, BanPolicy};
 use crate::config::Config;
+use crate::daemon::events::{EventKind, FirewallEvent};
 use crate::daemon::reconciler::{Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS, release_freed_memory};
+use crate::firewall::Firewall;
 use crate::firewall::{FirewallError, FirewallStatus};
 use crate::store::{BanRecord, Store, StoreError};
 use crate::timefmt::now_unix;
@@ -39,6 +41,8 @@ pub enum CoreError {
     Firewall(#[from] FirewallError),
     #[error("ban store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Config(String),
     #[error("the daemon's core has stopped")]
     Stopped,
 }
@@ -62,6 +66,10 @@ pub struct CoreStatus {
     pub static_allows: usize,
     pub runtime_allows: usize,
     pub last_sync: Option<SyncInfo>,
+    /// Watched systemd units: name -> (ActiveState, when seen).
+    pub units: Vec<(String, String, u64)>,
+    /// The last firewall event handled: (kind, cause, when).
+    pub last_event: Option<(EventKind, String, u64)>,
 }
 
 /// The state the core's thread owns.
@@ -75,6 +83,11 @@ pub struct Core {
     /// Set by a job that handled a large batch: once the job (and the
     /// request it owned) is dropped, freed memory goes back to the system.
     trim_after_job: bool,
+    /// Last seen ActiveState of each watched unit, and when.
+    unit_states: std::collections::BTreeMap<String, (String, u64)>,
+    last_event: Option<(EventKind, String, u64)>,
+    /// Rotates which stored bans the self-check samples.
+    probe_offset: usize,
 }
 
 /// How often the core purges expired bans and compacts the store.
@@ -94,6 +107,9 @@ impl Core {
             reconciler,
             banned_prefixes,
             trim_after_job: false,
+            unit_states: Default::default(),
+            last_event: None,
+            probe_offset: 0,
         };
         core.sync("daemon start")?;
         Ok(core)
@@ -297,7 +313,85 @@ impl Core {
             static_allows: self.config.allow.len(),
             runtime_allows: self.store.runtime_allows().count(),
             last_sync: self.reconciler.last_sync().cloned(),
+            units: self
+                .unit_states
+                .iter()
+                .map(|(unit, (state, at))| (unit.clone(), state.clone(), *at))
+                .collect(),
+            last_event: self.last_event.clone(),
         }
+    }
+
+    /// One line for `systemctl status`: bans, ownership, last sync.
+    pub fn status_line(&self) -> String {
+        let status = self.status();
+        let ownership = if status.firewall.owned {
+            "table owned"
+        } else {
+            "table not owned"
+        };
+        let sync = match &status.last_sync {
+            Some(sync) => format!(
+                ", last sync {}s ago ({})",
+                now_unix().saturating_sub(sync.at_unix),
+                sync.cause
+            ),
+            None => String::new(),
+        };
+        format!("{} bans, {ownership}{sync}", status.ban_count)
+    }
+
+    /// Records a watched unit's state for `orch status`.
+    pub fn record_unit_state(&mut self, unit: &str, state: &str) {
+        self.unit_states
+            .insert(unit.to_string(), (state.to_string(), now_unix()));
+    }
+
+    /// A firewall event (from systemd, the kernel or a timer): put back
+    /// whatever is missing. With an owned table this is usually nothing.
+    pub fn on_firewall_event(&mut self, event: &FirewallEvent) -> Result<(), CoreError> {
+        self.last_event = Some((event.kind, event.cause.clone(), now_unix()));
+        let repaired = self.repair_if_needed(&event.cause)?;
+        if !repaired {
+            tracing::debug!(kind = event.kind.as_str(), cause = %event.cause, "table intact");
+        }
+        crate::systemd::notify::status(&self.status_line());
+        Ok(())
+    }
+
+    /// Runs the cheap self-check and re-applies the whole table if it
+    /// fails. Returns whether it re-applied.
+    fn repair_if_needed(&mut self, cause: &str) -> Result<bool, CoreError> {
+        self.probe_offset = self.probe_offset.wrapping_add(7919);
+        if self
+            .reconciler
+            .is_intact(&self.store, now_unix(), self.probe_offset)
+        {
+            return Ok(false);
+        }
+        tracing::warn!(cause, "orch's table is missing or incomplete; re-applying");
+        self.sync(cause)?;
+        Ok(true)
+    }
+
+    /// Takes a new configuration (SIGHUP). The state directory cannot
+    /// change while running; a changed [firewall] section rebuilds the
+    /// table; everything else applies with a full sync.
+    pub fn reload_config(&mut self, config: Config) -> Result<(), CoreError> {
+        if config.state_dir != self.config.state_dir {
+            return Err(CoreError::Config(format!(
+                "state_dir changed ({} -> {}); restart the daemon to move the store",
+                self.config.state_dir.display(),
+                config.state_dir.display()
+            )));
+        }
+        if config.firewall != self.config.firewall {
+            let firewall = Firewall::open(&config.firewall)?;
+            self.reconciler.replace_firewall(firewall);
+        }
+        self.config = config;
+        self.sync("configuration reloaded")?;
+        Ok(())
     }
 
     /// Bans not yet expired (the store may still hold a few expired ones
@@ -320,6 +414,10 @@ impl Core {
         if let Err(err) = self.store.compact_if_needed() {
             tracing::error!("store compaction failed: {err}");
         }
+        if let Err(err) = self.repair_if_needed("periodic self-check") {
+            tracing::error!("periodic self-check could not repair the table: {err}");
+        }
+        crate::systemd::notify::status(&self.status_line());
     }
 
     /// Moves the core onto its own thread and returns the handle that

@@ -1,21 +1,31 @@
-//! `orch daemon`: wires the store, the firewall and the core together,
-//! serves D-Bus, and waits for a stop signal.
+//! `orch daemon`: wires the store, the firewall, the core, the event
+//! sources and D-Bus together, and runs until SIGTERM.
 //!
 //! This module only assembles and starts; the core makes decisions and the
-//! reconciler changes the kernel.
+//! reconciler changes the kernel. Start-up order matters: the systemd and
+//! kernel watchers subscribe before the first apply so no change is missed,
+//! and READY=1 goes out only after the first apply and the bus name.
 
 pub mod core;
+pub mod events;
 pub mod reconciler;
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::bus::service::OrchService;
 use crate::bus::{BUS_NAME, OBJECT_PATH};
-use crate::config::Config;
+use crate::config::{self, Config};
+use crate::firewall::monitor::{KernelEvent, KernelMonitor};
 use crate::firewall::{Firewall, FirewallError};
 use crate::store::{Store, StoreError};
+use crate::systemd::notify;
+use crate::systemd::watcher::{UnitChange, UnitWatcher};
 use crate::timefmt::now_unix;
-use core::{Core, CoreError};
+use core::{Core, CoreError, CoreHandle};
+use events::{EventKind, EventSender, FirewallEvent};
 use reconciler::Reconciler;
 
 /// Why the daemon could not start or stopped with an error.
@@ -33,10 +43,28 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs the daemon until SIGTERM or SIGINT. `config_path` is the explicit
+/// `--config` (if any), re-read on SIGHUP.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+
+    let connection = zbus::connection::Builder::system().build().await?;
+    let (event_sender, event_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let watched = config.systemd.watch_units.clone();
+    let unit_watcher = match UnitWatcher::subscribe(&connection, &watched).await {
+        Ok(Some(watcher)) => Some(watcher),
+        Ok(None) => {
+            tracing::info!("no systemd on this bus; not watching units");
+            None
+        }
+        Err(err) => {
+            tracing::warn!("cannot watch systemd units: {err}");
+            None
+        }
+    };
+    start_kernel_monitor(&config.firewall.table, event_sender.clone());
 
     let core = tokio::task::spawn_blocking(move || -> Result<Core, DaemonError> {
         let store = Store::open(&config.state_dir, now_unix())?;
@@ -48,22 +76,165 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     .map_err(|e| DaemonError::Io(std::io::Error::other(e)))??;
     let (handle, core_thread) = core.spawn();
 
-    let connection = zbus::connection::Builder::system()
-        .serve_at(OBJECT_PATH, OrchService::new(handle.clone()))
-        .name(BUS_NAME)
-        .build()
-        .await?;
-    tracing::info!("serving {BUS_NAME} on the system bus");
-
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+    if let Some(watcher) = unit_watcher {
+        for (unit, state) in watcher.current_states().await {
+            let _ = handle
+                .call(move |core| core.record_unit_state(&unit, &state))
+                .await;
+        }
+        tokio::spawn(forward_unit_events(
+            watcher,
+            event_sender.clone(),
+            handle.clone(),
+        ));
     }
+    tokio::spawn(events::run(event_receiver, handle.clone()));
+    tokio::spawn(watchdog(handle.clone()));
+
+    connection
+        .object_server()
+        .at(OBJECT_PATH, OrchService::new(handle.clone()))
+        .await?;
+    connection.request_name(BUS_NAME).await?;
+    tracing::info!("serving {BUS_NAME} on the system bus");
+    let status = handle.call(|core| core.status_line()).await?;
+    notify::ready(&status);
+
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = hangup.recv() => reload(&handle, config_path.as_deref()).await,
+        }
+    }
+    notify::stopping();
     drop(connection);
+    drop(event_sender);
     drop(handle);
     tokio::task::spawn_blocking(move || core_thread.join())
         .await
         .map_err(|e| DaemonError::Io(std::io::Error::other(e)))?
         .map_err(|_| DaemonError::Io(std::io::Error::other("core thread panicked")))?;
     Ok(())
+}
+
+/// SIGHUP: re-read the config; a bad one is refused and the running one kept.
+async fn reload(core: &CoreHandle, config_path: Option<&std::path::Path>) {
+    notify::reloading();
+    tracing::info!("SIGHUP: reloading the configuration");
+    match config::load_default_locations(config_path) {
+        Ok(new_config) => match core.call(move |core| core.reload_config(new_config)).await {
+            Ok(Ok(())) => tracing::info!("configuration reloaded"),
+            Ok(Err(err)) | Err(err) => {
+                tracing::error!("configuration reload refused, keeping the running one: {err}")
+            }
+        },
+        Err(err) => {
+            tracing::error!("new configuration is invalid, keeping the running one:\n{err}")
+        }
+    }
+    let status = core
+        .call(|core| core.status_line())
+        .await
+        .unwrap_or_default();
+    notify::ready(&status);
+}
+
+/// Turns systemd unit changes into firewall events, and records states.
+async fn forward_unit_events(watcher: UnitWatcher, events: EventSender, core: CoreHandle) {
+    watcher
+        .run(move |event| {
+            let kind = match event.change {
+                UnitChange::Started => EventKind::Start,
+                UnitChange::Restarted => EventKind::Restart,
+                UnitChange::Reloaded => EventKind::Reload,
+                UnitChange::Stopped => EventKind::Stop,
+                UnitChange::StateChanged => EventKind::Check,
+            };
+            let (unit, state) = (event.unit.clone(), event.active_state.clone());
+            let recorder = core.clone();
+            tokio::spawn(async move {
+                let _ = recorder
+                    .call(move |core| core.record_unit_state(&unit, &state))
+                    .await;
+            });
+            let _ = events.send(FirewallEvent {
+                kind,
+                cause: format!("{} {}", event.unit, event.change.as_str()),
+                unit: Some(event.unit),
+            });
+        })
+        .await;
+}
+
+/// Listens to the kernel's nftables notifications on a thread of its own:
+/// orch's table deleted (a flush, `nft delete table`) or lost events mean
+/// "check now".
+fn start_kernel_monitor(table: &str, events: EventSender) {
+    const NFPROTO_INET: u8 = 1;
+    let mut monitor = match KernelMonitor::open() {
+        Ok(monitor) => monitor,
+        Err(err) => {
+            tracing::warn!(
+                "cannot follow nftables events ({err}); relying on the periodic self-check"
+            );
+            return;
+        }
+    };
+    let table = table.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("orch-kernel".into())
+        .spawn(move || {
+            loop {
+                let batch = match monitor.next_events(None) {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        tracing::error!("nftables event monitor stopped: {err}");
+                        return;
+                    }
+                };
+                let cause = batch.iter().find_map(|event| match event {
+                    KernelEvent::TableDeleted {
+                        family,
+                        table: name,
+                    } if *family == NFPROTO_INET && *name == table => {
+                        Some(format!("table inet {table} deleted in the kernel"))
+                    }
+                    KernelEvent::Overrun => Some("nftables events lost (ENOBUFS)".to_string()),
+                    _ => None,
+                });
+                if let Some(cause) = cause {
+                    let event = FirewallEvent {
+                        kind: EventKind::Flush,
+                        unit: None,
+                        cause,
+                    };
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!("cannot start the nftables event thread: {err}");
+    }
+}
+
+/// Pings systemd's watchdog while the core answers; a hung core stops the
+/// pings and systemd restarts the daemon.
+async fn watchdog(core: CoreHandle) {
+    let Some(interval) = notify::watchdog_interval() else {
+        return;
+    };
+    let period = (interval / 2).max(Duration::from_millis(500));
+    loop {
+        tokio::time::sleep(period).await;
+        match tokio::time::timeout(period, core.call(|_| ())).await {
+            Ok(Ok(())) => notify::watchdog(),
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!("core did not answer within {period:?}; not pinging the watchdog")
+            }
+        }
+    }
 }

@@ -90,6 +90,39 @@ impl Reconciler {
         self.firewall.replace_bans(&replaced)
     }
 
+    /// Cheap self-check: the table and chains exist and a few stored bans
+    /// (not about to expire) are in the kernel. `probe_offset` varies which.
+    pub fn is_intact(&mut self, store: &Store, now: u64, probe_offset: usize) -> bool {
+        const SAMPLES: usize = 8;
+        let count = store.ban_count();
+        let skip = if count == 0 { 0 } else { probe_offset % count };
+        let samples: Vec<IpNet> = store
+            .bans()
+            .skip(skip)
+            .chain(store.bans().take(skip))
+            .filter(|record| record.expires > now + 5)
+            .take(SAMPLES)
+            .map(|record| record.net)
+            .collect();
+        self.firewall.is_intact(&samples)
+    }
+
+    /// Swaps in a firewall built from a new config. The old table is
+    /// deleted first when it was unowned (an owned one goes with its
+    /// context when the old firewall is dropped).
+    pub fn replace_firewall(&mut self, firewall: Firewall) {
+        if !self.firewall.status().owned
+            && self.firewall.table() != firewall.table()
+            && let Err(err) = self.firewall.delete_table()
+        {
+            tracing::warn!(
+                "cannot delete the old table {}: {err}",
+                self.firewall.table()
+            );
+        }
+        self.firewall = firewall;
+    }
+
     pub fn remove_bans(&mut self, nets: &[IpNet]) -> Result<(), FirewallError> {
         self.firewall.remove_bans(nets)
     }

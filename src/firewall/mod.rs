@@ -172,6 +172,30 @@ impl Firewall {
         self.executor.run(&self.layout.replace_allows(allows))
     }
 
+    /// True when the table, its chains and the sampled ban elements are
+    /// in the kernel. Never lists the big sets.
+    pub fn is_intact(&mut self, sample_bans: &[IpNet]) -> bool {
+        if self.ownership.is_none() {
+            return false;
+        }
+        match self.executor.run(&self.layout.check_script(sample_bans)) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::info!("self-check: {err}");
+                false
+            }
+        }
+    }
+
+    /// Deletes orch's table (used when a config reload renames it).
+    pub fn delete_table(&mut self) -> Result<(), FirewallError> {
+        self.executor.run(&self.layout.delete_table())
+    }
+
+    pub fn layout(&self) -> &TableLayout {
+        &self.layout
+    }
+
     pub fn status(&self) -> FirewallStatus {
         FirewallStatus {
             backend: self.executor.name(),

@@ -95,15 +95,20 @@ fn element_text(net: &IpNet) -> String {
     }
 }
 
+/// The `flags …;` statement for a table block ("" when unowned).
+fn table_flags(ownership: Ownership) -> &'static str {
+    match ownership {
+        Ownership::Unowned => "",
+        Ownership::Owned => "flags owner; ",
+        Ownership::OwnedPersist => "flags owner, persist; ",
+    }
+}
+
 /// A transaction that creates and deletes a table with the given flags:
 /// it succeeds only if nft and the kernel accept those flags, and leaves
 /// nothing behind.
 pub fn ownership_probe(table: &str, ownership: Ownership) -> String {
-    let flags = match ownership {
-        Ownership::Unowned => "",
-        Ownership::Owned => "flags owner; ",
-        Ownership::OwnedPersist => "flags owner, persist; ",
-    };
+    let flags = table_flags(ownership);
     format!("table inet {table} {{ {flags}}}\ndelete table inet {table}\n")
 }
 
@@ -134,14 +139,14 @@ impl TableLayout {
     ) -> String {
         let table = &self.table;
         let mut out = String::with_capacity(256 + bans.len() * 32);
-        let _ = writeln!(out, "table inet {table}");
+        // The first line only makes sure the table exists for the delete; it
+        // must carry the same flags, since the kernel refuses to drop
+        // `owner` from an existing table (EOPNOTSUPP).
+        let flags = table_flags(ownership);
+        let _ = writeln!(out, "table inet {table} {{ {flags}}}");
         let _ = writeln!(out, "delete table inet {table}");
         let _ = writeln!(out, "table inet {table} {{");
-        match ownership {
-            Ownership::Unowned => {}
-            Ownership::Owned => out.push_str("  flags owner\n"),
-            Ownership::OwnedPersist => out.push_str("  flags owner, persist\n"),
-        }
+        let _ = writeln!(out, "  {flags}");
         let _ = writeln!(
             out,
             "  set {} {{ type ipv4_addr; flags interval; }}",
@@ -209,6 +214,29 @@ impl TableLayout {
             let _ = writeln!(out, "    {family} saddr @{set} counter {verdict}");
         }
         out.push_str("  }\n");
+    }
+
+    /// A read-only script that fails unless the table, its chains and the
+    /// given ban elements are all in the kernel: the cheap self-check (it
+    /// never lists the big sets).
+    pub fn check_script(&self, sample_bans: &[IpNet]) -> String {
+        let table = &self.table;
+        let mut out = String::new();
+        let mut chains = vec!["filter", "input"];
+        if self.forward {
+            chains.push("forward");
+        }
+        for chain in chains {
+            let _ = writeln!(out, "list chain inet {table} {chain}");
+        }
+        let by_set = group_by_ban_set(sample_bans.iter().map(|net| (*net, element_text(net))));
+        out.push_str(&self.element_commands("get", &by_set));
+        out
+    }
+
+    /// Removes the table if it exists, in one transaction.
+    pub fn delete_table(&self) -> String {
+        format!("table inet {0}\ndelete table inet {0}\n", self.table)
     }
 
     /// Adds ban elements, each with its explicit timeout (never without one:
@@ -307,7 +335,7 @@ mod tests {
         let allow = script.find("@allow4 counter accept").expect("allow rule");
         let ban = script.find("@ban4 counter drop").expect("ban rule");
         assert!(allow < ban);
-        assert!(script.contains("flags owner\n"));
+        assert!(script.starts_with("table inet orch { flags owner; }\ndelete table inet orch\n"), "{script}");
         assert!(script.contains("hook input priority -10"));
         assert!(!script.contains("hook forward"));
         assert!(
@@ -354,6 +382,16 @@ mod tests {
             .find("delete element inet orch ban4 { 192.0.2.1 }")
             .expect("then delete");
         assert!(add < delete);
+    }
+
+    #[test]
+    fn check_script_reads_chains_and_samples_only() {
+        let script = layout(true).check_script(&[net("192.0.2.1/32"), net("198.51.100.0/24")]);
+        assert!(script.contains("list chain inet orch filter\n"));
+        assert!(script.contains("list chain inet orch forward\n"));
+        assert!(script.contains("get element inet orch ban4 { 192.0.2.1 }"));
+        assert!(script.contains("get element inet orch bannet4 { 198.51.100.0/24 }"));
+        assert!(!script.contains("list set"), "never list the big sets");
     }
 
     #[test]
