@@ -139,6 +139,9 @@ impl From<ClientError> for Failure {
 
 /// Runs a client command (anything but `daemon` and `check-config`).
 pub async fn run_client(command: &Command) -> Result<(), Failure> {
+    if let Command::Sync = command {
+        return run_sync().await;
+    }
     let proxy = client::connect(CALL_TIMEOUT).await?;
     let classify = |e| client::classify(e, CALL_TIMEOUT);
     match command {
@@ -173,16 +176,38 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
         Command::Allow { cidr } => proxy.allow(cidr).await.map_err(classify)?,
         Command::Disallow { cidr } => proxy.disallow(cidr).await.map_err(classify)?,
         Command::Status => print_status(&proxy).await.map_err(classify)?,
-        Command::Sync => match proxy.sync().await.map_err(classify) {
-            Ok(()) => {}
-            Err(ClientError::NotRunning) => {
-                eprintln!("orch: daemon not running; nothing to sync");
-            }
-            Err(other) => return Err(other.into()),
-        },
-        Command::Daemon | Command::CheckConfig => {}
+        Command::Sync | Command::Daemon | Command::CheckConfig => {}
     }
     Ok(())
+}
+
+/// How long `orch sync` waits: it runs inside nftables.service's reload
+/// job, which must end even if the daemon hangs.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `orch sync`: a quiet no-op when there is no bus (early boot, when
+/// nftables starts before D-Bus) or no daemon; the daemon applies
+/// everything on its own start.
+async fn run_sync() -> Result<(), Failure> {
+    let result = match client::connect(SYNC_TIMEOUT).await {
+        Ok(proxy) => proxy
+            .sync()
+            .await
+            .map_err(|e| client::classify(e, SYNC_TIMEOUT)),
+        Err(err) => Err(err),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(ClientError::NotRunning) => {
+            eprintln!("orch: daemon not running; nothing to sync");
+            Ok(())
+        }
+        Err(ClientError::NoBus(err)) => {
+            eprintln!("orch: no system bus ({err}); nothing to sync");
+            Ok(())
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 async fn print_list(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {

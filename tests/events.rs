@@ -17,11 +17,14 @@ fn an_unowned_table_flushed_by_hand_comes_back_without_orch_sync() {
     let netns = NetNs::new();
     let bus = TestBus::start();
     let daemon = Daemon::start(&netns, &bus, "[firewall]\nowner = \"off\"\n");
-    daemon.cli(&["ban", "192.0.2.80", "2001:db8::80"]).expect_ok("ban");
+    daemon
+        .cli(&["ban", "192.0.2.80", "2001:db8::80"])
+        .expect_ok("ban");
 
     netns.nft(&["flush", "ruleset"]).expect_ok("flush ruleset");
     wait_until(Duration::from_secs(5), "bans back after a flush", || {
-        has(&netns.set_elements("orch", "ban4"), "192.0.2.80") && has(&netns.set_elements("orch", "ban6"), "2001:db8::80")
+        has(&netns.set_elements("orch", "ban4"), "192.0.2.80")
+            && has(&netns.set_elements("orch", "ban6"), "2001:db8::80")
     });
 
     netns
@@ -31,7 +34,13 @@ fn an_unowned_table_flushed_by_hand_comes_back_without_orch_sync() {
         has(&netns.set_elements("orch", "ban4"), "192.0.2.80")
     });
     let status = daemon.cli(&["status"]).expect_ok("status");
-    assert!(status.stdout.contains("flush: table inet orch deleted in the kernel"), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("flush: table inet orch deleted in the kernel"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]
@@ -53,20 +62,30 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_bad() {
         assert!(status.success());
     };
     hup(&daemon);
-    wait_until(Duration::from_secs(5), "allow4 to hold the new entry", || {
-        has(&netns.set_elements("orch", "allow4"), "198.51.100.0/24")
-    });
-    assert!(has(&netns.set_elements("orch", "ban4"), "192.0.2.90"), "bans survive a reload");
+    wait_until(
+        Duration::from_secs(5),
+        "allow4 to hold the new entry",
+        || has(&netns.set_elements("orch", "allow4"), "198.51.100.0/24"),
+    );
+    assert!(
+        has(&netns.set_elements("orch", "ban4"), "192.0.2.90"),
+        "bans survive a reload"
+    );
     let refused = daemon.cli(&["ban", "198.51.100.7"]);
     assert!(refused.stderr.contains("Allowlisted"), "{}", refused.stderr);
 
     std::fs::write(&daemon.config_path, "[bans]\nmin_prefix_v4 = 99\n").expect("rewrite config");
     hup(&daemon);
     wait_until(Duration::from_secs(5), "the refusal in the log", || {
-        daemon.log().contains("new configuration is invalid, keeping the running one")
+        daemon
+            .log()
+            .contains("new configuration is invalid, keeping the running one")
     });
     assert!(daemon.ping(), "daemon still serving");
-    assert!(has(&netns.set_elements("orch", "allow4"), "198.51.100.0/24"));
+    assert!(has(
+        &netns.set_elements("orch", "allow4"),
+        "198.51.100.0/24"
+    ));
 }
 
 #[test]

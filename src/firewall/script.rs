@@ -335,7 +335,10 @@ mod tests {
         let allow = script.find("@allow4 counter accept").expect("allow rule");
         let ban = script.find("@ban4 counter drop").expect("ban rule");
         assert!(allow < ban);
-        assert!(script.starts_with("table inet orch { flags owner; }\ndelete table inet orch\n"), "{script}");
+        assert!(
+            script.starts_with("table inet orch { flags owner; }\ndelete table inet orch\n"),
+            "{script}"
+        );
         assert!(script.contains("hook input priority -10"));
         assert!(!script.contains("hook forward"));
         assert!(
