@@ -265,13 +265,8 @@ pub async fn install(args: &InstallArgs) -> Result<Report, InstallError> {
     if reload {
         reload_systemd(&mut report).await;
         reload_bus(&mut report).await;
-    } else if args.no_reload {
-        report.note("--no-reload: did not run systemctl daemon-reload or reload the system bus");
     } else {
-        report.note(format!(
-            "--root is {}: did not run systemctl daemon-reload or reload the system bus",
-            target.root.display()
-        ));
+        report.note(not_reloaded(&target));
     }
     next_steps_install(&target, args, reload, &mut report);
     Ok(report)
@@ -304,7 +299,15 @@ pub async fn uninstall(args: &UninstallArgs) -> Result<Report, InstallError> {
 
     let mut kept = Manifest::default();
     let mut removed = BTreeSet::new();
-    for (path, hash) in &manifest.files {
+    // In install order, then anything unknown (to be reported).
+    let mut entries: Vec<(&String, &String)> = manifest.files.iter().collect();
+    entries.sort_by_key(|(path, _)| {
+        KNOWN_FILES
+            .iter()
+            .position(|known| known == path)
+            .unwrap_or(usize::MAX)
+    });
+    for (path, hash) in entries {
         if !KNOWN_FILES.contains(&path.as_str()) {
             report.warn(format!(
                 "ignored {path} in {}: not a file install-units writes",
@@ -395,7 +398,7 @@ pub async fn uninstall(args: &UninstallArgs) -> Result<Report, InstallError> {
             reload_bus(&mut report).await;
         }
     } else if !removed.is_empty() {
-        report.note("did not run systemctl daemon-reload or reload the system bus");
+        report.note(not_reloaded(&target));
     }
     if removed.contains(FAIL2BAN_DROPIN) {
         report.line("next:");
@@ -810,6 +813,16 @@ async fn check_not_running() -> Result<(), InstallError> {
 
 // ---------------------------------------------------------------------------
 // Reloading
+
+/// Why nothing was reloaded (the caller knows it was --no-reload or --root).
+fn not_reloaded(target: &Target) -> String {
+    let why = if target.is_host {
+        "--no-reload".to_owned()
+    } else {
+        format!("--root is {}", target.root.display())
+    };
+    format!("{why}: did not run systemctl daemon-reload or reload the system bus")
+}
 
 async fn reload_systemd(report: &mut Report) {
     if !Path::new(SYSTEMD_RUNNING_MARKER).is_dir() {
