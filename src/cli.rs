@@ -105,6 +105,14 @@ nftables.service's ExecReload=."
     )]
     Sync,
 
+    /// Write orch's systemd unit, nftables drop-in and D-Bus policy
+    #[command(long_about = crate::systemd::install::INSTALL_LONG_ABOUT)]
+    InstallUnits(crate::systemd::install::InstallArgs),
+
+    /// Remove exactly what install-units wrote
+    #[command(long_about = crate::systemd::install::UNINSTALL_LONG_ABOUT)]
+    UninstallUnits(crate::systemd::install::UninstallArgs),
+
     /// Check the configuration and report every error as file:line:column
     #[command(
         long_about = "Load the configuration the daemon would load (or --config PATH) and report \
@@ -176,7 +184,11 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
         Command::Allow { cidr } => proxy.allow(cidr).await.map_err(classify)?,
         Command::Disallow { cidr } => proxy.disallow(cidr).await.map_err(classify)?,
         Command::Status => print_status(&proxy).await.map_err(classify)?,
-        Command::Sync | Command::Daemon | Command::CheckConfig => {}
+        Command::Sync
+        | Command::Daemon
+        | Command::CheckConfig
+        | Command::InstallUnits(_)
+        | Command::UninstallUnits(_) => {}
     }
     Ok(())
 }

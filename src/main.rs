@@ -15,6 +15,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig => check_config(&cli),
         Command::Daemon => run_daemon(&cli),
+        Command::InstallUnits(ref args) => run_units(orch::systemd::install::install(args)),
+        Command::UninstallUnits(ref args) => run_units(orch::systemd::install::uninstall(args)),
         ref client_command => run_client(client_command),
     }
 }
@@ -63,6 +65,27 @@ fn run_daemon(cli: &Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_units<E: std::fmt::Display>(
+    work: impl std::future::Future<Output = Result<orch::systemd::install::Report, E>>,
+) -> ExitCode {
+    let result = match runtime() {
+        Ok(rt) => rt.block_on(work).map_err(|err| err.to_string()),
+        Err(err) => Err(format!("cannot start: {err}")),
+    };
+    match result {
+        Ok(report) => {
+            for line in &report.lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("orch: {message}");
             ExitCode::FAILURE
         }
     }

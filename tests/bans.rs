@@ -381,7 +381,11 @@ fn client_commands_say_plainly_when_the_daemon_is_not_running() {
     let netns = NetNs::new();
     let bus = TestBus::start();
     let mut daemon = Daemon::start(&netns, &bus, DEFAULT_CONFIG);
-    daemon.stop();
+    assert_eq!(
+        daemon.stop(),
+        0,
+        "SIGTERM ends the daemon cleanly and at once"
+    );
     let list = daemon.cli(&["list"]);
     assert_eq!(list.status, 1);
     assert!(

@@ -88,6 +88,8 @@ pub struct Core {
     last_event: Option<(EventKind, String, u64)>,
     /// Rotates which stored bans the self-check samples.
     probe_offset: usize,
+    /// Set by [`CoreHandle::stop`]: the thread ends after the current job.
+    stop_requested: bool,
 }
 
 /// How often the core purges expired bans and compacts the store.
@@ -110,6 +112,7 @@ impl Core {
             unit_states: Default::default(),
             last_event: None,
             probe_offset: 0,
+            stop_requested: false,
         };
         core.sync("daemon start")?;
         Ok(core)
@@ -441,6 +444,9 @@ impl Core {
                     if std::mem::take(&mut self.trim_after_job) {
                         release_freed_memory();
                     }
+                    if self.stop_requested {
+                        break;
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -463,6 +469,12 @@ pub struct CoreHandle {
 }
 
 impl CoreHandle {
+    /// Ends the core thread after every job sent before this one, even
+    /// while other handles are still alive (tasks that outlive shutdown).
+    pub async fn stop(&self) {
+        let _ = self.call(|core| core.stop_requested = true).await;
+    }
+
     /// Runs `job` on the core thread, after every job sent before it.
     pub async fn call<R: Send + 'static>(
         &self,

@@ -108,6 +108,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         }
     }
     notify::stopping();
+    handle.stop().await;
     drop(connection);
     drop(event_sender);
     drop(handle);

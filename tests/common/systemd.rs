@@ -70,7 +70,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -131,12 +131,6 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=0755 tmpfs "$T"
 mkdir "$T/upper" "$T/work" "$R"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$T/upper,workdir=$T/work" "$R"
-for d in "$@"; do
-    mkdir -p "$R$d"
-    mount --bind "$d" "$R$d"
-    mount -o remount,bind,ro "$R$d"
-done
-
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount --bind "$R/proc/sys" "$R/proc/sys"
 mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
@@ -166,6 +160,12 @@ mount --bind "$CONSOLE" "$R/dev/console"
 
 mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$R/run"
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$R/tmp"
+# After the tmpfs mounts, so a checkout under /tmp (as CI clones) stays visible.
+for d in "$@"; do
+    mkdir -p "$R$d"
+    mount --bind "$d" "$R$d"
+    mount -o remount,bind,ro "$R$d"
+done
 
 mkdir -p "$R/etc/systemd/system"
 cat > "$R/etc/systemd/system/sandbox.target" <<'EOF'
@@ -193,20 +193,21 @@ exec 3<&- env -i container=other /lib/systemd/systemd --system --unit=sandbox.ta
 "#;
 
 /// Host directories bound read-only into the sandbox at the same path: the
-/// directory of the test binaries and the crate root, if they are not on the
-/// host's root filesystem (which the overlay already shows).
+/// directory of the test binaries and the crate root. The overlay shows the
+/// host's root filesystem, but not other filesystems, and the sandbox's own
+/// tmpfs on /tmp and /run hide a checkout there (CI clones under /tmp), so
+/// both are always bound.
 pub fn host_dirs_to_bind() -> Vec<PathBuf> {
-    let root_dev = fs::metadata("/").map(|m| m.dev()).ok();
+    // The crate root first: a later bind of it would hide a target dir
+    // bound below it.
+    let crate_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let bin_dir = orch_bin()
         .parent()
         .expect("orch binary has a parent directory")
         .to_path_buf();
-    let mut dirs = Vec::new();
-    for dir in [bin_dir, PathBuf::from(env!("CARGO_MANIFEST_DIR"))] {
-        let dev = fs::metadata(&dir).map(|m| m.dev()).ok();
-        if dev.is_some() && dev != root_dev && !dirs.contains(&dir) {
-            dirs.push(dir);
-        }
+    let mut dirs = vec![crate_root];
+    if !dirs.contains(&bin_dir) {
+        dirs.push(bin_dir);
     }
     dirs
 }

@@ -1,0 +1,319 @@
+//! orch under a real systemd: `orch install-units`, `systemctl enable --now
+//! orch`, bans over the sandbox's system bus, then everything an admin does
+//! to nftables.service and the ruleset. After each, every ban is in the
+//! kernel; during restart and reload a sampler checks a banned element
+//! continuously.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::systemd::SystemdSandbox;
+use common::{CmdOutput, orch_bin, wait_until};
+
+const SINGLE_V4: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
+const SINGLE_V6: &str = "2001:db8::1";
+const PREFIX_V4: &str = "198.51.100.0/24";
+
+/// Boots systemd, starts nftables, installs and starts orch (with an
+/// optional /etc/orch/orch.toml), and bans the test addresses.
+fn sandbox_with_orch(config: Option<&str>) -> SystemdSandbox {
+    let sandbox = SystemdSandbox::boot();
+    sandbox
+        .systemctl(&["start", "nftables.service"])
+        .expect_ok("start nftables");
+    if let Some(config) = config {
+        sandbox.write_file("/etc/orch/orch.toml", config, 0o644);
+    }
+    let bin = orch_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    sandbox
+        .run(bin, &["install-units"])
+        .expect_ok("orch install-units");
+    sandbox
+        .systemctl(&["enable", "--now", "orch.service"])
+        .expect_ok("enable --now orch");
+    let banned = sandbox.busctl(&[
+        "call",
+        "org.orch.Orch1",
+        "/org/orch/Orch1",
+        "org.orch.Orch1",
+        "BanMany",
+        "asts",
+        "4",
+        SINGLE_V4[0],
+        SINGLE_V4[1],
+        SINGLE_V6,
+        PREFIX_V4,
+        "3600",
+        "systemd test",
+    ]);
+    assert_eq!(banned.expect_ok("BanMany").stdout.trim(), "u 4");
+    assert_all_bans(&sandbox, "after banning");
+    sandbox
+}
+
+fn missing_bans(sandbox: &SystemdSandbox) -> Vec<String> {
+    let ban4 = sandbox.set_elements("orch", "ban4");
+    let ban6 = sandbox.set_elements("orch", "ban6");
+    let bannet4 = sandbox.set_elements("orch", "bannet4");
+    let mut missing = Vec::new();
+    for (set, wanted) in [
+        (&ban4, SINGLE_V4[0]),
+        (&ban4, SINGLE_V4[1]),
+        (&ban6, SINGLE_V6),
+        (&bannet4, PREFIX_V4),
+    ] {
+        if !set.iter().any(|e| e == wanted) {
+            missing.push(wanted.to_string());
+        }
+    }
+    missing
+}
+
+fn assert_all_bans(sandbox: &SystemdSandbox, when: &str) {
+    let missing = missing_bans(sandbox);
+    assert!(
+        missing.is_empty(),
+        "{when}: missing {missing:?}\n{}",
+        sandbox.journal("orch.service")
+    );
+}
+
+/// What the sampler saw while a command ran.
+struct Samples {
+    taken: usize,
+    missing: usize,
+    longest_gap: Duration,
+}
+
+/// Runs `action` while another thread checks, as fast as it can, that a
+/// banned element is in the kernel (`nft get element` inside the sandbox).
+fn sample_during(
+    sandbox: &SystemdSandbox,
+    action: impl FnOnce() -> CmdOutput,
+) -> (CmdOutput, Samples) {
+    let pid = sandbox.pid().to_string();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = Samples {
+                taken: 0,
+                missing: 0,
+                longest_gap: Duration::ZERO,
+            };
+            let mut gap_started: Option<Instant> = None;
+            while !done.load(Ordering::Relaxed) {
+                let present = Command::new("nsenter")
+                    .args([
+                        "-t", &pid, "-n", "--", "nft", "get", "element", "inet", "orch", "ban4",
+                    ])
+                    .arg(format!("{{ {} }}", SINGLE_V4[0]))
+                    .output()
+                    .map(|out| out.status.success())
+                    .unwrap_or(false);
+                samples.taken += 1;
+                if present {
+                    if let Some(started) = gap_started.take() {
+                        samples.longest_gap = samples.longest_gap.max(started.elapsed());
+                    }
+                } else {
+                    samples.missing += 1;
+                    gap_started.get_or_insert_with(Instant::now);
+                }
+            }
+            if let Some(started) = gap_started {
+                samples.longest_gap = samples.longest_gap.max(started.elapsed());
+            }
+            samples
+        });
+        // Let the sampler get going before the action.
+        std::thread::sleep(Duration::from_millis(50));
+        let output = action();
+        std::thread::sleep(Duration::from_millis(50));
+        done.store(true, Ordering::Relaxed);
+        let samples = sampler.join().expect("sampler thread");
+        (output, samples)
+    })
+}
+
+fn orch_main_pid(sandbox: &SystemdSandbox) -> String {
+    let shown = sandbox.systemctl(&["show", "orch.service", "-p", "MainPID", "--value"]);
+    shown.expect_ok("show MainPID").stdout.trim().to_string()
+}
+
+#[test]
+fn owned_table_keeps_every_ban_through_everything_done_to_nftables() {
+    let sandbox = sandbox_with_orch(None);
+    let status = sandbox
+        .run(orch_bin().to_str().expect("utf-8"), &["status"])
+        .expect_ok("orch status");
+    assert!(
+        status.stdout.contains("owned by the daemon"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("nftables.service: active"),
+        "{}",
+        status.stdout
+    );
+
+    for action in ["restart", "reload"] {
+        let (output, samples) = sample_during(&sandbox, || {
+            sandbox.systemctl(&[action, "nftables.service"])
+        });
+        output.expect_ok(action);
+        assert_all_bans(&sandbox, &format!("after systemctl {action} nftables"));
+        eprintln!(
+            "owned, systemctl {action} nftables: {} samples, {} missing, longest gap {:?}",
+            samples.taken, samples.missing, samples.longest_gap
+        );
+        assert!(
+            samples.taken >= 3,
+            "the sampler barely ran ({} samples)",
+            samples.taken
+        );
+        assert_eq!(samples.missing, 0, "a ban was missing during {action}");
+    }
+
+    sandbox
+        .systemctl(&["stop", "nftables.service"])
+        .expect_ok("stop");
+    assert_all_bans(&sandbox, "after systemctl stop nftables");
+    sandbox
+        .systemctl(&["start", "nftables.service"])
+        .expect_ok("start");
+    assert_all_bans(&sandbox, "after systemctl start nftables");
+
+    sandbox
+        .nft(&["flush", "ruleset"])
+        .expect_ok("nft flush ruleset");
+    assert_all_bans(&sandbox, "after nft flush ruleset");
+    sandbox.write_file("/etc/test-ruleset.nft", "flush ruleset\ntable inet filter {\n  chain input { type filter hook input priority 0; }\n}\n", 0o644);
+    sandbox
+        .nft(&["-f", "/etc/test-ruleset.nft"])
+        .expect_ok("nft -f");
+    assert_all_bans(&sandbox, "after nft -f of a file that flushes the ruleset");
+
+    let old_pid = orch_main_pid(&sandbox);
+    sandbox
+        .systemctl(&["kill", "-s", "KILL", "orch.service"])
+        .expect_ok("kill orch");
+    wait_until(
+        Duration::from_secs(15),
+        "systemd to restart orch with every ban back",
+        || {
+            let pid = orch_main_pid(&sandbox);
+            pid != old_pid
+                && pid != "0"
+                && sandbox
+                    .systemctl(&["is-active", "orch.service"])
+                    .stdout
+                    .trim()
+                    == "active"
+                && missing_bans(&sandbox).is_empty()
+        },
+    );
+
+    let status_text = sandbox.systemctl(&["show", "orch.service", "-p", "StatusText", "--value"]);
+    let status_text = status_text.expect_ok("StatusText").stdout;
+    assert!(
+        status_text.contains("4 bans, table owned"),
+        "StatusText: {status_text}"
+    );
+}
+
+#[test]
+fn unowned_table_is_back_when_each_systemctl_command_returns() {
+    let sandbox = sandbox_with_orch(Some("[firewall]\nowner = \"off\"\n"));
+    for action in ["restart", "reload"] {
+        let (output, samples) = sample_during(&sandbox, || {
+            sandbox.systemctl(&[action, "nftables.service"])
+        });
+        output.expect_ok(action);
+        assert_all_bans(
+            &sandbox,
+            &format!("after systemctl {action} nftables (unowned)"),
+        );
+        eprintln!(
+            "unowned, systemctl {action} nftables: {} samples, {} missing, longest gap {:?}",
+            samples.taken, samples.missing, samples.longest_gap
+        );
+    }
+    sandbox
+        .systemctl(&["stop", "nftables.service"])
+        .expect_ok("stop");
+    sandbox
+        .systemctl(&["start", "nftables.service"])
+        .expect_ok("start");
+    assert_all_bans(&sandbox, "after stop and start (unowned)");
+    sandbox
+        .nft(&["flush", "ruleset"])
+        .expect_ok("nft flush ruleset");
+    wait_until(
+        Duration::from_secs(5),
+        "bans back after a flush (unowned)",
+        || missing_bans(&sandbox).is_empty(),
+    );
+}
+
+#[test]
+fn install_units_is_idempotent_hardened_and_uninstall_leaves_nothing() {
+    let sandbox = sandbox_with_orch(None);
+    let bin = orch_bin();
+    let bin = bin.to_str().expect("utf-8 path");
+    let again = sandbox
+        .run(bin, &["install-units"])
+        .expect_ok("install-units again");
+    assert!(
+        !again.stdout.contains("wrote"),
+        "second install wrote something:\n{}",
+        again.stdout
+    );
+    assert!(
+        again
+            .stdout
+            .contains("unchanged /etc/systemd/system/orch.service"),
+        "{}",
+        again.stdout
+    );
+
+    let security = sandbox.run("systemd-analyze", &["security", "orch.service"]);
+    let line = security
+        .stdout
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_default()
+        .to_string();
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or(f64::MAX);
+    eprintln!("systemd-analyze security orch.service: {line}");
+    assert!(score <= 2.0, "hardening score {score}: {}", security.stdout);
+
+    sandbox
+        .systemctl(&["disable", "--now", "orch.service"])
+        .expect_ok("disable --now orch");
+    sandbox
+        .run(bin, &["uninstall-units"])
+        .expect_ok("uninstall-units");
+    for path in [
+        "/etc/systemd/system/orch.service",
+        "/etc/systemd/system/nftables.service.d/orch.conf",
+        "/etc/dbus-1/system.d/org.orch.Orch1.conf",
+        "/var/lib/orch/installed-units",
+    ] {
+        assert_eq!(sandbox.read_file(path), None, "{path} left behind");
+    }
+    let leftover = sandbox.sh("ls -d /etc/systemd/system/nftables.service.d 2>/dev/null || true");
+    assert_eq!(leftover.stdout.trim(), "", "empty drop-in dir left behind");
+    sandbox
+        .systemctl(&["restart", "nftables.service"])
+        .expect_ok("nftables without orch's drop-in");
+}
