@@ -17,6 +17,19 @@ const SINGLE_V4: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
 const SINGLE_V6: &str = "2001:db8::1";
 const PREFIX_V4: &str = "198.51.100.0/24";
 
+/// Where the tests put the orch binary inside the sandbox: the build
+/// directory may be under /tmp (CI clones there), which the service's
+/// PrivateTmp= would hide, as an admin's /home would be by ProtectHome=.
+const ORCH: &str = "/usr/local/bin/orch";
+
+fn install_orch_binary(sandbox: &SystemdSandbox) {
+    let built = orch_bin();
+    let built = built.to_str().expect("utf-8 path");
+    sandbox
+        .run("install", &["-m", "0755", built, ORCH])
+        .expect_ok("copy orch into the sandbox");
+}
+
 /// Boots systemd, starts nftables, installs and starts orch (with an
 /// optional /etc/orch/orch.toml), and bans the test addresses.
 fn sandbox_with_orch(config: Option<&str>) -> SystemdSandbox {
@@ -27,10 +40,9 @@ fn sandbox_with_orch(config: Option<&str>) -> SystemdSandbox {
     if let Some(config) = config {
         sandbox.write_file("/etc/orch/orch.toml", config, 0o644);
     }
-    let bin = orch_bin();
-    let bin = bin.to_str().expect("utf-8 path");
+    install_orch_binary(&sandbox);
     sandbox
-        .run(bin, &["install-units"])
+        .run(ORCH, &["install-units"])
         .expect_ok("orch install-units");
     sandbox
         .systemctl(&["enable", "--now", "orch.service"])
@@ -147,9 +159,7 @@ fn orch_main_pid(sandbox: &SystemdSandbox) -> String {
 #[test]
 fn owned_table_keeps_every_ban_through_everything_done_to_nftables() {
     let sandbox = sandbox_with_orch(None);
-    let status = sandbox
-        .run(orch_bin().to_str().expect("utf-8"), &["status"])
-        .expect_ok("orch status");
+    let status = sandbox.run(ORCH, &["status"]).expect_ok("orch status");
     assert!(
         status.stdout.contains("owned by the daemon"),
         "{}",
@@ -263,10 +273,8 @@ fn unowned_table_is_back_when_each_systemctl_command_returns() {
 #[test]
 fn install_units_is_idempotent_hardened_and_uninstall_leaves_nothing() {
     let sandbox = sandbox_with_orch(None);
-    let bin = orch_bin();
-    let bin = bin.to_str().expect("utf-8 path");
     let again = sandbox
-        .run(bin, &["install-units"])
+        .run(ORCH, &["install-units"])
         .expect_ok("install-units again");
     assert!(
         !again.stdout.contains("wrote"),
@@ -301,7 +309,7 @@ fn install_units_is_idempotent_hardened_and_uninstall_leaves_nothing() {
         .systemctl(&["disable", "--now", "orch.service"])
         .expect_ok("disable --now orch");
     sandbox
-        .run(bin, &["uninstall-units"])
+        .run(ORCH, &["uninstall-units"])
         .expect_ok("uninstall-units");
     for path in [
         "/etc/systemd/system/orch.service",
