@@ -106,7 +106,10 @@ nftables.service's ExecReload=."
     Sync,
 
     /// Write orch's systemd unit, nftables drop-in and D-Bus policy
-    #[command(long_about = crate::systemd::install::INSTALL_LONG_ABOUT)]
+    #[command(
+        long_about = crate::systemd::install::INSTALL_LONG_ABOUT,
+        after_help = crate::systemd::install::INSTALL_AFTER_HELP
+    )]
     InstallUnits(crate::systemd::install::InstallArgs),
 
     /// Remove exactly what install-units wrote

@@ -2,6 +2,7 @@
 //! All logic lives in the library; this file only turns results into exit
 //! codes and messages.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -79,8 +80,12 @@ fn run_units<E: std::fmt::Display>(
     };
     match result {
         Ok(report) => {
+            // A closed pipe (`| head`) ends the listing quietly.
+            let mut out = std::io::stdout().lock();
             for line in &report.lines {
-                println!("{line}");
+                if writeln!(out, "{line}").is_err() {
+                    break;
+                }
             }
             ExitCode::SUCCESS
         }

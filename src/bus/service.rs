@@ -9,7 +9,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{Connection, interface};
 
 use super::errors::OrchError;
-use crate::daemon::core::CoreHandle;
+use crate::daemon::core::{Core, CoreError, CoreHandle};
 use crate::store::BanRecord;
 use crate::timefmt::rfc3339;
 
@@ -27,6 +27,18 @@ pub struct OrchService {
 impl OrchService {
     pub fn new(core: CoreHandle) -> Self {
         OrchService { core }
+    }
+
+    /// Runs a changing request on the core, once the caller is known to be
+    /// root. Every mutating method goes through here.
+    async fn call_as_root<R: Send + 'static>(
+        &self,
+        header: &Header<'_>,
+        connection: &Connection,
+        job: impl FnOnce(&mut Core) -> Result<R, CoreError> + Send + 'static,
+    ) -> Result<R, OrchError> {
+        require_root(header, connection).await?;
+        Ok(self.core.call(job).await??)
     }
 }
 
@@ -86,11 +98,11 @@ impl OrchService {
         seconds: u64,
         reason: String,
     ) -> Result<(), OrchError> {
-        require_root(&header, connection).await?;
         let records = self
-            .core
-            .call(move |core| core.ban(&[address], seconds, &reason, "manual"))
-            .await??;
+            .call_as_root(&header, connection, move |core| {
+                core.ban(&[address], seconds, &reason, "manual")
+            })
+            .await?;
         emit_banned(&emitter, &records).await;
         Ok(())
     }
@@ -106,11 +118,11 @@ impl OrchService {
         seconds: u64,
         reason: String,
     ) -> Result<u32, OrchError> {
-        require_root(&header, connection).await?;
         let records = self
-            .core
-            .call(move |core| core.ban(&addresses, seconds, &reason, "manual"))
-            .await??;
+            .call_as_root(&header, connection, move |core| {
+                core.ban(&addresses, seconds, &reason, "manual")
+            })
+            .await?;
         emit_banned(&emitter, &records).await;
         Ok(u32::try_from(records.len()).unwrap_or(u32::MAX))
     }
@@ -123,8 +135,9 @@ impl OrchService {
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         address: String,
     ) -> Result<bool, OrchError> {
-        require_root(&header, connection).await?;
-        let removed = self.core.call(move |core| core.unban(&address)).await??;
+        let removed = self
+            .call_as_root(&header, connection, move |core| core.unban(&address))
+            .await?;
         if let Some(record) = &removed
             && let Err(err) = OrchService::unbanned(&emitter, &display_net(record)).await
         {
@@ -157,8 +170,8 @@ impl OrchService {
         #[zbus(connection)] connection: &Connection,
         cidr: String,
     ) -> Result<(), OrchError> {
-        require_root(&header, connection).await?;
-        self.core.call(move |core| core.allow(&cidr)).await??;
+        self.call_as_root(&header, connection, move |core| core.allow(&cidr))
+            .await?;
         Ok(())
     }
 
@@ -169,9 +182,8 @@ impl OrchService {
         #[zbus(connection)] connection: &Connection,
         cidr: String,
     ) -> Result<(), OrchError> {
-        require_root(&header, connection).await?;
-        self.core.call(move |core| core.disallow(&cidr)).await??;
-        Ok(())
+        self.call_as_root(&header, connection, move |core| core.disallow(&cidr))
+            .await
     }
 
     /// Re-apply the whole table from the store, returning when done.
@@ -180,10 +192,8 @@ impl OrchService {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] connection: &Connection,
     ) -> Result<(), OrchError> {
-        require_root(&header, connection).await?;
-        self.core
-            .call(|core| core.sync("Sync() over D-Bus"))
-            .await??;
+        self.call_as_root(&header, connection, |core| core.sync("Sync() over D-Bus"))
+            .await?;
         Ok(())
     }
 

@@ -26,6 +26,17 @@ pub mod sets {
     pub const BANNET6: &str = "bannet6";
 }
 
+/// Every set of the table: name, element type, flags. Interval sets hold
+/// prefixes; hash sets single addresses (fast to change one by one).
+const SET_DECLARATIONS: [(&str, &str, &str); 6] = [
+    (sets::ALLOW4, "ipv4_addr", "interval"),
+    (sets::ALLOW6, "ipv6_addr", "interval"),
+    (sets::BAN4, "ipv4_addr", "timeout"),
+    (sets::BAN6, "ipv6_addr", "timeout"),
+    (sets::BANNET4, "ipv4_addr", "interval, timeout"),
+    (sets::BANNET6, "ipv6_addr", "interval, timeout"),
+];
+
 /// Table flags orch asks for when it creates its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ownership {
@@ -147,46 +158,17 @@ impl TableLayout {
         let _ = writeln!(out, "delete table inet {table}");
         let _ = writeln!(out, "table inet {table} {{");
         let _ = writeln!(out, "  {flags}");
-        let _ = writeln!(
-            out,
-            "  set {} {{ type ipv4_addr; flags interval; }}",
-            sets::ALLOW4
-        );
-        let _ = writeln!(
-            out,
-            "  set {} {{ type ipv6_addr; flags interval; }}",
-            sets::ALLOW6
-        );
-        let _ = writeln!(
-            out,
-            "  set {} {{ type ipv4_addr; flags timeout; }}",
-            sets::BAN4
-        );
-        let _ = writeln!(
-            out,
-            "  set {} {{ type ipv6_addr; flags timeout; }}",
-            sets::BAN6
-        );
-        let _ = writeln!(
-            out,
-            "  set {} {{ type ipv4_addr; flags interval, timeout; }}",
-            sets::BANNET4
-        );
-        let _ = writeln!(
-            out,
-            "  set {} {{ type ipv6_addr; flags interval, timeout; }}",
-            sets::BANNET6
-        );
-        self.write_filter_chain(&mut out);
-        let _ = writeln!(
-            out,
-            "  chain input {{ type filter hook input priority {}; policy accept; jump filter; }}",
-            self.priority
-        );
-        if self.forward {
+        for (set, addr_type, set_flags) in SET_DECLARATIONS {
             let _ = writeln!(
                 out,
-                "  chain forward {{ type filter hook forward priority {}; policy accept; jump filter; }}",
+                "  set {set} {{ type {addr_type}; flags {set_flags}; }}"
+            );
+        }
+        self.write_filter_chain(&mut out);
+        for hook in self.base_chains() {
+            let _ = writeln!(
+                out,
+                "  chain {hook} {{ type filter hook {hook} priority {}; policy accept; jump filter; }}",
                 self.priority
             );
         }
@@ -194,6 +176,16 @@ impl TableLayout {
         out.push_str(&self.add_allows(allows));
         out.push_str(&self.add_bans(bans));
         out
+    }
+
+    /// The base chains, each named after its hook: input, and forward on a
+    /// gateway.
+    fn base_chains(&self) -> Vec<&'static str> {
+        if self.forward {
+            vec!["input", "forward"]
+        } else {
+            vec!["input"]
+        }
     }
 
     /// The regular chain both base chains jump to: allowlist first, then bans.
@@ -222,11 +214,7 @@ impl TableLayout {
     pub fn check_script(&self, sample_bans: &[IpNet]) -> String {
         let table = &self.table;
         let mut out = String::new();
-        let mut chains = vec!["filter", "input"];
-        if self.forward {
-            chains.push("forward");
-        }
-        for chain in chains {
+        for chain in std::iter::once("filter").chain(self.base_chains()) {
             let _ = writeln!(out, "list chain inet {table} {chain}");
         }
         let by_set = group_by_ban_set(sample_bans.iter().map(|net| (*net, element_text(net))));

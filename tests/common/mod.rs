@@ -252,6 +252,28 @@ impl Listener {
     }
 }
 
+/// Lists a set through `nft` (run by `nft`, wherever it runs: a netns, a
+/// systemd sandbox) and parses its elements with their remaining timeouts.
+/// Empty if the table or set does not exist; any other failure panics.
+#[track_caller]
+pub fn list_set_elements(
+    nft: impl Fn(&[&str]) -> CmdOutput,
+    table: &str,
+    set: &str,
+) -> Vec<(String, Option<u64>)> {
+    let (family, name) = table.split_once(' ').unwrap_or(("inet", table));
+    let out = nft(&["-j", "list", "set", family, name, set]);
+    if !out.ok() {
+        if out.stderr.contains("No such file or directory") {
+            return Vec::new();
+        }
+        panic!("nft -j list set {family} {name} {set}: failed\n{out}");
+    }
+    let json: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("nft -j list set: invalid JSON ({e}):\n{}", out.stdout));
+    parse_set_elements(&json)
+}
+
 /// A fresh network namespace with `lo` up, kept alive by a holder process.
 ///
 /// The holder is `unshare --net -- cat` in its own session (`setsid`), with
@@ -402,17 +424,7 @@ impl NetNs {
     /// without a timeout), e.g. `("192.0.2.1", Some(3590))`.
     #[track_caller]
     pub fn set_elements_with_expiry(&self, table: &str, set: &str) -> Vec<(String, Option<u64>)> {
-        let (family, name) = table.split_once(' ').unwrap_or(("inet", table));
-        let out = self.nft(&["-j", "list", "set", family, name, set]);
-        if !out.ok() {
-            if out.stderr.contains("No such file or directory") {
-                return Vec::new();
-            }
-            panic!("nft -j list set {family} {name} {set}: failed\n{out}");
-        }
-        let json: Value = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("nft -j list set: invalid JSON ({e}):\n{}", out.stdout));
-        parse_set_elements(&json)
+        list_set_elements(|args| self.nft(args), table, set)
     }
 
     /// Starts a TCP listener on `[::]:port` (dual-stack; `0.0.0.0:port` if

@@ -82,8 +82,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::{
-    CmdOutput, LOG_TAIL_LINES, POLL_INTERVAL, kill_and_reap, orch_bin, parse_set_elements,
-    pid_exists, poll_until, run_command, run_command_with_input, status_code, tail, unique_name,
+    CmdOutput, LOG_TAIL_LINES, POLL_INTERVAL, kill_and_reap, orch_bin, pid_exists, poll_until,
+    run_command, run_command_with_input, status_code, tail, unique_name,
 };
 
 /// Deadline for [`SystemdSandbox::boot`]: from spawning `unshare` until
@@ -791,17 +791,7 @@ impl SystemdSandbox {
     /// kernel timeout in seconds (see [`super::NetNs::set_elements_with_expiry`]).
     #[track_caller]
     pub fn set_elements_with_expiry(&self, table: &str, set: &str) -> Vec<(String, Option<u64>)> {
-        let (family, name) = table.split_once(' ').unwrap_or(("inet", table));
-        let out = self.nft(&["-j", "list", "set", family, name, set]);
-        if !out.ok() {
-            if out.stderr.contains("No such file or directory") {
-                return Vec::new();
-            }
-            panic!("sandbox: nft -j list set {family} {name} {set}: failed\n{out}");
-        }
-        let json = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("nft -j list set: invalid JSON ({e}):\n{}", out.stdout));
-        parse_set_elements(&json)
+        super::list_set_elements(|args| self.nft(args), table, set)
     }
 
     /// Writes `contents` to `path` (absolute, as seen inside the sandbox),
