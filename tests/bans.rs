@@ -400,3 +400,16 @@ fn client_commands_say_plainly_when_the_daemon_is_not_running() {
         sync.stderr
     );
 }
+
+#[test]
+fn sync_without_a_system_bus_is_a_quiet_no_op() {
+    // At boot nftables.service starts before D-Bus; its ExecStartPost runs
+    // `orch sync`, which must neither fail nor hang.
+    let out = std::process::Command::new(common::orch_bin())
+        .arg("sync")
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+        .output()
+        .expect("run orch sync");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to sync"));
+}

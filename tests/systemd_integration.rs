@@ -325,3 +325,52 @@ fn install_units_is_idempotent_hardened_and_uninstall_leaves_nothing() {
         .systemctl(&["restart", "nftables.service"])
         .expect_ok("nftables without orch's drop-in");
 }
+
+#[test]
+fn the_watchdog_is_fed_and_sighup_reloads_under_systemd() {
+    let sandbox = sandbox_with_orch(None);
+    sandbox.write_file(
+        "/etc/systemd/system/orch.service.d/watchdog.conf",
+        "[Service]\nWatchdogSec=1s\n",
+        0o644,
+    );
+    sandbox
+        .systemctl(&["daemon-reload"])
+        .expect_ok("daemon-reload");
+    sandbox
+        .systemctl(&["restart", "orch.service"])
+        .expect_ok("restart orch");
+    let pid = orch_main_pid(&sandbox);
+    // Three watchdog periods: without WATCHDOG=1 pings systemd would have
+    // killed and restarted it (new MainPID, NRestarts > 0).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        orch_main_pid(&sandbox),
+        pid,
+        "{}",
+        sandbox.journal("orch.service")
+    );
+    let restarts = sandbox.systemctl(&["show", "orch.service", "-p", "NRestarts", "--value"]);
+    assert_eq!(restarts.expect_ok("NRestarts").stdout.trim(), "0");
+    assert_all_bans(&sandbox, "after a restart of orch");
+
+    sandbox.write_file(
+        "/etc/orch/orch.toml",
+        "allow = [\"203.0.113.0/24\"]\n",
+        0o644,
+    );
+    sandbox
+        .systemctl(&["reload", "orch.service"])
+        .expect_ok("systemctl reload orch");
+    wait_until(
+        Duration::from_secs(5),
+        "the reloaded allowlist in the kernel",
+        || {
+            sandbox
+                .set_elements("orch", "allow4")
+                .iter()
+                .any(|e| e == "203.0.113.0/24")
+        },
+    );
+    assert_eq!(orch_main_pid(&sandbox), pid, "a reload keeps the process");
+}
