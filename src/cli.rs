@@ -77,15 +77,22 @@ loopback or own address refuses the whole command. Banning an address again rese
         json: bool,
     },
 
-    /// Add a runtime allowlist entry (never banned; persisted)
+    /// Add a runtime allowlist entry (never banned; persisted), or `list` it
     #[command(
         long_about = "Add CIDR (or a single address) to the runtime allowlist. Allowlisted \
 traffic is accepted by orch's table before any ban is checked, and bans overlapping it are refused. \
-Runtime entries persist across restarts; remove them with `orch disallow`."
+Runtime entries persist across restarts; remove them with `orch disallow`.\n\n\
+`orch allow list` shows the whole allowlist instead: static entries from the config, runtime \
+entries, and the current addresses of each DNS allow name ([[dns.allow]]) with their expiry.",
+        after_help = "Examples:\n  orch allow 192.0.2.0/24\n  orch allow list\n  orch allow list --json"
     )]
     Allow {
-        #[arg(value_name = "CIDR")]
+        /// An address or prefix, or the word `list`
+        #[arg(value_name = "CIDR|list")]
         cidr: String,
+        /// With `list`: one JSON array of {entry, kind, name, expires_at}
+        #[arg(long)]
+        json: bool,
     },
 
     /// Remove a runtime allowlist entry
@@ -97,13 +104,25 @@ Runtime entries persist across restarts; remove them with `orch disallow`."
     /// Show the daemon's state: table, backend, bans, last sync
     Status,
 
-    /// Re-apply orch's whole table from its store now
+    /// Re-apply orch's whole table from its store now (and run the hooks)
     #[command(
         long_about = "Ask the daemon to re-apply its whole table from the ban store, and wait until \
-it is done. When the daemon is not running this is a quiet no-op (exit 0), so it is safe in \
-nftables.service's ExecReload=."
+it is done. With --hooks (or --event) it then runs the hooks in hooks.dir and waits for them too; \
+a failed hook is reported and makes the exit status 1. When the daemon is not running, or there is \
+no system bus yet (early boot), this is a quiet no-op with exit status 0, so it is safe in \
+nftables.service's ExecStartPost= and ExecReload=. It gives up after 20 seconds."
     )]
-    Sync,
+    Sync {
+        /// Also run the hooks, after the table is back
+        #[arg(long)]
+        hooks: bool,
+        /// ORCH_EVENT for the hooks (implies --hooks)
+        #[arg(long, value_name = "EVENT", value_parser = ["start", "restart", "reload", "flush", "manual"])]
+        event: Option<String>,
+        /// ORCH_UNIT for the hooks, e.g. nftables.service
+        #[arg(long, value_name = "UNIT")]
+        unit: Option<String>,
+    },
 
     /// Write orch's systemd unit, nftables drop-in and D-Bus policy
     #[command(
@@ -150,8 +169,13 @@ impl From<ClientError> for Failure {
 
 /// Runs a client command (anything but `daemon` and `check-config`).
 pub async fn run_client(command: &Command) -> Result<(), Failure> {
-    if let Command::Sync = command {
-        return run_sync().await;
+    if let Command::Sync { hooks, event, unit } = command {
+        let hook_event = match (hooks, event) {
+            (_, Some(event)) => Some(event.as_str()),
+            (true, None) => Some("manual"),
+            (false, None) => None,
+        };
+        return run_sync(hook_event, unit.as_deref()).await;
     }
     let proxy = client::connect(CALL_TIMEOUT).await?;
     let classify = |e| client::classify(e, CALL_TIMEOUT);
@@ -184,10 +208,13 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
             }
         }
         Command::List { json } => print_list(&proxy, *json).await.map_err(classify)?,
-        Command::Allow { cidr } => proxy.allow(cidr).await.map_err(classify)?,
+        Command::Allow { cidr, json } if cidr == "list" => {
+            print_allows(&proxy, *json).await.map_err(classify)?
+        }
+        Command::Allow { cidr, .. } => proxy.allow(cidr).await.map_err(classify)?,
         Command::Disallow { cidr } => proxy.disallow(cidr).await.map_err(classify)?,
         Command::Status => print_status(&proxy).await.map_err(classify)?,
-        Command::Sync
+        Command::Sync { .. }
         | Command::Daemon
         | Command::CheckConfig
         | Command::InstallUnits(_)
@@ -203,16 +230,31 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 /// `orch sync`: a quiet no-op when there is no bus (early boot, when
 /// nftables starts before D-Bus) or no daemon; the daemon applies
 /// everything on its own start.
-async fn run_sync() -> Result<(), Failure> {
+async fn run_sync(hook_event: Option<&str>, unit: Option<&str>) -> Result<(), Failure> {
     let result = match client::connect(SYNC_TIMEOUT).await {
-        Ok(proxy) => proxy
-            .sync()
-            .await
-            .map_err(|e| client::classify(e, SYNC_TIMEOUT)),
+        Ok(proxy) => match hook_event {
+            Some(event) => proxy.sync_event(event, unit.unwrap_or("")).await,
+            None => proxy.sync().await.map(|()| Vec::new()),
+        }
+        .map_err(|e| client::classify(e, SYNC_TIMEOUT)),
         Err(err) => Err(err),
     };
     match result {
-        Ok(()) => Ok(()),
+        Ok(hook_rows) => {
+            let failed: Vec<String> = hook_rows
+                .iter()
+                .filter(|(_, status)| *status != 0)
+                .map(|(name, status)| format!("{name} (status {status})"))
+                .collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure {
+                    message: format!("table synced, but hooks failed: {}", failed.join(", ")),
+                    code: 1,
+                })
+            }
+        }
         Err(ClientError::NotRunning) => {
             eprintln!("orch: daemon not running; nothing to sync");
             Ok(())
@@ -264,6 +306,39 @@ async fn print_list(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
     Ok(())
 }
 
+async fn print_allows(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
+    let rows = proxy.list_allows().await?;
+    if json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(entry, kind, name, expires_at)| {
+                serde_json::json!({"entry": entry, "kind": kind, "name": name, "expires_at": expires_at})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("the allowlist is empty");
+        return Ok(());
+    }
+    println!("{:<40} {:<8} {:<30} EXPIRES", "ENTRY", "KIND", "DNS NAME");
+    for (entry, kind, name, expires_at) in &rows {
+        let expires = if *expires_at == 0 {
+            "-".to_string()
+        } else {
+            rfc3339(*expires_at)
+        };
+        let entry = if entry.is_empty() {
+            "(no address yet)"
+        } else {
+            entry.as_str()
+        };
+        println!("{entry:<40} {kind:<8} {name:<30} {expires}");
+    }
+    Ok(())
+}
+
 async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
     let version = proxy.version().await?;
     let facts = proxy.firewall().await?;
@@ -288,6 +363,15 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
         |key: &str, absent: &'static str| facts.get(key).map(String::as_str).unwrap_or(absent);
     println!("last sync:  {}", optional("last_sync", "never"));
     println!("last event: {}", optional("last_event", "none"));
+    println!("hooks:      {}", optional("hooks_last_run", "not run yet"));
+    let mut hooks: Vec<(&str, &String)> = facts
+        .iter()
+        .filter_map(|(key, outcome)| key.strip_prefix("hook:").map(|name| (name, outcome)))
+        .collect();
+    hooks.sort();
+    for (name, outcome) in hooks {
+        println!("  hook {name}: {outcome}");
+    }
     let mut units: Vec<(&str, &String)> = facts
         .iter()
         .filter_map(|(key, state)| key.strip_prefix("unit:").map(|unit| (unit, state)))

@@ -112,6 +112,15 @@ pub struct SystemdConfig {
     pub watch_units: Vec<String>,
 }
 
+/// Where hook scripts live and how long each may run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HooksConfig {
+    pub dir: PathBuf,
+    pub timeout: Duration,
+    /// Per-hook overrides, by file name.
+    pub timeouts: std::collections::BTreeMap<String, Duration>,
+}
+
 /// The validated, merged configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -121,6 +130,9 @@ pub struct Config {
     /// Static allowlist: networks orch never bans.
     pub allow: Vec<IpNet>,
     pub systemd: SystemdConfig,
+    pub hooks: HooksConfig,
+    /// Dynamic DNS allowlist: names, resolver, staleness.
+    pub dns: crate::dns::DnsSettings,
     /// Files read, in merge order, for messages; empty means the embedded
     /// default alone.
     pub sources: Vec<PathBuf>,
@@ -367,6 +379,34 @@ struct RawLayer {
     firewall: Option<RawFirewall>,
     bans: Option<RawBans>,
     systemd: Option<RawSystemd>,
+    hooks: Option<RawHooks>,
+    dns: Option<RawDns>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    servers: Option<Vec<Spanned<String>>>,
+    stale_max: Option<Spanned<String>>,
+    grace: Option<Spanned<String>>,
+    allow: Option<Vec<RawDnsAllow>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnsAllow {
+    name: Spanned<String>,
+    family: Option<Spanned<String>>,
+    min_ttl: Option<Spanned<String>>,
+    max_ttl: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    dir: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    timeouts: Option<std::collections::BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -414,6 +454,13 @@ struct Merged {
     min_prefix_v6: Located<u8>,
     allow: Vec<IpNet>,
     watch_units: Located<Vec<String>>,
+    hooks_dir: Located<PathBuf>,
+    hooks_timeout: Located<Duration>,
+    hook_timeouts: std::collections::BTreeMap<String, Duration>,
+    dns_servers: Located<Vec<std::net::SocketAddr>>,
+    dns_stale_max: Located<Duration>,
+    dns_grace: Located<Duration>,
+    dns_allow: Vec<crate::dns::DnsAllowEntry>,
 }
 
 /// Validates one scalar and, if valid, lets it override the merged value.
@@ -434,6 +481,98 @@ fn set<R, T>(
 }
 
 impl Merged {
+    fn apply_dns(&mut self, dns: RawDns, doc: &Document, issues: &mut Vec<ConfigIssue>) {
+        if let Some(servers) = dns.servers {
+            let mut parsed = Vec::new();
+            let mut origin = None;
+            for (index, server) in servers.into_iter().enumerate() {
+                let at = doc.origin(&server.span());
+                match check_dns_server(server.get_ref()) {
+                    Ok(addr) => parsed.push(addr),
+                    Err(message) => {
+                        issues.push(at.issue(format!("dns.servers[{index}]: {message}")))
+                    }
+                }
+                origin.get_or_insert(at);
+            }
+            self.dns_servers = Some((parsed, origin.unwrap_or_else(|| doc.origin(&(0..0)))));
+        }
+        set(
+            &mut self.dns_stale_max,
+            dns.stale_max,
+            doc,
+            issues,
+            "dns.stale_max",
+            |s| check_duration(&s),
+        );
+        set(
+            &mut self.dns_grace,
+            dns.grace,
+            doc,
+            issues,
+            "dns.grace",
+            |s| check_duration(&s),
+        );
+        for (index, entry) in dns.allow.unwrap_or_default().into_iter().enumerate() {
+            let key = format!("dns.allow[{index}]");
+            let name_at = doc.origin(&entry.name.span());
+            let name = entry.name.into_inner();
+            if let Err(message) = check_dns_name(&name) {
+                issues.push(name_at.issue(format!("{key}.name: {message}")));
+                continue;
+            }
+            let mut family = Some((crate::dns::DnsFamily::Any, name_at.clone()));
+            set(
+                &mut family,
+                entry.family,
+                doc,
+                issues,
+                &format!("{key}.family"),
+                |s| match s.as_str() {
+                    "any" => Ok(crate::dns::DnsFamily::Any),
+                    "ipv4" => Ok(crate::dns::DnsFamily::Ipv4),
+                    "ipv6" => Ok(crate::dns::DnsFamily::Ipv6),
+                    other => Err(format!(
+                        "{other:?} is not one of \"any\", \"ipv4\", \"ipv6\""
+                    )),
+                },
+            );
+            let mut min_ttl = Some((Duration::from_secs(30), name_at.clone()));
+            set(
+                &mut min_ttl,
+                entry.min_ttl,
+                doc,
+                issues,
+                &format!("{key}.min_ttl"),
+                |s| check_duration(&s),
+            );
+            let mut max_ttl = Some((Duration::from_secs(3600), name_at.clone()));
+            set(
+                &mut max_ttl,
+                entry.max_ttl,
+                doc,
+                issues,
+                &format!("{key}.max_ttl"),
+                |s| check_duration(&s),
+            );
+            let (Some((family, _)), Some((min_ttl, _)), Some((max_ttl, max_at))) =
+                (family, min_ttl, max_ttl)
+            else {
+                continue;
+            };
+            if max_ttl < min_ttl {
+                issues.push(max_at.issue(format!("{key}.max_ttl is shorter than its min_ttl")));
+                continue;
+            }
+            self.dns_allow.push(crate::dns::DnsAllowEntry {
+                name,
+                family,
+                min_ttl,
+                max_ttl,
+            });
+        }
+    }
+
     /// Parses `doc`, validates every value it sets and applies it.
     fn apply(&mut self, doc: &Document, issues: &mut Vec<ConfigIssue>) {
         let layer: RawLayer = match toml::from_str(&doc.text) {
@@ -472,6 +611,42 @@ impl Merged {
             "systemd.watch_units",
             check_units,
         );
+
+        let hooks = layer.hooks.unwrap_or_default();
+        set(
+            &mut self.hooks_dir,
+            hooks.dir,
+            doc,
+            issues,
+            "hooks.dir",
+            check_state_dir,
+        );
+        set(
+            &mut self.hooks_timeout,
+            hooks.timeout,
+            doc,
+            issues,
+            "hooks.timeout",
+            |s| check_duration(&s),
+        );
+        for (name, raw) in hooks.timeouts.unwrap_or_default() {
+            let mut slot = None;
+            set(
+                &mut slot,
+                Some(raw),
+                doc,
+                issues,
+                &format!("hooks.timeouts.{name}"),
+                |s| check_duration(&s),
+            );
+            if let Some((timeout, _)) = slot {
+                self.hook_timeouts.insert(name, timeout);
+            }
+        }
+
+        if let Some(dns) = layer.dns {
+            self.apply_dns(dns, doc, issues);
+        }
 
         let fw = layer.firewall.unwrap_or_default();
         set(
@@ -603,6 +778,17 @@ impl Merged {
             allow: self.allow,
             systemd: SystemdConfig {
                 watch_units: self.watch_units?.0,
+            },
+            dns: crate::dns::DnsSettings {
+                servers: self.dns_servers?.0,
+                stale_max: self.dns_stale_max?.0,
+                grace: self.dns_grace?.0,
+                entries: self.dns_allow,
+            },
+            hooks: HooksConfig {
+                dir: self.hooks_dir?.0,
+                timeout: self.hooks_timeout?.0,
+                timeouts: self.hook_timeouts,
             },
             sources,
         })
@@ -763,6 +949,34 @@ fn check_units(units: Vec<String>) -> Result<Vec<String>, String> {
     Ok(units)
 }
 
+/// A resolver address: "192.0.2.53", "[2001:db8::53]:5353", "127.0.0.1:5353".
+fn check_dns_server(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{text:?} is not an IP address or address:port"))
+}
+
+/// A DNS name as it may be looked up: letters, digits, '-', '_' and dots.
+fn check_dns_name(name: &str) -> Result<(), String> {
+    let labels_ok = name.trim_end_matches('.').split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    });
+    if !name.is_empty() && name.len() <= 253 && labels_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a DNS name like \"ci.example.org\""
+        ))
+    }
+}
+
 fn check_prefix(n: i64, max: u8) -> Result<u8, String> {
     in_range(n, 0..=i64::from(max)).and_then(|n| u8::try_from(n).map_err(|err| err.to_string()))
 }
@@ -837,6 +1051,50 @@ mod tests {
     }
 
     #[test]
+    fn dns_allow_entries_parse_and_bad_ones_are_located() {
+        let config = parse_str(
+            "[dns]\nservers = [\"127.0.0.1:5353\", \"192.0.2.53\"]\n[[dns.allow]]\nname = \"ci.example.org\"\nfamily = \"ipv4\"\nmax_ttl = \"5m\"\n",
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.dns.servers.len(), 2);
+        assert_eq!(config.dns.servers[1].port(), 53);
+        assert_eq!(config.dns.entries.len(), 1);
+        assert_eq!(config.dns.entries[0].family, crate::dns::DnsFamily::Ipv4);
+        assert_eq!(config.dns.entries[0].min_ttl, Duration::from_secs(30));
+        assert_eq!(config.dns.entries[0].max_ttl, Duration::from_secs(300));
+        let err = parse_str(
+            "[[dns.allow]]\nname = \"bad name!\"\n[[dns.allow]]\nname = \"ok.example\"\nfamily = \"ipx\"\n",
+            Path::new("t.toml"),
+        )
+        .expect_err("two bad entries");
+        let text = err.to_string();
+        assert!(text.contains("t.toml:2:8: dns.allow[0].name"), "{text}");
+        assert!(text.contains("t.toml:5:10: dns.allow[1].family"), "{text}");
+    }
+
+    #[test]
+    fn hook_settings_parse_with_per_hook_timeouts() {
+        let config = parse_str(
+            "[hooks]\ndir = \"/srv/hooks\"\ntimeout = \"5s\"\n[hooks.timeouts]\n\"10-slow\" = \"1m\"\n",
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.hooks.dir, PathBuf::from("/srv/hooks"));
+        assert_eq!(config.hooks.timeout, Duration::from_secs(5));
+        assert_eq!(
+            config.hooks.timeouts.get("10-slow"),
+            Some(&Duration::from_secs(60))
+        );
+        let err =
+            parse_str("[hooks.timeouts]\nx = \"soon\"\n", Path::new("t.toml")).expect_err("bad");
+        assert!(
+            err.to_string().contains("t.toml:2:5: hooks.timeouts.x"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn watch_units_are_checked_and_replaced_not_appended() {
         let config = parse_str(
             "[systemd]\nwatch_units = [\"nftables.service\", \"firewalld.service\"]\n",
@@ -881,6 +1139,17 @@ mod tests {
                 allow: Vec::new(),
                 systemd: SystemdConfig {
                     watch_units: vec!["nftables.service".to_string()],
+                },
+                dns: crate::dns::DnsSettings {
+                    servers: Vec::new(),
+                    stale_max: Duration::from_secs(86_400),
+                    grace: Duration::from_secs(30),
+                    entries: Vec::new(),
+                },
+                hooks: HooksConfig {
+                    dir: PathBuf::from("/etc/orch/hooks.d"),
+                    timeout: Duration::from_secs(10),
+                    timeouts: Default::default(),
                 },
                 sources: Vec::new(),
             }

@@ -37,7 +37,7 @@ fn an_unowned_table_flushed_by_hand_comes_back_without_orch_sync() {
     assert!(
         status
             .stdout
-            .contains("flush: table inet orch deleted in the kernel"),
+            .contains("table inet orch deleted in the kernel"),
         "{}",
         status.stdout
     );

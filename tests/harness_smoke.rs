@@ -318,7 +318,11 @@ fn daemon_lifecycle_with_stand_in() {
         fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
         fs::read_link(ns.path()).unwrap()
     );
-    assert!(daemon.log().contains("RUST_LOG=debug"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("RUST_LOG=info,orch=debug"),
+        "{}",
+        daemon.log()
+    );
 
     daemon.kill9();
     assert!(!pid_exists(pid));

@@ -145,8 +145,8 @@ fn install_writes_every_file_with_the_expected_lines() {
         dropin_directives,
         [
             "[Service]",
-            "ExecStartPost=-/usr/local/bin/orch sync",
-            "ExecReload=-/usr/local/bin/orch sync",
+            "ExecStartPost=-/usr/local/bin/orch sync --event start --unit nftables.service",
+            "ExecReload=-/usr/local/bin/orch sync --event reload --unit nftables.service",
         ]
     );
 
@@ -282,7 +282,7 @@ fn dry_run_writes_nothing_and_prints_every_file() {
     for line in [
         "Type=notify",
         "ExecStart=/usr/local/bin/orch daemon",
-        "ExecReload=-/usr/local/bin/orch sync",
+        "ExecReload=-/usr/local/bin/orch sync --event reload --unit nftables.service",
         "PartOf=nftables.service",
         "<busconfig>",
     ] {
@@ -471,7 +471,10 @@ fn reinstall_over_an_edited_file_keeps_a_copy() {
         has_line(&report, &format!("wrote {}", service.display())),
         "{report}"
     );
-    assert!(read(root.path(), NFTABLES_DROPIN).contains("ExecReload=-/usr/bin/orch sync"));
+    assert!(
+        read(root.path(), NFTABLES_DROPIN)
+            .contains("ExecReload=-/usr/bin/orch sync --event reload")
+    );
     assert!(!at(root.path(), &format!("{NFTABLES_DROPIN}.orch-old")).exists());
 
     // Uninstall leaves only the admin's copy.

@@ -374,3 +374,146 @@ fn the_watchdog_is_fed_and_sighup_reloads_under_systemd() {
     );
     assert_eq!(orch_main_pid(&sandbox), pid, "a reload keeps the process");
 }
+
+/// A hook that puts an accept rule into the admin's `inet filter input`
+/// (once) and counts its runs in orch's state directory, the one place the
+/// hardened unit lets it write.
+const MARK_HOOK: &str = "#!/bin/sh
+set -eu
+echo \"$ORCH_EVENT $ORCH_UNIT $ORCH_TABLE\" >> /var/lib/orch/hook-runs
+nft list table inet filter >/dev/null 2>&1 || exit 0
+nft list chain inet filter input | grep -q orch-hook-test ||
+    nft insert rule inet filter input ip saddr 203.0.113.99 accept comment orch-hook-test
+";
+
+fn hook_rule_present(sandbox: &SystemdSandbox) -> bool {
+    let chain = sandbox.nft(&["list", "chain", "inet", "filter", "input"]);
+    chain.ok() && chain.stdout.contains("orch-hook-test")
+}
+
+fn hook_runs(sandbox: &SystemdSandbox) -> Vec<String> {
+    sandbox
+        .read_file("/var/lib/orch/hook-runs")
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn hooks_rules_are_back_when_reload_and_restart_return() {
+    let sandbox = sandbox_with_orch(Some("[hooks]\ntimeout = \"1s\"\n"));
+    sandbox.write_file("/etc/orch/hooks.d/10-mark", MARK_HOOK, 0o755);
+    sandbox.write_file(
+        "/etc/orch/hooks.d/05-hang",
+        "#!/bin/sh\nsleep 1000\n",
+        0o755,
+    );
+    sandbox.write_file("/etc/orch/hooks.d/README.disabled", "not a hook\n", 0o755);
+
+    for action in ["reload", "restart"] {
+        sandbox
+            .systemctl(&[action, "nftables.service"])
+            .expect_ok(action);
+        assert!(
+            hook_rule_present(&sandbox),
+            "hook rule missing right after systemctl {action} nftables\n{}",
+            sandbox.journal("orch.service")
+        );
+        assert_all_bans(&sandbox, &format!("after {action} with hooks"));
+    }
+    let runs = hook_runs(&sandbox);
+    assert!(
+        runs.iter().any(|r| r == "reload nftables.service orch"),
+        "{runs:?}"
+    );
+    assert!(
+        runs.iter().any(|r| r == "start nftables.service orch"),
+        "{runs:?}"
+    );
+
+    // The hanging hook was killed at its timeout and the next one still ran.
+    let status = sandbox.run(ORCH, &["status"]).expect_ok("orch status");
+    assert!(
+        status.stdout.contains("hook 05-hang: FAILED"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("hook 10-mark: ok"),
+        "{}",
+        status.stdout
+    );
+    let manual = sandbox.run(ORCH, &["sync", "--hooks"]);
+    assert_eq!(manual.status, 1, "a failed hook fails `orch sync --hooks`");
+    assert!(manual.stderr.contains("05-hang"), "{}", manual.stderr);
+    let leftover = sandbox.sh("pgrep -f 'sleep [1]000' || true");
+    assert_eq!(
+        leftover.stdout.trim(),
+        "",
+        "the timed-out hook's process group was killed"
+    );
+}
+
+#[test]
+fn a_burst_of_reloads_runs_the_hooks_a_bounded_number_of_times() {
+    let sandbox = sandbox_with_orch(None);
+    sandbox.write_file("/etc/orch/hooks.d/10-mark", MARK_HOOK, 0o755);
+    sandbox
+        .run(ORCH, &["sync", "--hooks"])
+        .expect_ok("first hook run");
+    let before = hook_runs(&sandbox).len();
+
+    for _ in 0..10 {
+        sandbox
+            .systemctl(&["reload", "--no-block", "nftables.service"])
+            .expect_ok("reload --no-block");
+    }
+    wait_until(Duration::from_secs(10), "the reload jobs to finish", || {
+        sandbox
+            .systemctl(&["list-jobs"])
+            .stdout
+            .contains("No jobs running")
+    });
+    // Let the last debounced events reach the hooks before counting.
+    let mut burst_runs = 0;
+    wait_until(Duration::from_secs(3), "hook runs to settle", || {
+        let now = hook_runs(&sandbox).len() - before;
+        let settled = now == burst_runs && now > 0;
+        burst_runs = now;
+        std::thread::sleep(Duration::from_millis(300));
+        settled
+    });
+    eprintln!(
+        "10 x systemctl reload --no-block nftables: hooks ran {burst_runs} times: {:?}",
+        &hook_runs(&sandbox)[before..]
+    );
+    // systemd merges the ten requests into a few reload jobs (three here);
+    // each flushed the ruleset, so each needs a run, plus at most one for a
+    // flush seen between two jobs.
+    assert!(
+        (1..=4).contains(&burst_runs),
+        "hooks ran {burst_runs} times"
+    );
+    assert!(hook_rule_present(&sandbox));
+
+    let before = hook_runs(&sandbox).len();
+    for _ in 0..10 {
+        sandbox
+            .systemctl(&["reload", "nftables.service"])
+            .expect_ok("reload");
+        assert!(
+            hook_rule_present(&sandbox),
+            "hook rule back when reload returns"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let sequential_runs = hook_runs(&sandbox).len() - before;
+    eprintln!(
+        "10 x systemctl reload nftables, one after another: hooks ran {sequential_runs} times"
+    );
+    assert!(
+        sequential_runs <= 20,
+        "hooks ran {sequential_runs} times for 10 reloads"
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use zbus::{Connection, proxy};
 
-use super::service::BanRow;
+use super::service::{AllowRow, BanRow, HookRow};
 
 #[proxy(
     interface = "org.orch.Orch1",
@@ -21,8 +21,11 @@ pub trait Orch1 {
     fn unban(&self, address: &str) -> zbus::Result<bool>;
     fn list_bans(&self) -> zbus::Result<Vec<BanRow>>;
     fn allow(&self, cidr: &str) -> zbus::Result<()>;
+    fn list_allows(&self) -> zbus::Result<Vec<AllowRow>>;
     fn disallow(&self, cidr: &str) -> zbus::Result<()>;
     fn sync(&self) -> zbus::Result<()>;
+    fn sync_event(&self, event: &str, unit: &str) -> zbus::Result<Vec<HookRow>>;
+    fn run_hooks(&self) -> zbus::Result<Vec<HookRow>>;
     #[zbus(property)]
     fn ban_count(&self) -> zbus::Result<u32>;
     #[zbus(property)]

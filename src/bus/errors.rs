@@ -29,6 +29,8 @@ pub enum OrchError {
     Firewall(String),
     /// The ban store could not persist.
     Store(String),
+    /// A malformed argument other than an address.
+    InvalidArgument(String),
     /// The daemon is shutting down or broken.
     Failed(String),
 }

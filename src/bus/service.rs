@@ -10,6 +10,8 @@ use zbus::{Connection, interface};
 
 use super::errors::OrchError;
 use crate::daemon::core::{Core, CoreError, CoreHandle};
+use crate::daemon::dns_refresh::DnsReports;
+use crate::daemon::hook_runs::HookRuns;
 use crate::store::BanRecord;
 use crate::timefmt::rfc3339;
 
@@ -22,11 +24,27 @@ pub type BanRow = (String, u64, u64, String, String);
 
 pub struct OrchService {
     core: CoreHandle,
+    hooks: HookRuns,
+    dns: DnsReports,
+}
+
+/// One row of `ListAllows`: entry (address or prefix), kind ("static",
+/// "runtime" or "dns"), DNS name (dns rows only), expires_at (0 = never).
+pub type AllowRow = (String, String, String, u64);
+
+/// One row of `RunHooks`/`SyncEvent` results: hook name, status (0 = ok).
+pub type HookRow = (String, i32);
+
+fn hook_rows(results: &[crate::hooks::HookResult]) -> Vec<HookRow> {
+    results
+        .iter()
+        .map(|r| (r.name.clone(), r.outcome.status_code()))
+        .collect()
 }
 
 impl OrchService {
-    pub fn new(core: CoreHandle) -> Self {
-        OrchService { core }
+    pub fn new(core: CoreHandle, hooks: HookRuns, dns: DnsReports) -> Self {
+        OrchService { core, hooks, dns }
     }
 
     /// Runs a changing request on the core, once the caller is known to be
@@ -163,6 +181,35 @@ impl OrchService {
             .collect())
     }
 
+    /// The whole allowlist: static (config), runtime (Allow), and the
+    /// addresses of each DNS allow name with their expiry. A DNS name with
+    /// no address yet is listed with an empty entry.
+    async fn list_allows(&self) -> Result<Vec<AllowRow>, OrchError> {
+        let (static_allows, runtime_allows) = self.core.call(|core| core.allow_entries()).await?;
+        let mut rows: Vec<AllowRow> = Vec::new();
+        for (kind, nets) in [("static", static_allows), ("runtime", runtime_allows)] {
+            rows.extend(
+                nets.iter()
+                    .map(|net| (net.to_string(), kind.to_string(), String::new(), 0)),
+            );
+        }
+        let reports = self.dns.lock().map(|r| r.clone()).unwrap_or_default();
+        for report in reports {
+            if report.addresses.is_empty() {
+                rows.push((String::new(), "dns".into(), report.name.clone(), 0));
+            }
+            for (addr, expires) in &report.addresses {
+                rows.push((
+                    addr.to_string(),
+                    "dns".into(),
+                    report.name.clone(),
+                    *expires,
+                ));
+            }
+        }
+        Ok(rows)
+    }
+
     /// Add a runtime allowlist entry (persisted).
     async fn allow(
         &self,
@@ -195,6 +242,41 @@ impl OrchService {
         self.call_as_root(&header, connection, |core| core.sync("Sync() over D-Bus"))
             .await?;
         Ok(())
+    }
+
+    /// Re-apply the whole table, then run the hooks with ORCH_EVENT=`event`
+    /// (start, restart, reload, flush or manual) and ORCH_UNIT=`unit`;
+    /// returns each hook's status (0 = success) when all are done. This is
+    /// what nftables.service's drop-in calls after a start or reload.
+    async fn sync_event(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+        event: String,
+        unit: String,
+    ) -> Result<Vec<HookRow>, OrchError> {
+        const EVENTS: [&str; 5] = ["start", "restart", "reload", "flush", "manual"];
+        if !EVENTS.contains(&event.as_str()) {
+            return Err(OrchError::InvalidArgument(format!(
+                "event {event:?} is not one of {}",
+                EVENTS.join(", ")
+            )));
+        }
+        let cause = format!("SyncEvent({event}) over D-Bus");
+        self.call_as_root(&header, connection, move |core| core.sync(&cause))
+            .await?;
+        let unit = (!unit.is_empty()).then_some(unit);
+        Ok(hook_rows(&self.hooks.run_and_wait(&event, unit).await))
+    }
+
+    /// Run the hooks now (ORCH_EVENT=manual); returns each hook's status.
+    async fn run_hooks(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> Result<Vec<HookRow>, OrchError> {
+        require_root(&header, connection).await?;
+        Ok(hook_rows(&self.hooks.run_and_wait("manual", None).await))
     }
 
     /// Number of stored bans.
@@ -246,6 +328,24 @@ impl OrchService {
                 format!("{state} (since {})", rfc3339(*at)),
             );
         }
+        let hooks = self.hooks.status();
+        for (name, (code, at, stderr_tail)) in &hooks.last {
+            let outcome = if *code == 0 {
+                "ok".to_string()
+            } else {
+                format!("FAILED (status {code}) {}", stderr_tail.join(" | "))
+            };
+            facts.insert(
+                format!("hook:{name}"),
+                format!("{outcome} at {}", rfc3339(*at)),
+            );
+        }
+        if let Some((event, at)) = &hooks.last_run {
+            facts.insert(
+                "hooks_last_run".into(),
+                format!("{} ({event}), {} runs", rfc3339(*at), hooks.runs),
+            );
+        }
         if let Some(sync) = status.last_sync {
             facts.insert(
                 "last_sync".into(),
@@ -267,6 +367,13 @@ impl OrchService {
         address: &str,
         expires_at: u64,
         reason: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn hook_failed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        status: i32,
     ) -> zbus::Result<()>;
 
     #[zbus(signal)]

@@ -90,6 +90,8 @@ pub struct Core {
     probe_offset: usize,
     /// Set by [`CoreHandle::stop`]: the thread ends after the current job.
     stop_requested: bool,
+    /// Addresses the DNS allow names resolve to, with absolute expiries.
+    dns_allows: Vec<(std::net::IpAddr, u64)>,
 }
 
 /// How often the core purges expired bans and compacts the store.
@@ -113,9 +115,18 @@ impl Core {
             last_event: None,
             probe_offset: 0,
             stop_requested: false,
+            dns_allows: Vec::new(),
         };
         core.sync("daemon start")?;
         Ok(core)
+    }
+
+    /// Static (config) and runtime allowlist entries, for `orch allow list`.
+    pub fn allow_entries(&self) -> (Vec<IpNet>, Vec<IpNet>) {
+        (
+            self.config.allow.clone(),
+            self.store.runtime_allows().copied().collect(),
+        )
     }
 
     /// The whole allowlist: config entries, then runtime additions.
@@ -126,10 +137,18 @@ impl Core {
     }
 
     fn policy(&self) -> BanPolicy {
+        let now = now_unix();
+        let mut allowlist = self.allowlist();
+        allowlist.extend(
+            self.dns_allows
+                .iter()
+                .filter(|(_, expires)| *expires > now)
+                .map(|(addr, _)| IpNet::from(*addr)),
+        );
         BanPolicy {
             min_prefix_v4: self.config.bans.min_prefix_v4,
             min_prefix_v6: self.config.bans.min_prefix_v6,
-            allowlist: self.allowlist(),
+            allowlist,
             own_addresses: addr::host_addresses(),
         }
     }
@@ -305,7 +324,21 @@ impl Core {
         let allows = self.allowlist();
         Ok(self
             .reconciler
-            .sync_all(&self.store, &allows, now_unix(), cause)?)
+            .sync_all(&self.store, &allows, &self.dns_allows, now_unix(), cause)?)
+    }
+
+    /// Takes the addresses the DNS allow names now resolve to and swaps
+    /// them into the kernel in one transaction.
+    pub fn set_dns_allows(
+        &mut self,
+        dns_allows: Vec<(std::net::IpAddr, u64)>,
+    ) -> Result<(), CoreError> {
+        self.dns_allows = dns_allows;
+        if let Err(err) = self.reconciler.set_dns_allows(&self.dns_allows, now_unix()) {
+            tracing::warn!("DNS allow update failed ({err}); re-applying the whole table");
+            self.sync("recovery after a failed DNS allow update")?;
+        }
+        Ok(())
     }
 
     pub fn status(&self) -> CoreStatus {
@@ -344,6 +377,15 @@ impl Core {
         format!("{} bans, {ownership}{sync}", status.ban_count)
     }
 
+    /// True while a watched unit is between states (a start, reload or
+    /// stop job is running): its job's end will call for the hooks, so a
+    /// flush seen meanwhile need not.
+    pub fn watched_unit_busy(&self) -> bool {
+        self.unit_states
+            .values()
+            .any(|(state, _)| matches!(state.as_str(), "reloading" | "activating" | "deactivating"))
+    }
+
     /// Records a watched unit's state for `orch status`.
     pub fn record_unit_state(&mut self, unit: &str, state: &str) {
         self.unit_states
@@ -352,14 +394,15 @@ impl Core {
 
     /// A firewall event (from systemd, the kernel or a timer): put back
     /// whatever is missing. With an owned table this is usually nothing.
-    pub fn on_firewall_event(&mut self, event: &FirewallEvent) -> Result<(), CoreError> {
+    /// Returns whether the table had to be re-applied.
+    pub fn on_firewall_event(&mut self, event: &FirewallEvent) -> Result<bool, CoreError> {
         self.last_event = Some((event.kind, event.cause.clone(), now_unix()));
         let repaired = self.repair_if_needed(&event.cause)?;
         if !repaired {
             tracing::debug!(kind = event.kind.as_str(), cause = %event.cause, "table intact");
         }
         crate::systemd::notify::status(&self.status_line());
-        Ok(())
+        Ok(repaired)
     }
 
     /// Runs the cheap self-check and re-applies the whole table if it

@@ -6,11 +6,13 @@
 //! up as one deletion per table) becomes one call after the burst settles.
 //! This module only merges and forwards; the core decides what to do.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
 use crate::daemon::core::CoreHandle;
+use crate::daemon::hook_runs::{HookRuns, HookTrigger};
+use crate::firewall::monitor::KernelEvent;
 
 /// What happened to the firewall, strongest last: when a burst mixes kinds,
 /// the merged event takes the strongest.
@@ -50,6 +52,32 @@ pub struct FirewallEvent {
     /// The unit behind it, if a systemd unit.
     pub unit: Option<String>,
     pub cause: String,
+    /// When the source saw it (merged: the latest of the burst).
+    pub observed_at: Instant,
+}
+
+impl FirewallEvent {
+    pub fn new(kind: EventKind, unit: Option<String>, cause: String) -> Self {
+        FirewallEvent {
+            kind,
+            unit,
+            cause,
+            observed_at: Instant::now(),
+        }
+    }
+
+    /// Whether hooks should run after this event, given whether the core
+    /// had to re-apply the table. The firewall (re)loading, or anything
+    /// that flushed rules, calls for them; a mere check or a stop does not.
+    pub fn hook_event(&self, repaired: bool) -> Option<&'static str> {
+        match self.kind {
+            EventKind::Start | EventKind::Restart | EventKind::Reload | EventKind::Flush => {
+                Some(self.kind.as_str())
+            }
+            EventKind::Check | EventKind::Stop if repaired => Some(EventKind::Flush.as_str()),
+            EventKind::Check | EventKind::Stop => None,
+        }
+    }
 }
 
 /// Where event sources send; cheap to clone, usable from any thread.
@@ -59,6 +87,48 @@ pub type EventSender = mpsc::UnboundedSender<FirewallEvent>;
 /// longest a burst may be held back.
 const QUIET: Duration = Duration::from_millis(50);
 const MAX_HOLD: Duration = Duration::from_millis(500);
+
+/// The firewall event a batch of kernel notifications calls for, if any:
+/// another table deleted (a flush, `nft -f` of a file that flushes, a
+/// reload) is a `Flush`, which also re-runs hooks; orch's own table deleted
+/// (by anyone, orch's own full apply included) or lost notifications only
+/// call for a check, which re-applies if something is missing.
+pub fn from_kernel(batch: &[KernelEvent], own_table: &str) -> Option<FirewallEvent> {
+    const NFPROTO_INET: u8 = 1;
+    let mut own_deleted = false;
+    let mut lost = false;
+    let mut others_deleted: Vec<&str> = Vec::new();
+    for event in batch {
+        match event {
+            KernelEvent::TableDeleted { family, table }
+                if *family == NFPROTO_INET && table == own_table =>
+            {
+                own_deleted = true;
+            }
+            KernelEvent::TableDeleted { table, .. } => others_deleted.push(table),
+            KernelEvent::Overrun => lost = true,
+            _ => {}
+        }
+    }
+    if !others_deleted.is_empty() {
+        let cause = format!(
+            "ruleset flushed (table {} deleted)",
+            others_deleted.join(", ")
+        );
+        return Some(FirewallEvent::new(EventKind::Flush, None, cause));
+    }
+    if own_deleted {
+        let cause = format!("table inet {own_table} deleted in the kernel");
+        return Some(FirewallEvent::new(EventKind::Check, None, cause));
+    }
+    lost.then(|| {
+        FirewallEvent::new(
+            EventKind::Check,
+            None,
+            "nftables events lost (ENOBUFS)".into(),
+        )
+    })
+}
 
 /// Merges a burst: the strongest kind, its unit, and every distinct cause.
 pub fn merge(events: &[FirewallEvent]) -> Option<FirewallEvent> {
@@ -73,12 +143,23 @@ pub fn merge(events: &[FirewallEvent]) -> Option<FirewallEvent> {
         kind: strongest.kind,
         unit: strongest.unit.clone(),
         cause: causes.join("; "),
+        // The latest: hooks are skipped only when a run started after every
+        // cause of the burst.
+        observed_at: events
+            .iter()
+            .map(|e| e.observed_at)
+            .max()
+            .unwrap_or(strongest.observed_at),
     })
 }
 
 /// Receives events until every sender is gone, handing each settled burst
-/// to the core.
-pub async fn run(mut events: mpsc::UnboundedReceiver<FirewallEvent>, core: CoreHandle) {
+/// to the core, then to the hooks when it calls for them.
+pub async fn run(
+    mut events: mpsc::UnboundedReceiver<FirewallEvent>,
+    core: CoreHandle,
+    hooks: HookRuns,
+) {
     while let Some(first) = events.recv().await {
         let mut burst = vec![first];
         let hold_until = tokio::time::Instant::now() + MAX_HOLD;
@@ -92,10 +173,31 @@ pub async fn run(mut events: mpsc::UnboundedReceiver<FirewallEvent>, core: CoreH
         let Some(merged) = merge(&burst) else {
             continue;
         };
-        match core.call(move |core| core.on_firewall_event(&merged)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!("handling a firewall event failed: {err}"),
+        let event = merged.clone();
+        let repaired = match core.call(move |core| core.on_firewall_event(&event)).await {
+            Ok(Ok(repaired)) => repaired,
+            Ok(Err(err)) => {
+                tracing::error!("handling a firewall event failed: {err}");
+                true
+            }
             Err(_) => break,
+        };
+        if let Some(hook_event) = merged.hook_event(repaired) {
+            if merged.kind == EventKind::Flush
+                && merged.unit.is_none()
+                && core
+                    .call(|core| core.watched_unit_busy())
+                    .await
+                    .unwrap_or(false)
+            {
+                tracing::debug!("flush during a unit job: the job's end runs the hooks");
+                continue;
+            }
+            hooks.trigger(HookTrigger {
+                event: hook_event.to_string(),
+                unit: merged.unit.clone(),
+                observed_at: merged.observed_at,
+            });
         }
     }
 }
@@ -105,11 +207,7 @@ mod tests {
     use super::*;
 
     fn event(kind: EventKind, cause: &str) -> FirewallEvent {
-        FirewallEvent {
-            kind,
-            unit: Some("nftables.service".into()),
-            cause: cause.into(),
-        }
+        FirewallEvent::new(kind, Some("nftables.service".into()), cause.into())
     }
 
     #[test]
@@ -126,5 +224,42 @@ mod tests {
             "nftables.service state-change; nftables.service restart"
         );
         assert_eq!(merge(&[]), None);
+    }
+
+    #[test]
+    fn kernel_batches_become_flushes_or_checks() {
+        let deleted = |table: &str| KernelEvent::TableDeleted {
+            family: 1,
+            table: table.into(),
+        };
+        let own = from_kernel(&[deleted("orch")], "orch").expect("an event");
+        assert_eq!(own.kind, EventKind::Check);
+        let flush = from_kernel(&[deleted("orch"), deleted("filter")], "orch").expect("an event");
+        assert_eq!(flush.kind, EventKind::Flush);
+        assert!(flush.cause.contains("filter"), "{}", flush.cause);
+        assert_eq!(
+            from_kernel(&[KernelEvent::Overrun], "orch").map(|e| e.kind),
+            Some(EventKind::Check)
+        );
+        let changed = KernelEvent::TableChanged {
+            family: 1,
+            table: "filter".into(),
+        };
+        assert_eq!(from_kernel(&[changed], "orch"), None);
+    }
+
+    #[test]
+    fn hooks_follow_reloads_and_repairs_not_checks() {
+        assert_eq!(
+            event(EventKind::Reload, "r").hook_event(false),
+            Some("reload")
+        );
+        assert_eq!(
+            event(EventKind::Flush, "f").hook_event(false),
+            Some("flush")
+        );
+        assert_eq!(event(EventKind::Check, "c").hook_event(false), None);
+        assert_eq!(event(EventKind::Check, "c").hook_event(true), Some("flush"));
+        assert_eq!(event(EventKind::Stop, "s").hook_event(false), None);
     }
 }

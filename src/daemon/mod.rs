@@ -7,7 +7,9 @@
 //! and READY=1 goes out only after the first apply and the bus name.
 
 pub mod core;
+pub mod dns_refresh;
 pub mod events;
+pub mod hook_runs;
 pub mod reconciler;
 
 use std::path::PathBuf;
@@ -18,14 +20,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::bus::service::OrchService;
 use crate::bus::{BUS_NAME, OBJECT_PATH};
 use crate::config::{self, Config};
-use crate::firewall::monitor::{KernelEvent, KernelMonitor};
+use crate::firewall::monitor::KernelMonitor;
 use crate::firewall::{Firewall, FirewallError};
+use crate::hooks::HookSettings;
 use crate::store::{Store, StoreError};
 use crate::systemd::notify;
 use crate::systemd::watcher::{UnitChange, UnitWatcher};
 use crate::timefmt::now_unix;
 use core::{Core, CoreError, CoreHandle};
 use events::{EventKind, EventSender, FirewallEvent};
+use hook_runs::{HookRuns, HookTrigger};
 use reconciler::Reconciler;
 
 /// Why the daemon could not start or stopped with an error.
@@ -65,6 +69,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         }
     };
     start_kernel_monitor(&config.firewall.table, event_sender.clone());
+    let hook_runs = start_hook_runs(&config, &connection);
+    let dns_settings = config.dns.clone();
+    let dns_reports = dns_refresh::DnsReports::default();
 
     let core = tokio::task::spawn_blocking(move || -> Result<Core, DaemonError> {
         let store = Store::open(&config.state_dir, now_unix())?;
@@ -88,17 +95,34 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             handle.clone(),
         ));
     }
-    tokio::spawn(events::run(event_receiver, handle.clone()));
+    tokio::spawn(events::run(
+        event_receiver,
+        handle.clone(),
+        hook_runs.clone(),
+    ));
     tokio::spawn(watchdog(handle.clone()));
+    tokio::spawn(dns_refresh::run(
+        dns_settings,
+        handle.clone(),
+        dns_reports.clone(),
+    ));
 
     connection
         .object_server()
-        .at(OBJECT_PATH, OrchService::new(handle.clone()))
+        .at(
+            OBJECT_PATH,
+            OrchService::new(handle.clone(), hook_runs.clone(), dns_reports.clone()),
+        )
         .await?;
     connection.request_name(BUS_NAME).await?;
     tracing::info!("serving {BUS_NAME} on the system bus");
     let status = handle.call(|core| core.status_line()).await?;
     notify::ready(&status);
+    hook_runs.trigger(HookTrigger {
+        event: "start".into(),
+        unit: None,
+        observed_at: std::time::Instant::now(),
+    });
 
     loop {
         tokio::select! {
@@ -117,6 +141,37 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .map_err(|e| DaemonError::Io(std::io::Error::other(e)))?
         .map_err(|_| DaemonError::Io(std::io::Error::other("core thread panicked")))?;
     Ok(())
+}
+
+/// The hook scheduler, with the environment every hook gets and a
+/// `HookFailed` signal for each failure.
+fn start_hook_runs(config: &Config, connection: &zbus::Connection) -> HookRuns {
+    let settings = HookSettings {
+        dir: config.hooks.dir.clone(),
+        default_timeout: config.hooks.timeout,
+        timeouts: config.hooks.timeouts.clone(),
+    };
+    let base_env = vec![
+        ("ORCH_TABLE".to_string(), config.firewall.table.clone()),
+        ("ORCH_FAMILY".to_string(), "inet".to_string()),
+    ];
+    let connection = connection.clone();
+    HookRuns::start(
+        settings,
+        base_env,
+        Box::new(move |result| {
+            let connection = connection.clone();
+            let (name, status) = (result.name.clone(), result.outcome.status_code());
+            tokio::spawn(async move {
+                if let Ok(emitter) =
+                    zbus::object_server::SignalEmitter::new(&connection, OBJECT_PATH)
+                    && let Err(err) = OrchService::hook_failed(&emitter, &name, status).await
+                {
+                    tracing::debug!("cannot emit HookFailed: {err}");
+                }
+            });
+        }),
+    )
 }
 
 /// SIGHUP: re-read the config; a bad one is refused and the running one kept.
@@ -159,20 +214,15 @@ async fn forward_unit_events(watcher: UnitWatcher, events: EventSender, core: Co
                     .call(move |core| core.record_unit_state(&unit, &state))
                     .await;
             });
-            let _ = events.send(FirewallEvent {
-                kind,
-                cause: format!("{} {}", event.unit, event.change.as_str()),
-                unit: Some(event.unit),
-            });
+            let cause = format!("{} {}", event.unit, event.change.as_str());
+            let _ = events.send(FirewallEvent::new(kind, Some(event.unit), cause));
         })
         .await;
 }
 
-/// Listens to the kernel's nftables notifications on a thread of its own:
-/// orch's table deleted (a flush, `nft delete table`) or lost events mean
-/// "check now".
-fn start_kernel_monitor(table: &str, events: EventSender) {
-    const NFPROTO_INET: u8 = 1;
+/// Listens to the kernel's nftables notifications on a thread of its own
+/// and turns them into firewall events (see [`events::from_kernel`]).
+fn start_kernel_monitor(table: &str, sender: EventSender) {
     let mut monitor = match KernelMonitor::open() {
         Ok(monitor) => monitor,
         Err(err) => {
@@ -194,25 +244,10 @@ fn start_kernel_monitor(table: &str, events: EventSender) {
                         return;
                     }
                 };
-                let cause = batch.iter().find_map(|event| match event {
-                    KernelEvent::TableDeleted {
-                        family,
-                        table: name,
-                    } if *family == NFPROTO_INET && *name == table => {
-                        Some(format!("table inet {table} deleted in the kernel"))
-                    }
-                    KernelEvent::Overrun => Some("nftables events lost (ENOBUFS)".to_string()),
-                    _ => None,
-                });
-                if let Some(cause) = cause {
-                    let event = FirewallEvent {
-                        kind: EventKind::Flush,
-                        unit: None,
-                        cause,
-                    };
-                    if events.send(event).is_err() {
-                        return;
-                    }
+                if let Some(event) = events::from_kernel(&batch, &table)
+                    && sender.send(event).is_err()
+                {
+                    return;
                 }
             }
         });

@@ -6,9 +6,11 @@
 
 use std::time::Instant;
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 
-use crate::firewall::{BanElement, Firewall, FirewallError, FirewallStatus};
+use crate::firewall::{Firewall, FirewallError, FirewallStatus, TableContents, TimedElement};
 use crate::store::{BanRecord, Store};
 
 /// When and why the table was last fully re-applied.
@@ -29,8 +31,20 @@ pub struct Reconciler {
 /// (nft's parse tree) that it is worth handing it back to the system.
 pub(super) const TRIM_AFTER_ELEMENTS: usize = 10_000;
 
-fn element(record: &BanRecord, now: u64) -> BanElement {
-    BanElement {
+/// DNS-allowed addresses still valid at `now`, as kernel elements.
+fn dns_elements(dns_allows: &[(IpAddr, u64)], now: u64) -> Vec<TimedElement> {
+    dns_allows
+        .iter()
+        .filter(|(_, expires)| *expires > now)
+        .map(|(addr, expires)| TimedElement {
+            net: IpNet::from(*addr),
+            timeout_secs: expires - now,
+        })
+        .collect()
+}
+
+fn element(record: &BanRecord, now: u64) -> TimedElement {
+    TimedElement {
         net: record.net,
         timeout_secs: record.expires.saturating_sub(now).max(1),
     }
@@ -49,16 +63,22 @@ impl Reconciler {
         &mut self,
         store: &Store,
         allows: &[IpNet],
+        dns_allows: &[(IpAddr, u64)],
         now: u64,
         cause: &str,
     ) -> Result<SyncInfo, FirewallError> {
         let started = Instant::now();
-        let bans: Vec<BanElement> = store
+        let bans: Vec<TimedElement> = store
             .bans()
             .filter(|record| record.expires > now)
             .map(|record| element(record, now))
             .collect();
-        let result = self.firewall.apply_full(allows, &bans);
+        let dns = dns_elements(dns_allows, now);
+        let result = self.firewall.apply_full(&TableContents {
+            allows,
+            dns_allows: &dns,
+            bans: &bans,
+        });
         let applied = bans.len();
         drop(bans);
         if applied >= TRIM_AFTER_ELEMENTS {
@@ -84,8 +104,8 @@ impl Reconciler {
         replaced: &[BanRecord],
         now: u64,
     ) -> Result<(), FirewallError> {
-        let added: Vec<BanElement> = added.iter().map(|r| element(r, now)).collect();
-        let replaced: Vec<BanElement> = replaced.iter().map(|r| element(r, now)).collect();
+        let added: Vec<TimedElement> = added.iter().map(|r| element(r, now)).collect();
+        let replaced: Vec<TimedElement> = replaced.iter().map(|r| element(r, now)).collect();
         self.firewall.add_bans(&added)?;
         self.firewall.replace_bans(&replaced)
     }
@@ -125,6 +145,16 @@ impl Reconciler {
 
     pub fn remove_bans(&mut self, nets: &[IpNet]) -> Result<(), FirewallError> {
         self.firewall.remove_bans(nets)
+    }
+
+    /// Swaps the DNS allow sets for these addresses (absolute expiries).
+    pub fn set_dns_allows(
+        &mut self,
+        dns_allows: &[(IpAddr, u64)],
+        now: u64,
+    ) -> Result<(), FirewallError> {
+        self.firewall
+            .replace_dns_allows(&dns_elements(dns_allows, now))
     }
 
     pub fn set_allows(&mut self, allows: &[IpNet]) -> Result<(), FirewallError> {

@@ -24,6 +24,9 @@ type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
 
 /// The entry points orch uses, resolved once.
 struct Symbols {
+    ctx_new: CtxNew,
+    buffer_output: CtxBuffer,
+    buffer_error: CtxBuffer,
     ctx_free: CtxFree,
     get_error_buffer: CtxGetBuffer,
     run_cmd_from_buffer: RunCmd,
@@ -50,40 +53,18 @@ impl LibNftExecutor {
         // SAFETY: loading a system library whose initialisers are benign.
         let library =
             unsafe { Library::new(LIBRARY_NAME) }.map_err(|e| unavailable(e.to_string()))?;
-        // SAFETY: the symbol types match libnftables' public C API (nftables/libnftables.h).
-        let (ctx_new, symbols, buffer_output, buffer_error) = unsafe {
-            let ctx_new = *library
-                .get::<CtxNew>(b"nft_ctx_new\0")
-                .map_err(|e| unavailable(e.to_string()))?;
-            let symbols = Symbols {
-                ctx_free: *library
-                    .get::<CtxFree>(b"nft_ctx_free\0")
-                    .map_err(|e| unavailable(e.to_string()))?,
-                get_error_buffer: *library
-                    .get::<CtxGetBuffer>(b"nft_ctx_get_error_buffer\0")
-                    .map_err(|e| unavailable(e.to_string()))?,
-                run_cmd_from_buffer: *library
-                    .get::<RunCmd>(b"nft_run_cmd_from_buffer\0")
-                    .map_err(|e| unavailable(e.to_string()))?,
-            };
-            let buffer_output = *library
-                .get::<CtxBuffer>(b"nft_ctx_buffer_output\0")
-                .map_err(|e| unavailable(e.to_string()))?;
-            let buffer_error = *library
-                .get::<CtxBuffer>(b"nft_ctx_buffer_error\0")
-                .map_err(|e| unavailable(e.to_string()))?;
-            (ctx_new, symbols, buffer_output, buffer_error)
+        // SAFETY: each type matches libnftables' public C API (nftables/libnftables.h).
+        let symbols = unsafe {
+            Symbols {
+                ctx_new: symbol(&library, b"nft_ctx_new\0")?,
+                buffer_output: symbol(&library, b"nft_ctx_buffer_output\0")?,
+                buffer_error: symbol(&library, b"nft_ctx_buffer_error\0")?,
+                ctx_free: symbol(&library, b"nft_ctx_free\0")?,
+                get_error_buffer: symbol(&library, b"nft_ctx_get_error_buffer\0")?,
+                run_cmd_from_buffer: symbol(&library, b"nft_run_cmd_from_buffer\0")?,
+            }
         };
-        // SAFETY: nft_ctx_new returns an owned context or null.
-        let ctx = unsafe { ctx_new(NFT_CTX_DEFAULT) };
-        if ctx.is_null() {
-            return Err(unavailable("nft_ctx_new failed".into()));
-        }
-        // SAFETY: ctx is a live context.
-        unsafe {
-            buffer_output(ctx);
-            buffer_error(ctx);
-        }
+        let ctx = new_context(&symbols).ok_or_else(|| unavailable("nft_ctx_new failed".into()))?;
         Ok(LibNftExecutor {
             ctx,
             symbols,
@@ -92,25 +73,56 @@ impl LibNftExecutor {
     }
 }
 
+/// Resolves one function of libnftables.
+///
+/// # Safety
+/// `T` must be the function's real signature.
+unsafe fn symbol<T: Copy>(library: &Library, name: &[u8]) -> Result<T, FirewallError> {
+    // SAFETY: the caller vouches for T.
+    unsafe { library.get::<T>(name) }
+        .map(|found| *found)
+        .map_err(|e| FirewallError::LibraryUnavailable(format!("{LIBRARY_NAME}: {e}")))
+}
+
+/// A new context with output and errors captured in buffers.
+fn new_context(symbols: &Symbols) -> Option<*mut c_void> {
+    // SAFETY: nft_ctx_new returns an owned context or null; the buffer
+    // calls only configure that live context.
+    unsafe {
+        let ctx = (symbols.ctx_new)(NFT_CTX_DEFAULT);
+        if ctx.is_null() {
+            return None;
+        }
+        (symbols.buffer_output)(ctx);
+        (symbols.buffer_error)(ctx);
+        Some(ctx)
+    }
+}
+
+/// Runs `script` in `ctx`, returning nft's error text on failure.
+fn run_in(symbols: &Symbols, ctx: *mut c_void, script: &str) -> Result<(), FirewallError> {
+    let command = CString::new(script)
+        .map_err(|_| FirewallError::Refused("script contains a NUL byte".into()))?;
+    // SAFETY: ctx is live; command is a valid C string for the call's duration.
+    let status = unsafe { (symbols.run_cmd_from_buffer)(ctx, command.as_ptr()) };
+    if status == 0 {
+        return Ok(());
+    }
+    // SAFETY: the error buffer is owned by ctx and valid until the next call.
+    let message = unsafe {
+        let errors = (symbols.get_error_buffer)(ctx);
+        if errors.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(errors).to_string_lossy().into_owned()
+        }
+    };
+    Err(FirewallError::Refused(super::summarise_nft_error(&message)))
+}
+
 impl Executor for LibNftExecutor {
     fn run(&mut self, script: &str) -> Result<(), FirewallError> {
-        let command = CString::new(script)
-            .map_err(|_| FirewallError::Refused("script contains a NUL byte".into()))?;
-        // SAFETY: ctx is live; command is a valid C string for the call's duration.
-        let status = unsafe { (self.symbols.run_cmd_from_buffer)(self.ctx, command.as_ptr()) };
-        if status == 0 {
-            return Ok(());
-        }
-        // SAFETY: the error buffer is owned by ctx and valid until the next call.
-        let message = unsafe {
-            let errors = (self.symbols.get_error_buffer)(self.ctx);
-            if errors.is_null() {
-                String::new()
-            } else {
-                CStr::from_ptr(errors).to_string_lossy().into_owned()
-            }
-        };
-        Err(FirewallError::Refused(super::summarise_nft_error(&message)))
+        run_in(&self.symbols, self.ctx, script)
     }
 
     fn name(&self) -> &'static str {

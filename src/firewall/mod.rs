@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use crate::config::{FirewallConfig, OwnerMode};
 pub use libnft::LibNftExecutor;
 pub use nft_cli::NftCliExecutor;
-pub use script::{BanElement, Ownership, TableLayout};
+pub use script::{Ownership, TableContents, TableLayout, TimedElement};
 
 /// What can go wrong getting a script into the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -96,17 +96,18 @@ impl Firewall {
         }
     }
 
-    /// Replaces the whole table, in one transaction, with these allows and
-    /// bans. The first call settles which table flags this kernel and
-    /// nftables accept; later calls reuse them.
-    pub fn apply_full(
-        &mut self,
-        allows: &[IpNet],
-        bans: &[BanElement],
-    ) -> Result<(), FirewallError> {
+    /// Replaces the whole table, in one transaction, with these contents.
+    /// The first call settles which table flags this kernel and nftables
+    /// accept; later calls reuse them.
+    pub fn apply_full(&mut self, contents: &TableContents<'_>) -> Result<(), FirewallError> {
         let ownership = self.settle_ownership()?;
-        let script = self.layout.full_table(ownership, allows, bans);
+        let script = self.layout.full_table(ownership, contents);
         self.executor.run(&script)
+    }
+
+    /// Replaces the DNS allow sets in one transaction.
+    pub fn replace_dns_allows(&mut self, elements: &[TimedElement]) -> Result<(), FirewallError> {
+        self.executor.run(&self.layout.replace_dns_allows(elements))
     }
 
     /// Finds the best table flags this kernel and nftables accept, once, by
@@ -139,7 +140,7 @@ impl Firewall {
     }
 
     /// Adds (or refreshes) ban elements with their timeouts.
-    pub fn add_bans(&mut self, bans: &[BanElement]) -> Result<(), FirewallError> {
+    pub fn add_bans(&mut self, bans: &[TimedElement]) -> Result<(), FirewallError> {
         if bans.is_empty() {
             return Ok(());
         }
@@ -149,7 +150,7 @@ impl Firewall {
     /// Replaces existing ban elements: removes them and adds them back with
     /// new timeouts in one transaction (a plain re-add does not change the
     /// timeout on kernels before 6.12).
-    pub fn replace_bans(&mut self, bans: &[BanElement]) -> Result<(), FirewallError> {
+    pub fn replace_bans(&mut self, bans: &[TimedElement]) -> Result<(), FirewallError> {
         if bans.is_empty() {
             return Ok(());
         }
@@ -178,13 +179,16 @@ impl Firewall {
         if self.ownership.is_none() {
             return false;
         }
-        match self.executor.run(&self.layout.check_script(sample_bans)) {
-            Ok(()) => true,
-            Err(err) => {
+        // One command per call: nftables 1.0.6 fails a script holding two
+        // `list chain` commands ("No such file or directory") once a set
+        // has timeout elements.
+        for command in self.layout.check_commands(sample_bans) {
+            if let Err(err) = self.executor.run(&command) {
                 tracing::info!("self-check: {err}");
-                false
+                return false;
             }
         }
+        true
     }
 
     /// Deletes orch's table (used when a config reload renames it).

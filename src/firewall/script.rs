@@ -24,13 +24,17 @@ pub mod sets {
     pub const BAN6: &str = "ban6";
     pub const BANNET4: &str = "bannet4";
     pub const BANNET6: &str = "bannet6";
+    pub const DNSALLOW4: &str = "dnsallow4";
+    pub const DNSALLOW6: &str = "dnsallow6";
 }
 
 /// Every set of the table: name, element type, flags. Interval sets hold
 /// prefixes; hash sets single addresses (fast to change one by one).
-const SET_DECLARATIONS: [(&str, &str, &str); 6] = [
+const SET_DECLARATIONS: [(&str, &str, &str); 8] = [
     (sets::ALLOW4, "ipv4_addr", "interval"),
     (sets::ALLOW6, "ipv6_addr", "interval"),
+    (sets::DNSALLOW4, "ipv4_addr", "timeout"),
+    (sets::DNSALLOW6, "ipv6_addr", "timeout"),
     (sets::BAN4, "ipv4_addr", "timeout"),
     (sets::BAN6, "ipv6_addr", "timeout"),
     (sets::BANNET4, "ipv4_addr", "interval, timeout"),
@@ -68,9 +72,19 @@ impl From<&FirewallConfig> for TableLayout {
     }
 }
 
+/// Everything a full apply puts into the table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TableContents<'a> {
+    /// Static and runtime allowlist (aggregated when written).
+    pub allows: &'a [IpNet],
+    /// Addresses allowed by DNS names, with their timeouts.
+    pub dns_allows: &'a [TimedElement],
+    pub bans: &'a [TimedElement],
+}
+
 /// One ban as the kernel holds it: the network and its remaining seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BanElement {
+pub struct TimedElement {
     pub net: IpNet,
     pub timeout_secs: u64,
 }
@@ -142,14 +156,9 @@ impl TableLayout {
     /// A script that replaces the whole table in one transaction: it creates
     /// the table if missing, deletes it, and declares it anew with every set,
     /// chain and element.
-    pub fn full_table(
-        &self,
-        ownership: Ownership,
-        allows: &[IpNet],
-        bans: &[BanElement],
-    ) -> String {
+    pub fn full_table(&self, ownership: Ownership, contents: &TableContents<'_>) -> String {
         let table = &self.table;
-        let mut out = String::with_capacity(256 + bans.len() * 32);
+        let mut out = String::with_capacity(256 + contents.bans.len() * 32);
         // The first line only makes sure the table exists for the delete; it
         // must carry the same flags, since the kernel refuses to drop
         // `owner` from an existing table (EOPNOTSUPP).
@@ -173,8 +182,9 @@ impl TableLayout {
             );
         }
         out.push_str("}\n");
-        out.push_str(&self.add_allows(allows));
-        out.push_str(&self.add_bans(bans));
+        out.push_str(&self.add_allows(contents.allows));
+        out.push_str(&self.add_dns_allows(contents.dns_allows));
+        out.push_str(&self.add_bans(contents.bans));
         out
     }
 
@@ -197,6 +207,8 @@ impl TableLayout {
         out.push_str("  chain filter {\n");
         let _ = writeln!(out, "    ip saddr @{} counter accept", sets::ALLOW4);
         let _ = writeln!(out, "    ip6 saddr @{} counter accept", sets::ALLOW6);
+        let _ = writeln!(out, "    ip saddr @{} counter accept", sets::DNSALLOW4);
+        let _ = writeln!(out, "    ip6 saddr @{} counter accept", sets::DNSALLOW6);
         for (family, set) in [
             ("ip", sets::BAN4),
             ("ip", sets::BANNET4),
@@ -208,18 +220,22 @@ impl TableLayout {
         out.push_str("  }\n");
     }
 
-    /// A read-only script that fails unless the table, its chains and the
-    /// given ban elements are all in the kernel: the cheap self-check (it
-    /// never lists the big sets).
-    pub fn check_script(&self, sample_bans: &[IpNet]) -> String {
+    /// Read-only commands that each fail unless the table, its chains and
+    /// the given ban elements are in the kernel: the cheap self-check (it
+    /// never lists the big sets). Run them one by one.
+    pub fn check_commands(&self, sample_bans: &[IpNet]) -> Vec<String> {
         let table = &self.table;
-        let mut out = String::new();
-        for chain in std::iter::once("filter").chain(self.base_chains()) {
-            let _ = writeln!(out, "list chain inet {table} {chain}");
-        }
+        let mut commands: Vec<String> = std::iter::once("filter")
+            .chain(self.base_chains())
+            .map(|chain| format!("list chain inet {table} {chain}"))
+            .collect();
         let by_set = group_by_ban_set(sample_bans.iter().map(|net| (*net, element_text(net))));
-        out.push_str(&self.element_commands("get", &by_set));
-        out
+        commands.extend(
+            self.element_commands("get", &by_set)
+                .lines()
+                .map(str::to_string),
+        );
+        commands
     }
 
     /// Removes the table if it exists, in one transaction.
@@ -230,7 +246,7 @@ impl TableLayout {
     /// Adds ban elements, each with its explicit timeout (never without one:
     /// on kernels >= 6.12 re-adding an element without a timeout makes it
     /// permanent).
-    pub fn add_bans(&self, bans: &[BanElement]) -> String {
+    pub fn add_bans(&self, bans: &[TimedElement]) -> String {
         let by_set = group_by_ban_set(bans.iter().map(|ban| {
             let text = format!(
                 "{} timeout {}",
@@ -247,9 +263,9 @@ impl TableLayout {
     /// deleted, so an element that already timed out cannot fail the
     /// transaction.
     pub fn remove_bans(&self, nets: &[IpNet]) -> String {
-        let present: Vec<BanElement> = nets
+        let present: Vec<TimedElement> = nets
             .iter()
-            .map(|net| BanElement {
+            .map(|net| TimedElement {
                 net: *net,
                 timeout_secs: 1,
             })
@@ -269,6 +285,30 @@ impl TableLayout {
         }
         out.push_str(&self.add_allows(allows));
         out
+    }
+
+    /// Replaces both DNS allow sets in one transaction, so a changed record
+    /// swaps in with no moment without the allow.
+    pub fn replace_dns_allows(&self, elements: &[TimedElement]) -> String {
+        let mut out = String::new();
+        for set in [sets::DNSALLOW4, sets::DNSALLOW6] {
+            let _ = writeln!(out, "flush set inet {} {set}", self.table);
+        }
+        out.push_str(&self.add_dns_allows(elements));
+        out
+    }
+
+    fn add_dns_allows(&self, elements: &[TimedElement]) -> String {
+        let mut by_set = [(sets::DNSALLOW4, Vec::new()), (sets::DNSALLOW6, Vec::new())];
+        for element in elements {
+            let slot = usize::from(matches!(element.net, IpNet::V6(_)));
+            by_set[slot].1.push(format!(
+                "{} timeout {}",
+                element_text(&element.net),
+                timeout_text(element.timeout_secs)
+            ));
+        }
+        self.element_commands("add", &by_set)
     }
 
     fn add_allows(&self, allows: &[IpNet]) -> String {
@@ -319,7 +359,7 @@ mod tests {
 
     #[test]
     fn full_table_puts_allow_rules_before_ban_rules() {
-        let script = layout(false).full_table(Ownership::Owned, &[], &[]);
+        let script = layout(false).full_table(Ownership::Owned, &TableContents::default());
         let allow = script.find("@allow4 counter accept").expect("allow rule");
         let ban = script.find("@ban4 counter drop").expect("ban rule");
         assert!(allow < ban);
@@ -331,7 +371,7 @@ mod tests {
         assert!(!script.contains("hook forward"));
         assert!(
             layout(true)
-                .full_table(Ownership::Unowned, &[], &[])
+                .full_table(Ownership::Unowned, &TableContents::default())
                 .contains("hook forward priority -10")
         );
     }
@@ -339,15 +379,15 @@ mod tests {
     #[test]
     fn bans_go_to_the_right_set_with_timeouts() {
         let script = layout(false).add_bans(&[
-            BanElement {
+            TimedElement {
                 net: net("192.0.2.1/32"),
                 timeout_secs: 60,
             },
-            BanElement {
+            TimedElement {
                 net: net("2001:db8::1/128"),
                 timeout_secs: 0,
             },
-            BanElement {
+            TimedElement {
                 net: net("198.51.100.0/24"),
                 timeout_secs: 3600,
             },
@@ -355,7 +395,7 @@ mod tests {
         assert!(script.contains("add element inet orch ban4 { 192.0.2.1 timeout 60s }"));
         assert!(script.contains("add element inet orch ban6 { 2001:db8::1 timeout 1s }"));
         assert!(script.contains("add element inet orch bannet4 { 198.51.100.0/24 timeout 3600s }"));
-        let decade = layout(false).add_bans(&[BanElement {
+        let decade = layout(false).add_bans(&[TimedElement {
             net: net("192.0.2.2/32"),
             timeout_secs: 3650 * 86_400 + 5,
         }]);
@@ -377,12 +417,37 @@ mod tests {
 
     #[test]
     fn check_script_reads_chains_and_samples_only() {
-        let script = layout(true).check_script(&[net("192.0.2.1/32"), net("198.51.100.0/24")]);
-        assert!(script.contains("list chain inet orch filter\n"));
-        assert!(script.contains("list chain inet orch forward\n"));
-        assert!(script.contains("get element inet orch ban4 { 192.0.2.1 }"));
-        assert!(script.contains("get element inet orch bannet4 { 198.51.100.0/24 }"));
-        assert!(!script.contains("list set"), "never list the big sets");
+        let commands = layout(true).check_commands(&[net("192.0.2.1/32"), net("198.51.100.0/24")]);
+        assert_eq!(
+            commands,
+            [
+                "list chain inet orch filter",
+                "list chain inet orch input",
+                "list chain inet orch forward",
+                "get element inet orch ban4 { 192.0.2.1 }",
+                "get element inet orch bannet4 { 198.51.100.0/24 }",
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_allows_come_after_static_allows_and_before_bans() {
+        let dns = [TimedElement {
+            net: net("192.0.2.10/32"),
+            timeout_secs: 90,
+        }];
+        let contents = TableContents {
+            dns_allows: &dns,
+            ..TableContents::default()
+        };
+        let script = layout(false).full_table(Ownership::Owned, &contents);
+        let allow = script.find("@allow6 counter accept").expect("allow");
+        let dns_rule = script.find("@dnsallow4 counter accept").expect("dns allow");
+        let ban = script.find("@ban4 counter drop").expect("ban");
+        assert!(allow < dns_rule && dns_rule < ban);
+        assert!(script.contains("add element inet orch dnsallow4 { 192.0.2.10 timeout 90s }"));
+        let swap = layout(false).replace_dns_allows(&dns);
+        assert!(swap.starts_with("flush set inet orch dnsallow4\nflush set inet orch dnsallow6\n"));
     }
 
     #[test]

@@ -1043,7 +1043,7 @@ impl Daemon {
             .arg("--config")
             .arg(&self.config_path)
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "info,orch=debug")
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .env_remove("NOTIFY_SOCKET")
