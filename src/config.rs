@@ -521,6 +521,10 @@ impl Merged {
                 issues.push(name_at.issue(format!("{key}.name: {message}")));
                 continue;
             }
+            if self.dns_allow.iter().any(|known| known.name == name) {
+                issues.push(name_at.issue(format!("{key}.name: {name:?} is already listed")));
+                continue;
+            }
             let mut family = Some((crate::dns::DnsFamily::Any, name_at.clone()));
             set(
                 &mut family,

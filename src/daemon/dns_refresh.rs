@@ -35,13 +35,18 @@ pub async fn run(settings: DnsSettings, core: CoreHandle, reports: DnsReports) {
     };
     let mut state = DnsAllowState::new(&settings);
     loop {
+        // All due names at once: one dead name must not hold up the others
+        // past their grace period.
+        let due = state.due(now_unix());
+        let resolver = &resolver;
+        let lookups = due.iter().filter_map(|name| {
+            let entry = settings.entries.iter().find(|e| &e.name == name)?;
+            Some(async move { (name, resolver.resolve(name, &entry.family).await) })
+        });
+        let results = futures_util::future::join_all(lookups).await;
         let mut changed = false;
-        for name in state.due(now_unix()) {
-            let Some(entry) = settings.entries.iter().find(|e| e.name == name) else {
-                continue;
-            };
-            let result = resolver.resolve(&name, &entry.family).await;
-            changed |= state.record(&name, result, now_unix());
+        for (name, result) in results {
+            changed |= state.record(name, result, now_unix());
         }
         if changed {
             let elements = state.elements(now_unix());
