@@ -180,3 +180,24 @@ fn a_dead_server_keeps_the_last_good_addresses() {
     }
     assert!(daemon.log().contains("a.test"), "the failure is logged");
 }
+
+#[test]
+fn dns_allows_come_back_with_an_unowned_table_after_a_flush() {
+    let netns = NetNs::new();
+    let _dns = Dnsmasq::start(&netns, "192.0.2.30 a.test\n", 60);
+    let bus = TestBus::start();
+    let config = format!("{}[firewall]\nowner = \"off\"\n", config(&["a.test"], 2));
+    let _daemon = Daemon::start(&netns, &bus, &config);
+    let allowed = || {
+        netns
+            .set_elements("orch", "dnsallow4")
+            .contains(&"192.0.2.30".to_string())
+    };
+    wait_until(Duration::from_secs(5), "a.test in dnsallow4", allowed);
+    netns.nft(&["flush", "ruleset"]).expect_ok("flush ruleset");
+    wait_until(
+        Duration::from_secs(5),
+        "a.test back in dnsallow4 after a flush",
+        allowed,
+    );
+}
