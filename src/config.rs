@@ -399,6 +399,7 @@ struct RawDnsAllow {
     family: Option<Spanned<String>>,
     min_ttl: Option<Spanned<String>>,
     max_ttl: Option<Spanned<String>>,
+    ports: Option<Vec<Spanned<i64>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -568,11 +569,22 @@ impl Merged {
                 issues.push(max_at.issue(format!("{key}.max_ttl is shorter than its min_ttl")));
                 continue;
             }
+            let mut ports = Vec::new();
+            for (port_index, port) in entry.ports.unwrap_or_default().into_iter().enumerate() {
+                let at = doc.origin(&port.span());
+                match u16::try_from(port.into_inner()) {
+                    Ok(port) if port > 0 => ports.push(port),
+                    _ => issues.push(at.issue(format!(
+                        "{key}.ports[{port_index}]: a port is a number from 1 to 65535"
+                    ))),
+                }
+            }
             self.dns_allow.push(crate::dns::DnsAllowEntry {
                 name,
                 family,
                 min_ttl,
                 max_ttl,
+                ports,
             });
         }
     }
@@ -1057,7 +1069,7 @@ mod tests {
     #[test]
     fn dns_allow_entries_parse_and_bad_ones_are_located() {
         let config = parse_str(
-            "[dns]\nservers = [\"127.0.0.1:5353\", \"192.0.2.53\"]\n[[dns.allow]]\nname = \"ci.example.org\"\nfamily = \"ipv4\"\nmax_ttl = \"5m\"\n",
+            "[dns]\nservers = [\"127.0.0.1:5353\", \"192.0.2.53\"]\n[[dns.allow]]\nname = \"ci.example.org\"\nfamily = \"ipv4\"\nmax_ttl = \"5m\"\nports = [22, 443]\n",
             Path::new("t.toml"),
         )
         .expect("valid");
@@ -1067,6 +1079,7 @@ mod tests {
         assert_eq!(config.dns.entries[0].family, crate::dns::DnsFamily::Ipv4);
         assert_eq!(config.dns.entries[0].min_ttl, Duration::from_secs(30));
         assert_eq!(config.dns.entries[0].max_ttl, Duration::from_secs(300));
+        assert_eq!(config.dns.entries[0].ports, [22, 443]);
         let err = parse_str(
             "[[dns.allow]]\nname = \"bad name!\"\n[[dns.allow]]\nname = \"ok.example\"\nfamily = \"ipx\"\n",
             Path::new("t.toml"),

@@ -52,6 +52,8 @@ pub struct DnsAllowEntry {
     pub min_ttl: Duration,
     /// Upper bound for the TTL used (default 1 h).
     pub max_ttl: Duration,
+    /// Only these destination ports (TCP, UDP, SCTP); empty = every port.
+    pub ports: Vec<u16>,
 }
 
 /// The `[dns]` section.
@@ -239,6 +241,8 @@ struct NameState {
     name: String,
     min_ttl: u64,
     max_ttl: u64,
+    /// Only these destination ports; empty = every port.
+    ports: Vec<u16>,
     /// Allowed addresses and their expiry (Unix seconds).
     addresses: BTreeMap<IpAddr, u64>,
     /// When the name is to be resolved next.
@@ -288,6 +292,7 @@ impl DnsAllowState {
                 name: entry.name.clone(),
                 min_ttl: secs_ceil(entry.min_ttl),
                 max_ttl: secs_ceil(entry.max_ttl),
+                ports: entry.ports.clone(),
                 addresses: BTreeMap::new(),
                 next_due: 0,
                 last_success: None,
@@ -331,7 +336,7 @@ impl DnsAllowState {
         result: Result<Vec<(IpAddr, Duration)>, DnsError>,
         now: u64,
     ) -> bool {
-        let before = self.elements(now);
+        let before = (self.elements(now), self.port_elements(now));
         let (stale_max, grace) = (self.stale_max, self.grace);
         let Some(state) = self.names.iter_mut().find(|n| n.name == name) else {
             tracing::debug!(name, "DNS result for a name not configured; ignored");
@@ -389,7 +394,7 @@ impl DnsAllowState {
                 state.addresses.retain(|_, expiry| *expiry > now);
             }
         }
-        self.elements(now) != before
+        (self.elements(now), self.port_elements(now)) != before
     }
 
     /// Desired kernel elements: every allowed address with its absolute
@@ -397,15 +402,31 @@ impl DnsAllowState {
     /// that have it; sorted by address.
     pub fn elements(&self, now: u64) -> Vec<(IpAddr, u64)> {
         let mut merged: BTreeMap<IpAddr, u64> = BTreeMap::new();
-        for state in &self.names {
-            for (addr, expiry) in &state.addresses {
-                if *expiry > now {
-                    let slot = merged.entry(*addr).or_insert(*expiry);
+        for state in self.names.iter().filter(|n| n.ports.is_empty()) {
+            for (addr, expiry) in state.addresses.iter().filter(|(_, e)| **e > now) {
+                let slot = merged.entry(*addr).or_insert(*expiry);
+                *slot = (*slot).max(*expiry);
+            }
+        }
+        merged.into_iter().collect()
+    }
+
+    /// Like [`Self::elements`] for names limited to some ports: one element
+    /// per address and port, the latest expiry over the names.
+    pub fn port_elements(&self, now: u64) -> Vec<(IpAddr, u16, u64)> {
+        let mut merged: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
+        for state in self.names.iter().filter(|n| !n.ports.is_empty()) {
+            for (addr, expiry) in state.addresses.iter().filter(|(_, e)| **e > now) {
+                for port in &state.ports {
+                    let slot = merged.entry((*addr, *port)).or_insert(*expiry);
                     *slot = (*slot).max(*expiry);
                 }
             }
         }
-        merged.into_iter().collect()
+        merged
+            .into_iter()
+            .map(|((addr, port), expiry)| (addr, port, expiry))
+            .collect()
     }
 
     /// True if `addr` is currently DNS-allowed.
@@ -450,7 +471,30 @@ mod tests {
             family: DnsFamily::Any,
             min_ttl: Duration::from_secs(min_ttl),
             max_ttl: Duration::from_secs(max_ttl),
+            ports: Vec::new(),
         }
+    }
+
+    #[test]
+    fn port_scoped_names_give_address_port_elements_only() {
+        let mut s = state(vec![
+            DnsAllowEntry {
+                ports: vec![22, 443],
+                ..entry("ci.test", 60, 60)
+            },
+            entry("all.test", 60, 60),
+        ]);
+        s.record("ci.test", answer(&[("192.0.2.7", 60)]), T0);
+        s.record("all.test", answer(&[("192.0.2.8", 60)]), T0);
+        assert_eq!(s.elements(T0), vec![(ip("192.0.2.8"), T0 + 90)]);
+        assert_eq!(
+            s.port_elements(T0),
+            vec![
+                (ip("192.0.2.7"), 22, T0 + 90),
+                (ip("192.0.2.7"), 443, T0 + 90)
+            ]
+        );
+        assert!(s.allows(&ip("192.0.2.7"), T0));
     }
 
     /// grace 30 s, stale_max 1 h.

@@ -201,3 +201,40 @@ fn dns_allows_come_back_with_an_unowned_table_after_a_flush() {
         allowed,
     );
 }
+
+#[test]
+fn a_name_limited_to_ports_is_accepted_on_those_ports_only() {
+    let pair = common::VethPair::new(&["10.98.0.1/24"], &["10.98.0.2/24"]);
+    let bus = TestBus::start();
+    let config = format!(
+        "[dns]\nservers = [\"127.0.0.1:{PORT}\"]\n[[dns.allow]]\nname = \"runner.test\"\nmin_ttl = \"1s\"\nports = [2222]\n"
+    );
+    // The runner was banned before its name resolved (no DNS server yet).
+    let daemon = Daemon::start(&pair.server, &bus, &config);
+    daemon
+        .cli(&["ban", "10.98.0.2"])
+        .expect_ok("ban before the name resolves");
+    let _dns = Dnsmasq::start(&pair.server, "10.98.0.2 runner.test\n", 60);
+    wait_until(Duration::from_secs(5), "runner.test in dnsport4", || {
+        pair.server
+            .set_elements("orch", "dnsport4")
+            .contains(&"10.98.0.2 . 2222".to_string())
+    });
+    assert!(pair.server.set_elements("orch", "dnsallow4").is_empty());
+
+    // The allow rule comes before the bans: port 2222 gets through, any
+    // other port still meets the ban.
+    pair.listen(2222);
+    pair.listen(2223);
+    let timeout = Duration::from_secs(1);
+    assert!(
+        pair.connect_from("10.98.0.2", "10.98.0.1", 2222, timeout),
+        "allowed port blocked"
+    );
+    assert!(
+        !pair.connect_from("10.98.0.2", "10.98.0.1", 2223, timeout),
+        "other port let through"
+    );
+    let refused = daemon.cli(&["ban", "10.98.0.2"]);
+    assert!(refused.stderr.contains("Allowlisted"), "{}", refused.stderr);
+}

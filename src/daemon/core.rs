@@ -18,7 +18,9 @@ use tokio::sync::oneshot;
 use crate::addr::{self, AddrError, BanPolicy};
 use crate::config::Config;
 use crate::daemon::events::{EventKind, FirewallEvent};
-use crate::daemon::reconciler::{Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS, release_freed_memory};
+use crate::daemon::reconciler::{
+    DnsAllows, Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS, release_freed_memory,
+};
 use crate::firewall::Firewall;
 use crate::firewall::{FirewallError, FirewallStatus};
 use crate::store::{BanRecord, Store, StoreError};
@@ -91,7 +93,7 @@ pub struct Core {
     /// Set by [`CoreHandle::stop`]: the thread ends after the current job.
     stop_requested: bool,
     /// Addresses the DNS allow names resolve to, with absolute expiries.
-    dns_allows: Vec<(std::net::IpAddr, u64)>,
+    dns_allows: DnsAllows,
 }
 
 /// How often the core purges expired bans and compacts the store.
@@ -115,7 +117,7 @@ impl Core {
             last_event: None,
             probe_offset: 0,
             stop_requested: false,
-            dns_allows: Vec::new(),
+            dns_allows: DnsAllows::default(),
         };
         core.sync("daemon start")?;
         Ok(core)
@@ -139,12 +141,7 @@ impl Core {
     fn policy(&self) -> BanPolicy {
         let now = now_unix();
         let mut allowlist = self.allowlist();
-        allowlist.extend(
-            self.dns_allows
-                .iter()
-                .filter(|(_, expires)| *expires > now)
-                .map(|(addr, _)| IpNet::from(*addr)),
-        );
+        allowlist.extend(self.dns_allows.addresses(now).map(IpNet::from));
         BanPolicy {
             min_prefix_v4: self.config.bans.min_prefix_v4,
             min_prefix_v6: self.config.bans.min_prefix_v6,
@@ -329,10 +326,7 @@ impl Core {
 
     /// Takes the addresses the DNS allow names now resolve to and swaps
     /// them into the kernel in one transaction.
-    pub fn set_dns_allows(
-        &mut self,
-        dns_allows: Vec<(std::net::IpAddr, u64)>,
-    ) -> Result<(), CoreError> {
+    pub fn set_dns_allows(&mut self, dns_allows: DnsAllows) -> Result<(), CoreError> {
         self.dns_allows = dns_allows;
         if let Err(err) = self.reconciler.set_dns_allows(&self.dns_allows, now_unix()) {
             tracing::warn!("DNS allow update failed ({err}); re-applying the whole table");

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::daemon::core::CoreHandle;
+use crate::daemon::reconciler::DnsAllows;
 use crate::dns::{DnsAllowState, DnsSettings, NameReport, Resolver};
 use crate::timefmt::now_unix;
 
@@ -49,9 +50,16 @@ pub async fn run(settings: DnsSettings, core: CoreHandle, reports: DnsReports) {
             changed |= state.record(name, result, now_unix());
         }
         if changed {
-            let elements = state.elements(now_unix());
-            tracing::info!(addresses = elements.len(), "DNS allow addresses changed");
-            match core.call(move |core| core.set_dns_allows(elements)).await {
+            let allows = DnsAllows {
+                any_port: state.elements(now_unix()),
+                by_port: state.port_elements(now_unix()),
+            };
+            tracing::info!(
+                addresses = allows.any_port.len(),
+                address_ports = allows.by_port.len(),
+                "DNS allow addresses changed"
+            );
+            match core.call(move |core| core.set_dns_allows(allows)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => tracing::error!("cannot apply DNS allow addresses: {err}"),
                 Err(_) => return,

@@ -10,7 +10,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::firewall::{Firewall, FirewallError, FirewallStatus, TableContents, TimedElement};
+use crate::firewall::{
+    DnsElements, Firewall, FirewallError, FirewallStatus, TableContents, TimedElement,
+};
 use crate::store::{BanRecord, Store};
 
 /// When and why the table was last fully re-applied.
@@ -31,16 +33,51 @@ pub struct Reconciler {
 /// (nft's parse tree) that it is worth handing it back to the system.
 pub(super) const TRIM_AFTER_ELEMENTS: usize = 10_000;
 
-/// DNS-allowed addresses still valid at `now`, as kernel elements.
-fn dns_elements(dns_allows: &[(IpAddr, u64)], now: u64) -> Vec<TimedElement> {
-    dns_allows
-        .iter()
-        .filter(|(_, expires)| *expires > now)
-        .map(|(addr, expires)| TimedElement {
+/// What the DNS allow names resolve to now, with absolute expiries: for
+/// names on every port, and for names limited to some ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsAllows {
+    pub any_port: Vec<(IpAddr, u64)>,
+    pub by_port: Vec<(IpAddr, u16, u64)>,
+}
+
+impl DnsAllows {
+    /// Every address still allowed at `now`, on some port or all.
+    pub fn addresses(&self, now: u64) -> impl Iterator<Item = IpAddr> + '_ {
+        let any = self
+            .any_port
+            .iter()
+            .filter(move |(_, e)| *e > now)
+            .map(|(a, _)| *a);
+        let some = self
+            .by_port
+            .iter()
+            .filter(move |(_, _, e)| *e > now)
+            .map(|(a, _, _)| *a);
+        any.chain(some)
+    }
+
+    /// The kernel elements still valid at `now`.
+    fn elements(&self, now: u64) -> DnsElements {
+        let timed = |addr: &IpAddr, expires: u64| TimedElement {
             net: IpNet::from(*addr),
             timeout_secs: expires - now,
-        })
-        .collect()
+        };
+        DnsElements {
+            any_port: self
+                .any_port
+                .iter()
+                .filter(|(_, expires)| *expires > now)
+                .map(|(addr, expires)| timed(addr, *expires))
+                .collect(),
+            by_port: self
+                .by_port
+                .iter()
+                .filter(|(_, _, expires)| *expires > now)
+                .map(|(addr, port, expires)| (timed(addr, *expires), *port))
+                .collect(),
+        }
+    }
 }
 
 fn element(record: &BanRecord, now: u64) -> TimedElement {
@@ -63,7 +100,7 @@ impl Reconciler {
         &mut self,
         store: &Store,
         allows: &[IpNet],
-        dns_allows: &[(IpAddr, u64)],
+        dns_allows: &DnsAllows,
         now: u64,
         cause: &str,
     ) -> Result<SyncInfo, FirewallError> {
@@ -73,7 +110,7 @@ impl Reconciler {
             .filter(|record| record.expires > now)
             .map(|record| element(record, now))
             .collect();
-        let dns = dns_elements(dns_allows, now);
+        let dns = dns_allows.elements(now);
         let result = self.firewall.apply_full(&TableContents {
             allows,
             dns_allows: &dns,
@@ -150,11 +187,10 @@ impl Reconciler {
     /// Swaps the DNS allow sets for these addresses (absolute expiries).
     pub fn set_dns_allows(
         &mut self,
-        dns_allows: &[(IpAddr, u64)],
+        dns_allows: &DnsAllows,
         now: u64,
     ) -> Result<(), FirewallError> {
-        self.firewall
-            .replace_dns_allows(&dns_elements(dns_allows, now))
+        self.firewall.replace_dns_allows(&dns_allows.elements(now))
     }
 
     pub fn set_allows(&mut self, allows: &[IpNet]) -> Result<(), FirewallError> {

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use crate::config::{FirewallConfig, OwnerMode};
 pub use libnft::LibNftExecutor;
 pub use nft_cli::NftCliExecutor;
-pub use script::{Ownership, TableContents, TableLayout, TimedElement};
+pub use script::{DnsElements, Ownership, TableContents, TableLayout, TimedElement};
 
 /// What can go wrong getting a script into the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +106,7 @@ impl Firewall {
     }
 
     /// Replaces the DNS allow sets in one transaction.
-    pub fn replace_dns_allows(&mut self, elements: &[TimedElement]) -> Result<(), FirewallError> {
+    pub fn replace_dns_allows(&mut self, elements: &DnsElements) -> Result<(), FirewallError> {
         self.executor.run(&self.layout.replace_dns_allows(elements))
     }
 

@@ -26,15 +26,19 @@ pub mod sets {
     pub const BANNET6: &str = "bannet6";
     pub const DNSALLOW4: &str = "dnsallow4";
     pub const DNSALLOW6: &str = "dnsallow6";
+    pub const DNSPORT4: &str = "dnsport4";
+    pub const DNSPORT6: &str = "dnsport6";
 }
 
 /// Every set of the table: name, element type, flags. Interval sets hold
 /// prefixes; hash sets single addresses (fast to change one by one).
-const SET_DECLARATIONS: [(&str, &str, &str); 8] = [
+const SET_DECLARATIONS: [(&str, &str, &str); 10] = [
     (sets::ALLOW4, "ipv4_addr", "interval"),
     (sets::ALLOW6, "ipv6_addr", "interval"),
     (sets::DNSALLOW4, "ipv4_addr", "timeout"),
     (sets::DNSALLOW6, "ipv6_addr", "timeout"),
+    (sets::DNSPORT4, "ipv4_addr . inet_service", "timeout"),
+    (sets::DNSPORT6, "ipv6_addr . inet_service", "timeout"),
     (sets::BAN4, "ipv4_addr", "timeout"),
     (sets::BAN6, "ipv6_addr", "timeout"),
     (sets::BANNET4, "ipv4_addr", "interval, timeout"),
@@ -72,14 +76,37 @@ impl From<&FirewallConfig> for TableLayout {
     }
 }
 
+/// Addresses allowed by DNS names: on every port, or on some ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsElements {
+    pub any_port: Vec<TimedElement>,
+    pub by_port: Vec<(TimedElement, u16)>,
+}
+
+/// No DNS allows, for [`TableContents::default`].
+static NO_DNS_ALLOWS: DnsElements = DnsElements {
+    any_port: Vec::new(),
+    by_port: Vec::new(),
+};
+
 /// Everything a full apply puts into the table.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct TableContents<'a> {
     /// Static and runtime allowlist (aggregated when written).
     pub allows: &'a [IpNet],
     /// Addresses allowed by DNS names, with their timeouts.
-    pub dns_allows: &'a [TimedElement],
+    pub dns_allows: &'a DnsElements,
     pub bans: &'a [TimedElement],
+}
+
+impl Default for TableContents<'_> {
+    fn default() -> Self {
+        TableContents {
+            allows: &[],
+            dns_allows: &NO_DNS_ALLOWS,
+            bans: &[],
+        }
+    }
 }
 
 /// One ban as the kernel holds it: the network and its remaining seconds.
@@ -209,6 +236,16 @@ impl TableLayout {
         let _ = writeln!(out, "    ip6 saddr @{} counter accept", sets::ALLOW6);
         let _ = writeln!(out, "    ip saddr @{} counter accept", sets::DNSALLOW4);
         let _ = writeln!(out, "    ip6 saddr @{} counter accept", sets::DNSALLOW6);
+        let _ = writeln!(
+            out,
+            "    meta l4proto {{ tcp, udp, sctp }} ip saddr . th dport @{} counter accept",
+            sets::DNSPORT4
+        );
+        let _ = writeln!(
+            out,
+            "    meta l4proto {{ tcp, udp, sctp }} ip6 saddr . th dport @{} counter accept",
+            sets::DNSPORT6
+        );
         for (family, set) in [
             ("ip", sets::BAN4),
             ("ip", sets::BANNET4),
@@ -287,25 +324,45 @@ impl TableLayout {
         out
     }
 
-    /// Replaces both DNS allow sets in one transaction, so a changed record
+    /// Replaces the DNS allow sets in one transaction, so a changed record
     /// swaps in with no moment without the allow.
-    pub fn replace_dns_allows(&self, elements: &[TimedElement]) -> String {
+    pub fn replace_dns_allows(&self, elements: &DnsElements) -> String {
         let mut out = String::new();
-        for set in [sets::DNSALLOW4, sets::DNSALLOW6] {
+        for set in [
+            sets::DNSALLOW4,
+            sets::DNSALLOW6,
+            sets::DNSPORT4,
+            sets::DNSPORT6,
+        ] {
             let _ = writeln!(out, "flush set inet {} {set}", self.table);
         }
         out.push_str(&self.add_dns_allows(elements));
         out
     }
 
-    fn add_dns_allows(&self, elements: &[TimedElement]) -> String {
-        let mut by_set = [(sets::DNSALLOW4, Vec::new()), (sets::DNSALLOW6, Vec::new())];
-        for element in elements {
+    fn add_dns_allows(&self, elements: &DnsElements) -> String {
+        let mut by_set = [
+            sets::DNSALLOW4,
+            sets::DNSALLOW6,
+            sets::DNSPORT4,
+            sets::DNSPORT6,
+        ]
+        .map(|set| (set, Vec::new()));
+        let timeout = |element: &TimedElement| timeout_text(element.timeout_secs);
+        for element in &elements.any_port {
             let slot = usize::from(matches!(element.net, IpNet::V6(_)));
             by_set[slot].1.push(format!(
                 "{} timeout {}",
                 element_text(&element.net),
-                timeout_text(element.timeout_secs)
+                timeout(element)
+            ));
+        }
+        for (element, port) in &elements.by_port {
+            let slot = 2 + usize::from(matches!(element.net, IpNet::V6(_)));
+            by_set[slot].1.push(format!(
+                "{} . {port} timeout {}",
+                element_text(&element.net),
+                timeout(element)
             ));
         }
         self.element_commands("add", &by_set)
@@ -432,10 +489,19 @@ mod tests {
 
     #[test]
     fn dns_allows_come_after_static_allows_and_before_bans() {
-        let dns = [TimedElement {
-            net: net("192.0.2.10/32"),
-            timeout_secs: 90,
-        }];
+        let dns = DnsElements {
+            any_port: vec![TimedElement {
+                net: net("192.0.2.10/32"),
+                timeout_secs: 90,
+            }],
+            by_port: vec![(
+                TimedElement {
+                    net: net("2001:db8::7/128"),
+                    timeout_secs: 60,
+                },
+                22,
+            )],
+        };
         let contents = TableContents {
             dns_allows: &dns,
             ..TableContents::default()
@@ -446,6 +512,10 @@ mod tests {
         let ban = script.find("@ban4 counter drop").expect("ban");
         assert!(allow < dns_rule && dns_rule < ban);
         assert!(script.contains("add element inet orch dnsallow4 { 192.0.2.10 timeout 90s }"));
+        assert!(script.contains("add element inet orch dnsport6 { 2001:db8::7 . 22 timeout 60s }"));
+        assert!(script.contains(
+            "meta l4proto { tcp, udp, sctp } ip6 saddr . th dport @dnsport6 counter accept"
+        ));
         let swap = layout(false).replace_dns_allows(&dns);
         assert!(swap.starts_with("flush set inet orch dnsallow4\nflush set inet orch dnsallow6\n"));
     }
