@@ -101,3 +101,98 @@ fn the_self_check_leaves_an_intact_owned_table_alone() {
     let syncs = daemon.log().matches("table synced").count();
     assert_eq!(syncs, 1, "{}", daemon.log());
 }
+
+#[test]
+fn a_failing_hook_is_signalled_and_sighup_moves_the_hooks_dir() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::{Arc, Mutex};
+
+    let write_hook = |dir: &std::path::Path, name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).expect("write hook");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    let broken = tempfile::tempdir().expect("tempdir");
+    write_hook(
+        broken.path(),
+        "10-broken",
+        "#!/bin/sh\necho broken >&2\nexit 3\n",
+    );
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(
+        &netns,
+        &bus,
+        &format!("[hooks]\ndir = \"{}\"\n", broken.path().display()),
+    );
+
+    let mut monitor = std::process::Command::new("dbus-monitor")
+        .args([
+            "--address",
+            bus.address(),
+            "type='signal',interface='org.orch.Orch1'",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dbus-monitor");
+    let seen = Arc::new(Mutex::new(String::new()));
+    let reader = BufReader::new(monitor.stdout.take().expect("stdout"));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            if let Ok(mut text) = sink.lock() {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+    });
+    // Each failed run emits HookFailed; repeat until the monitor has caught one.
+    wait_until(
+        Duration::from_secs(10),
+        "a HookFailed signal for 10-broken",
+        || {
+            let run = daemon.cli(&["sync", "--hooks"]);
+            assert_eq!(run.status, 1, "{}", run.stderr);
+            assert!(
+                run.stderr.contains("10-broken (status 3)"),
+                "{}",
+                run.stderr
+            );
+            let text = seen.lock().map(|t| t.clone()).unwrap_or_default();
+            text.contains("member=HookFailed")
+                && text.contains("\"10-broken\"")
+                && text.contains("int32 3")
+        },
+    );
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let status = daemon.cli(&["status"]).expect_ok("status");
+    assert!(
+        status
+            .stdout
+            .contains("hook 10-broken: FAILED (status 3) broken"),
+        "{}",
+        status.stdout
+    );
+
+    let fixed = tempfile::tempdir().expect("tempdir");
+    write_hook(fixed.path(), "10-fine", "#!/bin/sh\nexit 0\n");
+    let config = format!(
+        "state_dir = \"{}\"\n[hooks]\ndir = \"{}\"\n",
+        daemon.state_dir.display(),
+        fixed.path().display()
+    );
+    std::fs::write(&daemon.config_path, config).expect("rewrite config");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    wait_until(
+        Duration::from_secs(5),
+        "hooks from the new dir after SIGHUP",
+        || daemon.cli(&["sync", "--hooks"]).ok(),
+    );
+}

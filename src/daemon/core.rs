@@ -123,6 +123,11 @@ impl Core {
         Ok(core)
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Static (config) and runtime allowlist entries, for `orch allow list`.
     pub fn allow_entries(&self) -> (Vec<IpNet>, Vec<IpNet>) {
         (

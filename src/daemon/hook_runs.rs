@@ -48,25 +48,42 @@ pub type FailureSink = Box<dyn Fn(&HookResult) + Send + Sync>;
 pub struct HookRuns {
     requests: mpsc::UnboundedSender<Request>,
     status: Arc<Mutex<HookStatus>>,
+    setup: Arc<Mutex<HookSetup>>,
+}
+
+/// What every run uses: where the hooks are, their timeouts, and the
+/// environment all of them get (ORCH_EVENT and ORCH_UNIT are added per run).
+#[derive(Debug, Clone)]
+pub struct HookSetup {
+    pub settings: HookSettings,
+    pub base_env: Vec<(String, String)>,
 }
 
 impl HookRuns {
     /// Starts the scheduler task on the current tokio runtime.
-    pub fn start(
-        settings: HookSettings,
-        base_env: Vec<(String, String)>,
-        on_failure: FailureSink,
-    ) -> HookRuns {
+    pub fn start(setup: HookSetup, on_failure: FailureSink) -> HookRuns {
         let (requests, receiver) = mpsc::unbounded_channel();
         let status = Arc::new(Mutex::new(HookStatus::default()));
+        let setup = Arc::new(Mutex::new(setup));
         tokio::spawn(schedule(
             receiver,
-            settings,
-            base_env,
+            setup.clone(),
             on_failure,
             status.clone(),
         ));
-        HookRuns { requests, status }
+        HookRuns {
+            requests,
+            status,
+            setup,
+        }
+    }
+
+    /// Takes a new setup (config reload); runs already started finish with
+    /// the old one.
+    pub fn set_setup(&self, setup: HookSetup) {
+        if let Ok(mut current) = self.setup.lock() {
+            *current = setup;
+        }
     }
 
     /// Asks for a run because of `trigger`; returns at once.
@@ -105,8 +122,7 @@ impl HookRuns {
 
 async fn schedule(
     mut receiver: mpsc::UnboundedReceiver<Request>,
-    settings: HookSettings,
-    base_env: Vec<(String, String)>,
+    setup: Arc<Mutex<HookSetup>>,
     on_failure: FailureSink,
     status: Arc<Mutex<HookStatus>>,
 ) {
@@ -128,7 +144,10 @@ async fn schedule(
             continue;
         };
         last_started = Some(Instant::now());
-        let mut env = base_env.clone();
+        let Ok(HookSetup { settings, base_env }) = setup.lock().map(|s| s.clone()) else {
+            break;
+        };
+        let mut env = base_env;
         env.push(("ORCH_EVENT".into(), lead.event.clone()));
         env.push(("ORCH_UNIT".into(), lead.unit.clone().unwrap_or_default()));
         tracing::info!(event = %lead.event, "running hooks");

@@ -29,7 +29,7 @@ use crate::systemd::watcher::{UnitChange, UnitWatcher};
 use crate::timefmt::now_unix;
 use core::{Core, CoreError, CoreHandle};
 use events::{EventKind, EventSender, FirewallEvent};
-use hook_runs::{HookRuns, HookTrigger};
+use hook_runs::{HookRuns, HookSetup, HookTrigger};
 use reconciler::Reconciler;
 
 /// Why the daemon could not start or stopped with an error.
@@ -71,6 +71,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     start_kernel_monitor(&config.firewall.table, event_sender.clone());
     let hook_runs = start_hook_runs(&config, &connection);
     let dns_settings = config.dns.clone();
+    let running_dns = config.dns.clone();
     let dns_reports = dns_refresh::DnsReports::default();
 
     let core = tokio::task::spawn_blocking(move || -> Result<Core, DaemonError> {
@@ -128,7 +129,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = hangup.recv() => reload(&handle, config_path.as_deref()).await,
+            _ = hangup.recv() => reload(&handle, &hook_runs, &running_dns, config_path.as_deref()).await,
         }
     }
     notify::stopping();
@@ -143,22 +144,27 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     Ok(())
 }
 
+/// Hook settings and the environment every hook gets, from the config.
+fn hook_setup(config: &Config) -> HookSetup {
+    HookSetup {
+        settings: HookSettings {
+            dir: config.hooks.dir.clone(),
+            default_timeout: config.hooks.timeout,
+            timeouts: config.hooks.timeouts.clone(),
+        },
+        base_env: vec![
+            ("ORCH_TABLE".to_string(), config.firewall.table.clone()),
+            ("ORCH_FAMILY".to_string(), "inet".to_string()),
+        ],
+    }
+}
+
 /// The hook scheduler, with the environment every hook gets and a
 /// `HookFailed` signal for each failure.
 fn start_hook_runs(config: &Config, connection: &zbus::Connection) -> HookRuns {
-    let settings = HookSettings {
-        dir: config.hooks.dir.clone(),
-        default_timeout: config.hooks.timeout,
-        timeouts: config.hooks.timeouts.clone(),
-    };
-    let base_env = vec![
-        ("ORCH_TABLE".to_string(), config.firewall.table.clone()),
-        ("ORCH_FAMILY".to_string(), "inet".to_string()),
-    ];
     let connection = connection.clone();
     HookRuns::start(
-        settings,
-        base_env,
+        hook_setup(config),
         Box::new(move |result| {
             let connection = connection.clone();
             let (name, status) = (result.name.clone(), result.outcome.status_code());
@@ -175,12 +181,29 @@ fn start_hook_runs(config: &Config, connection: &zbus::Connection) -> HookRuns {
 }
 
 /// SIGHUP: re-read the config; a bad one is refused and the running one kept.
-async fn reload(core: &CoreHandle, config_path: Option<&std::path::Path>) {
+async fn reload(
+    core: &CoreHandle,
+    hooks: &HookRuns,
+    running_dns: &crate::dns::DnsSettings,
+    config_path: Option<&std::path::Path>,
+) {
     notify::reloading();
     tracing::info!("SIGHUP: reloading the configuration");
     match config::load_default_locations(config_path) {
-        Ok(new_config) => match core.call(move |core| core.reload_config(new_config)).await {
-            Ok(Ok(())) => tracing::info!("configuration reloaded"),
+        Ok(new_config) => match core
+            .call(move |core| {
+                core.reload_config(new_config)
+                    .map(|()| core.config().clone())
+            })
+            .await
+        {
+            Ok(Ok(applied)) => {
+                hooks.set_setup(hook_setup(&applied));
+                if applied.dns != *running_dns {
+                    tracing::warn!("[dns] changes take effect when the daemon restarts");
+                }
+                tracing::info!("configuration reloaded");
+            }
             Ok(Err(err)) | Err(err) => {
                 tracing::error!("configuration reload refused, keeping the running one: {err}")
             }
