@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dns;
 pub mod firewall;
 pub mod hooks;
+pub mod jail;
 pub mod logging;
 pub mod store;
 pub mod systemd;

@@ -1,0 +1,709 @@
+//! Native jail filters: a TOML file of patterns that recognise failures in
+//! log lines and capture the offending address.
+//!
+//! ```toml
+//! description = "OpenSSH authentication failures"
+//! prefilter = [" port "]     # literals; a line containing none is skipped
+//! failregex = ['^Invalid user <USER> from <HOST> port \d+$']
+//! ignoreregex = []
+//! ```
+//!
+//! Patterns use the `regex` crate's syntax (linear time, no look-around),
+//! plus three tags:
+//! - `<HOST>` and `<ADDR>`: a group (`host`, `addr`) matching an IPv4 or IPv6
+//!   address, never a host name. Every failregex needs exactly one of them.
+//! - `<USER>`: a group `user` matching any text, shortest first (`.*?`).
+//!
+//! Patterns are matched against the log *message*: a leading syslog prefix
+//! (`Nov 25 10:00:00 host sshd[123]: ` or an RFC 3339 timestamp instead of
+//! the BSD one) is stripped first, so the same filter works on syslog files
+//! and on bare journal `MESSAGE` fields. `ignoreregex` is matched against the
+//! message too, and only once a failregex matched.
+//!
+//! Hostile text: whatever an attacker controls (a user name, a client
+//! banner) must not be able to make a pattern capture a different address.
+//! Where the attacker's text comes *before* the address, anchor the pattern
+//! at the end of the message (`port \d+$`): the address captured is then the
+//! one the daemon appended last. Where it comes *after*, anchor at the start
+//! (`^`): the regex engine reports the leftmost match, the daemon's own.
+//!
+//! Speed: the prefilter literals are searched first (SIMD substring search
+//! via the regex crate's literal engines); a line passing it is run once
+//! through a `RegexSet` of all failregexes, and only the first matching
+//! pattern is run again for its captures.
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use super::matcher::{Matcher, RegexMatcher};
+
+/// Names of the built-in filters, for `builtin` and for listings.
+pub fn builtin_names() -> &'static [&'static str] {
+    &["sshd"]
+}
+
+const SSHD_TOML: &str = include_str!("../../filters/sshd.toml");
+
+/// The regex a `<HOST>`/`<ADDR>` tag stands for, without its group: dotted
+/// IPv4, or IPv6 (possibly with an embedded IPv4 tail). Loose on purpose:
+/// the captured text is validated by a real parser afterwards.
+const IP_PATTERN: &str = r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]{1,38}(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3})?";
+
+/// Why a filter could not be loaded. Every variant names where the filter
+/// came from (a file path, or `builtin:sshd`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("{origin}: {message}")]
+    Toml { origin: String, message: String },
+    #[error("{origin}: failregex is empty; a filter needs at least one")]
+    NoFailRegex { origin: String },
+    #[error("{origin}: prefilter[{index}] is empty")]
+    EmptyPrefilter { origin: String, index: usize },
+    #[error("{origin}: {kind}[{index}] does not compile: {message}")]
+    Regex {
+        origin: String,
+        kind: &'static str,
+        index: usize,
+        message: String,
+    },
+    #[error("{origin}: failregex[{index}] has no <HOST> or <ADDR>")]
+    NoHost { origin: String, index: usize },
+}
+
+/// A line a failregex matched (and no ignoreregex did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterMatch {
+    /// The offending address, validated and normalised (IPv4-mapped IPv6
+    /// becomes IPv4).
+    pub host: IpAddr,
+    /// The `<USER>` text, when the pattern has one.
+    pub user: Option<String>,
+    /// Which failregex matched.
+    pub regex_index: usize,
+}
+
+/// The file format; unknown keys are errors.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterFile {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    prefilter: Vec<String>,
+    failregex: Vec<String>,
+    #[serde(default)]
+    ignoreregex: Vec<String>,
+}
+
+/// A compiled filter.
+#[derive(Debug)]
+pub struct Filter {
+    origin: String,
+    description: String,
+    /// Alternation of the escaped prefilter literals; `None` checks nothing.
+    prefilter: Option<regex::Regex>,
+    /// All failregexes at once: which of them match.
+    fail_set: regex::RegexSet,
+    fail: Vec<Box<dyn Matcher>>,
+    /// `None` when there are no ignoreregexes.
+    ignore_set: Option<regex::RegexSet>,
+}
+
+impl Filter {
+    /// Parses and compiles a filter. `origin` (a path, or `builtin:NAME`)
+    /// prefixes every error.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Filter, FilterError> {
+        let file: FilterFile = toml::from_str(text).map_err(|e| FilterError::Toml {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        if file.failregex.is_empty() {
+            return Err(FilterError::NoFailRegex {
+                origin: origin.to_string(),
+            });
+        }
+        if let Some(index) = file.prefilter.iter().position(|p| p.is_empty()) {
+            return Err(FilterError::EmptyPrefilter {
+                origin: origin.to_string(),
+                index,
+            });
+        }
+        let regex_error = |kind, index, message: String| FilterError::Regex {
+            origin: origin.to_string(),
+            kind,
+            index,
+            message,
+        };
+
+        let fail_patterns: Vec<String> = file.failregex.iter().map(|p| expand_tags(p)).collect();
+        let mut fail: Vec<Box<dyn Matcher>> = Vec::with_capacity(fail_patterns.len());
+        for (index, pattern) in fail_patterns.iter().enumerate() {
+            let matcher = RegexMatcher::new(pattern)
+                .map_err(|e| regex_error("failregex", index, e.message))?;
+            if !matcher.has_host() {
+                return Err(FilterError::NoHost {
+                    origin: origin.to_string(),
+                    index,
+                });
+            }
+            fail.push(Box::new(matcher));
+        }
+        // Each pattern compiled alone, so the set can only fail on size.
+        let fail_set = regex::RegexSet::new(&fail_patterns)
+            .map_err(|e| regex_error("failregex", 0, e.to_string()))?;
+
+        let ignore_patterns: Vec<String> =
+            file.ignoreregex.iter().map(|p| expand_tags(p)).collect();
+        for (index, pattern) in ignore_patterns.iter().enumerate() {
+            regex::Regex::new(pattern)
+                .map_err(|e| regex_error("ignoreregex", index, e.to_string()))?;
+        }
+        let ignore_set = if ignore_patterns.is_empty() {
+            None
+        } else {
+            Some(
+                regex::RegexSet::new(&ignore_patterns)
+                    .map_err(|e| regex_error("ignoreregex", 0, e.to_string()))?,
+            )
+        };
+
+        let prefilter = if file.prefilter.is_empty() {
+            None
+        } else {
+            let alternation = file
+                .prefilter
+                .iter()
+                .map(|literal| regex::escape(literal))
+                .collect::<Vec<_>>()
+                .join("|");
+            Some(
+                regex::Regex::new(&alternation)
+                    .map_err(|e| regex_error("prefilter", 0, e.to_string()))?,
+            )
+        };
+
+        Ok(Filter {
+            origin: origin.to_string(),
+            description: file.description,
+            prefilter,
+            fail_set,
+            fail,
+            ignore_set,
+        })
+    }
+
+    /// A built-in filter by name (see [`builtin_names`]); `None` if there is
+    /// no such filter. The error case only happens if a built-in is broken,
+    /// which the tests rule out.
+    pub fn builtin(name: &str) -> Option<Result<Filter, FilterError>> {
+        let text = match name {
+            "sshd" => SSHD_TOML,
+            _ => return None,
+        };
+        Some(Filter::from_toml(text, &format!("builtin:{name}")))
+    }
+
+    /// Where the filter came from, as given to [`Filter::from_toml`].
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The filter's `description`, possibly empty.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// How many failregexes the filter has.
+    pub fn regex_count(&self) -> usize {
+        self.fail.len()
+    }
+
+    /// Tests one log line (with or without a syslog prefix). Returns the
+    /// first matching failregex's capture, unless an ignoreregex matches or
+    /// the captured text is not a valid IP address.
+    pub fn match_line(&self, line: &str) -> Option<FilterMatch> {
+        if let Some(prefilter) = &self.prefilter
+            && !prefilter.is_match(line)
+        {
+            return None;
+        }
+        let message = strip_syslog_prefix(line);
+        let regex_index = self.fail_set.matches(message).into_iter().next()?;
+        if let Some(ignore) = &self.ignore_set
+            && ignore.is_match(message)
+        {
+            return None;
+        }
+        let caps = self.fail[regex_index].find(message)?;
+        let host = parse_host(caps.host?)?;
+        Some(FilterMatch {
+            host,
+            user: caps.user.map(str::to_string),
+            regex_index,
+        })
+    }
+}
+
+/// Parses a captured address; `None` for anything that is not exactly one
+/// IP address. IPv4-mapped IPv6 addresses become IPv4.
+fn parse_host(text: &str) -> Option<IpAddr> {
+    let addr: IpAddr = text.parse().ok()?;
+    Some(addr.to_canonical())
+}
+
+/// Replaces `<HOST>`, `<ADDR>` and `<USER>` with their named groups.
+fn expand_tags(pattern: &str) -> String {
+    pattern
+        .replace("<HOST>", &format!("(?P<host>{IP_PATTERN})"))
+        .replace("<ADDR>", &format!("(?P<addr>{IP_PATTERN})"))
+        .replace("<USER>", "(?P<user>.*?)")
+}
+
+/// Strips a syslog prefix, `TIMESTAMP HOSTNAME TAG[PID]: ` (PID optional),
+/// where TIMESTAMP is BSD (`Nov 25 10:00:00`, `Nov  5 ...`) or RFC 3339
+/// (`2026-11-25T10:00:00.123+00:00`). A line without such a prefix is
+/// returned unchanged, so a bare journal `MESSAGE` works too.
+pub fn strip_syslog_prefix(line: &str) -> &str {
+    strip_prefix_inner(line).unwrap_or(line)
+}
+
+fn strip_prefix_inner(line: &str) -> Option<&str> {
+    let bytes = line.as_bytes();
+    let rest = if is_bsd_timestamp(bytes) {
+        &line[16..]
+    } else if bytes.len() > 11 && bytes[..4].iter().all(u8::is_ascii_digit) && bytes[4] == b'-' {
+        let space = line.find(' ')?;
+        if bytes.get(10) != Some(&b'T') {
+            return None;
+        }
+        &line[space + 1..]
+    } else {
+        return None;
+    };
+    // HOSTNAME
+    let space = rest.find(' ')?;
+    if space == 0 {
+        return None;
+    }
+    let rest = &rest[space + 1..];
+    // TAG, then optional [PID], then ": "
+    let tag_end = rest.find([':', '[', ' '])?;
+    if tag_end == 0 {
+        return None;
+    }
+    let mut rest = &rest[tag_end..];
+    if let Some(after) = rest.strip_prefix('[') {
+        let close = after.find(']')?;
+        if !after[..close].bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        rest = &after[close + 1..];
+    }
+    rest.strip_prefix(": ")
+}
+
+/// `Mmm dd hh:mm:ss ` (16 bytes; the day may be space-padded).
+fn is_bsd_timestamp(b: &[u8]) -> bool {
+    b.len() > 16
+        && b[0].is_ascii_uppercase()
+        && b[1].is_ascii_lowercase()
+        && b[2].is_ascii_lowercase()
+        && b[3] == b' '
+        && (b[4] == b' ' || b[4].is_ascii_digit())
+        && b[5].is_ascii_digit()
+        && b[6] == b' '
+        && b[7].is_ascii_digit()
+        && b[8].is_ascii_digit()
+        && b[9] == b':'
+        && b[10].is_ascii_digit()
+        && b[11].is_ascii_digit()
+        && b[12] == b':'
+        && b[13].is_ascii_digit()
+        && b[14].is_ascii_digit()
+        && b[15] == b' '
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sshd() -> Filter {
+        Filter::builtin("sshd").unwrap().unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// Host and user captured from `line`, panicking if it does not match.
+    fn hit(filter: &Filter, line: &str) -> (IpAddr, Option<String>) {
+        let m = filter
+            .match_line(line)
+            .unwrap_or_else(|| panic!("no match: {line}"));
+        assert!(m.regex_index < filter.regex_count());
+        (m.host, m.user)
+    }
+
+    #[test]
+    fn builtins_compile() {
+        for name in builtin_names() {
+            let filter = Filter::builtin(name).unwrap().unwrap();
+            assert!(filter.regex_count() > 0);
+            assert_eq!(filter.origin(), format!("builtin:{name}"));
+            assert!(!filter.description().is_empty());
+        }
+        assert!(Filter::builtin("nope").is_none());
+    }
+
+    #[test]
+    fn sshd_failure_lines() {
+        let f = sshd();
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            (
+                "Failed password for root from 192.0.2.1 port 22 ssh2",
+                "192.0.2.1",
+                Some("root"),
+            ),
+            (
+                "Failed password for invalid user admin from 192.0.2.2 port 51234 ssh2",
+                "192.0.2.2",
+                Some("admin"),
+            ),
+            (
+                "Failed keyboard-interactive/pam for invalid user bob from 2001:db8::7 port 4 ssh2",
+                "2001:db8::7",
+                Some("bob"),
+            ),
+            (
+                "Invalid user oracle from 198.51.100.3 port 40000",
+                "198.51.100.3",
+                Some("oracle"),
+            ),
+            (
+                "Invalid user  from 198.51.100.4 port 40000",
+                "198.51.100.4",
+                Some(""),
+            ),
+            (
+                "Connection closed by authenticating user root 203.0.113.5 port 6000 [preauth]",
+                "203.0.113.5",
+                Some("root"),
+            ),
+            (
+                "Connection closed by invalid user test 203.0.113.6 port 6000 [preauth]",
+                "203.0.113.6",
+                Some("test"),
+            ),
+            (
+                "Disconnected from authenticating user root 2001:db8:1::2 port 6001 [preauth]",
+                "2001:db8:1::2",
+                Some("root"),
+            ),
+            (
+                "Disconnected from invalid user pi 203.0.113.7 port 6002 [preauth]",
+                "203.0.113.7",
+                Some("pi"),
+            ),
+            (
+                "error: maximum authentication attempts exceeded for invalid user x from 203.0.113.8 port 1 ssh2 [preauth]",
+                "203.0.113.8",
+                Some("x"),
+            ),
+            (
+                "error: maximum authentication attempts exceeded for root from 203.0.113.9 port 1 ssh2 [preauth]",
+                "203.0.113.9",
+                Some("root"),
+            ),
+            (
+                "Disconnecting invalid user x 203.0.113.10 port 9: Too many authentication failures [preauth]",
+                "203.0.113.10",
+                Some("x"),
+            ),
+            (
+                "banner exchange: Connection from 203.0.113.11 port 5555: invalid format",
+                "203.0.113.11",
+                None,
+            ),
+            (
+                "Unable to negotiate with 203.0.113.12 port 5556: no matching key exchange method found. Their offer: diffie-hellman-group1-sha1 [preauth]",
+                "203.0.113.12",
+                None,
+            ),
+            (
+                "Unable to negotiate with 2001:db8::c port 5557: no matching host key type found. Their offer: ssh-dss [preauth]",
+                "2001:db8::c",
+                None,
+            ),
+            (
+                "Did not receive identification string from 203.0.113.13 port 5558",
+                "203.0.113.13",
+                None,
+            ),
+            (
+                "Did not receive identification string from 203.0.113.14",
+                "203.0.113.14",
+                None,
+            ),
+            (
+                "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.15  user=root",
+                "203.0.113.15",
+                None,
+            ),
+            (
+                "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.16",
+                "203.0.113.16",
+                None,
+            ),
+            (
+                "Failed password for root from ::ffff:192.0.2.77 port 22 ssh2",
+                "192.0.2.77",
+                Some("root"),
+            ),
+        ];
+        for (line, host, user) in cases {
+            let (got_host, got_user) = hit(&f, line);
+            assert_eq!(got_host, ip(host), "{line}");
+            assert_eq!(got_user.as_deref(), *user, "{line}");
+        }
+    }
+
+    #[test]
+    fn syslog_prefixes() {
+        let f = sshd();
+        for line in [
+            "Nov 25 10:00:00 web1 sshd[123]: Invalid user a from 192.0.2.9 port 2",
+            "Nov  5 10:00:00 web1 sshd-session[4567]: Invalid user a from 192.0.2.9 port 2",
+            "2026-11-25T10:00:00.123456+00:00 web1 sshd-session[9]: Invalid user a from 192.0.2.9 port 2",
+            "Nov 25 10:00:00 web1 sshd: Invalid user a from 192.0.2.9 port 2",
+            "Invalid user a from 192.0.2.9 port 2",
+        ] {
+            assert_eq!(hit(&f, line).0, ip("192.0.2.9"), "{line}");
+        }
+        // banner exchange has its own ": " that must survive.
+        let line = "Nov 25 10:00:00 web1 sshd-session[1]: banner exchange: Connection from 2001:db8::9 port 7: invalid format";
+        assert_eq!(hit(&f, line).0, ip("2001:db8::9"));
+    }
+
+    #[test]
+    fn strips_only_real_prefixes() {
+        assert_eq!(
+            strip_syslog_prefix("Nov 25 10:00:00 h sshd[1]: hello: x"),
+            "hello: x"
+        );
+        assert_eq!(
+            strip_syslog_prefix("banner exchange: Connection from"),
+            "banner exchange: Connection from"
+        );
+        assert_eq!(
+            strip_syslog_prefix("Nov 25 10:00:00 h sshd[x1]: y"),
+            "Nov 25 10:00:00 h sshd[x1]: y"
+        );
+        assert_eq!(strip_syslog_prefix(""), "");
+    }
+
+    #[test]
+    fn ordinary_lines_are_ignored() {
+        let f = sshd();
+        for line in [
+            "Accepted password for alice from 192.0.2.1 port 22 ssh2",
+            "Accepted publickey for alice from 192.0.2.1 port 22 ssh2: ED25519 SHA256:abc",
+            "Received disconnect from 192.0.2.1 port 22:11: disconnected by user",
+            "Disconnected from user alice 192.0.2.1 port 22",
+            "pam_unix(sshd:session): session opened for user alice(uid=1000) by (uid=0)",
+            "Server listening on 0.0.0.0 port 22.",
+            "Nov 25 10:00:00 web1 kernel: eth0: link up",
+            "",
+            // Not an address: hosts are never names.
+            "Invalid user a from evil.example port 2",
+            // Matches the pattern shape but is not a valid address.
+            "Invalid user a from 999.1.1.1 port 2",
+        ] {
+            assert_eq!(f.match_line(line), None, "{line}");
+        }
+    }
+
+    /// A user name is attacker-chosen text that sshd logs before the real
+    /// address; whatever it contains, only the address sshd appended last
+    /// may be captured.
+    #[test]
+    fn hostile_user_names_cannot_frame_another_address() {
+        let f = sshd();
+        let real = ip("203.0.113.9");
+        for line in [
+            "Invalid user x from 1.2.3.4 from 203.0.113.9 port 4242",
+            "Invalid user x from 1.2.3.4 port 22 from 203.0.113.9 port 4242",
+            "Nov 25 10:00:00 h sshd-session[1]: Invalid user x from 1.2.3.4 port 22 from 203.0.113.9 port 4242",
+            "Failed password for invalid user x from 1.2.3.4 port 22 ssh2 from 203.0.113.9 port 4242 ssh2",
+            "Failed password for x from 1.2.3.4 port 22 ssh2 from 203.0.113.9 port 4242 ssh2",
+            "Connection closed by authenticating user x 1.2.3.4 port 22 [preauth] 203.0.113.9 port 4242 [preauth]",
+            "Disconnected from invalid user x 1.2.3.4 port 22 203.0.113.9 port 4242 [preauth]",
+            "error: maximum authentication attempts exceeded for invalid user x from 1.2.3.4 port 2 ssh2 from 203.0.113.9 port 4242 ssh2 [preauth]",
+            "Disconnecting invalid user x 1.2.3.4 port 1: Too many authentication failures 203.0.113.9 port 9: Too many authentication failures [preauth]",
+            // A whole fake message inside the user name.
+            "Invalid user Did not receive identification string from 1.2.3.4 from 203.0.113.9 port 4242",
+            "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  user=x rhost=1.2.3.4",
+            // Attacker text after the address (the client's offer).
+            "Unable to negotiate with 203.0.113.9 port 4242: no matching cipher found. Their offer: Unable to negotiate with 1.2.3.4 port 1: no matching x",
+        ] {
+            assert_eq!(hit(&f, line).0, real, "{line}");
+        }
+        let (_, user) = hit(&f, "Invalid user x from 1.2.3.4 from 203.0.113.9 port 4242");
+        assert_eq!(user.as_deref(), Some("x from 1.2.3.4"));
+    }
+
+    #[test]
+    fn ignoreregex_and_prefilter() {
+        let text = r#"
+            description = "test"
+            prefilter = ["login"]
+            failregex = ['^login failed from <ADDR>$', '^bad <USER> at <HOST>$']
+            ignoreregex = ['from 192\.0\.2\.']
+        "#;
+        let f = Filter::from_toml(text, "test.toml").unwrap();
+        assert_eq!(f.regex_count(), 2);
+        let m = f.match_line("login failed from 198.51.100.1").unwrap();
+        assert_eq!(m.host, ip("198.51.100.1"));
+        assert_eq!(m.regex_index, 0);
+        assert_eq!(m.user, None);
+        assert_eq!(f.match_line("login failed from 192.0.2.1"), None);
+        // Matches failregex[1] but lacks the prefilter literal: skipped.
+        assert_eq!(f.match_line("bad bob at 198.51.100.2"), None);
+        let m = f.match_line("bad login at 198.51.100.2").unwrap();
+        assert_eq!(m.regex_index, 1);
+        assert_eq!(m.user.as_deref(), Some("login"));
+    }
+
+    #[test]
+    fn no_prefilter_checks_every_line() {
+        let f = Filter::from_toml("failregex = ['x <HOST>$']", "t").unwrap();
+        assert_eq!(
+            f.match_line("x 2001:db8::1").unwrap().host,
+            ip("2001:db8::1")
+        );
+    }
+
+    #[test]
+    fn invalid_regex_names_origin_and_index() {
+        let text = r"failregex = ['^ok <HOST>$', '^broken (<HOST>$']";
+        let err = Filter::from_toml(text, "/etc/orch/filters/x.toml").unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                FilterError::Regex {
+                    kind: "failregex",
+                    index: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("/etc/orch/filters/x.toml: failregex[1]"),
+            "{msg}"
+        );
+        assert!(msg.contains("unclosed"), "{msg}");
+
+        let text = r"failregex = ['<HOST>']
+                     ignoreregex = ['(?<=x)']";
+        let err = Filter::from_toml(text, "f").unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                FilterError::Regex {
+                    kind: "ignoreregex",
+                    index: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn structural_errors() {
+        let err =
+            Filter::from_toml("failregex = ['<HOST>']\nfailregexp = []", "f.toml").unwrap_err();
+        assert!(matches!(err, FilterError::Toml { .. }), "{err:?}");
+        assert!(err.to_string().contains("failregexp"), "{err}");
+
+        let err = Filter::from_toml("description = 'x'", "f.toml").unwrap_err();
+        assert!(err.to_string().contains("failregex"), "{err}");
+
+        let err = Filter::from_toml("failregex = []", "f.toml").unwrap_err();
+        assert_eq!(
+            err,
+            FilterError::NoFailRegex {
+                origin: "f.toml".into()
+            }
+        );
+
+        let err = Filter::from_toml("failregex = ['a', '<HOST>']", "f.toml").unwrap_err();
+        assert_eq!(
+            err,
+            FilterError::NoHost {
+                origin: "f.toml".into(),
+                index: 0
+            }
+        );
+
+        let err =
+            Filter::from_toml("prefilter = ['a', '']\nfailregex = ['<HOST>']", "f").unwrap_err();
+        assert_eq!(
+            err,
+            FilterError::EmptyPrefilter {
+                origin: "f".into(),
+                index: 1
+            }
+        );
+
+        let err = Filter::from_toml("failregex = ['<HOST> <HOST>']", "f").unwrap_err();
+        assert!(
+            matches!(err, FilterError::Regex { index: 0, .. }),
+            "{err:?}"
+        );
+    }
+
+    /// Info only: `cargo test --release -- --ignored --nocapture sshd_speed`.
+    /// Two mixes of 1M lines: "quiet" (1% failures, 10% other sshd lines)
+    /// and "attack" (20% failures).
+    #[test]
+    #[ignore]
+    fn sshd_speed() {
+        let f = sshd();
+        for (mix, fail_per_100) in [("quiet", 1u32), ("attack", 20)] {
+            let lines: Vec<String> = (0..1_000_000u32)
+                .map(|i| {
+                    let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+                    let slot = i % 100;
+                    if slot < fail_per_100 / 2 {
+                        format!(
+                            "Nov 25 10:00:00 web1 sshd-session[{i}]: Failed password for invalid user u{i} from {ip} port {} ssh2",
+                            i % 65536
+                        )
+                    } else if slot < fail_per_100 {
+                        format!("Invalid user u{i} from {ip} port 22")
+                    } else if slot < fail_per_100 + 10 {
+                        format!(
+                            "Nov 25 10:00:00 web1 sshd-session[{i}]: Accepted publickey for alice from {ip} port 22 ssh2: ED25519 SHA256:x"
+                        )
+                    } else {
+                        format!(
+                            "Nov 25 10:00:00 web1 systemd[1]: Started session-{i}.scope - Session {i} of User alice."
+                        )
+                    }
+                })
+                .collect();
+            let start = std::time::Instant::now();
+            let hits = lines.iter().filter(|l| f.match_line(l).is_some()).count();
+            let elapsed = start.elapsed();
+            assert_eq!(hits as u32, 10_000 * fail_per_100);
+            println!(
+                "sshd filter, {mix} mix: {} lines in {elapsed:?}: {:.0} lines/s ({hits} hits)",
+                lines.len(),
+                lines.len() as f64 / elapsed.as_secs_f64()
+            );
+        }
+    }
+}

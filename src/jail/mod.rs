@@ -1,0 +1,10 @@
+//! Log jails: watch log sources, recognise failures with filters, count
+//! failures per address, and ban an address that fails too often.
+//!
+//! A jail is sources (journal units, files) + filters + failure counting.
+//! So far only the filter engine exists: [`filter`] loads native TOML
+//! filters (and the built-in ones) and matches lines; [`matcher`] is the
+//! pattern-engine interface the filters are written against.
+
+pub mod filter;
+pub mod matcher;
