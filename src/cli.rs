@@ -135,6 +135,25 @@ nftables.service's ExecStartPost= and ExecReload=. It gives up after 20 seconds.
     #[command(long_about = crate::systemd::install::UNINSTALL_LONG_ABOUT)]
     UninstallUnits(crate::systemd::install::UninstallArgs),
 
+    /// Run a log filter over a log file and report what it finds
+    #[command(
+        long_about = "Run FILTER over every line of LOG and report what it finds, like \
+fail2ban-regex: lines read, lines matched and missed, hits per failregex, and lines per second. \
+FILTER is a built-in filter name (sshd) or the path of a native TOML filter. With --json, every \
+match is printed as one JSON object per line: {\"line\": N, \"host\": \"...\", \"user\": \"...\", \"time\": null} \
+(times are not read from lines yet).",
+        after_help = "Examples:\n  orch test-filter sshd /var/log/auth.log\n  journalctl -u ssh -o cat > /tmp/ssh.log && orch test-filter sshd /tmp/ssh.log --json"
+    )]
+    TestFilter {
+        #[arg(value_name = "FILTER")]
+        filter: String,
+        #[arg(value_name = "LOG")]
+        log: PathBuf,
+        /// One JSON object per matched line instead of the summary
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Check the configuration and report every error as file:line:column
     #[command(
         long_about = "Load the configuration the daemon would load (or --config PATH) and report \
@@ -217,6 +236,7 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
         Command::Sync { .. }
         | Command::Daemon
         | Command::CheckConfig
+        | Command::TestFilter { .. }
         | Command::InstallUnits(_)
         | Command::UninstallUnits(_) => {}
     }

@@ -16,6 +16,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig => check_config(&cli),
         Command::Daemon => run_daemon(&cli),
+        Command::TestFilter {
+            ref filter,
+            ref log,
+            json,
+        } => test_filter(filter, log, json),
         Command::InstallUnits(ref args) => run_units(orch::systemd::install::install(args)),
         Command::UninstallUnits(ref args) => run_units(orch::systemd::install::uninstall(args)),
         ref client_command => run_client(client_command),
@@ -91,6 +96,27 @@ fn run_units<E: std::fmt::Display>(
         }
         Err(message) => {
             eprintln!("orch: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test_filter(spec: &str, log: &std::path::Path, json: bool) -> ExitCode {
+    use orch::jail::test_filter;
+    let result = test_filter::load_filter(spec).and_then(|filter| {
+        let mut out = std::io::stdout().lock();
+        let summary = test_filter::run(&filter, log, json, &mut out)?;
+        Ok((filter, summary))
+    });
+    match result {
+        Ok((filter, summary)) => {
+            if !json {
+                print!("{}", test_filter::describe(&filter, &summary));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("orch: {err}");
             ExitCode::FAILURE
         }
     }

@@ -83,6 +83,9 @@ fn every_command_has_help() {
         "status",
         "sync",
         "check-config",
+        "test-filter",
+        "install-units",
+        "uninstall-units",
     ] {
         let (code, stdout, _) = orch(&[command, "--help"]);
         assert_eq!(code, 0, "orch {command} --help");

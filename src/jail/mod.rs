@@ -8,3 +8,4 @@
 
 pub mod filter;
 pub mod matcher;
+pub mod test_filter;

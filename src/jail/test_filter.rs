@@ -1,0 +1,140 @@
+//! `orch test-filter FILTER LOG`: runs a filter over a log file and reports
+//! what it finds, as fail2ban-regex does, so an admin can check a filter
+//! before a jail uses it.
+//!
+//! It reads the file and prints; it must not ban or talk to the daemon.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::time::Instant;
+
+use super::filter::{Filter, FilterError, builtin_names};
+
+/// Why a filter test could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TestFilterError {
+    #[error("{0}")]
+    Filter(#[from] FilterError),
+    #[error(
+        "{0}: no such built-in filter and no such file (built-in filters: {names})",
+        names = builtin_names().join(", ")
+    )]
+    UnknownFilter(String),
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{0}: fail2ban filter files (.conf) are not supported yet; use a built-in or a native TOML filter"
+    )]
+    Fail2banFilter(String),
+}
+
+/// Loads FILTER: a built-in name, or the path of a native TOML filter.
+pub fn load_filter(spec: &str) -> Result<Filter, TestFilterError> {
+    if let Some(builtin) = Filter::builtin(spec) {
+        return Ok(builtin?);
+    }
+    let path = Path::new(spec);
+    let base = spec.split('[').next().unwrap_or(spec);
+    if base.ends_with(".conf") {
+        return Err(TestFilterError::Fail2banFilter(spec.to_string()));
+    }
+    if !path.is_file() {
+        return Err(TestFilterError::UnknownFilter(spec.to_string()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| TestFilterError::Read {
+        path: spec.to_string(),
+        source,
+    })?;
+    Ok(Filter::from_toml(&text, spec)?)
+}
+
+/// What a run found.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub lines: u64,
+    pub matched: u64,
+    pub per_regex: Vec<u64>,
+    pub seconds: f64,
+}
+
+/// Runs `filter` over every line of `log`. With `json`, each match is
+/// written to `out` as one JSON object per line as it is found.
+pub fn run(
+    filter: &Filter,
+    log: &Path,
+    json: bool,
+    out: &mut impl std::io::Write,
+) -> Result<Summary, TestFilterError> {
+    let read_error = |source| TestFilterError::Read {
+        path: log.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(log).map_err(read_error)?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut summary = Summary {
+        per_regex: vec![0; filter.regex_count()],
+        ..Summary::default()
+    };
+    let started = Instant::now();
+    let mut buffer = Vec::with_capacity(4096);
+    loop {
+        buffer.clear();
+        let read = reader.read_until(b'\n', &mut buffer).map_err(read_error)?;
+        if read == 0 {
+            break;
+        }
+        summary.lines += 1;
+        let line = String::from_utf8_lossy(&buffer);
+        let Some(found) = filter.match_line(line.trim_end_matches(['\n', '\r'])) else {
+            continue;
+        };
+        summary.matched += 1;
+        if let Some(hits) = summary.per_regex.get_mut(found.regex_index) {
+            *hits += 1;
+        }
+        if json {
+            let object = serde_json::json!({
+                "line": summary.lines,
+                "host": found.host.to_string(),
+                "user": found.user,
+                "time": serde_json::Value::Null,
+            });
+            writeln!(out, "{object}").map_err(read_error)?;
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The human summary: lines, matched, missed, hits per failregex, speed.
+pub fn describe(filter: &Filter, summary: &Summary) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "filter:   {} ({})",
+        filter.origin(),
+        filter.description()
+    );
+    let _ = writeln!(text, "lines:    {}", summary.lines);
+    let _ = writeln!(text, "matched:  {}", summary.matched);
+    let _ = writeln!(text, "missed:   {}", summary.lines - summary.matched);
+    for (index, hits) in summary.per_regex.iter().enumerate() {
+        let _ = writeln!(text, "  failregex[{index}]: {hits}");
+    }
+    let speed = if summary.seconds > 0.0 {
+        summary.lines as f64 / summary.seconds
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        text,
+        "speed:    {speed:.0} lines/s ({:.3} s)",
+        summary.seconds
+    );
+    text
+}
