@@ -2,10 +2,12 @@
 //! failures per address, and ban an address that fails too often.
 //!
 //! A jail is sources (journal units, files) + filters + failure counting.
-//! So far only the filter engine exists: [`filter`] loads native TOML
-//! filters (and the built-in ones) and matches lines; [`matcher`] is the
-//! pattern-engine interface the filters are written against.
+//! So far: [`filter`] loads native TOML filters (and the built-in ones) and
+//! matches lines; [`matcher`] is the pattern-engine interface the filters
+//! are written against; [`counter`] counts failures per address (bounded)
+//! and computes growing ban times; [`test_filter`] is `orch test-filter`.
 
+pub mod counter;
 pub mod filter;
 pub mod matcher;
 pub mod test_filter;
