@@ -447,11 +447,19 @@ fn hooks_rules_are_back_when_reload_and_restart_return() {
     let manual = sandbox.run(ORCH, &["sync", "--hooks"]);
     assert_eq!(manual.status, 1, "a failed hook fails `orch sync --hooks`");
     assert!(manual.stderr.contains("05-hang"), "{}", manual.stderr);
-    let leftover = sandbox.sh("pgrep -f 'sleep [1]000' || true");
-    assert_eq!(
-        leftover.stdout.trim(),
-        "",
-        "the timed-out hook's process group was killed"
+    // Every run kills the hanging hook's process group at its timeout (a
+    // run triggered by the reload above may still be going), so soon no
+    // `sleep 1000` is left; a leak would leave one per run.
+    wait_until(
+        Duration::from_secs(5),
+        "no hanging hook left running",
+        || {
+            sandbox
+                .sh("pgrep -f 'sleep [1]000' || true")
+                .stdout
+                .trim()
+                .is_empty()
+        },
     );
 }
 
@@ -488,11 +496,13 @@ fn a_burst_of_reloads_runs_the_hooks_a_bounded_number_of_times() {
         "10 x systemctl reload --no-block nftables: hooks ran {burst_runs} times: {:?}",
         &hook_runs(&sandbox)[before..]
     );
-    // systemd merges the ten requests into a few reload jobs (three here);
-    // each flushed the ruleset, so each needs a run, plus at most one for a
-    // flush seen between two jobs.
+    // systemd merges the ten requests into a few reload jobs (three here,
+    // giving 3-4 runs); each flushed the ruleset, so each needs a run, plus
+    // at most one for a flush seen between two jobs. The bound leaves room
+    // for systemd splitting the burst into more jobs, and still fails if
+    // every reload or every event ran the hooks (10 or more).
     assert!(
-        (1..=4).contains(&burst_runs),
+        (1..=6).contains(&burst_runs),
         "hooks ran {burst_runs} times"
     );
     assert!(hook_rule_present(&sandbox));
