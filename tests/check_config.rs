@@ -1,17 +1,10 @@
 //! `orch check-config`: what an admin sees for a good and a broken config.
 
-use std::process::Command;
+mod common;
 
 fn orch(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args(args)
-        .output()
-        .expect("run orch");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = common::run_orch(args);
+    (out.status, out.stdout, out.stderr)
 }
 
 #[test]

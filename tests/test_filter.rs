@@ -1,18 +1,11 @@
 //! `orch test-filter`: the counts and JSON an admin sees for a log file,
 //! including a hostile user name that must not name the banned address.
 
-use std::process::Command;
+mod common;
 
 fn orch(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args(args)
-        .output()
-        .expect("run orch");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = common::run_orch(args);
+    (out.status, out.stdout, out.stderr)
 }
 
 const LOG: &str = "\

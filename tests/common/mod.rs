@@ -165,6 +165,12 @@ pub fn run_command(cmd: &mut Command) -> CmdOutput {
     }
 }
 
+/// Runs the `orch` binary with `args` (no daemon or bus involved), e.g.
+/// for `check-config` and `test-filter`.
+pub fn run_orch(args: &[&str]) -> CmdOutput {
+    run_command(Command::new(orch_bin()).args(args))
+}
+
 /// Like [`run_command`], but feeds `input` on stdin.
 #[track_caller]
 pub fn run_command_with_input(cmd: &mut Command, input: &str) -> CmdOutput {
