@@ -103,15 +103,15 @@ fn run_units<E: std::fmt::Display>(
 
 fn test_filter(spec: &str, log: &std::path::Path, json: bool) -> ExitCode {
     use orch::jail::test_filter;
-    let result = test_filter::load_filter(spec).and_then(|filter| {
+    let result = test_filter::load_filter(spec).and_then(|mut filter| {
         let mut out = std::io::stdout().lock();
-        let summary = test_filter::run(&filter, log, json, &mut out)?;
+        let summary = test_filter::run(filter.as_mut(), log, json, &mut out)?;
         Ok((filter, summary))
     });
     match result {
         Ok((filter, summary)) => {
             if !json {
-                print!("{}", test_filter::describe(&filter, &summary));
+                print!("{}", test_filter::describe(filter.as_ref(), &summary));
             }
             ExitCode::SUCCESS
         }

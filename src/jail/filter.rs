@@ -36,6 +36,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
+use super::line_filter::{LineFilter, LineMatch, LineOutcome};
 use super::matcher::{Matcher, RegexMatcher};
 
 /// Names of the built-in filters, for `builtin` and for listings.
@@ -203,45 +204,74 @@ impl Filter {
         };
         Some(Filter::from_toml(text, &format!("builtin:{name}")))
     }
-
-    /// Where the filter came from, as given to [`Filter::from_toml`].
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
-    /// The filter's `description`, possibly empty.
-    pub fn description(&self) -> &str {
-        &self.description
-    }
-
-    /// How many failregexes the filter has.
-    pub fn regex_count(&self) -> usize {
-        self.fail.len()
-    }
-
     /// Tests one log line (with or without a syslog prefix). Returns the
     /// first matching failregex's capture, unless an ignoreregex matches or
     /// the captured text is not a valid IP address.
     pub fn match_line(&self, line: &str) -> Option<FilterMatch> {
+        self.classify(line).1
+    }
+
+    /// Like [`Filter::match_line`], but also says whether a line that gave
+    /// no match was ignored (an ignoreregex matched) or missed.
+    pub fn classify(&self, line: &str) -> (LineOutcome, Option<FilterMatch>) {
         if let Some(prefilter) = &self.prefilter
             && !prefilter.is_match(line)
         {
-            return None;
+            return (LineOutcome::Missed, None);
         }
         let message = strip_syslog_prefix(line);
-        let regex_index = self.fail_set.matches(message).into_iter().next()?;
+        let Some(regex_index) = self.fail_set.matches(message).into_iter().next() else {
+            return (LineOutcome::Missed, None);
+        };
         if let Some(ignore) = &self.ignore_set
             && ignore.is_match(message)
         {
-            return None;
+            return (LineOutcome::Ignored, None);
         }
-        let caps = self.fail[regex_index].find(message)?;
-        let host = parse_host(caps.host?)?;
-        Some(FilterMatch {
-            host,
-            user: caps.user.map(str::to_string),
-            regex_index,
-        })
+        let found = self.fail[regex_index]
+            .find(message)
+            .and_then(|caps| Some((parse_host(caps.host?)?, caps.user)))
+            .map(|(host, user)| FilterMatch {
+                host,
+                user: user.map(str::to_string),
+                regex_index,
+            });
+        match found {
+            Some(found) => (LineOutcome::Matched, Some(found)),
+            // The pattern matched but captured no valid address.
+            None => (LineOutcome::Missed, None),
+        }
+    }
+}
+
+impl LineFilter for Filter {
+    fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn engine(&self) -> String {
+        "regex (linear time)".to_string()
+    }
+
+    fn regex_count(&self) -> usize {
+        self.fail.len()
+    }
+
+    fn feed(&mut self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome {
+        let (outcome, matched) = self.classify(line);
+        if let Some(matched) = matched {
+            found.push(LineMatch {
+                host: matched.host,
+                user: matched.user,
+                time: None,
+                regex_index: matched.regex_index,
+            });
+        }
+        outcome
     }
 }
 

@@ -9,5 +9,6 @@
 
 pub mod counter;
 pub mod filter;
+pub mod line_filter;
 pub mod matcher;
 pub mod test_filter;

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::filter::{Filter, FilterError, builtin_names};
+use super::line_filter::{LineFilter, LineMatch, LineOutcome};
 
 /// Why a filter test could not run.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +35,9 @@ pub enum TestFilterError {
 }
 
 /// Loads FILTER: a built-in name, or the path of a native TOML filter.
-pub fn load_filter(spec: &str) -> Result<Filter, TestFilterError> {
+pub fn load_filter(spec: &str) -> Result<Box<dyn LineFilter>, TestFilterError> {
     if let Some(builtin) = Filter::builtin(spec) {
-        return Ok(builtin?);
+        return Ok(Box::new(builtin?));
     }
     let path = Path::new(spec);
     let base = spec.split('[').next().unwrap_or(spec);
@@ -50,7 +51,7 @@ pub fn load_filter(spec: &str) -> Result<Filter, TestFilterError> {
         path: spec.to_string(),
         source,
     })?;
-    Ok(Filter::from_toml(&text, spec)?)
+    Ok(Box::new(Filter::from_toml(&text, spec)?))
 }
 
 /// What a run found.
@@ -58,6 +59,7 @@ pub fn load_filter(spec: &str) -> Result<Filter, TestFilterError> {
 pub struct Summary {
     pub lines: u64,
     pub matched: u64,
+    pub ignored: u64,
     pub per_regex: Vec<u64>,
     pub seconds: f64,
 }
@@ -65,7 +67,7 @@ pub struct Summary {
 /// Runs `filter` over every line of `log`. With `json`, each match is
 /// written to `out` as one JSON object per line as it is found.
 pub fn run(
-    filter: &Filter,
+    filter: &mut dyn LineFilter,
     log: &Path,
     json: bool,
     out: &mut impl std::io::Write,
@@ -82,6 +84,7 @@ pub fn run(
     };
     let started = Instant::now();
     let mut buffer = Vec::with_capacity(4096);
+    let mut found: Vec<LineMatch> = Vec::new();
     loop {
         buffer.clear();
         let read = reader.read_until(b'\n', &mut buffer).map_err(read_error)?;
@@ -90,29 +93,43 @@ pub fn run(
         }
         summary.lines += 1;
         let line = String::from_utf8_lossy(&buffer);
-        let Some(found) = filter.match_line(line.trim_end_matches(['\n', '\r'])) else {
-            continue;
-        };
-        summary.matched += 1;
-        if let Some(hits) = summary.per_regex.get_mut(found.regex_index) {
-            *hits += 1;
+        found.clear();
+        match filter.feed(line.trim_end_matches(['\n', '\r']), &mut found) {
+            LineOutcome::Matched => summary.matched += 1,
+            LineOutcome::Ignored => summary.ignored += 1,
+            LineOutcome::Missed => {}
         }
-        if json {
-            let object = serde_json::json!({
-                "line": summary.lines,
-                "host": found.host.to_string(),
-                "user": found.user,
-                "time": serde_json::Value::Null,
-            });
-            writeln!(out, "{object}").map_err(read_error)?;
+        for failure in &found {
+            if let Some(hits) = summary.per_regex.get_mut(failure.regex_index) {
+                *hits += 1;
+            }
+            if json {
+                writeln!(out, "{}", failure_json(summary.lines, failure)).map_err(read_error)?;
+            }
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-/// The human summary: lines, matched, missed, hits per failregex, speed.
-pub fn describe(filter: &Filter, summary: &Summary) -> String {
+/// One `--json` line: the failure and the number of the line that
+/// completed it.
+fn failure_json(line_number: u64, failure: &LineMatch) -> serde_json::Value {
+    let time = failure
+        .time
+        .and_then(|secs| u64::try_from(secs).ok())
+        .map(crate::timefmt::rfc3339);
+    serde_json::json!({
+        "line": line_number,
+        "host": failure.host.to_string(),
+        "user": failure.user,
+        "time": time,
+    })
+}
+
+/// The human summary: lines, matched, ignored, missed, hits per failregex,
+/// speed.
+pub fn describe(filter: &dyn LineFilter, summary: &Summary) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -120,9 +137,15 @@ pub fn describe(filter: &Filter, summary: &Summary) -> String {
         filter.origin(),
         filter.description()
     );
+    let _ = writeln!(text, "engine:   {}", filter.engine());
     let _ = writeln!(text, "lines:    {}", summary.lines);
     let _ = writeln!(text, "matched:  {}", summary.matched);
-    let _ = writeln!(text, "missed:   {}", summary.lines - summary.matched);
+    let _ = writeln!(text, "ignored:  {}", summary.ignored);
+    let _ = writeln!(
+        text,
+        "missed:   {}",
+        summary.lines - summary.matched - summary.ignored
+    );
     for (index, hits) in summary.per_regex.iter().enumerate() {
         let _ = writeln!(text, "  failregex[{index}]: {hits}");
     }

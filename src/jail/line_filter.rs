@@ -1,0 +1,63 @@
+//! The interface between log sources and filters: whatever the filter kind
+//! (a native TOML filter, or a fail2ban `.conf` filter run by another
+//! engine), a jail and `orch test-filter` feed it lines one at a time and get
+//! back the failures those lines complete.
+//!
+//! Filters are stateful (`&mut self`) because fail2ban filters may be
+//! multi-line (`maxlines`, `<F-MLFID>`): a line can complete a failure
+//! whose address appeared on an earlier line, or a later line can cancel it
+//! (`<F-NOFAIL>`). Native filters are stateless and just ignore that.
+//!
+//! A filter must not ban, count failures or read files: it only classifies
+//! the lines it is given.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// One failure found by a filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineMatch {
+    /// The offending address, validated and normalised (IPv4-mapped IPv6
+    /// becomes IPv4).
+    pub host: IpAddr,
+    /// The user name the pattern captured, if any.
+    pub user: Option<String>,
+    /// When the failure happened, Unix seconds, if the filter found a date
+    /// in the line. `None`: the caller uses the arrival time.
+    pub time: Option<i64>,
+    /// Which failregex matched (index into the filter's list).
+    pub regex_index: usize,
+}
+
+/// What a filter made of one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineOutcome {
+    /// A failregex matched; the failures it completes were pushed to the
+    /// output (possibly none yet, for a multi-line filter still waiting).
+    Matched,
+    /// A failregex matched but an ignoreregex did too.
+    Ignored,
+    /// No failregex matched.
+    Missed,
+}
+
+/// A filter as a jail and `orch test-filter` use it.
+pub trait LineFilter: fmt::Debug + Send {
+    /// Where the filter came from: `builtin:sshd`, a file path, or a
+    /// fail2ban reference such as `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]`.
+    fn origin(&self) -> &str;
+
+    /// A one-line description, possibly empty.
+    fn description(&self) -> &str;
+
+    /// The engine and its guarantees, for `orch test-filter`: for example
+    /// "regex (linear time)".
+    fn engine(&self) -> String;
+
+    /// How many failregexes the filter has.
+    fn regex_count(&self) -> usize;
+
+    /// Classifies one line (without its trailing newline) and appends the
+    /// failures it completes to `found`.
+    fn feed(&mut self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome;
+}
