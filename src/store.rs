@@ -58,6 +58,7 @@ const KIND_ALLOW: u8 = 3;
 const KIND_DISALLOW: u8 = 4;
 const KIND_HISTORY: u8 = 5;
 const KIND_SNAPSHOT_END: u8 = 6;
+const KIND_CURSOR: u8 = 7;
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
@@ -275,6 +276,43 @@ impl Store {
         Ok(true)
     }
 
+    /// Where the log reader `key` stopped, as saved by [`Store::set_cursors`].
+    pub fn cursor(&self, key: &str) -> Option<&str> {
+        self.state.cursors.get(key).map(String::as_str)
+    }
+
+    /// Saves log readers' positions (key, value), all with one append and one
+    /// fdatasync; unchanged ones cost nothing. An empty value forgets the
+    /// key. Keys and values longer than [`MAX_TEXT_BYTES`] are refused, since
+    /// a cut position would be wrong.
+    pub fn set_cursors(&mut self, cursors: &[(String, String)]) -> Result<(), StoreError> {
+        let mut encoded = Vec::new();
+        let mut changed = Vec::new();
+        for (key, value) in cursors {
+            if key.is_empty() || key.len() > MAX_TEXT_BYTES || value.len() > MAX_TEXT_BYTES {
+                continue;
+            }
+            let current = self.state.cursors.get(key).map(String::as_str);
+            if current == Some(value.as_str()) || (current.is_none() && value.is_empty()) {
+                continue;
+            }
+            encode_record(&mut encoded, &Record::Cursor { key, value });
+            changed.push((key, value));
+        }
+        if encoded.is_empty() {
+            return Ok(());
+        }
+        self.append_durably(&encoded)?;
+        for (key, value) in changed {
+            if value.is_empty() {
+                self.state.cursors.remove(key);
+            } else {
+                self.state.cursors.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// Compacts when the log has outgrown both [`COMPACT_MIN_LOG_BYTES`] and
     /// the snapshot; otherwise a cheap comparison.
     pub fn compact_if_needed(&mut self) -> Result<(), StoreError> {
@@ -445,6 +483,8 @@ struct MemState {
     /// History of nets with no active ban.
     idle_history: HashMap<IpNet, BanHistory>,
     allows: BTreeSet<IpNet>,
+    /// Log readers' positions, by key (see [`Store::set_cursors`]).
+    cursors: std::collections::BTreeMap<String, String>,
     interner: Interner,
     /// Lower bound of every active ban's `expires` (lets purge skip scans).
     earliest_expiry: u64,
@@ -457,6 +497,7 @@ impl Default for MemState {
             repeat_counts: HashMap::new(),
             idle_history: HashMap::new(),
             allows: BTreeSet::new(),
+            cursors: Default::default(),
             interner: Interner::default(),
             earliest_expiry: u64::MAX,
         }
@@ -581,7 +622,8 @@ impl MemState {
     }
 
     /// Applies a record read back from disk that is not about one net's
-    /// bans (allowlist changes); see `net_change` for the others.
+    /// bans (allowlist changes, reader cursors); see `net_change` for the
+    /// others.
     fn apply_allow_record(&mut self, record: &Record<'_>) {
         match *record {
             Record::Allow { net } => {
@@ -589,6 +631,13 @@ impl MemState {
             }
             Record::Disallow { net } => {
                 self.allows.remove(&net);
+            }
+            Record::Cursor { key, value } => {
+                if value.is_empty() {
+                    self.cursors.remove(key);
+                } else {
+                    self.cursors.insert(key.to_string(), value.to_string());
+                }
             }
             _ => {}
         }
@@ -636,7 +685,10 @@ impl MemState {
                 net,
                 history: BanHistory { count, last_banned },
             },
-            Record::Allow { .. } | Record::Disallow { .. } | Record::SnapshotEnd { .. } => {
+            Record::Allow { .. }
+            | Record::Disallow { .. }
+            | Record::Cursor { .. }
+            | Record::SnapshotEnd { .. } => {
                 return None;
             }
         };
@@ -790,6 +842,12 @@ enum Record<'a> {
         count: u32,
         last_banned: u64,
     },
+    /// Where a log reader stopped (a jail's file position or journal
+    /// cursor); an empty `value` forgets the key.
+    Cursor {
+        key: &'a str,
+        value: &'a str,
+    },
     /// Last record of a snapshot: proves the file is complete.
     SnapshotEnd {
         record_count: u64,
@@ -862,6 +920,11 @@ fn encode_payload(out: &mut Vec<u8>, record: &Record<'_>) {
             encode_net(out, net);
             out.extend_from_slice(&count.to_le_bytes());
             out.extend_from_slice(&last_banned.to_le_bytes());
+        }
+        Record::Cursor { key, value } => {
+            out.push(KIND_CURSOR);
+            encode_text(out, key);
+            encode_text(out, value);
         }
         Record::SnapshotEnd { record_count } => {
             out.push(KIND_SNAPSHOT_END);
@@ -1006,6 +1069,10 @@ fn decode_payload(payload: &[u8]) -> Result<Record<'_>, String> {
             net: reader.net()?,
             count: reader.u32()?,
             last_banned: reader.u64()?,
+        },
+        KIND_CURSOR => Record::Cursor {
+            key: reader.text()?,
+            value: reader.text()?,
         },
         KIND_SNAPSHOT_END => Record::SnapshotEnd {
             record_count: reader.u64()?,
@@ -1531,6 +1598,9 @@ fn write_snapshot_records(
     for net in &state.allows {
         emit(out, &Record::Allow { net: *net })?;
     }
+    for (key, value) in &state.cursors {
+        emit(out, &Record::Cursor { key, value })?;
+    }
     let mut end = Vec::with_capacity(32);
     encode_record(&mut end, &Record::SnapshotEnd { record_count });
     out.write_all(&end)
@@ -1791,6 +1861,47 @@ mod tests {
         assert_eq!(v6.expires, NOW + 3 * HOUR);
         assert_eq!(&*v6.reason, "scanner");
         assert_eq!(&*v6.source, "manual");
+    }
+
+    #[test]
+    fn cursors_survive_reopen_and_compaction_and_can_be_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        {
+            let mut store = open(dir.path());
+            assert_eq!(store.cursor("jail/sshd/file:/var/log/auth.log"), None);
+            store
+                .set_cursors(&[
+                    pair("jail/sshd/file:/var/log/auth.log", "2049:77:1234"),
+                    pair("jail/sshd/journal", "s=abc;i=1"),
+                    pair("jail/old/journal", "s=x"),
+                ])
+                .unwrap();
+            let before = file_len(&log_path(dir.path()));
+            // Unchanged values cost no I/O.
+            store
+                .set_cursors(&[pair("jail/sshd/journal", "s=abc;i=1")])
+                .unwrap();
+            assert_eq!(file_len(&log_path(dir.path())), before);
+            store
+                .set_cursors(&[
+                    pair("jail/sshd/journal", "s=abc;i=2"),
+                    pair("jail/old/journal", ""),
+                ])
+                .unwrap();
+        }
+        let mut store = open(dir.path());
+        assert_eq!(store.cursor("jail/sshd/journal"), Some("s=abc;i=2"));
+        assert_eq!(store.cursor("jail/old/journal"), None);
+        store.compact().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(
+            store.cursor("jail/sshd/file:/var/log/auth.log"),
+            Some("2049:77:1234")
+        );
+        assert_eq!(store.cursor("jail/sshd/journal"), Some("s=abc;i=2"));
+        assert_eq!(store.cursor("jail/old/journal"), None);
     }
 
     #[test]
