@@ -21,6 +21,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod jails;
+pub use jails::{IncrementConfig, JailConfig, JailSource, JailsConfig};
+
 /// The main system configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/orch/orch.toml";
 /// Drop-in directory; its `*.toml` files are merged after [`SYSTEM_CONFIG`].
@@ -133,6 +136,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// Dynamic DNS allowlist: names, resolver, staleness.
     pub dns: crate::dns::DnsSettings,
+    /// Log jails.
+    pub jails: JailsConfig,
     /// Files read, in merge order, for messages; empty means the embedded
     /// default alone.
     pub sources: Vec<PathBuf>,
@@ -381,6 +386,7 @@ struct RawLayer {
     systemd: Option<RawSystemd>,
     hooks: Option<RawHooks>,
     dns: Option<RawDns>,
+    jails: Option<jails::RawJails>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -462,6 +468,7 @@ struct Merged {
     dns_stale_max: Located<Duration>,
     dns_grace: Located<Duration>,
     dns_allow: Vec<crate::dns::DnsAllowEntry>,
+    jails: jails::JailsDraft,
 }
 
 /// Validates one scalar and, if valid, lets it override the merged value.
@@ -663,6 +670,9 @@ impl Merged {
         if let Some(dns) = layer.dns {
             self.apply_dns(dns, doc, issues);
         }
+        if let Some(jails) = layer.jails {
+            self.jails.apply(jails, doc, issues);
+        }
 
         let fw = layer.firewall.unwrap_or_default();
         set(
@@ -806,6 +816,7 @@ impl Merged {
                 timeout: self.hooks_timeout?.0,
                 timeouts: self.hook_timeouts,
             },
+            jails: self.jails.finish(issues),
             sources,
         })
     }
@@ -1168,6 +1179,7 @@ mod tests {
                     timeout: Duration::from_secs(10),
                     timeouts: Default::default(),
                 },
+                jails: JailsConfig::default(),
                 sources: Vec::new(),
             }
         );

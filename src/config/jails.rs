@@ -1,0 +1,735 @@
+//! The `[jails]` section of `orch.toml`: log jails, validated with
+//! `file:line:column` like the rest of the configuration.
+//!
+//! ```toml
+//! [jails]
+//! max_tracked = 100000          # addresses each jail remembers at most
+//!
+//! [jails.sshd]
+//! filter = "sshd"               # built-in, native .toml, or fail2ban .conf[opts]
+//! journal = { matches = ["_SYSTEMD_UNIT=ssh.service"] }   # or files = [...]
+//! maxretry = 5
+//! findtime = "10m"
+//! bantime = "1h"
+//! increment = { factor = 1.0, maxtime = "1w", rndtime = "5m", overall = true }
+//! ignore = ["192.0.2.0/24"]
+//! ignore_command = ["/usr/local/bin/is-friend", "<ip>"]
+//! ```
+//!
+//! Merging follows the other sections: a key set for a jail in a later file
+//! overrides the same key of the same jail from an earlier file. This module
+//! only validates; it must not start readers or ban.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use toml::Spanned;
+
+use super::{ConfigIssue, Document, Located, Origin, check_duration, set};
+use crate::jail::counter::Increment;
+
+/// Default of `jails.max_tracked`: failing addresses remembered per jail.
+pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+/// Longest a jail name may be; it becomes part of ban sources and keys.
+const JAIL_NAME_MAX: usize = 32;
+
+/// Where a jail reads its lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JailSource {
+    /// Files, by absolute path or pattern (`*` and `?` in the file name).
+    Files(Vec<String>),
+    /// The systemd journal, with journalctl-style `FIELD=value` matches.
+    Journal { matches: Vec<String> },
+}
+
+impl fmt::Display for JailSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JailSource::Files(files) => write!(f, "files {}", files.join(" ")),
+            JailSource::Journal { matches } if matches.is_empty() => write!(f, "journal"),
+            JailSource::Journal { matches } => write!(f, "journal {}", matches.join(" ")),
+        }
+    }
+}
+
+/// How ban times grow for repeat offenders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncrementConfig {
+    pub rule: Increment,
+    /// Cap on a grown ban (default: `bans.max_time`).
+    pub max_time: Option<Duration>,
+    /// Random extra time up to this much, so bots cannot time their return.
+    pub random_time: Duration,
+    /// Count previous bans from every source (true), or only this jail's.
+    pub overall: bool,
+}
+
+/// One validated jail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JailConfig {
+    pub name: String,
+    pub enabled: bool,
+    /// The filter reference: a built-in name, a native filter path, or a
+    /// fail2ban `.conf` reference with options.
+    pub filter: String,
+    pub source: JailSource,
+    pub max_retry: u32,
+    pub find_time: Duration,
+    /// `None`: `bans.default_time`.
+    pub ban_time: Option<Duration>,
+    pub increment: IncrementConfig,
+    /// Extra networks this jail never bans (on top of the global allowlist).
+    pub ignore: Vec<IpNet>,
+    /// argv run before a ban, `<ip>` replaced by the address; exit status 0
+    /// means "ignore this address".
+    pub ignore_command: Vec<String>,
+}
+
+/// The whole `[jails]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JailsConfig {
+    pub max_tracked: usize,
+    pub jails: Vec<JailConfig>,
+}
+
+impl Default for JailsConfig {
+    fn default() -> Self {
+        JailsConfig {
+            max_tracked: DEFAULT_MAX_TRACKED,
+            jails: Vec::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw form, with spans.
+
+/// `[jails]`: `max_tracked` plus one table per jail. Deserialized by hand,
+/// because serde's `flatten` would lose the spans that locate errors.
+#[derive(Debug, Default)]
+pub(super) struct RawJails {
+    max_tracked: Option<Spanned<i64>>,
+    jails: Vec<(Spanned<String>, RawJail)>,
+}
+
+impl<'de> Deserialize<'de> for RawJails {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct JailsVisitor;
+        impl<'de> Visitor<'de> for JailsVisitor {
+            type Value = RawJails;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of jails")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawJails, A::Error> {
+                let mut raw = RawJails::default();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    if key.get_ref() == "max_tracked" {
+                        raw.max_tracked = Some(map.next_value()?);
+                    } else {
+                        raw.jails.push((key, map.next_value()?));
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        deserializer.deserialize_map(JailsVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJail {
+    enabled: Option<Spanned<bool>>,
+    filter: Option<Spanned<String>>,
+    files: Option<Spanned<Vec<Spanned<String>>>>,
+    journal: Option<Spanned<RawJournal>>,
+    maxretry: Option<Spanned<i64>>,
+    findtime: Option<Spanned<String>>,
+    bantime: Option<Spanned<String>>,
+    increment: Option<RawIncrement>,
+    ignore: Option<Vec<Spanned<String>>>,
+    ignore_command: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    #[serde(default)]
+    matches: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIncrement {
+    factor: Option<Spanned<f64>>,
+    multipliers: Option<Spanned<Vec<i64>>>,
+    maxtime: Option<Spanned<String>>,
+    rndtime: Option<Spanned<String>>,
+    overall: Option<Spanned<bool>>,
+}
+
+// ---------------------------------------------------------------------------
+// Merged drafts: each key remembers where it was set.
+
+#[derive(Debug, Default)]
+struct JailDraft {
+    /// Where the jail's table was first seen, for whole-jail messages.
+    at: Option<Origin>,
+    enabled: Located<bool>,
+    filter: Located<String>,
+    source: Located<JailSource>,
+    max_retry: Located<u32>,
+    find_time: Located<Duration>,
+    ban_time: Located<Duration>,
+    increment_rule: Located<Increment>,
+    increment_max: Located<Duration>,
+    increment_random: Located<Duration>,
+    increment_overall: Located<bool>,
+    ignore: Vec<IpNet>,
+    ignore_command: Located<Vec<String>>,
+}
+
+/// `[jails]` from every file, merged key by key.
+#[derive(Debug, Default)]
+pub(super) struct JailsDraft {
+    max_tracked: Located<usize>,
+    jails: BTreeMap<String, JailDraft>,
+}
+
+impl JailsDraft {
+    /// Validates one file's `[jails]` and merges it over earlier files.
+    pub(super) fn apply(&mut self, raw: RawJails, doc: &Document, issues: &mut Vec<ConfigIssue>) {
+        set(
+            &mut self.max_tracked,
+            raw.max_tracked,
+            doc,
+            issues,
+            "jails.max_tracked",
+            |n| {
+                if (1..=10_000_000).contains(&n) {
+                    usize::try_from(n).map_err(|e| e.to_string())
+                } else {
+                    Err(format!("{n} is out of range; expected 1 to 10000000"))
+                }
+            },
+        );
+        for (name, jail) in raw.jails {
+            let name_at = doc.origin(&name.span());
+            let name = name.into_inner();
+            if let Err(message) = check_jail_name(&name) {
+                issues.push(name_at.issue(format!("jails.{name}: {message}")));
+                continue;
+            }
+            let draft = self.jails.entry(name.clone()).or_default();
+            draft.at.get_or_insert(name_at);
+            draft.apply(&name, jail, doc, issues);
+        }
+    }
+
+    /// The final section; cross-key checks go to `issues`.
+    pub(super) fn finish(self, issues: &mut Vec<ConfigIssue>) -> JailsConfig {
+        let mut jails = Vec::new();
+        for (name, draft) in self.jails {
+            if let Some(jail) = draft.finish(&name, issues) {
+                jails.push(jail);
+            }
+        }
+        JailsConfig {
+            max_tracked: self.max_tracked.map_or(DEFAULT_MAX_TRACKED, |(n, _)| n),
+            jails,
+        }
+    }
+}
+
+impl JailDraft {
+    fn apply(&mut self, name: &str, jail: RawJail, doc: &Document, issues: &mut Vec<ConfigIssue>) {
+        let key = |field: &str| format!("jails.{name}.{field}");
+        set(
+            &mut self.enabled,
+            jail.enabled,
+            doc,
+            issues,
+            &key("enabled"),
+            Ok,
+        );
+        if let Some(filter) = jail.filter {
+            let at = doc.origin(&filter.span());
+            let spec = filter.into_inner();
+            match check_filter(&spec, &doc.file) {
+                Ok(spec) => self.filter = Some((spec, at)),
+                Err(message) => issues.push(at.issue(format!("{}: {message}", key("filter")))),
+            }
+        }
+        match (jail.files, jail.journal) {
+            (Some(files), Some(journal)) => {
+                let at = doc.origin(&journal.span());
+                let _ = files;
+                issues.push(at.issue(format!(
+                    "jails.{name}: set either `files` or `journal`, not both"
+                )));
+            }
+            (Some(files), None) => {
+                let at = doc.origin(&files.span());
+                let mut paths = Vec::new();
+                for (index, file) in files.into_inner().into_iter().enumerate() {
+                    let file_at = doc.origin(&file.span());
+                    match check_log_path(file.get_ref()) {
+                        Ok(()) => paths.push(file.into_inner()),
+                        Err(message) => issues
+                            .push(file_at.issue(format!("{}[{index}]: {message}", key("files")))),
+                    }
+                }
+                if paths.is_empty() {
+                    issues.push(at.issue(format!("{}: list at least one file", key("files"))));
+                } else {
+                    self.source = Some((JailSource::Files(paths), at));
+                }
+            }
+            (None, Some(journal)) => {
+                let at = doc.origin(&journal.span());
+                let journal = journal.into_inner();
+                match check_journal_matches(&journal.matches) {
+                    Ok(()) => {
+                        self.source = Some((
+                            JailSource::Journal {
+                                matches: journal.matches,
+                            },
+                            at,
+                        ))
+                    }
+                    Err(message) => {
+                        issues.push(at.issue(format!("{}.matches: {message}", key("journal"))))
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        set(
+            &mut self.max_retry,
+            jail.maxretry,
+            doc,
+            issues,
+            &key("maxretry"),
+            |n| {
+                if (1..=10_000).contains(&n) {
+                    u32::try_from(n).map_err(|e| e.to_string())
+                } else {
+                    Err(format!("{n} is out of range; expected 1 to 10000"))
+                }
+            },
+        );
+        set(
+            &mut self.find_time,
+            jail.findtime,
+            doc,
+            issues,
+            &key("findtime"),
+            |s| check_duration(&s),
+        );
+        set(
+            &mut self.ban_time,
+            jail.bantime,
+            doc,
+            issues,
+            &key("bantime"),
+            |s| check_duration(&s),
+        );
+        if let Some(increment) = jail.increment {
+            self.apply_increment(name, increment, doc, issues);
+        }
+        for (index, entry) in jail.ignore.unwrap_or_default().into_iter().enumerate() {
+            let at = doc.origin(&entry.span());
+            match crate::addr::parse_net(entry.get_ref()) {
+                Ok(net) => self.ignore.push(net),
+                Err(err) => issues.push(at.issue(format!("{}[{index}]: {err}", key("ignore")))),
+            }
+        }
+        set(
+            &mut self.ignore_command,
+            jail.ignore_command,
+            doc,
+            issues,
+            &key("ignore_command"),
+            |argv: Vec<String>| match argv.first() {
+                Some(program) if program.starts_with('/') => Ok(argv),
+                Some(program) => Err(format!(
+                    "{program:?} must be an absolute path, so the daemon's PATH does not matter"
+                )),
+                None => Err("give the program and its arguments, e.g. \
+                     [\"/usr/local/bin/is-friend\", \"<ip>\"]"
+                    .to_string()),
+            },
+        );
+    }
+
+    fn apply_increment(
+        &mut self,
+        name: &str,
+        increment: RawIncrement,
+        doc: &Document,
+        issues: &mut Vec<ConfigIssue>,
+    ) {
+        let key = |field: &str| format!("jails.{name}.increment.{field}");
+        if let (Some(_), Some(multipliers)) = (&increment.factor, &increment.multipliers) {
+            issues.push(doc.origin(&multipliers.span()).issue(format!(
+                "jails.{name}.increment: set either `factor` or `multipliers`, not both"
+            )));
+        } else {
+            set(
+                &mut self.increment_rule,
+                increment.factor,
+                doc,
+                issues,
+                &key("factor"),
+                |factor| {
+                    if factor.is_finite() && factor > 0.0 && factor <= 1000.0 {
+                        Ok(Increment::Factor(factor))
+                    } else {
+                        Err(format!("{factor} must be above 0 and at most 1000"))
+                    }
+                },
+            );
+            set(
+                &mut self.increment_rule,
+                increment.multipliers,
+                doc,
+                issues,
+                &key("multipliers"),
+                |multipliers| {
+                    if multipliers.is_empty() {
+                        return Err("list at least one multiplier".to_string());
+                    }
+                    multipliers
+                        .iter()
+                        .map(|&m| {
+                            u64::try_from(m)
+                                .ok()
+                                .filter(|m| (1..=1_000_000).contains(m))
+                                .ok_or_else(|| {
+                                    format!("{m} is not a whole number from 1 to 1000000")
+                                })
+                        })
+                        .collect::<Result<Vec<u64>, String>>()
+                        .map(Increment::Multipliers)
+                },
+            );
+        }
+        set(
+            &mut self.increment_max,
+            increment.maxtime,
+            doc,
+            issues,
+            &key("maxtime"),
+            |s| check_duration(&s),
+        );
+        set(
+            &mut self.increment_random,
+            increment.rndtime,
+            doc,
+            issues,
+            &key("rndtime"),
+            |s| check_duration(&s),
+        );
+        set(
+            &mut self.increment_overall,
+            increment.overall,
+            doc,
+            issues,
+            &key("overall"),
+            Ok,
+        );
+    }
+
+    fn finish(self, name: &str, issues: &mut Vec<ConfigIssue>) -> Option<JailConfig> {
+        let at = self.at?;
+        let Some((source, _)) = self.source else {
+            issues.push(at.issue(format!(
+                "jails.{name}: says nothing about where to read; set `files = [\"/var/log/…\"]` \
+                 or `journal = {{ matches = [\"_SYSTEMD_UNIT=….service\"] }}`"
+            )));
+            return None;
+        };
+        let filter = match self.filter {
+            Some((filter, _)) => filter,
+            // fail2ban's habit: a jail without a filter uses the filter of
+            // its own name.
+            None => match check_filter(name, &PathBuf::new()) {
+                Ok(filter) => filter,
+                Err(message) => {
+                    issues.push(at.issue(format!("jails.{name}: no `filter` set, and {message}")));
+                    return None;
+                }
+            },
+        };
+        Some(JailConfig {
+            name: name.to_string(),
+            enabled: self.enabled.is_none_or(|(enabled, _)| enabled),
+            filter,
+            source,
+            max_retry: self.max_retry.map_or(5, |(n, _)| n),
+            find_time: self.find_time.map_or(Duration::from_secs(600), |(d, _)| d),
+            ban_time: self.ban_time.map(|(d, _)| d),
+            increment: IncrementConfig {
+                rule: self.increment_rule.map_or(Increment::Off, |(rule, _)| rule),
+                max_time: self.increment_max.map(|(d, _)| d),
+                random_time: self.increment_random.map_or(Duration::ZERO, |(d, _)| d),
+                overall: self.increment_overall.is_none_or(|(overall, _)| overall),
+            },
+            ignore: self.ignore,
+            ignore_command: self
+                .ignore_command
+                .map(|(argv, _)| argv)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Jail names become part of ban sources and store keys: keep them plain.
+fn check_jail_name(name: &str) -> Result<(), String> {
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain && !name.is_empty() && name.len() <= JAIL_NAME_MAX && name != "max_tracked" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid jail name: use 1-{JAIL_NAME_MAX} letters, digits, '-' or '_'"
+        ))
+    }
+}
+
+/// Loads the filter now, so a broken one is a configuration error rather
+/// than a jail that silently never bans. A relative filter path is taken
+/// relative to the configuration file's directory.
+fn check_filter(spec: &str, config_file: &std::path::Path) -> Result<String, String> {
+    let resolved = if spec.contains('/') && !spec.starts_with('/') {
+        let dir = config_file.parent().unwrap_or(std::path::Path::new("/"));
+        dir.join(spec).display().to_string()
+    } else {
+        spec.to_string()
+    };
+    crate::jail::test_filter::load_filter(&resolved)
+        .map(|_| resolved)
+        .map_err(|err| err.to_string())
+}
+
+/// An absolute path whose directory has no wildcards; the file name may
+/// have `*` and `?`.
+fn check_log_path(path: &str) -> Result<(), String> {
+    let path_buf = std::path::Path::new(path);
+    if !path_buf.is_absolute() {
+        return Err(format!("{path:?} must be an absolute path"));
+    }
+    let dir = path_buf
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    if dir.contains(['*', '?', '[']) {
+        return Err(format!(
+            "{path:?}: wildcards are allowed in the file name only, not in directories"
+        ));
+    }
+    if path_buf.file_name().is_none() {
+        return Err(format!("{path:?} names a directory, not a file"));
+    }
+    Ok(())
+}
+
+/// journalctl matches: `FIELD=value`, FIELD in upper case, or `+` (OR).
+fn check_journal_matches(matches: &[String]) -> Result<(), String> {
+    for entry in matches {
+        if entry == "+" {
+            continue;
+        }
+        let Some((field, _)) = entry.split_once('=') else {
+            return Err(format!("{entry:?} is not FIELD=value"));
+        };
+        let field_ok = !field.is_empty()
+            && field
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if !field_ok {
+            return Err(format!(
+                "{entry:?}: journal field names are upper case, like _SYSTEMD_UNIT"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ConfigError, parse_str};
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_str(text, Path::new("orch.toml"))
+    }
+
+    fn messages(text: &str) -> Vec<String> {
+        parse(text)
+            .expect_err("invalid")
+            .issues
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn no_jails_by_default() {
+        assert_eq!(Config::default().jails, JailsConfig::default());
+    }
+
+    #[test]
+    fn a_full_jail_parses() {
+        let config = parse(
+            r#"
+[jails]
+max_tracked = 5000
+
+[jails.sshd]
+journal = { matches = ["_SYSTEMD_UNIT=ssh.service"] }
+maxretry = 3
+findtime = "5m"
+bantime = "2h"
+increment = { multipliers = [1, 2, 4], maxtime = "1d", rndtime = "1m", overall = false }
+ignore = ["192.0.2.0/24"]
+ignore_command = ["/usr/local/bin/is-friend", "<ip>"]
+
+[jails.web]
+enabled = false
+filter = "sshd"
+files = ["/var/log/nginx/*.log"]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.jails.max_tracked, 5000);
+        let sshd = &config.jails.jails[0];
+        assert_eq!(sshd.name, "sshd");
+        assert_eq!(sshd.filter, "sshd", "a jail's own name is its filter");
+        assert_eq!(
+            sshd.source,
+            JailSource::Journal {
+                matches: vec!["_SYSTEMD_UNIT=ssh.service".into()]
+            }
+        );
+        assert_eq!(sshd.max_retry, 3);
+        assert_eq!(sshd.find_time, Duration::from_secs(300));
+        assert_eq!(sshd.ban_time, Some(Duration::from_secs(7200)));
+        assert_eq!(
+            sshd.increment,
+            IncrementConfig {
+                rule: Increment::Multipliers(vec![1, 2, 4]),
+                max_time: Some(Duration::from_secs(86_400)),
+                random_time: Duration::from_secs(60),
+                overall: false,
+            }
+        );
+        assert_eq!(sshd.ignore, vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(sshd.ignore_command[1], "<ip>");
+        let web = &config.jails.jails[1];
+        assert!(!web.enabled);
+        assert_eq!(
+            web.source,
+            JailSource::Files(vec!["/var/log/nginx/*.log".into()])
+        );
+        assert_eq!(web.max_retry, 5);
+        assert_eq!(web.ban_time, None);
+        assert_eq!(web.increment.rule, Increment::Off);
+    }
+
+    #[test]
+    fn later_files_override_single_keys_of_a_jail() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("orch.toml");
+        std::fs::write(
+            &main,
+            "[jails.sshd]\nfiles = [\"/var/log/auth.log\"]\nmaxretry = 3\n",
+        )
+        .unwrap();
+        let conf_d = dir.path().join("conf.d");
+        std::fs::create_dir(&conf_d).unwrap();
+        std::fs::write(conf_d.join("10.toml"), "[jails.sshd]\nmaxretry = 8\n").unwrap();
+        let config = crate::config::load(crate::config::ConfigSource::System {
+            main: &main,
+            conf_d: &conf_d,
+        })
+        .expect("valid");
+        let sshd = &config.jails.jails[0];
+        assert_eq!(sshd.max_retry, 8);
+        assert_eq!(
+            sshd.source,
+            JailSource::Files(vec!["/var/log/auth.log".into()])
+        );
+    }
+
+    #[test]
+    fn every_bad_jail_key_is_located() {
+        let found = messages(
+            r#"[jails.sshd]
+files = ["auth.log"]
+maxretry = 0
+findtime = "soon"
+filter = "no-such-filter"
+ignore = ["10.0.0.300"]
+ignore_command = ["is-friend"]
+increment = { factor = 2.0, multipliers = [1] }
+
+[jails."bad name"]
+files = ["/x"]
+
+[jails.quiet]
+filter = "sshd"
+
+[jails.both]
+filter = "sshd"
+files = ["/var/log/a"]
+journal = {}
+"#,
+        );
+        let expect = [
+            "orch.toml:2:10: jails.sshd.files[0]: \"auth.log\" must be an absolute path",
+            "orch.toml:3:12: jails.sshd.maxretry: 0 is out of range",
+            "orch.toml:4:12: jails.sshd.findtime: invalid duration",
+            "orch.toml:5:10: jails.sshd.filter: no-such-filter: no such built-in filter",
+            "orch.toml:6:11: jails.sshd.ignore[0]:",
+            "orch.toml:7:18: jails.sshd.ignore_command: \"is-friend\" must be an absolute path",
+            "jails.sshd.increment: set either `factor` or `multipliers`",
+            "orch.toml:10:8: jails.bad name: \"bad name\" is not a valid jail name",
+            "orch.toml:13:8: jails.quiet: says nothing about where to read",
+            "jails.both: set either `files` or `journal`, not both",
+        ];
+        for expected in expect {
+            assert!(
+                found.iter().any(|m| m.contains(expected)),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_jail_key_is_located() {
+        let found = messages("[jails.typo]\nfiltr = \"sshd\"\n");
+        assert!(
+            found[0].starts_with("orch.toml:2:1: unknown field `filtr`, expected one of"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn journal_matches_are_checked() {
+        let found = messages("[jails.sshd]\njournal = { matches = [\"unit=ssh\"] }\n");
+        assert!(
+            found[0].contains("journal field names are upper case"),
+            "{found:?}"
+        );
+        let found = messages("[jails.sshd]\njournal = { matches = [\"nothing\"] }\n");
+        assert!(found[0].contains("is not FIELD=value"), "{found:?}");
+    }
+}
