@@ -8,6 +8,7 @@
 //! and computes growing ban times; [`test_filter`] is `orch test-filter`.
 
 pub mod counter;
+pub mod file_source;
 pub mod filter;
 pub mod line_filter;
 pub mod matcher;
