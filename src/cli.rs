@@ -403,5 +403,15 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
     for (unit, state) in units {
         println!("watching:   {unit}: {state}");
     }
+    let jails = proxy.jails().await?;
+    if jails.is_empty() {
+        println!("jails:      none configured");
+    }
+    for (name, filter, source, state, lines, failures, tracked, bans) in jails {
+        println!(
+            "jail {name}: {bans} active bans, {tracked} addresses tracked, {failures} failures in {lines} lines"
+        );
+        println!("  filter {filter}; {source}; {state}");
+    }
     Ok(())
 }

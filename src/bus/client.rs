@@ -32,6 +32,8 @@ pub trait Orch1 {
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn firewall(&self) -> zbus::Result<HashMap<String, String>>;
+    #[zbus(property)]
+    fn jails(&self) -> zbus::Result<Vec<crate::bus::service::JailRow>>;
 }
 
 /// Why a client command could not be carried out.

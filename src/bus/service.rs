@@ -12,6 +12,7 @@ use super::errors::OrchError;
 use crate::daemon::core::{Core, CoreError, CoreHandle};
 use crate::daemon::dns_refresh::DnsReports;
 use crate::daemon::hook_runs::HookRuns;
+use crate::daemon::jails::JailView;
 use crate::store::BanRecord;
 use crate::timefmt::rfc3339;
 
@@ -26,7 +27,12 @@ pub struct OrchService {
     core: CoreHandle,
     hooks: HookRuns,
     dns: DnsReports,
+    jails: Vec<JailView>,
 }
+
+/// One row of the `Jails` property: name, filter, source, state, lines
+/// read, failures found, addresses tracked now, active bans.
+pub type JailRow = (String, String, String, String, u64, u64, u64, u64);
 
 /// One row of `ListAllows`: entry (address or prefix), kind ("static",
 /// "runtime" or "dns"), DNS name (dns rows only), expires_at (0 = never).
@@ -43,8 +49,13 @@ fn hook_rows(results: &[crate::hooks::HookResult]) -> Vec<HookRow> {
 }
 
 impl OrchService {
-    pub fn new(core: CoreHandle, hooks: HookRuns, dns: DnsReports) -> Self {
-        OrchService { core, hooks, dns }
+    pub fn new(core: CoreHandle, hooks: HookRuns, dns: DnsReports, jails: Vec<JailView>) -> Self {
+        OrchService {
+            core,
+            hooks,
+            dns,
+            jails,
+        }
     }
 
     /// Runs a changing request on the core, once the caller is known to be
@@ -359,6 +370,39 @@ impl OrchService {
             );
         }
         Ok(facts)
+    }
+
+    /// The running log jails and what they have found.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn jails(&self) -> Result<Vec<JailRow>, zbus::fdo::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let by_source = self
+            .core
+            .call(|core| core.bans_by_source())
+            .await
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        Ok(self
+            .jails
+            .iter()
+            .map(|jail| {
+                let state = jail
+                    .stats
+                    .state
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
+                (
+                    jail.name.clone(),
+                    jail.filter.clone(),
+                    jail.source.clone(),
+                    state,
+                    jail.stats.lines.load(Relaxed),
+                    jail.stats.failures.load(Relaxed),
+                    jail.stats.tracked.load(Relaxed),
+                    by_source.get(&jail.name).copied().unwrap_or(0) as u64,
+                )
+            })
+            .collect())
     }
 
     #[zbus(signal)]

@@ -441,7 +441,17 @@ impl JailDraft {
             doc,
             issues,
             &key("overall"),
-            Ok,
+            |overall| {
+                if overall {
+                    Ok(true)
+                } else {
+                    Err(
+                        "counting only this jail's earlier bans is not supported yet; \
+                         leave `overall` out (earlier bans from every source count)"
+                            .to_string(),
+                    )
+                }
+            },
         );
     }
 
@@ -598,7 +608,7 @@ journal = { matches = ["_SYSTEMD_UNIT=ssh.service"] }
 maxretry = 3
 findtime = "5m"
 bantime = "2h"
-increment = { multipliers = [1, 2, 4], maxtime = "1d", rndtime = "1m", overall = false }
+increment = { multipliers = [1, 2, 4], maxtime = "1d", rndtime = "1m", overall = true }
 ignore = ["192.0.2.0/24"]
 ignore_command = ["/usr/local/bin/is-friend", "<ip>"]
 
@@ -628,7 +638,7 @@ files = ["/var/log/nginx/*.log"]
                 rule: Increment::Multipliers(vec![1, 2, 4]),
                 max_time: Some(Duration::from_secs(86_400)),
                 random_time: Duration::from_secs(60),
-                overall: false,
+                overall: true,
             }
         );
         assert_eq!(sshd.ignore, vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]);
@@ -679,7 +689,7 @@ findtime = "soon"
 filter = "no-such-filter"
 ignore = ["10.0.0.300"]
 ignore_command = ["is-friend"]
-increment = { factor = 2.0, multipliers = [1] }
+increment = { factor = 2.0, multipliers = [1], overall = false }
 
 [jails."bad name"]
 files = ["/x"]
@@ -701,6 +711,7 @@ journal = {}
             "orch.toml:6:11: jails.sshd.ignore[0]:",
             "orch.toml:7:18: jails.sshd.ignore_command: \"is-friend\" must be an absolute path",
             "jails.sshd.increment: set either `factor` or `multipliers`",
+            "jails.sshd.increment.overall: counting only this jail's earlier bans is not supported yet",
             "orch.toml:10:8: jails.bad name: \"bad name\" is not a valid jail name",
             "orch.toml:13:8: jails.quiet: says nothing about where to read",
             "jails.both: set either `files` or `journal`, not both",

@@ -17,12 +17,14 @@ use tokio::sync::oneshot;
 
 use crate::addr::{self, AddrError, BanPolicy};
 use crate::config::Config;
+use crate::config::JailConfig;
 use crate::daemon::events::{EventKind, FirewallEvent};
 use crate::daemon::reconciler::{
     DnsAllows, Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS, release_freed_memory,
 };
 use crate::firewall::Firewall;
 use crate::firewall::{FirewallError, FirewallStatus};
+use crate::jail::counter::ban_seconds;
 use crate::store::{BanRecord, Store, StoreError};
 use crate::timefmt::now_unix;
 
@@ -231,6 +233,73 @@ impl Core {
             self.sync("recovery after a failed ban")?;
         }
         Ok(records)
+    }
+
+    /// A jail's ban of `addr` after `failures` failures: the length comes
+    /// from the jail's bantime, grown for repeat offenders (the store's
+    /// history), capped, plus random extra time. A ban already running
+    /// longer is left alone. Every safety rule of [`Core::ban`] applies.
+    /// Returns a line for the log.
+    pub fn jail_ban(
+        &mut self,
+        jail: &JailConfig,
+        addr: std::net::IpAddr,
+        failures: u32,
+    ) -> Result<String, CoreError> {
+        let net = IpNet::from(addr);
+        let max_time = self.config.bans.max_time.as_secs();
+        let base = jail
+            .ban_time
+            .unwrap_or(self.config.bans.default_time)
+            .as_secs();
+        let cap = jail
+            .increment
+            .max_time
+            .map_or(max_time, |d| d.as_secs().min(max_time));
+        let previous = self.store.history(&net).count;
+        let grown = ban_seconds(base, previous, &jail.increment.rule, cap);
+        let seconds = grown
+            .saturating_add(random_below(jail.increment.random_time.as_secs()))
+            .min(max_time);
+        let now = now_unix();
+        if let Some(running) = self.store.get_ban(&net)
+            && running.expires >= now.saturating_add(seconds)
+        {
+            return Ok(format!(
+                "already banned until {} ({})",
+                crate::timefmt::rfc3339(running.expires),
+                running.source
+            ));
+        }
+        let reason = format!(
+            "{failures} failures within {}",
+            humantime::format_duration(jail.find_time)
+        );
+        self.ban(&[addr.to_string()], seconds, &reason, &jail.name)?;
+        Ok(format!(
+            "banned for {} ({reason}; banned {previous} time(s) before)",
+            humantime::format_duration(Duration::from_secs(seconds))
+        ))
+    }
+
+    /// Where a log reader stopped, from the store.
+    pub fn cursor(&self, key: &str) -> Option<String> {
+        self.store.cursor(key).map(str::to_string)
+    }
+
+    /// Persists log readers' positions (one fsync).
+    pub fn save_cursors(&mut self, cursors: &[(String, String)]) -> Result<(), CoreError> {
+        Ok(self.store.set_cursors(cursors)?)
+    }
+
+    /// Active bans per source (jail name, "manual", ...), for status.
+    pub fn bans_by_source(&self) -> std::collections::BTreeMap<String, usize> {
+        let now = now_unix();
+        let mut counts = std::collections::BTreeMap::new();
+        for record in self.store.bans().filter(|r| r.expires > now) {
+            *counts.entry(record.source.to_string()).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Refuses a prefix that overlaps a different banned prefix, already
@@ -504,6 +573,22 @@ impl Core {
 
 type Job = Box<dyn FnOnce(&mut Core) + Send>;
 
+/// A number in `0..=limit`, for randomised ban times. Not cryptographic:
+/// it only has to keep bots from predicting the exact end of a ban.
+fn random_below(limit: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    if limit == 0 {
+        return 0;
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() % (limit + 1)
+}
+
 /// A cheap, cloneable way to run a job on the core and await its result.
 #[derive(Clone)]
 pub struct CoreHandle {
@@ -522,12 +607,31 @@ impl CoreHandle {
         &self,
         job: impl FnOnce(&mut Core) -> R + Send + 'static,
     ) -> Result<R, CoreError> {
+        self.send(job)?.await.map_err(|_| CoreError::Stopped)
+    }
+
+    /// [`CoreHandle::call`] for plain threads (jails): blocks until the
+    /// job has run. Must not be called from an async task.
+    pub fn call_blocking<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Core) -> R + Send + 'static,
+    ) -> Result<R, CoreError> {
+        self.send(job)?
+            .blocking_recv()
+            .map_err(|_| CoreError::Stopped)
+    }
+
+    /// Queues `job`; its result arrives on the returned channel.
+    fn send<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Core) -> R + Send + 'static,
+    ) -> Result<oneshot::Receiver<R>, CoreError> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Box::new(move |core: &mut Core| {
                 let _ = reply.send(job(core));
             }))
             .map_err(|_| CoreError::Stopped)?;
-        answer.await.map_err(|_| CoreError::Stopped)
+        Ok(answer)
     }
 }

@@ -10,6 +10,7 @@ pub mod core;
 pub mod dns_refresh;
 pub mod events;
 pub mod hook_runs;
+pub mod jails;
 pub mod reconciler;
 
 use std::path::PathBuf;
@@ -72,7 +73,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let hook_runs = start_hook_runs(&config, &connection);
     let dns_settings = config.dns.clone();
     let running_dns = config.dns.clone();
+    let running_jails = config.jails.clone();
     let dns_reports = dns_refresh::DnsReports::default();
+    let jail_config = config.clone();
 
     let core = tokio::task::spawn_blocking(move || -> Result<Core, DaemonError> {
         let store = Store::open(&config.state_dir, now_unix())?;
@@ -108,11 +111,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         dns_reports.clone(),
     ));
 
+    let jail_core = handle.clone();
+    let jails = tokio::task::spawn_blocking(move || jails::Jails::start(&jail_config, &jail_core))
+        .await
+        .map_err(|e| DaemonError::Io(std::io::Error::other(e)))?;
+
     connection
         .object_server()
         .at(
             OBJECT_PATH,
-            OrchService::new(handle.clone(), hook_runs.clone(), dns_reports.clone()),
+            OrchService::new(
+                handle.clone(),
+                hook_runs.clone(),
+                dns_reports.clone(),
+                jails.views(),
+            ),
         )
         .await?;
     connection.request_name(BUS_NAME).await?;
@@ -129,10 +142,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = hangup.recv() => reload(&handle, &hook_runs, &running_dns, config_path.as_deref()).await,
+            _ = hangup.recv() => reload(&handle, &hook_runs, (&running_dns, &running_jails), config_path.as_deref()).await,
         }
     }
     notify::stopping();
+    // Jails save their read positions through the core, so they stop first.
+    let _ = tokio::task::spawn_blocking(move || jails.stop()).await;
     handle.stop().await;
     drop(connection);
     drop(event_sender);
@@ -184,7 +199,7 @@ fn start_hook_runs(config: &Config, connection: &zbus::Connection) -> HookRuns {
 async fn reload(
     core: &CoreHandle,
     hooks: &HookRuns,
-    running_dns: &crate::dns::DnsSettings,
+    (running_dns, running_jails): (&crate::dns::DnsSettings, &config::JailsConfig),
     config_path: Option<&std::path::Path>,
 ) {
     notify::reloading();
@@ -201,6 +216,9 @@ async fn reload(
                 hooks.set_setup(hook_setup(&applied));
                 if applied.dns != *running_dns {
                     tracing::warn!("[dns] changes take effect when the daemon restarts");
+                }
+                if applied.jails != *running_jails {
+                    tracing::warn!("[jails] changes take effect when the daemon restarts");
                 }
                 tracing::info!("configuration reloaded");
             }

@@ -10,6 +10,8 @@
 pub mod counter;
 pub mod file_source;
 pub mod filter;
+pub mod journal_source;
 pub mod line_filter;
 pub mod matcher;
+pub mod runner;
 pub mod test_filter;

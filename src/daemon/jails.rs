@@ -1,0 +1,106 @@
+//! Starts the configured log jails and connects them to the core: a jail's
+//! ban request and its read positions become core jobs, so jails ban
+//! through the same serialised path (and safety rules) as D-Bus callers.
+//!
+//! This module only wires; counting is in `jail::runner`, ban policy in the
+//! core.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::{Config, JailConfig};
+use crate::daemon::core::CoreHandle;
+use crate::jail::runner::{JailActions, JailStats, RunningJail};
+
+/// What `orch status` shows of one jail.
+#[derive(Debug, Clone)]
+pub struct JailView {
+    pub name: String,
+    pub filter: String,
+    pub source: String,
+    pub stats: Arc<JailStats>,
+}
+
+/// The running jails.
+pub struct Jails {
+    running: Vec<RunningJail>,
+}
+
+impl Jails {
+    /// Starts every enabled jail. Runs blocking work (loading filters,
+    /// reading saved positions from the core), so call it off the async
+    /// runtime. A jail whose filter fails to load is logged and skipped;
+    /// `orch check-config` reports the same problem beforehand.
+    pub fn start(config: &Config, core: &CoreHandle) -> Jails {
+        let actions: Arc<dyn JailActions> = Arc::new(CoreActions { core: core.clone() });
+        let mut running = Vec::new();
+        for jail in config.jails.jails.iter().filter(|jail| jail.enabled) {
+            let filter = match crate::jail::test_filter::load_filter(&jail.filter) {
+                Ok(filter) => filter,
+                Err(err) => {
+                    tracing::error!(jail = %jail.name, "jail not started: {err}");
+                    continue;
+                }
+            };
+            let saved = |key: &str| {
+                let key = key.to_string();
+                core.call_blocking(move |core| core.cursor(&key))
+                    .ok()
+                    .flatten()
+            };
+            match RunningJail::start(
+                jail.clone(),
+                filter,
+                config.jails.max_tracked,
+                &saved,
+                actions.clone(),
+            ) {
+                Ok(started) => running.push(started),
+                Err(err) => tracing::error!(jail = %jail.name, "cannot start the jail: {err}"),
+            }
+        }
+        Jails { running }
+    }
+
+    /// Views for status.
+    pub fn views(&self) -> Vec<JailView> {
+        self.running
+            .iter()
+            .map(|jail| JailView {
+                name: jail.config.name.clone(),
+                filter: jail.config.filter.clone(),
+                source: jail.config.source.to_string(),
+                stats: jail.stats.clone(),
+            })
+            .collect()
+    }
+
+    /// Stops every jail, saving its positions. Blocking.
+    pub fn stop(self) {
+        for jail in self.running {
+            jail.stop();
+        }
+    }
+}
+
+/// Jail requests as core jobs.
+struct CoreActions {
+    core: CoreHandle,
+}
+
+impl JailActions for CoreActions {
+    fn ban(&self, jail: &JailConfig, addr: IpAddr, failures: u32) -> Result<String, String> {
+        let jail = jail.clone();
+        self.core
+            .call_blocking(move |core| core.jail_ban(&jail, addr, failures))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    fn save_positions(&self, positions: Vec<(String, String)>) -> Result<(), String> {
+        self.core
+            .call_blocking(move |core| core.save_cursors(&positions))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,222 @@
+//! Following the systemd journal for a jail, through
+//! `journalctl --follow --output=json`, resuming after a saved cursor.
+//!
+//! Each entry becomes a syslog-style line, `Mmm dd hh:mm:ss HOST IDENT[PID]:
+//! MESSAGE` (UTC), so native filters and fail2ban filters read journal
+//! entries exactly as they read syslog files; the entry's own timestamp
+//! (`__REALTIME_TIMESTAMP`) travels alongside and is what failures are
+//! counted by. Line breaks inside a message become spaces, so one entry is
+//! always one line.
+//!
+//! A new jail (no saved cursor) starts at the end of the journal; one with
+//! a cursor gets every entry after it, so a restart loses nothing. This
+//! module reads; it must not interpret messages.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// The program that reads the journal; tests may point it elsewhere.
+const JOURNALCTL: &str = "journalctl";
+
+/// One journal entry, ready for a filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// `Mmm dd hh:mm:ss HOST IDENT[PID]: MESSAGE`.
+    pub line: String,
+    /// Unix seconds, from `__REALTIME_TIMESTAMP`.
+    pub time: i64,
+    /// `__CURSOR`: where to resume after this entry.
+    pub cursor: String,
+}
+
+/// Why journalctl could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run {JOURNALCTL}: {0}")]
+pub struct JournalError(#[from] std::io::Error);
+
+/// A running journalctl; killed when dropped.
+#[derive(Debug)]
+pub struct JournalFollower {
+    child: Child,
+}
+
+impl JournalFollower {
+    /// Starts `journalctl` with `matches` (journalctl syntax: `FIELD=value`,
+    /// `+` for OR) after `cursor`, or at the end of the journal without
+    /// one. `on_entry` runs on a reader thread for every entry, in order;
+    /// `on_exit` runs once when journalctl's output ends.
+    pub fn start(
+        matches: &[String],
+        cursor: Option<&str>,
+        mut on_entry: impl FnMut(JournalEntry) + Send + 'static,
+        on_exit: impl FnOnce() + Send + 'static,
+    ) -> Result<JournalFollower, JournalError> {
+        let mut command = Command::new(JOURNALCTL);
+        command.args(["--follow", "--output=json", "--no-pager", "--quiet"]);
+        match cursor {
+            Some(cursor) => command.arg(format!("--after-cursor={cursor}")),
+            None => command.arg("--lines=0"),
+        };
+        command
+            .args(matches)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("journalctl has no stdout"))?;
+        std::thread::Builder::new()
+            .name("orch-journal".into())
+            .spawn(move || {
+                let mut reader = BufReader::with_capacity(1 << 16, stdout);
+                let mut buffer = Vec::with_capacity(4096);
+                loop {
+                    buffer.clear();
+                    match reader.read_until(b'\n', &mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            if let Some(entry) = parse_entry(&buffer) {
+                                on_entry(entry);
+                            }
+                        }
+                    }
+                }
+                on_exit();
+            })?;
+        Ok(JournalFollower { child })
+    }
+}
+
+impl Drop for JournalFollower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Turns one line of `journalctl --output=json` into an entry; `None` for
+/// anything that is not an entry with a message, time and cursor.
+pub fn parse_entry(json: &[u8]) -> Option<JournalEntry> {
+    let fields: serde_json::Map<String, Value> = serde_json::from_slice(json).ok()?;
+    let text = |name: &str| field_text(fields.get(name)?);
+    let message = text("MESSAGE")?;
+    let micros: i64 = text("__REALTIME_TIMESTAMP")?.parse().ok()?;
+    let cursor = text("__CURSOR")?;
+    let time = micros.div_euclid(1_000_000);
+    let host = text("_HOSTNAME").unwrap_or_else(|| "localhost".to_string());
+    let ident = text("SYSLOG_IDENTIFIER")
+        .or_else(|| text("_COMM"))
+        .unwrap_or_else(|| "unknown".to_string());
+    let tag = match text("_PID").or_else(|| text("SYSLOG_PID")) {
+        Some(pid) => format!("{ident}[{pid}]"),
+        None => ident,
+    };
+    let message: String = message
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
+        .collect();
+    let line = format!(
+        "{} {} {}: {}",
+        bsd_timestamp(time),
+        one_word(&host),
+        one_word(&tag),
+        message.trim_end()
+    );
+    Some(JournalEntry { line, time, cursor })
+}
+
+/// A field's text: journalctl writes non-UTF-8 values as byte arrays.
+fn field_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Array(items) => {
+            let bytes: Option<Vec<u8>> = items
+                .iter()
+                .map(|item| item.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect();
+            Some(String::from_utf8_lossy(&bytes?).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Host names and tags must not carry spaces into the syslog prefix.
+fn one_word(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect()
+}
+
+/// `Mmm dd hh:mm:ss` in UTC.
+fn bsd_timestamp(unix: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix.div_euclid(86_400);
+    let seconds = unix.rem_euclid(86_400);
+    let (_, month, day) = civil_from_days(days);
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}",
+        MONTHS[(month - 1) as usize],
+        day,
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+/// Gregorian (year, month 1-12, day 1-31) of a day count since 1970-01-01
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_become_syslog_lines_with_the_journal_time() {
+        let json = br#"{"__CURSOR":"s=1;i=2","__REALTIME_TIMESTAMP":"1764064800123456","_HOSTNAME":"web1","SYSLOG_IDENTIFIER":"sshd-session","_PID":"4242","MESSAGE":"Invalid user x from 192.0.2.7 port 22"}"#;
+        let entry = parse_entry(json).unwrap();
+        assert_eq!(entry.time, 1_764_064_800);
+        assert_eq!(entry.cursor, "s=1;i=2");
+        assert_eq!(
+            entry.line,
+            "Nov 25 10:00:00 web1 sshd-session[4242]: Invalid user x from 192.0.2.7 port 22"
+        );
+    }
+
+    #[test]
+    fn byte_array_messages_and_line_breaks_are_handled() {
+        let json = br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"0","MESSAGE":[104,105,10,255]}"#;
+        let entry = parse_entry(json).unwrap();
+        assert_eq!(entry.line, "Jan  1 00:00:00 localhost unknown: hi \u{fffd}");
+    }
+
+    #[test]
+    fn non_entries_are_skipped() {
+        assert!(parse_entry(b"not json").is_none());
+        assert!(parse_entry(br#"{"MESSAGE":"no cursor"}"#).is_none());
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

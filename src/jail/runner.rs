@@ -1,0 +1,412 @@
+//! One running jail: a thread that takes lines from its source (files or
+//! the journal), runs them through its filter, counts failures and asks for
+//! a ban when an address reaches `maxretry` within `findtime`.
+//!
+//! The jail decides *that* an address should be banned; the daemon's core
+//! decides *whether* and *for how long* (allowlists, own addresses, repeat
+//! offenders) and is the only one that bans, through [`JailActions`]. The
+//! jail also hands its read positions to the core, which persists them, so
+//! a restart resumes where reading stopped.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::counter::FailureCounter;
+use super::file_source::{FileFollower, FilePosition, FileWatch};
+use super::journal_source::{JournalEntry, JournalFollower};
+use super::line_filter::{LineFilter, LineMatch};
+use crate::config::{JailConfig, JailSource};
+
+/// How often files are checked even without an inotify event.
+const FILE_POLL: Duration = Duration::from_secs(2);
+/// Positions are saved at most this often (each save is an fsync).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How long an `ignore_command` may run before it is killed.
+const IGNORE_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Wait before restarting a journalctl that exited.
+const JOURNAL_RESTART: Duration = Duration::from_secs(5);
+
+/// What a jail asks of the daemon.
+pub trait JailActions: Send + Sync {
+    /// Bans `addr` for jail `jail` after `failures` failures. Returns a
+    /// line for the log: what was done, or why not.
+    fn ban(&self, jail: &JailConfig, addr: IpAddr, failures: u32) -> Result<String, String>;
+    /// Persists read positions (key, value).
+    fn save_positions(&self, positions: Vec<(String, String)>) -> Result<(), String>;
+}
+
+/// Counters for `orch status`, shared with the daemon.
+#[derive(Debug, Default)]
+pub struct JailStats {
+    pub lines: AtomicU64,
+    pub failures: AtomicU64,
+    pub tracked: AtomicU64,
+    pub bans: AtomicU64,
+    /// What the source is doing, e.g. "following 2 files" or an error.
+    pub state: Mutex<String>,
+}
+
+impl JailStats {
+    fn set_state(&self, text: String) {
+        if let Ok(mut state) = self.state.lock() {
+            *state = text;
+        }
+    }
+}
+
+/// The store key of a jail's position for `path` or its journal cursor.
+pub fn position_key(jail: &str, path: Option<&Path>) -> String {
+    match path {
+        Some(path) => format!("jail/{jail}/file:{}", path.display()),
+        None => format!("jail/{jail}/journal"),
+    }
+}
+
+enum Wake {
+    Files,
+    Journal(JournalEntry),
+    JournalEnded,
+    Stop,
+}
+
+/// A started jail; [`RunningJail::stop`] ends it after saving positions.
+pub struct RunningJail {
+    pub config: Arc<JailConfig>,
+    pub stats: Arc<JailStats>,
+    wake: mpsc::Sender<Wake>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningJail {
+    /// Starts `config` with `filter`. `saved` gives stored positions by key.
+    pub fn start(
+        config: JailConfig,
+        filter: Box<dyn LineFilter>,
+        max_tracked: usize,
+        saved: &dyn Fn(&str) -> Option<String>,
+        actions: Arc<dyn JailActions>,
+    ) -> std::io::Result<RunningJail> {
+        let config = Arc::new(config);
+        let stats = Arc::new(JailStats::default());
+        let (wake, woken) = mpsc::channel();
+        let source = match &config.source {
+            JailSource::Files(patterns) => {
+                let follower = FileFollower::new(patterns, &|path| {
+                    FilePosition::decode(&saved(&position_key(&config.name, Some(path)))?)
+                });
+                let waker = wake.clone();
+                let (watch, unwatched) = FileWatch::start(&follower.directories(), move || {
+                    let _ = waker.send(Wake::Files);
+                });
+                for dir in unwatched {
+                    tracing::warn!(jail = %config.name, "cannot watch {}; polling it every {FILE_POLL:?}", dir.display());
+                }
+                Source::Files {
+                    follower,
+                    _watch: watch,
+                }
+            }
+            JailSource::Journal { .. } => Source::Journal {
+                follower: None,
+                cursor: saved(&position_key(&config.name, None)),
+                saved_cursor: None,
+                restart_at: Some(Instant::now()),
+            },
+        };
+        let mut worker = Worker {
+            counter: FailureCounter::new(config.max_retry, config.find_time.as_secs(), max_tracked),
+            config: config.clone(),
+            filter,
+            stats: stats.clone(),
+            actions,
+            source,
+            wake: wake.clone(),
+            found: Vec::new(),
+            last_save: Instant::now(),
+            dirty: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("orch-jail-{}", config.name))
+            .spawn(move || worker.run(woken))?;
+        Ok(RunningJail {
+            config,
+            stats,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the jail: its positions are saved first.
+    pub fn stop(mut self) {
+        let _ = self.wake.send(Wake::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+enum Source {
+    Files {
+        follower: FileFollower,
+        _watch: FileWatch,
+    },
+    Journal {
+        follower: Option<JournalFollower>,
+        /// The cursor of the last entry handled.
+        cursor: Option<String>,
+        /// The cursor last persisted.
+        saved_cursor: Option<String>,
+        /// When to (re)start journalctl; `None` while it runs.
+        restart_at: Option<Instant>,
+    },
+}
+
+struct Worker {
+    config: Arc<JailConfig>,
+    filter: Box<dyn LineFilter>,
+    counter: FailureCounter,
+    stats: Arc<JailStats>,
+    actions: Arc<dyn JailActions>,
+    source: Source,
+    wake: mpsc::Sender<Wake>,
+    found: Vec<LineMatch>,
+    last_save: Instant,
+    /// Positions moved since the last save.
+    dirty: bool,
+}
+
+impl Worker {
+    fn run(&mut self, woken: mpsc::Receiver<Wake>) {
+        tracing::info!(jail = %self.config.name, filter = %self.filter.origin(), source = %self.config.source, "jail started");
+        self.read_files();
+        loop {
+            self.start_journal_if_due();
+            match woken.recv_timeout(FILE_POLL) {
+                Ok(Wake::Files) | Err(RecvTimeoutError::Timeout) => self.read_files(),
+                Ok(Wake::Journal(entry)) => {
+                    self.handle_line(&entry.line, Some(entry.time));
+                    if let Source::Journal { cursor, .. } = &mut self.source {
+                        *cursor = Some(entry.cursor);
+                        self.dirty = true;
+                    }
+                }
+                Ok(Wake::JournalEnded) => {
+                    if let Source::Journal {
+                        follower,
+                        restart_at,
+                        ..
+                    } = &mut self.source
+                    {
+                        *follower = None;
+                        *restart_at = Some(Instant::now() + JOURNAL_RESTART);
+                        self.stats.set_state(format!(
+                            "journalctl exited; restarting in {JOURNAL_RESTART:?}"
+                        ));
+                        tracing::warn!(jail = %self.config.name, "journalctl exited; restarting in {JOURNAL_RESTART:?}");
+                    }
+                }
+                Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    self.save_positions(true);
+                    tracing::info!(jail = %self.config.name, "jail stopped");
+                    return;
+                }
+            }
+            self.save_positions(false);
+        }
+    }
+
+    fn start_journal_if_due(&mut self) {
+        let Source::Journal {
+            follower,
+            cursor,
+            restart_at,
+            ..
+        } = &mut self.source
+        else {
+            return;
+        };
+        if restart_at.is_none_or(|at| Instant::now() < at) {
+            return;
+        }
+        let JailSource::Journal { matches } = &self.config.source else {
+            return;
+        };
+        let (entries, ended) = (self.wake.clone(), self.wake.clone());
+        match JournalFollower::start(
+            matches,
+            cursor.as_deref(),
+            move |entry| {
+                let _ = entries.send(Wake::Journal(entry));
+            },
+            move || {
+                let _ = ended.send(Wake::JournalEnded);
+            },
+        ) {
+            Ok(started) => {
+                *follower = Some(started);
+                *restart_at = None;
+                self.stats
+                    .set_state(format!("following the journal {}", matches.join(" ")));
+            }
+            Err(err) => {
+                *restart_at = Some(Instant::now() + JOURNAL_RESTART);
+                self.stats.set_state(err.to_string());
+                tracing::error!(jail = %self.config.name, "{err}");
+            }
+        }
+    }
+
+    fn read_files(&mut self) {
+        let Source::Files { follower, .. } = &mut self.source else {
+            return;
+        };
+        let mut lines = Vec::new();
+        follower.read_new(&mut |_, line| lines.push(line.to_string()));
+        let open = follower.open_files();
+        self.stats.set_state(format!("following {open} file(s)"));
+        if !lines.is_empty() {
+            self.dirty = true;
+        }
+        for line in lines {
+            self.handle_line(&line, None);
+        }
+    }
+
+    /// Runs one line through the filter and counts what it finds.
+    /// `source_time` is the journal's timestamp, which wins over a date the
+    /// filter found in the text.
+    fn handle_line(&mut self, line: &str, source_time: Option<i64>) {
+        self.stats.lines.fetch_add(1, Ordering::Relaxed);
+        self.found.clear();
+        self.filter.feed(line, &mut self.found);
+        let now = crate::timefmt::now_unix();
+        let failures = std::mem::take(&mut self.found);
+        for failure in &failures {
+            let time = source_time
+                .or(failure.time)
+                .and_then(|t| u64::try_from(t).ok())
+                .unwrap_or(now)
+                .min(now);
+            // Old news (a backlog read after a restart) does not ban.
+            if now - time >= self.config.find_time.as_secs() {
+                continue;
+            }
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            if self.counter.record(failure.host, time) {
+                self.ban(failure.host);
+            }
+        }
+        self.found = failures;
+        self.stats
+            .tracked
+            .store(self.counter.tracked() as u64, Ordering::Relaxed);
+    }
+
+    fn ban(&mut self, addr: IpAddr) {
+        let config = self.config.clone();
+        let jail = &config.name;
+        if let Some(net) = config.ignore.iter().find(|net| net.contains(&addr)) {
+            tracing::info!(jail = %jail, %addr, "not banned: in this jail's ignore list ({net})");
+            return;
+        }
+        if !config.ignore_command.is_empty() && ignore_command_says_ignore(&config, addr) {
+            tracing::info!(jail = %jail, %addr, "not banned: ignore_command exited 0");
+            return;
+        }
+        // Positions first: a ban must never be repeated from re-read lines
+        // after a restart, and the ban call below is durable.
+        self.save_positions(true);
+        match self.actions.ban(&config, addr, config.max_retry) {
+            Ok(done) => {
+                self.stats.bans.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(jail = %jail, %addr, "{done}");
+            }
+            Err(refused) => tracing::warn!(jail = %jail, %addr, "not banned: {refused}"),
+        }
+    }
+
+    fn save_positions(&mut self, now: bool) {
+        if !self.dirty || (!now && self.last_save.elapsed() < SAVE_EVERY) {
+            return;
+        }
+        let jail = &self.config.name;
+        let positions: Vec<(String, String)> = match &mut self.source {
+            Source::Files { follower, .. } => follower
+                .positions()
+                .into_iter()
+                .map(|(path, position)| (position_key(jail, Some(&path)), position.encode()))
+                .collect(),
+            Source::Journal {
+                cursor,
+                saved_cursor,
+                ..
+            } => {
+                if cursor == saved_cursor {
+                    Vec::new()
+                } else {
+                    saved_cursor.clone_from(cursor);
+                    cursor
+                        .iter()
+                        .map(|c| (position_key(jail, None), c.clone()))
+                        .collect()
+                }
+            }
+        };
+        self.dirty = false;
+        self.last_save = Instant::now();
+        if positions.is_empty() {
+            return;
+        }
+        if let Err(err) = self.actions.save_positions(positions) {
+            tracing::warn!(jail = %jail, "cannot save read positions: {err}");
+        }
+    }
+}
+
+/// Runs the jail's `ignore_command` with `<ip>` replaced; exit status 0
+/// means "ignore". A command that cannot start, fails or hangs (killed
+/// after [`IGNORE_COMMAND_TIMEOUT`]) does not stop the ban.
+fn ignore_command_says_ignore(config: &JailConfig, addr: IpAddr) -> bool {
+    let ip = addr.to_string();
+    let argv: Vec<String> = config
+        .ignore_command
+        .iter()
+        .map(|arg| arg.replace("<ip>", &ip))
+        .collect();
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    let child = Command::new(program)
+        .args(args)
+        .env("ORCH_JAIL", &config.name)
+        .env("ORCH_IP", &ip)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(err) => {
+            tracing::warn!(jail = %config.name, "ignore_command {program}: {err}");
+            return false;
+        }
+    };
+    let deadline = Instant::now() + IGNORE_COMMAND_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::warn!(jail = %config.name, "ignore_command {program} did not finish in {IGNORE_COMMAND_TIMEOUT:?}; killed");
+                return false;
+            }
+        }
+    }
+}

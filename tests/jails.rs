@@ -1,0 +1,263 @@
+//! End-to-end tests of log jails on real files: a real orch daemon in a
+//! fresh network namespace (real kernel nftables) on a private dbus-daemon,
+//! with a jail following a log file the test appends to.
+//!
+//! What a user sees is asserted: the address in the kernel's ban set (or
+//! not), its timeout, and the counters `orch status` prints.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, NetNs, TestBus, wait_until};
+
+/// A log file in its own temp dir, and the `[jails.sshd]` block for it.
+struct Log {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Log {
+    fn new() -> Log {
+        let dir = tempfile::Builder::new()
+            .prefix("orch-jail-log-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().join("auth.log");
+        std::fs::write(&path, "").expect("create log");
+        Log { path, _dir: dir }
+    }
+
+    fn jail(&self, extra: &str) -> String {
+        format!(
+            "[jails.sshd]\nfiles = [\"{}\"]\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n{extra}\n",
+            self.path.display()
+        )
+    }
+
+    /// Appends sshd lines stamped now (RFC 3339), as rsyslog writes them.
+    fn append(&self, messages: &[String]) {
+        append_to(&self.path, messages);
+    }
+}
+
+fn append_to(path: &Path, messages: &[String]) {
+    let stamp = orch::timefmt::rfc3339(orch::timefmt::now_unix());
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("open log");
+    let mut text = String::new();
+    for message in messages {
+        text.push_str(&format!("{stamp} web1 sshd-session[4242]: {message}\n"));
+    }
+    file.write_all(text.as_bytes()).expect("append");
+}
+
+fn failures(addr: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            format!(
+                "Failed password for root from {addr} port {} ssh2",
+                40000 + i
+            )
+        })
+        .collect()
+}
+
+fn banned(netns: &NetNs, addr: &str) -> bool {
+    let set = if addr.contains(':') { "ban6" } else { "ban4" };
+    netns.set_elements("orch", set).iter().any(|e| e == addr)
+}
+
+/// `lines` and `failures` of the jail, from `orch status`.
+fn jail_counts(daemon: &Daemon) -> (u64, u64) {
+    let status = daemon.cli(&["status"]).expect_ok("status").stdout;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("jail sshd:"))
+        .unwrap_or_else(|| panic!("no jail line in:\n{status}"));
+    // "jail sshd: B active bans, T addresses tracked, F failures in L lines"
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[3], numbers[2])
+}
+
+#[test]
+fn maxretry_failures_in_a_file_ban_within_a_second_and_hostile_names_ban_only_the_sender() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let log = Log::new();
+    let daemon = Daemon::start(&netns, &bus, &log.jail(""));
+
+    log.append(&failures("192.0.2.50", 2));
+    log.append(&["Accepted publickey for admin from 192.0.2.99 port 1 ssh2".into()]);
+    wait_until(Duration::from_secs(5), "the jail to read 3 lines", || {
+        jail_counts(&daemon).0 == 3
+    });
+    assert!(!banned(&netns, "192.0.2.50"), "two failures are not enough");
+
+    let started = Instant::now();
+    log.append(&failures("192.0.2.50", 1));
+    wait_until(Duration::from_secs(5), "192.0.2.50 in ban4", || {
+        banned(&netns, "192.0.2.50")
+    });
+    let took = started.elapsed();
+    assert!(took <= Duration::from_secs(1), "ban took {took:?}");
+
+    // An attacker-chosen user name that looks like an address.
+    let hostile: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "Invalid user x from 198.51.100.9 from 192.0.2.60 port {}",
+                50000 + i
+            )
+        })
+        .collect();
+    log.append(&hostile);
+    wait_until(Duration::from_secs(5), "192.0.2.60 in ban4", || {
+        banned(&netns, "192.0.2.60")
+    });
+    assert!(
+        !banned(&netns, "198.51.100.9"),
+        "the injected address was banned"
+    );
+    assert!(
+        !banned(&netns, "192.0.2.99"),
+        "a successful login was banned"
+    );
+
+    let list = daemon.cli(&["list"]).expect_ok("list").stdout;
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("192.0.2.50"))
+        .unwrap_or_else(|| panic!("no row for 192.0.2.50 in:\n{list}"));
+    assert!(row.contains("sshd"), "the ban's source is the jail: {row}");
+    let status = daemon.cli(&["status"]).expect_ok("status").stdout;
+    assert!(status.contains("jail sshd: 2 active bans"), "{status}");
+}
+
+#[test]
+fn rotation_by_rename_and_by_copytruncate_loses_and_repeats_no_line() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let log = Log::new();
+    let daemon = Daemon::start(&netns, &bus, &log.jail(""));
+    let rotated = log.path.with_extension("log.1");
+
+    // Rename rotation: two failures before, one after, in the new file.
+    log.append(&failures("192.0.2.10", 2));
+    log.append(&failures("192.0.2.11", 2));
+    wait_until(Duration::from_secs(5), "4 lines read", || {
+        jail_counts(&daemon) == (4, 4)
+    });
+    std::fs::rename(&log.path, &rotated).expect("rename");
+    // The writer's last line still lands in the old file.
+    append_to(&rotated, &failures("192.0.2.12", 1));
+    log.append(&failures("192.0.2.10", 1));
+    wait_until(Duration::from_secs(5), "192.0.2.10 banned", || {
+        banned(&netns, "192.0.2.10")
+    });
+    wait_until(Duration::from_secs(5), "6 lines read", || {
+        jail_counts(&daemon) == (6, 6)
+    });
+    // Nothing was read twice: 192.0.2.11 still has two failures.
+    assert!(!banned(&netns, "192.0.2.11"));
+
+    // Copytruncate: copy away, truncate in place, keep writing.
+    log.append(&failures("192.0.2.20", 2));
+    wait_until(Duration::from_secs(5), "8 lines read", || {
+        jail_counts(&daemon) == (8, 8)
+    });
+    std::fs::copy(&log.path, &rotated).expect("copy");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&log.path)
+        .expect("truncate");
+    log.append(&failures("192.0.2.20", 1));
+    wait_until(Duration::from_secs(5), "192.0.2.20 banned", || {
+        banned(&netns, "192.0.2.20")
+    });
+    wait_until(Duration::from_secs(5), "9 lines read", || {
+        jail_counts(&daemon) == (9, 9)
+    });
+    assert!(!banned(&netns, "192.0.2.11"));
+    assert!(!banned(&netns, "192.0.2.12"));
+}
+
+#[test]
+fn a_restart_resumes_at_the_saved_position() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let log = Log::new();
+    let mut daemon = Daemon::start(&netns, &bus, &log.jail(""));
+    log.append(&failures("192.0.2.30", 2));
+    wait_until(Duration::from_secs(5), "2 lines read", || {
+        jail_counts(&daemon).0 == 2
+    });
+    assert_eq!(daemon.stop(), 0, "clean stop");
+
+    // Written while orch is down: must be read after the restart.
+    log.append(&failures("192.0.2.31", 3));
+    daemon.restart(&netns, &bus);
+    wait_until(Duration::from_secs(5), "192.0.2.31 banned", || {
+        banned(&netns, "192.0.2.31")
+    });
+    // Exactly the three new lines: the two old ones were not read again.
+    assert_eq!(jail_counts(&daemon), (3, 3));
+    assert!(!banned(&netns, "192.0.2.30"));
+}
+
+#[test]
+fn repeat_offenders_get_longer_bans_and_ignored_addresses_none() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let log = Log::new();
+    let script_dir = tempfile::tempdir().expect("temp dir");
+    let script = script_dir.path().join("is-friend");
+    std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = 192.0.2.71 ]\n").expect("write script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let extra = format!(
+        "increment = {{ factor = 1.0 }}\nignore = [\"192.0.2.70\"]\nignore_command = [\"{}\", \"<ip>\"]\n",
+        script.display()
+    );
+    let daemon = Daemon::start(&netns, &bus, &log.jail(&extra));
+
+    let timeout_of = |addr: &str| {
+        netns
+            .set_elements_with_expiry("orch", "ban4")
+            .into_iter()
+            .find(|(e, _)| e == addr)
+            .and_then(|(_, t)| t)
+    };
+    // 1h, then 2h, then 4h (bantime x factor x 2^previous bans).
+    for (round, hours) in [1u64, 2, 4].into_iter().enumerate() {
+        log.append(&failures("192.0.2.80", 3));
+        wait_until(Duration::from_secs(5), "192.0.2.80 banned", || {
+            banned(&netns, "192.0.2.80")
+        });
+        let left = timeout_of("192.0.2.80").expect("timeout");
+        let expected = hours * 3600;
+        assert!(
+            (expected - 30..=expected).contains(&left),
+            "round {round}: {left} s left, expected about {expected}"
+        );
+        daemon.cli(&["unban", "192.0.2.80"]).expect_ok("unban");
+    }
+
+    log.append(&failures("192.0.2.70", 3));
+    log.append(&failures("192.0.2.71", 3));
+    log.append(&failures("192.0.2.72", 3));
+    wait_until(Duration::from_secs(5), "192.0.2.72 banned", || {
+        banned(&netns, "192.0.2.72")
+    });
+    assert!(!banned(&netns, "192.0.2.70"), "in the jail's ignore list");
+    assert!(!banned(&netns, "192.0.2.71"), "ignore_command said so");
+}
