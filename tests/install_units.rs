@@ -115,7 +115,7 @@ fn install_writes_every_file_with_the_expected_lines() {
         "StateDirectoryMode=0700",
         "Requires=dbus.socket",
         "After=dbus.socket nftables.service",
-        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_DAC_READ_SEARCH",
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
         "SystemCallFilter=@system-service",

@@ -1,5 +1,5 @@
-//! Following the systemd journal for a jail, through
-//! `journalctl --follow --output=json`, resuming after a saved cursor.
+//! Following the systemd journal for a jail, through `journalctl
+//! --output=json --after-cursor`, resuming after a saved cursor.
 //!
 //! Each entry becomes a syslog-style line, `Mmm dd hh:mm:ss HOST IDENT[PID]:
 //! MESSAGE` (UTC), so native filters and fail2ban filters read journal
@@ -12,8 +12,12 @@
 //! a cursor gets every entry after it, so a restart loses nothing. This
 //! module reads; it must not interpret messages.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -31,71 +35,135 @@ pub struct JournalEntry {
     pub cursor: String,
 }
 
-/// Why journalctl could not be started.
+/// Why the reader thread could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot run {JOURNALCTL}: {0}")]
+#[error("cannot start the journal reader: {0}")]
 pub struct JournalError(#[from] std::io::Error);
 
-/// A running journalctl; killed when dropped.
+/// Reads the journal in the background; stopped when dropped.
 #[derive(Debug)]
 pub struct JournalFollower {
-    child: Child,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
 }
 
+/// How often the journal is read for new entries.
+pub const JOURNAL_POLL: Duration = Duration::from_millis(500);
+
 impl JournalFollower {
-    /// Starts `journalctl` with `matches` (journalctl syntax: `FIELD=value`,
-    /// `+` for OR) after `cursor`, or at the end of the journal without
-    /// one. `on_entry` runs on a reader thread for every entry, in order;
-    /// `on_exit` runs once when journalctl's output ends.
+    /// Starts reading entries that match `matches` (journalctl syntax:
+    /// `FIELD=value`, `+` for OR) after `cursor`, or from the end of the
+    /// journal without one. `on_entry` runs on the reader thread for every
+    /// entry, in order; `on_status` reports what the reader is doing, and
+    /// errors (it keeps retrying).
+    ///
+    /// Why polling instead of `journalctl --follow`: a follower that was
+    /// started early can stop seeing new entries (seen under systemd 252
+    /// in a booted container; one started later saw them). A fresh
+    /// `journalctl --after-cursor` each time cannot get stuck that way, and
+    /// costs one short process per [`JOURNAL_POLL`] while entries keep
+    /// their own timestamps.
     pub fn start(
         matches: &[String],
         cursor: Option<&str>,
         mut on_entry: impl FnMut(JournalEntry) + Send + 'static,
-        on_exit: impl FnOnce() + Send + 'static,
+        on_status: impl Fn(String) + Send + 'static,
     ) -> Result<JournalFollower, JournalError> {
-        let mut command = Command::new(JOURNALCTL);
-        command.args(["--follow", "--output=json", "--no-pager", "--quiet"]);
-        match cursor {
-            Some(cursor) => command.arg(format!("--after-cursor={cursor}")),
-            None => command.arg("--lines=0"),
-        };
-        command
-            .args(matches)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command.spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| std::io::Error::other("journalctl has no stdout"))?;
-        std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let matches = matches.to_vec();
+        let started_at = crate::timefmt::now_unix();
+        let mut cursor = cursor.map(str::to_string);
+        let thread = std::thread::Builder::new()
             .name("orch-journal".into())
             .spawn(move || {
-                let mut reader = BufReader::with_capacity(1 << 16, stdout);
-                let mut buffer = Vec::with_capacity(4096);
-                loop {
-                    buffer.clear();
-                    match reader.read_until(b'\n', &mut buffer) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            if let Some(entry) = parse_entry(&buffer) {
+                let mut healthy = None;
+                while !stopped.load(Ordering::Relaxed) {
+                    match read_after(&matches, cursor.as_deref(), started_at) {
+                        Ok(entries) => {
+                            if healthy != Some(true) {
+                                on_status(format!("following the journal {}", matches.join(" ")));
+                                healthy = Some(true);
+                            }
+                            for entry in entries {
+                                cursor = Some(entry.cursor.clone());
                                 on_entry(entry);
                             }
                         }
+                        Err(err) => {
+                            if healthy != Some(false) {
+                                tracing::warn!("reading the journal: {err}");
+                                healthy = Some(false);
+                            }
+                            on_status(err);
+                        }
                     }
+                    std::thread::sleep(JOURNAL_POLL);
                 }
-                on_exit();
             })?;
-        Ok(JournalFollower { child })
+        Ok(JournalFollower {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
 impl Drop for JournalFollower {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
+}
+
+/// One `journalctl --output=json` run: the entries after `cursor`, or,
+/// without a cursor, those since `since` (Unix seconds).
+fn read_after(
+    matches: &[String],
+    cursor: Option<&str>,
+    since: u64,
+) -> Result<Vec<JournalEntry>, String> {
+    let mut command = Command::new(JOURNALCTL);
+    command.args(["--output=json", "--no-pager", "--quiet"]);
+    match cursor {
+        Some(cursor) => command.arg(format!("--after-cursor={cursor}")),
+        None => command.arg(format!("--since=@{since}")),
+    };
+    command
+        .args(matches)
+        // journalctl is not part of orch's service protocol.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("WATCHDOG_USEC")
+        .stdin(Stdio::null());
+    // Descriptors libnftables opened without close-on-exec must not leak
+    // into journalctl.
+    // SAFETY: close_range is async-signal-safe and only touches the child's
+    // descriptor table, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let output = command
+        .output()
+        .map_err(|err| format!("cannot run {JOURNALCTL}: {err}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!(
+            "{JOURNALCTL} failed ({}): {}",
+            output.status,
+            stderr.lines().last().unwrap_or("no message")
+        ));
+    }
+    Ok(output
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .filter_map(parse_entry)
+        .collect())
 }
 
 /// Turns one line of `journalctl --output=json` into an entry; `None` for

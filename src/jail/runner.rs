@@ -29,8 +29,6 @@ const FILE_POLL: Duration = Duration::from_secs(2);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How long an `ignore_command` may run before it is killed.
 const IGNORE_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Wait before restarting a journalctl that exited.
-const JOURNAL_RESTART: Duration = Duration::from_secs(5);
 
 /// What a jail asks of the daemon.
 pub trait JailActions: Send + Sync {
@@ -71,7 +69,6 @@ pub fn position_key(jail: &str, path: Option<&Path>) -> String {
 enum Wake {
     Files,
     Journal(JournalEntry),
-    JournalEnded,
     Stop,
 }
 
@@ -112,12 +109,25 @@ impl RunningJail {
                     _watch: watch,
                 }
             }
-            JailSource::Journal { .. } => Source::Journal {
-                follower: None,
-                cursor: saved(&position_key(&config.name, None)),
-                saved_cursor: None,
-                restart_at: Some(Instant::now()),
-            },
+            JailSource::Journal { matches } => {
+                let cursor = saved(&position_key(&config.name, None));
+                let entries = wake.clone();
+                let status = stats.clone();
+                let follower = JournalFollower::start(
+                    matches,
+                    cursor.as_deref(),
+                    move |entry| {
+                        let _ = entries.send(Wake::Journal(entry));
+                    },
+                    move |state| status.set_state(state),
+                )
+                .map_err(std::io::Error::other)?;
+                Source::Journal {
+                    _follower: follower,
+                    saved_cursor: cursor.clone(),
+                    cursor,
+                }
+            }
         };
         let mut worker = Worker {
             counter: FailureCounter::new(config.max_retry, config.find_time.as_secs(), max_tracked),
@@ -126,7 +136,6 @@ impl RunningJail {
             stats: stats.clone(),
             actions,
             source,
-            wake: wake.clone(),
             found: Vec::new(),
             last_save: Instant::now(),
             dirty: false,
@@ -157,13 +166,11 @@ enum Source {
         _watch: FileWatch,
     },
     Journal {
-        follower: Option<JournalFollower>,
+        _follower: JournalFollower,
         /// The cursor of the last entry handled.
         cursor: Option<String>,
         /// The cursor last persisted.
         saved_cursor: Option<String>,
-        /// When to (re)start journalctl; `None` while it runs.
-        restart_at: Option<Instant>,
     },
 }
 
@@ -174,7 +181,6 @@ struct Worker {
     stats: Arc<JailStats>,
     actions: Arc<dyn JailActions>,
     source: Source,
-    wake: mpsc::Sender<Wake>,
     found: Vec<LineMatch>,
     last_save: Instant,
     /// Positions moved since the last save.
@@ -186,7 +192,6 @@ impl Worker {
         tracing::info!(jail = %self.config.name, filter = %self.filter.origin(), source = %self.config.source, "jail started");
         self.read_files();
         loop {
-            self.start_journal_if_due();
             match woken.recv_timeout(FILE_POLL) {
                 Ok(Wake::Files) | Err(RecvTimeoutError::Timeout) => self.read_files(),
                 Ok(Wake::Journal(entry)) => {
@@ -196,21 +201,6 @@ impl Worker {
                         self.dirty = true;
                     }
                 }
-                Ok(Wake::JournalEnded) => {
-                    if let Source::Journal {
-                        follower,
-                        restart_at,
-                        ..
-                    } = &mut self.source
-                    {
-                        *follower = None;
-                        *restart_at = Some(Instant::now() + JOURNAL_RESTART);
-                        self.stats.set_state(format!(
-                            "journalctl exited; restarting in {JOURNAL_RESTART:?}"
-                        ));
-                        tracing::warn!(jail = %self.config.name, "journalctl exited; restarting in {JOURNAL_RESTART:?}");
-                    }
-                }
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     self.save_positions(true);
                     tracing::info!(jail = %self.config.name, "jail stopped");
@@ -218,47 +208,6 @@ impl Worker {
                 }
             }
             self.save_positions(false);
-        }
-    }
-
-    fn start_journal_if_due(&mut self) {
-        let Source::Journal {
-            follower,
-            cursor,
-            restart_at,
-            ..
-        } = &mut self.source
-        else {
-            return;
-        };
-        if restart_at.is_none_or(|at| Instant::now() < at) {
-            return;
-        }
-        let JailSource::Journal { matches } = &self.config.source else {
-            return;
-        };
-        let (entries, ended) = (self.wake.clone(), self.wake.clone());
-        match JournalFollower::start(
-            matches,
-            cursor.as_deref(),
-            move |entry| {
-                let _ = entries.send(Wake::Journal(entry));
-            },
-            move || {
-                let _ = ended.send(Wake::JournalEnded);
-            },
-        ) {
-            Ok(started) => {
-                *follower = Some(started);
-                *restart_at = None;
-                self.stats
-                    .set_state(format!("following the journal {}", matches.join(" ")));
-            }
-            Err(err) => {
-                *restart_at = Some(Instant::now() + JOURNAL_RESTART);
-                self.stats.set_state(err.to_string());
-                tracing::error!(jail = %self.config.name, "{err}");
-            }
         }
     }
 

@@ -1,0 +1,143 @@
+//! A journal jail under a real systemd and journald: orch installed with
+//! `orch install-units` (so under its hardened unit) follows the journal
+//! of `ssh.service`, bans after maxretry failures, ignores the same text
+//! forged from outside that unit, and resumes at its saved cursor after a
+//! restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::systemd::SystemdSandbox;
+use common::{orch_bin, wait_until};
+
+const ORCH: &str = "/usr/local/bin/orch";
+
+const CONFIG: &str = r#"
+[jails.sshd]
+journal = { matches = ["_SYSTEMD_UNIT=ssh.service"] }
+maxretry = 3
+findtime = "10m"
+bantime = "1h"
+"#;
+
+fn boot_with_orch() -> SystemdSandbox {
+    let sandbox = SystemdSandbox::boot();
+    sandbox
+        .systemctl(&["start", "nftables.service"])
+        .expect_ok("start nftables");
+    sandbox.write_file("/etc/orch/orch.toml", CONFIG, 0o644);
+    let built = orch_bin();
+    sandbox
+        .run(
+            "install",
+            &["-m", "0755", built.to_str().expect("utf-8"), ORCH],
+        )
+        .expect_ok("copy orch");
+    sandbox
+        .run(ORCH, &["install-units"])
+        .expect_ok("install-units");
+    sandbox
+        .systemctl(&["enable", "--now", "orch.service"])
+        .expect_ok("start orch");
+    wait_until(
+        Duration::from_secs(10),
+        "the jail to follow the journal",
+        || {
+            let status = sandbox.run(ORCH, &["status"]);
+            status.ok() && status.stdout.contains("following the journal")
+        },
+    );
+    sandbox
+}
+
+/// Logs `messages` from a transient `ssh.service`, as sshd-session would.
+fn log_from_ssh_service(sandbox: &SystemdSandbox, messages: &[String]) {
+    let script = messages
+        .iter()
+        .map(|m| format!("echo '{m}'"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    sandbox
+        .run(
+            "systemd-run",
+            &[
+                "--unit=ssh.service",
+                "--wait",
+                "--quiet",
+                "-p",
+                "SyslogIdentifier=sshd-session",
+                "/bin/sh",
+                "-c",
+                &script,
+            ],
+        )
+        .expect_ok("systemd-run ssh.service");
+}
+
+fn failures(addr: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            format!(
+                "Failed password for invalid user admin from {addr} port {} ssh2",
+                40000 + i
+            )
+        })
+        .collect()
+}
+
+fn banned(sandbox: &SystemdSandbox, addr: &str) -> bool {
+    sandbox
+        .set_elements("orch", "ban4")
+        .iter()
+        .any(|e| e == addr)
+}
+
+#[test]
+fn journal_jail_bans_from_the_unit_only_and_resumes_after_restart() {
+    let sandbox = boot_with_orch();
+    // The same text forged by anyone else (here systemd-cat with sshd's
+    // name) is not from ssh.service, so it never counts.
+    for _ in 0..3 {
+        sandbox
+            .run(
+                "systemd-cat",
+                &["-t", "sshd", "echo", &failures("192.0.2.66", 1)[0]],
+            )
+            .expect_ok("systemd-cat");
+    }
+    log_from_ssh_service(&sandbox, &failures("192.0.2.77", 3));
+    wait_until(Duration::from_secs(10), "192.0.2.77 banned", || {
+        banned(&sandbox, "192.0.2.77")
+    });
+    assert!(
+        !banned(&sandbox, "192.0.2.66"),
+        "a forged line banned\n{}",
+        sandbox.journal("orch.service")
+    );
+    let list = sandbox.run(ORCH, &["list"]).expect_ok("list").stdout;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("192.0.2.77") && l.contains("sshd")),
+        "{list}"
+    );
+
+    // Entries written while orch is stopped are read after it starts again,
+    // from the saved cursor (not from the end of the journal).
+    sandbox
+        .systemctl(&["stop", "orch.service"])
+        .expect_ok("stop orch");
+    log_from_ssh_service(&sandbox, &failures("192.0.2.88", 3));
+    sandbox
+        .systemctl(&["start", "orch.service"])
+        .expect_ok("start orch");
+    wait_until(Duration::from_secs(10), "192.0.2.88 banned", || {
+        banned(&sandbox, "192.0.2.88")
+    });
+    let status = sandbox.run(ORCH, &["status"]).expect_ok("status").stdout;
+    assert!(
+        status.contains("jail sshd:") && status.contains("failures in 3 lines"),
+        "after the restart exactly the 3 new entries are read:\n{status}"
+    );
+    sandbox.shutdown();
+}
