@@ -82,15 +82,23 @@ impl Fail2banFilter {
     /// Loads a reference such as `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]`.
     pub fn load(reference: &str) -> Result<Fail2banFilter, Fail2banError> {
         let parsed = FilterRef::parse(reference)?;
-        let config = Config::load(&parsed.path)?;
-        let jail: Options = parsed
-            .options
+        Fail2banFilter::load_with(&parsed.path, &parsed.options, reference)
+    }
+
+    /// Loads the filter file `path` with jail options `options`; `origin`
+    /// names it in errors and in `orch test-filter`.
+    pub fn load_with(
+        path: &Path,
+        options: &[(String, String)],
+        origin: &str,
+    ) -> Result<Fail2banFilter, Fail2banError> {
+        let config = Config::load(path)?;
+        let jail: Options = options
             .iter()
             .map(|(k, v)| (k.to_lowercase(), v.clone()))
             .collect();
-        let options = filter_options(&config, &jail)?;
-        let name = filter_name(&parsed.path);
-        Fail2banFilter::from_options(options, reference, &name, DEFAULT_MATCH_LIMIT)
+        let values = filter_options(&config, &jail)?;
+        Fail2banFilter::from_options(values, origin, &filter_name(path), DEFAULT_MATCH_LIMIT)
     }
 
     /// Compiles already computed options.
@@ -216,17 +224,31 @@ impl Fail2banFilter {
         }
     }
 
-    /// Classifies one line and returns the failures it completes.
+    /// Classifies one line and returns the failures it completes. The
+    /// line's date is found by the filter's date templates and cut out.
     pub fn process(&mut self, line: &str) -> (LineOutcome, Vec<Failure>) {
-        let (text, time) = match self.dates.find(line) {
+        match self.dates.find(line) {
             Some(date) => {
                 let mut cut = String::with_capacity(line.len());
                 cut.push_str(&line[..date.start]);
                 cut.push_str(&line[date.end..]);
-                (cut, date.time)
+                self.process_text(cut, date.time)
             }
-            None => (line.to_string(), None),
-        };
+            None => self.process_text(line.to_string(), None),
+        }
+    }
+
+    /// Like [`Fail2banFilter::process`] for a line whose time is already
+    /// known (a journal entry's `MESSAGE`): no date is looked for.
+    pub fn process_with_time(
+        &mut self,
+        line: &str,
+        time: Option<i64>,
+    ) -> (LineOutcome, Vec<Failure>) {
+        self.process_text(line.to_string(), time)
+    }
+
+    fn process_text(&mut self, text: String, time: Option<i64>) -> (LineOutcome, Vec<Failure>) {
         if self.maxlines > 1 {
             self.buffer.push(text);
             let excess = self.buffer.len().saturating_sub(self.maxlines);
@@ -308,9 +330,11 @@ impl Fail2banFilter {
             let mlfid = fail.get("mlfid").cloned();
             if let Some(mlfid) = &mlfid {
                 fail = self.merge_failure(mlfid, fail);
-                if truthy(&fail, "nofail") {
-                    return (LineOutcome::Matched, Vec::new());
-                }
+            }
+            // <F-NOFAIL>: the line is known but is no failure (with or
+            // without a multi-line id).
+            if truthy(&fail, "nofail") {
+                return (LineOutcome::Matched, Vec::new());
             }
             let host = ["ip4", "ip6", "dns", "fid"]
                 .iter()
