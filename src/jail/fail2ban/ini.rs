@@ -172,6 +172,10 @@ pub fn files_for(main: &Path) -> Result<Vec<PathBuf>, Fail2banError> {
         }
         collect_includes(file, &mut Vec::new(), &mut files)?;
     }
+    // A file reached twice (common.local after common.conf, and again as
+    // common.conf's `after`) is read once, at its first place.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.clone()));
     Ok(files)
 }
 
