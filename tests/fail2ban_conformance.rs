@@ -3,7 +3,8 @@
 //! in the package's tests, read in place: they are GPL and never copied
 //! here), the way fail2ban's sample test runs them, and every
 //! `# failJSON:` annotation is compared with what orch found: match or no
-//! match, and for matches the host and the user.
+//! match, and for matches the host and the user (the agreement figure);
+//! annotated times are compared too and reported apart.
 //!
 //! `cargo test --test fail2ban_conformance -- --nocapture` prints the
 //! agreement per filter. Needs Debian's `fail2ban` package (CI installs
@@ -153,6 +154,10 @@ struct Tally {
     dns_hosts: u64,
     limit_hits: u64,
     disagreements: Vec<String>,
+    /// Matches whose annotation gives a time, and those orch agrees on.
+    time_checks: u64,
+    time_agree: u64,
+    time_disagreements: Vec<String>,
 }
 
 /// One filter instance: fail2ban caches them per option combination, so
@@ -188,8 +193,9 @@ fn run_filter(name: &str, path: &Path, logs: &Path, tally: &mut Tally) -> Result
             return Ok(index);
         }
         let origin = format!("{}{key}", path.display());
-        let filter = Fail2banFilter::load_with(path, &filter_opts, &origin)
+        let mut filter = Fail2banFilter::load_with(path, &filter_opts, &origin)
             .map_err(|e| format!("{name}: does not load with {filter_opts:?}: {e}"))?;
+        filter.set_now(Some(TEST_NOW));
         runs.push(Run {
             filter,
             opts: opts.clone(),
@@ -312,6 +318,25 @@ fn run_filter(name: &str, path: &Path, logs: &Path, tally: &mut Tally) -> Result
                     .unwrap_or(false);
                 let verdict = check(expected, want_match, &failures, tally);
                 tally.expected_matches += u64::from(want_match);
+                if verdict.is_ok()
+                    && let (Some(found), Some(want)) = (
+                        failures.first(),
+                        expected.get("time").and_then(Value::as_str),
+                    )
+                {
+                    tally.time_checks += 1;
+                    let want_unix = annotation_time(want);
+                    if found.time == want_unix {
+                        tally.time_agree += 1;
+                    } else {
+                        tally.time_disagreements.push(format!(
+                            "{name}: {}:{}: time {:?}, expected {want} ({want_unix:?})\n      line: {line}",
+                            files[i - 1],
+                            number + 2,
+                            found.time
+                        ));
+                    }
+                }
                 match verdict {
                     Ok(()) => {
                         tally.agree += 1;
@@ -329,6 +354,18 @@ fn run_filter(name: &str, path: &Path, logs: &Path, tally: &mut Tally) -> Result
         }
     }
     Ok(())
+}
+
+/// An annotation's local time (`2005-07-05T18:22:44[.123]`) as Unix
+/// seconds, in the test's time zone.
+fn annotation_time(text: &str) -> Option<i64> {
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
+    let whole = time.split('.').next()?;
+    let mut t = whole.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, sec) = (t.next()??, t.next()??, t.next()??);
+    orch::jail::fail2ban::dates::local_to_unix(y, mo, day, h, mi, sec)
 }
 
 fn check(
@@ -372,6 +409,11 @@ fn check(
 
 #[test]
 fn fail2ban_filters_agree_with_their_sample_annotations() {
+    // fail2ban's tests run in Central European time (as a POSIX rule, so
+    // no tzdata is needed); the annotated times are local times there.
+    // SAFETY: set before any thread of this test reads the environment;
+    // the other test in this binary does not read the time zone.
+    unsafe { std::env::set_var("TZ", "CET-01CEST-02,M3.5.0,M10.5.0") };
     let (filter_dir, test_filter_dir, logs) = package_dirs();
     let tmp = tempfile::tempdir().expect("tempdir");
     let test_filter_dir = test_filter_layout(&test_filter_dir, &filter_dir, tmp.path());
@@ -407,6 +449,9 @@ fn fail2ban_filters_agree_with_their_sample_annotations() {
         total.dns_hosts += tally.dns_hosts;
         total.limit_hits += tally.limit_hits;
         total.disagreements.extend(tally.disagreements);
+        total.time_checks += tally.time_checks;
+        total.time_agree += tally.time_agree;
+        total.time_disagreements.extend(tally.time_disagreements);
     }
 
     println!(
@@ -447,6 +492,13 @@ fn fail2ban_filters_agree_with_their_sample_annotations() {
         total.dns_hosts
     );
     println!("searches stopped by the match limit: {}", total.limit_hits);
+    println!(
+        "times (checked apart from the agreement): {} of {} annotated times agree",
+        total.time_agree, total.time_checks
+    );
+    for d in &total.time_disagreements {
+        println!("  {d}");
+    }
     if !no_samples.is_empty() {
         println!("filters without a sample log: {}", no_samples.join(", "));
     }
@@ -458,6 +510,13 @@ fn fail2ban_filters_agree_with_their_sample_annotations() {
         load_errors.is_empty(),
         "filters that do not load:\n{}",
         load_errors.join("\n")
+    );
+    let time_ratio = total.time_agree as f64 / total.time_checks.max(1) as f64;
+    assert!(
+        time_ratio >= REQUIRED,
+        "time agreement {:.2}% is below {:.0}%",
+        100.0 * time_ratio,
+        100.0 * REQUIRED
     );
     assert!(
         ratio >= REQUIRED,

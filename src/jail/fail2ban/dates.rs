@@ -81,6 +81,9 @@ pub struct DateDetector {
     templates: Vec<DateTemplate>,
     /// Describes the configuration, for `orch test-filter`.
     description: String,
+    /// The clock that completes dates without a year or day; `None`: the
+    /// wall clock.
+    now: Option<i64>,
 }
 
 impl DateDetector {
@@ -121,6 +124,7 @@ impl DateDetector {
         Ok(DateDetector {
             templates,
             description,
+            now: None,
         })
     }
 
@@ -128,15 +132,29 @@ impl DateDetector {
         &self.description
     }
 
+    /// The clock in use: the one given to [`DateDetector::set_now`], else the
+    /// wall clock.
+    pub fn now(&self) -> i64 {
+        self.now
+            .unwrap_or_else(|| crate::timefmt::now_unix() as i64)
+    }
+
+    /// Completes dates without a year (or day) relative to `now` instead of
+    /// the wall clock: for replaying old logs, and for tests.
+    pub fn set_now(&mut self, now: Option<i64>) {
+        self.now = now;
+    }
+
     /// The date in `line`: the first line-anchored template that matches,
     /// else the leftmost match of the others (earlier templates win ties).
     pub fn find(&self, line: &str) -> Option<FoundDate> {
+        let now = self.now();
         let mut best: Option<(usize, FoundDate)> = None;
         for template in &self.templates {
             let Search::Match(groups) = template.regex.search(line) else {
                 continue;
             };
-            let Some(found) = template.read(&groups) else {
+            let Some(found) = template.read(&groups, now) else {
                 continue;
             };
             if template.line_begin {
@@ -152,7 +170,7 @@ impl DateDetector {
 
 impl DateTemplate {
     /// The date text's span (group 1, or the epoch group) and its time.
-    fn read(&self, groups: &Groups<'_>) -> Option<FoundDate> {
+    fn read(&self, groups: &Groups<'_>, now: i64) -> Option<FoundDate> {
         let group = match self.kind {
             Kind::Epoch { group, .. } => group,
             _ => 1,
@@ -163,7 +181,7 @@ impl DateTemplate {
             None
         } else {
             match self.kind {
-                Kind::Fields => fields_time(groups),
+                Kind::Fields => fields_time(groups, now),
                 Kind::Epoch { long, .. } => epoch_time(text, long),
                 Kind::Tai64n => tai64n_time(text),
                 Kind::None => None,
@@ -488,12 +506,13 @@ const MONTHS: [&str; 12] = [
     "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
 ];
 
-/// Unix seconds from strptime-style groups. Missing year: this year (last
-/// year if that puts the date more than a day ahead); missing day: today.
-fn fields_time(groups: &Groups<'_>) -> Option<i64> {
+/// Unix seconds from strptime-style groups, as fail2ban reads them. No
+/// year: the year of `now`, or the year before if that puts the date more
+/// than a day after `now`. No month and day: the day of `now`, or the day
+/// before if that puts the time after `now`. Two-digit years are 20xx.
+fn fields_time(groups: &Groups<'_>, now: i64) -> Option<i64> {
     let number = |name: &str| groups.name(name).and_then(|v| v.trim().parse::<i64>().ok());
-    let now = crate::timefmt::now_unix() as i64;
-    let (today_y, today_m, today_d) = civil_from_days(now.div_euclid(86_400));
+    let (today_y, today_m, today_d) = local_date(now);
     let month = number("m").or_else(|| {
         let name = groups
             .name("b")
@@ -505,9 +524,11 @@ fn fields_time(groups: &Groups<'_>) -> Option<i64> {
             .map(|i| i as i64 + 1)
     });
     let day = number("d");
-    let (month, day) = match (month, day) {
-        (None, None) => (today_m, today_d),
-        (m, d) => (m.unwrap_or(1), d.unwrap_or(1)),
+    let assume_today = month.is_none() && day.is_none();
+    let (month, day) = if assume_today {
+        (today_m, today_d)
+    } else {
+        (month.unwrap_or(1), day.unwrap_or(1))
     };
     let mut hour = number("H").unwrap_or(0);
     if let Some(h12) = number("I") {
@@ -519,8 +540,7 @@ fn fields_time(groups: &Groups<'_>) -> Option<i64> {
     let minute = number("M").unwrap_or(0);
     let second = number("S").unwrap_or(0).min(59);
     let offset = zone_offset(groups.name("z").or_else(|| groups.name("Z")));
-    let explicit_year =
-        number("Y").or_else(|| number("y").map(|y| if y < 69 { 2000 + y } else { 1900 + y }));
+    let explicit_year = number("Y").or_else(|| number("y").map(|y| 2000 + y));
     let to_unix = |year: i64| -> Option<i64> {
         let naive = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
         match offset {
@@ -528,16 +548,32 @@ fn fields_time(groups: &Groups<'_>) -> Option<i64> {
             None => local_to_unix(year, month, day, hour, minute, second),
         }
     };
-    match explicit_year {
-        Some(year) => to_unix(year),
-        None => {
-            let this_year = to_unix(today_y)?;
-            if this_year > now + 86_400 {
-                to_unix(today_y - 1)
-            } else {
-                Some(this_year)
-            }
-        }
+    let mut time = to_unix(explicit_year.unwrap_or(today_y))?;
+    if assume_today && time > now {
+        time -= 86_400;
+    }
+    if explicit_year.is_none() && time > now + 86_400 {
+        time = to_unix(today_y - 1)?;
+    }
+    Some(time)
+}
+
+/// The local calendar date at Unix time `now`.
+fn local_date(now: i64) -> (i64, i64, i64) {
+    // SAFETY: `tm` is a plain C struct; zeroed is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let t: libc::time_t = now;
+    // SAFETY: both pointers are to valid locals; localtime_r is the
+    // thread-safe variant and only writes `tm`.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if ok {
+        (
+            i64::from(tm.tm_year) + 1900,
+            i64::from(tm.tm_mon) + 1,
+            i64::from(tm.tm_mday),
+        )
+    } else {
+        civil_from_days(now.div_euclid(86_400))
     }
 }
 
@@ -614,7 +650,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// A local wall-clock time as Unix seconds (the C library's time zone).
-fn local_to_unix(
+pub fn local_to_unix(
     year: i64,
     month: i64,
     day: i64,

@@ -72,6 +72,8 @@ pub struct Fail2banFilter {
     mlfid_order: VecDeque<String>,
     limit_hits: u64,
     unresolved: u64,
+    /// The last date read from a line, for lines without one.
+    last_time: Option<i64>,
 }
 
 fn truthy(fields: &HashMap<String, String>, name: &str) -> bool {
@@ -177,6 +179,7 @@ impl Fail2banFilter {
             mlfid_order: VecDeque::new(),
             limit_hits: 0,
             unresolved: 0,
+            last_time: None,
         })
     }
 
@@ -197,6 +200,12 @@ impl Fail2banFilter {
     /// The failregexes as written in the filter (tags not yet expanded).
     pub fn failregex_count(&self) -> usize {
         self.fail.len()
+    }
+
+    /// Completes dates without a year relative to `now` (Unix seconds)
+    /// instead of the wall clock, as when replaying an old log.
+    pub fn set_now(&mut self, now: Option<i64>) {
+        self.dates.set_now(now);
     }
 
     /// Searches that stopped at the match limit so far.
@@ -226,15 +235,27 @@ impl Fail2banFilter {
 
     /// Classifies one line and returns the failures it completes. The
     /// line's date is found by the filter's date templates and cut out.
+    ///
+    /// A line without a date (or with an empty one, for templates where the
+    /// date is optional) takes the last date seen, if that is less than a
+    /// minute old, as fail2ban does for continuation lines.
     pub fn process(&mut self, line: &str) -> (LineOutcome, Vec<Failure>) {
-        match self.dates.find(line) {
+        let found = self.dates.find(line);
+        let time = match found.and_then(|date| date.time) {
+            Some(time) => {
+                self.last_time = Some(time);
+                Some(time)
+            }
+            None => self.last_time.filter(|&last| last > self.dates.now() - 60),
+        };
+        match found {
             Some(date) => {
                 let mut cut = String::with_capacity(line.len());
                 cut.push_str(&line[..date.start]);
                 cut.push_str(&line[date.end..]);
-                self.process_text(cut, date.time)
+                self.process_text(cut, time)
             }
-            None => self.process_text(line.to_string(), None),
+            None => self.process_text(line.to_string(), time),
         }
     }
 
