@@ -238,8 +238,7 @@ fn add_defaults(
 
 /// `pre` with `{DATE}` (any case) replaced by `date`.
 fn replace_date_marker(pre: &str, date: &str) -> String {
-    let upper = pre.to_uppercase();
-    match upper.find("{DATE}") {
+    match find_ascii_ci(pre, "{DATE}") {
         Some(at) => format!("{}{}{}", &pre[..at], date, &pre[at + 6..]),
         None => pre.to_string(),
     }
@@ -283,8 +282,11 @@ fn template(pattern: &str) -> Result<DateTemplate, Fail2banError> {
         }
         _ => {}
     }
-    if let Some(at) = upper.find("{EPOCH}").or_else(|| upper.find("{LEPOCH}")) {
-        let long = upper[at..].starts_with("{LEPOCH}");
+    let epoch_marker = match find_ascii_ci(pattern, "{EPOCH}") {
+        Some(at) => Some((at, false)),
+        None => find_ascii_ci(pattern, "{LEPOCH}").map(|at| (at, true)),
+    };
+    if let Some((at, long)) = epoch_marker {
         let marker_len = if long { 8 } else { 7 };
         let number = if long { LONG_EPOCH_RE } else { EPOCH_RE };
         let inner = format!(
@@ -326,6 +328,15 @@ fn template(pattern: &str) -> Result<DateTemplate, Fail2banError> {
         kind: Kind::Fields,
         line_begin,
     })
+}
+
+/// Byte offset of the ASCII `needle` in `haystack`, ignoring ASCII case
+/// (an offset into the original text, unlike searching an uppercased copy).
+fn find_ascii_ci(haystack: &str, needle: &str) -> Option<usize> {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 fn strip_prefix_ci<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
@@ -751,6 +762,14 @@ mod tests {
         let d = DateDetector::new(Some("{^LN-BEG}EPOCH")).unwrap();
         let (date, _, time) = found(&d, "1500000000.512 x");
         assert_eq!((date, time), ("1500000000.512", Some(1_500_000_000)));
+
+        // Markers are found in the original text, whatever precedes them.
+        let d = DateDetector::new(Some("^ßß ({DATE})")).unwrap();
+        let (date, _, _) = found(&d, "ßß 2021-03-04 05:06:07 x");
+        assert_eq!(date, "2021-03-04 05:06:07");
+        let d = DateDetector::new(Some("^é{EPOCH}")).unwrap();
+        let (date, _, time) = found(&d, "é1500000000 x");
+        assert_eq!((date, time), ("1500000000", Some(1_500_000_000)));
 
         // {NONE}: an empty date at the start, no time.
         let d = DateDetector::new(Some("{NONE}")).unwrap();
