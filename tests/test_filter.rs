@@ -60,3 +60,78 @@ fn unknown_filters_and_missing_logs_are_named() {
     assert_eq!(code, 1);
     assert!(stderr.contains("failregex[0]"), "{stderr}");
 }
+
+/// A fail2ban filter.d file (written here, not fail2ban's) with an include,
+/// an `[Init]` option overridden in the reference, a date template and a
+/// host name that must never be reported as an address.
+#[test]
+fn fail2ban_conf_filters_run_with_options_and_dates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::write(
+        d.join("common.conf"),
+        "[DEFAULT]\n__prefix = \\S+ <_daemon>\\[\\d+\\]:\n",
+    )
+    .expect("write common.conf");
+    std::fs::write(
+        d.join("app.conf"),
+        "\
+[INCLUDES]
+before = common.conf
+[Init]
+word = failed
+[Definition]
+_daemon = app
+failregex = ^ %(__prefix)s login <word> for <F-USER>\\S+</F-USER> from <HOST>$
+datepattern = {^LN-BEG}%%ExY-%%m-%%d %%H:%%M:%%S
+journalmatch = _SYSTEMD_UNIT=app.service
+",
+    )
+    .expect("write app.conf");
+    let log = d.join("app.log");
+    std::fs::write(
+        &log,
+        "\
+2024-03-01 10:00:00 srv app[1]: login refused for bob from 192.0.2.7
+2024-03-01 10:00:01 srv app[1]: login failed for eve from 192.0.2.8
+2024-03-01 10:00:02 srv app[1]: login refused for bob from evil.example
+2024-03-01 10:00:03 srv other[1]: login refused for bob from 192.0.2.9
+",
+    )
+    .expect("write log");
+    let log = log.display().to_string();
+    let filter = format!("{}[word=refused]", d.join("app.conf").display());
+
+    let (code, stdout, stderr) = orch(&["test-filter", &filter, &log]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("engine:   pcre2"), "{stdout}");
+    assert!(stdout.contains("match limit"), "{stdout}");
+    assert!(stdout.contains("lines:    4"), "{stdout}");
+    // The host-name line matches but yields no address.
+    assert!(stdout.contains("matched:  2"), "{stdout}");
+    assert!(stdout.contains("failregex[0]: 1"), "{stdout}");
+
+    let (code, stdout, stderr) = orch(&["test-filter", &filter, &log, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert_eq!(rows[0]["line"], 1);
+    assert_eq!(rows[0]["host"], "192.0.2.7");
+    assert_eq!(rows[0]["user"], "bob");
+    let time = rows[0]["time"].as_str().expect("time");
+    assert!(time.starts_with("2024-03-01T"), "{time}");
+
+    let (code, _, stderr) = orch(&["test-filter", "/nonexistent/x.conf[mode=a]", &log]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/nonexistent/x.conf"), "{stderr}");
+    let (code, _, stderr) = orch(&[
+        "test-filter",
+        &format!("{}[mode", d.join("app.conf").display()),
+        &log,
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("bad filter reference"), "{stderr}");
+}

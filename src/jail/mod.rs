@@ -5,9 +5,13 @@
 //! So far: [`filter`] loads native TOML filters (and the built-in ones) and
 //! matches lines; [`matcher`] is the pattern-engine interface the filters
 //! are written against; [`counter`] counts failures per address (bounded)
-//! and computes growing ban times; [`test_filter`] is `orch test-filter`.
+//! and computes growing ban times; [`test_filter`] is `orch test-filter`;
+//! [`fail2ban`] loads fail2ban's own filter.d `.conf` files and runs them on
+//! [`backtrack`], the bounded backtracking (PCRE2) engine.
 
+pub mod backtrack;
 pub mod counter;
+pub mod fail2ban;
 pub mod file_source;
 pub mod filter;
 pub mod journal_source;

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::Instant;
 
+use super::fail2ban::{Fail2banError, Fail2banFilter, FilterRef};
 use super::filter::{Filter, FilterError, builtin_names};
 use super::line_filter::{LineFilter, LineMatch, LineOutcome};
 
@@ -28,21 +29,19 @@ pub enum TestFilterError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "{0}: fail2ban filter files (.conf) are not supported yet; use a built-in or a native TOML filter"
-    )]
-    Fail2banFilter(String),
+    #[error("{0}")]
+    Fail2ban(#[from] Fail2banError),
 }
 
-/// Loads FILTER: a built-in name, or the path of a native TOML filter.
+/// Loads FILTER: a built-in name, the path of a native TOML filter, or a
+/// fail2ban filter reference (`/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]`).
 pub fn load_filter(spec: &str) -> Result<Box<dyn LineFilter>, TestFilterError> {
     if let Some(builtin) = Filter::builtin(spec) {
         return Ok(Box::new(builtin?));
     }
     let path = Path::new(spec);
-    let base = spec.split('[').next().unwrap_or(spec);
-    if base.ends_with(".conf") {
-        return Err(TestFilterError::Fail2banFilter(spec.to_string()));
+    if FilterRef::looks_like(spec) {
+        return Ok(Box::new(Fail2banFilter::load(spec)?));
     }
     if !path.is_file() {
         return Err(TestFilterError::UnknownFilter(spec.to_string()));
