@@ -44,6 +44,11 @@ impl Log {
 }
 
 fn append_to(path: &Path, messages: &[String]) {
+    append_as(path, "sshd-session", messages);
+}
+
+/// Appends `messages` as syslog lines from `tag`, stamped now (RFC 3339).
+fn append_as(path: &Path, tag: &str, messages: &[String]) {
     let stamp = orch::timefmt::rfc3339(orch::timefmt::now_unix());
     let mut file = std::fs::OpenOptions::new()
         .append(true)
@@ -52,7 +57,7 @@ fn append_to(path: &Path, messages: &[String]) {
         .expect("open log");
     let mut text = String::new();
     for message in messages {
-        text.push_str(&format!("{stamp} web1 sshd-session[4242]: {message}\n"));
+        text.push_str(&format!("{stamp} web1 {tag}[4242]: {message}\n"));
     }
     file.write_all(text.as_bytes()).expect("append");
 }
@@ -260,4 +265,42 @@ fn repeat_offenders_get_longer_bans_and_ignored_addresses_none() {
     });
     assert!(!banned(&netns, "192.0.2.70"), "in the jail's ignore list");
     assert!(!banned(&netns, "192.0.2.71"), "ignore_command said so");
+}
+
+#[test]
+fn a_jail_runs_fail2bans_own_sshd_filter() {
+    let filter = "/etc/fail2ban/filter.d/sshd.conf";
+    assert!(
+        Path::new(filter).is_file(),
+        "{filter} is missing: install Debian's fail2ban package (.ci/run does)"
+    );
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let log = Log::new();
+    let daemon = Daemon::start(
+        &netns,
+        &bus,
+        &log.jail(&format!("filter = \"{filter}[mode=aggressive]\"")),
+    );
+    let hostile: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "Invalid user x from 198.51.100.9 from 192.0.2.90 port {}",
+                50000 + i
+            )
+        })
+        .collect();
+    append_as(&log.path, "sshd", &hostile);
+    wait_until(Duration::from_secs(5), "192.0.2.90 banned", || {
+        banned(&netns, "192.0.2.90")
+    });
+    assert!(
+        !banned(&netns, "198.51.100.9"),
+        "the injected address was banned"
+    );
+    let status = daemon.cli(&["status"]).expect_ok("status").stdout;
+    assert!(
+        status.contains("filter /etc/fail2ban/filter.d/sshd.conf[mode=aggressive]"),
+        "{status}"
+    );
 }
