@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [jails]
-//! max_tracked = 100000          # addresses each jail remembers at most
+//! max_tracked = 50000           # addresses each jail remembers at most
 //!
 //! [jails.sshd]
 //! filter = "sshd"               # built-in, native .toml, or fail2ban .conf[opts]
@@ -34,7 +34,7 @@ use super::{ConfigIssue, Document, Located, Origin, check_duration, set};
 use crate::jail::counter::Increment;
 
 /// Default of `jails.max_tracked`: failing addresses remembered per jail.
-pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+pub const DEFAULT_MAX_TRACKED: usize = 50_000;
 /// Longest a jail name may be; it becomes part of ban sources and keys.
 const JAIL_NAME_MAX: usize = 32;
 

@@ -1,32 +1,50 @@
 //! Failure counting for one jail: which address failed how often within
 //! `findtime`, and when that reaches `maxretry`.
 //!
-//! The table is bounded (`max_tracked`): when it is full, the address seen
-//! least recently is forgotten first, so a flood of distinct addresses costs
+//! The table is bounded (`max_tracked`): when it is full, the addresses
+//! seen least recently are forgotten first, so a flood of distinct addresses costs
 //! bounded memory and evicts the flood, not the steady attacker. Pure logic:
 //! time comes in as Unix seconds; nothing here bans or reads logs.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
-/// One tracked address: the times of its recent failures.
-#[derive(Debug)]
+/// Failure times kept inline per address (enough for `maxretry` up to 6);
+/// a jail with a larger `maxretry` keeps older times in an overflow table.
+const INLINE_TIMES: usize = 5;
+
+/// One tracked address: the times (Unix seconds) of its latest failures,
+/// oldest first. 24 bytes, so a table entry with its key is 44.
+#[derive(Debug, Clone, Copy)]
 struct Tracked {
-    failures: VecDeque<u64>,
-    /// Key of this address in the recency index.
-    recency: (u64, u64),
+    len: u8,
+    times: [u32; INLINE_TIMES],
+}
+
+impl Tracked {
+    fn inline(&self) -> &[u32] {
+        &self.times[..usize::from(self.len)]
+    }
+
+    fn last_seen(&self) -> u32 {
+        self.inline().last().copied().unwrap_or(0)
+    }
 }
 
 /// Counts failures per address for one jail.
+///
+/// Memory is one hash-table entry per address (44 bytes plus the table's
+/// spare room). When `max_tracked` is exceeded, the tenth of the addresses
+/// seen least recently is forgotten in one pass, so eviction costs a few
+/// operations per failure on average and needs no recency list.
 #[derive(Debug)]
 pub struct FailureCounter {
     maxretry: u32,
     findtime: u64,
     max_tracked: usize,
     tracked: HashMap<IpAddr, Tracked>,
-    /// (last seen, sequence) -> address, oldest first, for eviction.
-    by_recency: BTreeMap<(u64, u64), IpAddr>,
-    sequence: u64,
+    /// Times older than the inline ones, for `maxretry` above 6 only.
+    overflow: HashMap<IpAddr, VecDeque<u32>>,
 }
 
 impl FailureCounter {
@@ -38,8 +56,7 @@ impl FailureCounter {
             findtime,
             max_tracked: max_tracked.max(1),
             tracked: HashMap::new(),
-            by_recency: BTreeMap::new(),
-            sequence: 0,
+            overflow: HashMap::new(),
         }
     }
 
@@ -47,31 +64,49 @@ impl FailureCounter {
     /// reaches `maxretry` within `findtime`; the address is then forgotten
     /// (its ban starts a new count).
     pub fn record(&mut self, addr: IpAddr, time: u64) -> bool {
-        self.sequence += 1;
-        let recency = (time, self.sequence);
+        let time = u32::try_from(time).unwrap_or(u32::MAX);
         let findtime = self.findtime;
-        let entry = self.tracked.entry(addr).or_insert_with(|| Tracked {
-            failures: VecDeque::new(),
-            recency,
+        let in_window = |t: u32| u64::from(time.saturating_sub(t)) < findtime;
+        let entry = self.tracked.entry(addr).or_insert(Tracked {
+            len: 0,
+            times: [0; INLINE_TIMES],
         });
-        self.by_recency.remove(&entry.recency);
-        entry.recency = recency;
-        self.by_recency.insert(recency, addr);
-        entry.failures.push_back(time);
-        while entry
-            .failures
-            .front()
-            .is_some_and(|first| time.saturating_sub(*first) >= findtime)
-        {
-            entry.failures.pop_front();
+        // Failures that left the window, oldest first: overflow, then inline.
+        let mut older = self.overflow.remove(&addr).unwrap_or_default();
+        while older.front().is_some_and(|&t| !in_window(t)) {
+            older.pop_front();
         }
-        let reached = entry.failures.len() >= self.maxretry as usize;
-        if reached {
-            self.forget(&addr);
+        if older.is_empty() {
+            let keep_from = entry
+                .inline()
+                .iter()
+                .position(|&t| in_window(t))
+                .unwrap_or(usize::from(entry.len));
+            entry
+                .times
+                .copy_within(keep_from..usize::from(entry.len), 0);
+            entry.len -= keep_from as u8;
+        }
+        let count = older.len() + usize::from(entry.len);
+        if count + 1 >= self.maxretry as usize {
+            self.tracked.remove(&addr);
+            return true;
+        }
+        if usize::from(entry.len) == INLINE_TIMES {
+            older.push_back(entry.times[0]);
+            entry.times.copy_within(1.., 0);
+            entry.times[INLINE_TIMES - 1] = time;
         } else {
-            self.evict_over_capacity();
+            entry.times[usize::from(entry.len)] = time;
+            entry.len += 1;
         }
-        reached
+        if !older.is_empty() {
+            self.overflow.insert(addr, older);
+        }
+        if self.tracked.len() > self.max_tracked {
+            self.evict_least_recent();
+        }
+        false
     }
 
     /// How many addresses are tracked now.
@@ -81,40 +116,49 @@ impl FailureCounter {
 
     /// Failures of `addr` still inside `findtime` at `now`.
     pub fn failures(&self, addr: &IpAddr, now: u64) -> usize {
-        self.tracked.get(addr).map_or(0, |entry| {
-            entry
-                .failures
-                .iter()
-                .filter(|t| now.saturating_sub(**t) < self.findtime)
-                .count()
-        })
+        let in_window = |t: &u32| now.saturating_sub(u64::from(*t)) < self.findtime;
+        let inline = self.tracked.get(addr).map_or(0, |entry| {
+            entry.inline().iter().filter(|t| in_window(t)).count()
+        });
+        let older = self
+            .overflow
+            .get(addr)
+            .map_or(0, |times| times.iter().filter(|t| in_window(t)).count());
+        inline + older
     }
 
     /// Drops addresses whose last failure is older than `findtime`.
     pub fn expire(&mut self, now: u64) {
-        while let Some((&(last, seq), _)) = self.by_recency.iter().next() {
-            if now.saturating_sub(last) < self.findtime {
-                break;
-            }
-            if let Some(addr) = self.by_recency.remove(&(last, seq)) {
-                self.tracked.remove(&addr);
-            }
-        }
+        let findtime = self.findtime;
+        self.tracked
+            .retain(|_, entry| now.saturating_sub(u64::from(entry.last_seen())) < findtime);
+        let tracked = &self.tracked;
+        self.overflow.retain(|addr, _| tracked.contains_key(addr));
     }
 
-    fn forget(&mut self, addr: &IpAddr) {
-        if let Some(entry) = self.tracked.remove(addr) {
-            self.by_recency.remove(&entry.recency);
-        }
-    }
-
-    fn evict_over_capacity(&mut self) {
-        while self.tracked.len() > self.max_tracked {
-            let Some((_, oldest)) = self.by_recency.pop_first() else {
-                break;
-            };
-            self.tracked.remove(&oldest);
-        }
+    /// Forgets the tenth of the tracked addresses seen least recently (at
+    /// least enough to get back to `max_tracked`).
+    fn evict_least_recent(&mut self) {
+        let excess = self.tracked.len() - self.max_tracked;
+        let evict = excess.max(self.max_tracked / 10).min(self.tracked.len());
+        let mut last_seen: Vec<u32> = self.tracked.values().map(Tracked::last_seen).collect();
+        let (_, &mut cutoff, _) = last_seen.select_nth_unstable(evict - 1);
+        // Everything strictly older than the cutoff goes, then addresses at
+        // the cutoff until enough are gone.
+        let mut at_cutoff_to_drop = evict - last_seen.iter().filter(|&&t| t < cutoff).count();
+        self.tracked.retain(|_, entry| {
+            let seen = entry.last_seen();
+            if seen < cutoff {
+                false
+            } else if seen == cutoff && at_cutoff_to_drop > 0 {
+                at_cutoff_to_drop -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        let tracked = &self.tracked;
+        self.overflow.retain(|addr, _| tracked.contains_key(addr));
     }
 }
 
@@ -208,7 +252,24 @@ mod tests {
         // The steady attacker was seen least recently, so it was evicted:
         // memory stays bounded whatever the flood.
         assert_eq!(counter.failures(&steady, 100), 0);
-        assert_eq!(counter.tracked(), 1000);
+        // Eviction frees a tenth at a time.
+        assert!((900..=1000).contains(&counter.tracked()));
+    }
+
+    #[test]
+    fn large_maxretry_counts_past_the_inline_times() {
+        let mut counter = FailureCounter::new(12, 600, 100);
+        let patient = ip("203.0.113.20");
+        for t in 0..11 {
+            assert!(!counter.record(patient, 100 + t), "failure {t}");
+        }
+        assert_eq!(counter.failures(&patient, 111), 11);
+        assert!(counter.record(patient, 112), "the 12th failure bans");
+        // Old failures leave the window one by one.
+        for t in 0..11 {
+            assert!(!counter.record(patient, 1000 + t * 100));
+        }
+        assert_eq!(counter.failures(&patient, 2000), 6);
     }
 
     #[test]

@@ -27,6 +27,8 @@ use crate::config::{JailConfig, JailSource};
 const FILE_POLL: Duration = Duration::from_secs(2);
 /// Positions are saved at most this often (each save is an fsync).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How often addresses with no failure left in `findtime` are forgotten.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// How long an `ignore_command` may run before it is killed.
 const IGNORE_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -129,14 +131,21 @@ impl RunningJail {
                 }
             }
         };
-        let mut worker = Worker {
+        let judge = Judge {
             counter: FailureCounter::new(config.max_retry, config.find_time.as_secs(), max_tracked),
             config: config.clone(),
             filter,
             stats: stats.clone(),
+            actions: actions.clone(),
+            found: Vec::new(),
+            last_expire: Instant::now(),
+        };
+        let mut worker = Worker {
+            config: config.clone(),
+            stats: stats.clone(),
             actions,
             source,
-            found: Vec::new(),
+            judge,
             last_save: Instant::now(),
             dirty: false,
         };
@@ -174,28 +183,41 @@ enum Source {
     },
 }
 
+/// The reading side of a jail: its source and where reading stands.
 struct Worker {
     config: Arc<JailConfig>,
-    filter: Box<dyn LineFilter>,
-    counter: FailureCounter,
     stats: Arc<JailStats>,
     actions: Arc<dyn JailActions>,
     source: Source,
-    found: Vec<LineMatch>,
+    judge: Judge,
     last_save: Instant,
     /// Positions moved since the last save.
     dirty: bool,
 }
 
+/// The deciding side: filter, failure counter, ban requests.
+struct Judge {
+    config: Arc<JailConfig>,
+    filter: Box<dyn LineFilter>,
+    counter: FailureCounter,
+    stats: Arc<JailStats>,
+    actions: Arc<dyn JailActions>,
+    found: Vec<LineMatch>,
+    last_expire: Instant,
+}
+
 impl Worker {
     fn run(&mut self, woken: mpsc::Receiver<Wake>) {
-        tracing::info!(jail = %self.config.name, filter = %self.filter.origin(), source = %self.config.source, "jail started");
+        tracing::info!(jail = %self.config.name, filter = %self.judge.filter.origin(), source = %self.config.source, "jail started");
         self.read_files();
         loop {
             match woken.recv_timeout(FILE_POLL) {
-                Ok(Wake::Files) | Err(RecvTimeoutError::Timeout) => self.read_files(),
+                Ok(Wake::Files) | Err(RecvTimeoutError::Timeout) => {
+                    self.read_files();
+                    self.judge.expire_if_due();
+                }
                 Ok(Wake::Journal(entry)) => {
-                    self.handle_line(&entry.line, Some(entry.time));
+                    self.judge.handle_line(&entry.line, Some(entry.time));
                     if let Source::Journal { cursor, .. } = &mut self.source {
                         *cursor = Some(entry.cursor);
                         self.dirty = true;
@@ -215,16 +237,68 @@ impl Worker {
         let Source::Files { follower, .. } = &mut self.source else {
             return;
         };
-        let mut lines = Vec::new();
-        follower.read_new(&mut |_, line| lines.push(line.to_string()));
+        // Lines are judged as they are read, so a burst of any size costs
+        // one read buffer, not a copy of the burst.
+        let judge = &mut self.judge;
+        let mut read_any = false;
+        follower.read_new(&mut |_, line| {
+            read_any = true;
+            judge.handle_line(line, None);
+        });
         let open = follower.open_files();
         self.stats.set_state(format!("following {open} file(s)"));
-        if !lines.is_empty() {
-            self.dirty = true;
+        self.dirty |= read_any;
+    }
+
+    fn save_positions(&mut self, now: bool) {
+        if !self.dirty || (!now && self.last_save.elapsed() < SAVE_EVERY) {
+            return;
         }
-        for line in lines {
-            self.handle_line(&line, None);
+        let jail = &self.config.name;
+        let positions: Vec<(String, String)> = match &mut self.source {
+            Source::Files { follower, .. } => follower
+                .positions()
+                .into_iter()
+                .map(|(path, position)| (position_key(jail, Some(&path)), position.encode()))
+                .collect(),
+            Source::Journal {
+                cursor,
+                saved_cursor,
+                ..
+            } => {
+                if cursor == saved_cursor {
+                    Vec::new()
+                } else {
+                    saved_cursor.clone_from(cursor);
+                    cursor
+                        .iter()
+                        .map(|c| (position_key(jail, None), c.clone()))
+                        .collect()
+                }
+            }
+        };
+        self.dirty = false;
+        self.last_save = Instant::now();
+        if positions.is_empty() {
+            return;
         }
+        if let Err(err) = self.actions.save_positions(positions) {
+            tracing::warn!(jail = %jail, "cannot save read positions: {err}");
+        }
+    }
+}
+
+impl Judge {
+    /// Forgets addresses whose failures all left `findtime`, once a minute.
+    fn expire_if_due(&mut self) {
+        if self.last_expire.elapsed() < EXPIRE_EVERY {
+            return;
+        }
+        self.last_expire = Instant::now();
+        self.counter.expire(crate::timefmt::now_unix());
+        self.stats
+            .tracked
+            .store(self.counter.tracked() as u64, Ordering::Relaxed);
     }
 
     /// Runs one line through the filter and counts what it finds.
@@ -268,52 +342,15 @@ impl Worker {
             tracing::info!(jail = %jail, %addr, "not banned: ignore_command exited 0");
             return;
         }
-        // Positions first: a ban must never be repeated from re-read lines
-        // after a restart, and the ban call below is durable.
-        self.save_positions(true);
+        // The ban is durable before positions are saved: after a crash in
+        // between, lines are read again and may ban again, but a ban is
+        // never lost.
         match self.actions.ban(&config, addr, config.max_retry) {
             Ok(done) => {
                 self.stats.bans.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(jail = %jail, %addr, "{done}");
             }
             Err(refused) => tracing::warn!(jail = %jail, %addr, "not banned: {refused}"),
-        }
-    }
-
-    fn save_positions(&mut self, now: bool) {
-        if !self.dirty || (!now && self.last_save.elapsed() < SAVE_EVERY) {
-            return;
-        }
-        let jail = &self.config.name;
-        let positions: Vec<(String, String)> = match &mut self.source {
-            Source::Files { follower, .. } => follower
-                .positions()
-                .into_iter()
-                .map(|(path, position)| (position_key(jail, Some(&path)), position.encode()))
-                .collect(),
-            Source::Journal {
-                cursor,
-                saved_cursor,
-                ..
-            } => {
-                if cursor == saved_cursor {
-                    Vec::new()
-                } else {
-                    saved_cursor.clone_from(cursor);
-                    cursor
-                        .iter()
-                        .map(|c| (position_key(jail, None), c.clone()))
-                        .collect()
-                }
-            }
-        };
-        self.dirty = false;
-        self.last_save = Instant::now();
-        if positions.is_empty() {
-            return;
-        }
-        if let Err(err) = self.actions.save_positions(positions) {
-            tracing::warn!(jail = %jail, "cannot save read positions: {err}");
         }
     }
 }

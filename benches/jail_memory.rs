@@ -1,0 +1,111 @@
+//! Log-jail memory and throughput in the daemon: a file jail reads 1M
+//! failure lines, each from a different address (a flood of distinct
+//! sources, as from a botnet or spoofed logs), and the daemon's RSS is
+//! measured once every line is counted.
+//!
+//! Run as root: `cargo bench --bench jail_memory` (figures go to
+//! docs/benchmarks.md). Uses a fresh network namespace, a private
+//! dbus-daemon and the release `orch` binary, like the integration tests.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, NetNs, TestBus};
+
+const LINES: u32 = 1_000_000;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// (lines read, addresses tracked) of jail `flood`, from `orch status`.
+fn jail_progress(daemon: &Daemon) -> (u64, u64) {
+    let status = daemon.cli(&["status"]).stdout;
+    let Some(line) = status.lines().find(|l| l.starts_with("jail flood:")) else {
+        return (0, 0);
+    };
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[3], numbers[1])
+}
+
+/// One failure line per distinct address, 1 in 4 of them IPv6.
+fn flood_text() -> String {
+    let stamp = orch::timefmt::rfc3339(orch::timefmt::now_unix());
+    let mut text = String::with_capacity(LINES as usize * 110);
+    for i in 0..LINES {
+        let addr = if i % 4 == 3 {
+            Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i))
+                .to_string()
+        } else {
+            Ipv4Addr::from(0x0B00_0001u32 + i).to_string()
+        };
+        text.push_str(&format!(
+            "{stamp} web1 sshd[4242]: Failed password for invalid user u{i} from {addr} port 4000 ssh2\n"
+        ));
+    }
+    text
+}
+
+fn bench(max_tracked: Option<u32>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("auth.log");
+    std::fs::write(&log, "").expect("create log");
+    let cap = max_tracked.map_or(String::new(), |n| format!("[jails]\nmax_tracked = {n}\n"));
+    let config = format!(
+        "{cap}[jails.flood]\nfilter = \"sshd\"\nfiles = [\"{}\"]\nmaxretry = 5\n",
+        log.display()
+    );
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, &config);
+    let idle = rss_kib(daemon.pid());
+    let text = flood_text();
+    let started = Instant::now();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("append");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut peak = 0;
+    let (read, tracked) = loop {
+        peak = peak.max(rss_kib(daemon.pid()));
+        let progress = jail_progress(&daemon);
+        if progress.0 >= u64::from(LINES) || Instant::now() > deadline {
+            break progress;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let elapsed = started.elapsed();
+    let after = rss_kib(daemon.pid());
+    println!(
+        "jail flood, max_tracked {}: {read} lines from {LINES} distinct addresses in {:.2} s ({:.0} lines/s in the daemon), \
+         {tracked} tracked; RSS idle {idle} KiB, peak {} KiB, after {after} KiB",
+        max_tracked.map_or("default (50000)".to_string(), |n| n.to_string()),
+        elapsed.as_secs_f64(),
+        read as f64 / elapsed.as_secs_f64(),
+        peak.max(after),
+    );
+}
+
+fn main() {
+    // `cargo test --all-targets` runs this too; only work when benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("jail memory bench: run with `cargo bench --bench jail_memory`");
+        return;
+    }
+    bench(None);
+    bench(Some(LINES));
+}
