@@ -559,3 +559,64 @@ fn every_filter_file_reads() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Hostile lines against every packaged filter (all option sets would be
+/// more, the default set is the one most jails use): long runs of the
+/// characters fail2ban patterns repeat (`\S+`, `.*`, address characters,
+/// brackets), with and without a syslog prefix. Each line must be handled
+/// quickly (the match limit bounds every search) and nothing may panic.
+#[test]
+fn hostile_lines_stay_bounded_in_every_filter() {
+    let (filter_dir, _, _) = package_dirs();
+    let mut hostile: Vec<String> = Vec::new();
+    for body in [
+        "a".repeat(20_000),
+        format!("{}x", " ".repeat(20_000)),
+        "from ".repeat(4000),
+        format!("user {} from 192.0.2.1 port 22 ssh2", "x ".repeat(5000)),
+        format!(
+            "Failed password for {}from 192.0.2.1 port 22 ssh2",
+            "invalid user ".repeat(2000)
+        ),
+        "[".repeat(5000),
+        "1.".repeat(5000),
+        format!("{}1", ":".repeat(5000)),
+        format!("{}]", "[a=\"b\" ".repeat(3000)),
+        "é".repeat(10_000),
+    ] {
+        hostile.push(format!("Nov 25 10:00:00 host sshd[123]: {body}"));
+        hostile.push(body);
+    }
+    let mut slowest = (std::time::Duration::ZERO, String::new());
+    let mut count = 0;
+    for entry in std::fs::read_dir(&filter_dir).expect("filter.d").flatten() {
+        let path = entry.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.ends_with(".conf") || name.ends_with("common.conf") {
+            continue;
+        }
+        let mut filter = Fail2banFilter::load_with(&path, &[], &name).expect("filter loads");
+        for line in &hostile {
+            let started = std::time::Instant::now();
+            let _ = filter.process(line);
+            let took = started.elapsed();
+            count += 1;
+            if took > slowest.0 {
+                slowest = (took, format!("{name}: {:.60}...", line));
+            }
+        }
+    }
+    println!(
+        "{count} hostile lines over the filters; slowest {:?} ({})",
+        slowest.0, slowest.1
+    );
+    assert!(
+        slowest.0 < std::time::Duration::from_millis(500),
+        "a hostile line took {:?}: {}",
+        slowest.0,
+        slowest.1
+    );
+}
