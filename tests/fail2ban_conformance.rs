@@ -26,6 +26,17 @@ const TEST_NOW: i64 = 1_124_013_600;
 /// The agreement the test requires.
 const REQUIRED: f64 = 0.95;
 
+/// fail2ban's tests run in Central European time (as a POSIX rule, so no
+/// tzdata is needed); the annotated times are local times there. Every test
+/// of this binary calls this first, so the variable is set once, before
+/// any of them reads the time zone.
+fn set_time_zone() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the Once runs this before any test thread of this binary
+    // goes past its first line, so nothing reads the environment meanwhile.
+    ONCE.call_once(|| unsafe { std::env::set_var("TZ", "CET-01CEST-02,M3.5.0,M10.5.0") });
+}
+
 fn package_dirs() -> (PathBuf, PathBuf, PathBuf) {
     let tests = PathBuf::from(PACKAGE_TESTS);
     let logs = tests.join("files/logs");
@@ -409,11 +420,7 @@ fn check(
 
 #[test]
 fn fail2ban_filters_agree_with_their_sample_annotations() {
-    // fail2ban's tests run in Central European time (as a POSIX rule, so
-    // no tzdata is needed); the annotated times are local times there.
-    // SAFETY: set before any thread of this test reads the environment;
-    // the other test in this binary does not read the time zone.
-    unsafe { std::env::set_var("TZ", "CET-01CEST-02,M3.5.0,M10.5.0") };
+    set_time_zone();
     let (filter_dir, test_filter_dir, logs) = package_dirs();
     let tmp = tempfile::tempdir().expect("tempdir");
     let test_filter_dir = test_filter_layout(&test_filter_dir, &filter_dir, tmp.path());
@@ -530,6 +537,7 @@ fn fail2ban_filters_agree_with_their_sample_annotations() {
 /// `*common.conf` files have no failregex, so only their reading is checked).
 #[test]
 fn every_filter_file_reads() {
+    set_time_zone();
     let (filter_dir, _, _) = package_dirs();
     let mut failures = Vec::new();
     let mut count = 0;
@@ -567,6 +575,7 @@ fn every_filter_file_reads() {
 /// quickly (the match limit bounds every search) and nothing may panic.
 #[test]
 fn hostile_lines_stay_bounded_in_every_filter() {
+    set_time_zone();
     let (filter_dir, _, _) = package_dirs();
     let mut hostile: Vec<String> = Vec::new();
     for body in [
