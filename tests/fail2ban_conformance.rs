@@ -26,6 +26,17 @@ const TEST_NOW: i64 = 1_124_013_600;
 /// The agreement the test requires.
 const REQUIRED: f64 = 0.95;
 
+/// fail2ban's tests run in Central European time (as a POSIX rule, so no
+/// tzdata is needed); the annotated times are local times there. Every test
+/// of this binary calls this first, so the variable is set once, before
+/// any of them reads the time zone.
+fn set_time_zone() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the Once runs this before any test thread of this binary
+    // goes past its first line, so nothing reads the environment meanwhile.
+    ONCE.call_once(|| unsafe { std::env::set_var("TZ", "CET-01CEST-02,M3.5.0,M10.5.0") });
+}
+
 fn package_dirs() -> (PathBuf, PathBuf, PathBuf) {
     let tests = PathBuf::from(PACKAGE_TESTS);
     let logs = tests.join("files/logs");
@@ -409,11 +420,7 @@ fn check(
 
 #[test]
 fn fail2ban_filters_agree_with_their_sample_annotations() {
-    // fail2ban's tests run in Central European time (as a POSIX rule, so
-    // no tzdata is needed); the annotated times are local times there.
-    // SAFETY: set before any thread of this test reads the environment;
-    // the other test in this binary does not read the time zone.
-    unsafe { std::env::set_var("TZ", "CET-01CEST-02,M3.5.0,M10.5.0") };
+    set_time_zone();
     let (filter_dir, test_filter_dir, logs) = package_dirs();
     let tmp = tempfile::tempdir().expect("tempdir");
     let test_filter_dir = test_filter_layout(&test_filter_dir, &filter_dir, tmp.path());
@@ -530,6 +537,7 @@ fn fail2ban_filters_agree_with_their_sample_annotations() {
 /// `*common.conf` files have no failregex, so only their reading is checked).
 #[test]
 fn every_filter_file_reads() {
+    set_time_zone();
     let (filter_dir, _, _) = package_dirs();
     let mut failures = Vec::new();
     let mut count = 0;
@@ -558,4 +566,66 @@ fn every_filter_file_reads() {
         filter_dir.display()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Hostile lines against every packaged filter (all option sets would be
+/// more, the default set is the one most jails use): long runs of the
+/// characters fail2ban patterns repeat (`\S+`, `.*`, address characters,
+/// brackets), with and without a syslog prefix. Each line must be handled
+/// quickly (the match limit bounds every search) and nothing may panic.
+#[test]
+fn hostile_lines_stay_bounded_in_every_filter() {
+    set_time_zone();
+    let (filter_dir, _, _) = package_dirs();
+    let mut hostile: Vec<String> = Vec::new();
+    for body in [
+        "a".repeat(20_000),
+        format!("{}x", " ".repeat(20_000)),
+        "from ".repeat(4000),
+        format!("user {} from 192.0.2.1 port 22 ssh2", "x ".repeat(5000)),
+        format!(
+            "Failed password for {}from 192.0.2.1 port 22 ssh2",
+            "invalid user ".repeat(2000)
+        ),
+        "[".repeat(5000),
+        "1.".repeat(5000),
+        format!("{}1", ":".repeat(5000)),
+        format!("{}]", "[a=\"b\" ".repeat(3000)),
+        "é".repeat(10_000),
+    ] {
+        hostile.push(format!("Nov 25 10:00:00 host sshd[123]: {body}"));
+        hostile.push(body);
+    }
+    let mut slowest = (std::time::Duration::ZERO, String::new());
+    let mut count = 0;
+    for entry in std::fs::read_dir(&filter_dir).expect("filter.d").flatten() {
+        let path = entry.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.ends_with(".conf") || name.ends_with("common.conf") {
+            continue;
+        }
+        let mut filter = Fail2banFilter::load_with(&path, &[], &name).expect("filter loads");
+        for line in &hostile {
+            let started = std::time::Instant::now();
+            let _ = filter.process(line);
+            let took = started.elapsed();
+            count += 1;
+            if took > slowest.0 {
+                slowest = (took, format!("{name}: {:.60}...", line));
+            }
+        }
+    }
+    println!(
+        "{count} hostile lines over the filters; slowest {:?} ({})",
+        slowest.0, slowest.1
+    );
+    assert!(
+        slowest.0 < std::time::Duration::from_millis(500),
+        "a hostile line took {:?}: {}",
+        slowest.0,
+        slowest.1
+    );
 }

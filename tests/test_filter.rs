@@ -109,6 +109,8 @@ journalmatch = _SYSTEMD_UNIT=app.service
     assert!(stdout.contains("lines:    4"), "{stdout}");
     // The host-name line matches but yields no address.
     assert!(stdout.contains("matched:  2"), "{stdout}");
+    assert!(stdout.contains("no address: 1"), "{stdout}");
+    assert!(stdout.contains("no address: 1"), "{stdout}");
     assert!(stdout.contains("failregex[0]: 1"), "{stdout}");
 
     let (code, stdout, stderr) = orch(&["test-filter", &filter, &log, "--json"]);

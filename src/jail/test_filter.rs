@@ -58,6 +58,9 @@ pub fn load_filter(spec: &str) -> Result<Box<dyn LineFilter>, TestFilterError> {
 pub struct Summary {
     pub lines: u64,
     pub matched: u64,
+    /// Matched lines that gave no address: a host name (never resolved),
+    /// or a fail2ban `<F-NOFAIL>` / multi-line line still waiting.
+    pub no_address: u64,
     pub ignored: u64,
     pub per_regex: Vec<u64>,
     pub seconds: f64,
@@ -94,7 +97,12 @@ pub fn run(
         let line = String::from_utf8_lossy(&buffer);
         found.clear();
         match filter.feed(line.trim_end_matches(['\n', '\r']), &mut found) {
-            LineOutcome::Matched => summary.matched += 1,
+            LineOutcome::Matched => {
+                summary.matched += 1;
+                if found.is_empty() {
+                    summary.no_address += 1;
+                }
+            }
             LineOutcome::Ignored => summary.ignored += 1,
             LineOutcome::Missed => {}
         }
@@ -139,6 +147,13 @@ pub fn describe(filter: &dyn LineFilter, summary: &Summary) -> String {
     let _ = writeln!(text, "engine:   {}", filter.engine());
     let _ = writeln!(text, "lines:    {}", summary.lines);
     let _ = writeln!(text, "matched:  {}", summary.matched);
+    if summary.no_address > 0 {
+        let _ = writeln!(
+            text,
+            "  no address: {} (host names are never resolved; no-failure or waiting multi-line lines)",
+            summary.no_address
+        );
+    }
     let _ = writeln!(text, "ignored:  {}", summary.ignored);
     let _ = writeln!(
         text,

@@ -10,6 +10,8 @@
 //!
 //! This module finds dates; it must not match failures.
 
+use std::cell::Cell;
+
 use super::Fail2banError;
 use crate::jail::backtrack::{BacktrackMatcher, BacktrackOptions, Groups, Search};
 
@@ -84,6 +86,8 @@ pub struct DateDetector {
     /// The clock that completes dates without a year or day; `None`: the
     /// wall clock.
     now: Option<i64>,
+    /// The line-anchored template that matched last, tried first.
+    last_anchored: Cell<Option<usize>>,
 }
 
 impl DateDetector {
@@ -125,6 +129,7 @@ impl DateDetector {
             templates,
             description,
             now: None,
+            last_anchored: Cell::new(None),
         })
     }
 
@@ -145,12 +150,20 @@ impl DateDetector {
         self.now = now;
     }
 
-    /// The date in `line`: the first line-anchored template that matches,
-    /// else the leftmost match of the others (earlier templates win ties).
+    /// The date in `line`: the line-anchored template that matched last
+    /// time if it matches again (as fail2ban tries its last template
+    /// first), else the first line-anchored template that matches, else
+    /// the leftmost match of the others (earlier templates win ties).
     pub fn find(&self, line: &str) -> Option<FoundDate> {
         let now = self.now();
+        if let Some(template) = self.last_anchored.get().and_then(|i| self.templates.get(i))
+            && let Search::Match(groups) = template.regex.search(line)
+            && let Some(found) = template.read(&groups, now)
+        {
+            return Some(found);
+        }
         let mut best: Option<(usize, FoundDate)> = None;
-        for template in &self.templates {
+        for (index, template) in self.templates.iter().enumerate() {
             let Search::Match(groups) = template.regex.search(line) else {
                 continue;
             };
@@ -158,6 +171,7 @@ impl DateDetector {
                 continue;
             };
             if template.line_begin {
+                self.last_anchored.set(Some(index));
                 return Some(found);
             }
             if best.is_none_or(|(start, _)| found.start < start) {

@@ -197,7 +197,7 @@ impl Fail2banFilter {
         &self.journalmatch
     }
 
-    /// The failregexes as written in the filter (tags not yet expanded).
+    /// How many failregexes the filter has.
     pub fn failregex_count(&self) -> usize {
         self.fail.len()
     }

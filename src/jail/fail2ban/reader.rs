@@ -17,6 +17,10 @@ use super::ini::{Config, Options};
 /// definitions are declared self-referencing (fail2ban's limit).
 const MAX_TAG_REPLACE_COUNT: usize = 25;
 
+/// Longest value tag substitution may build (a chain of tags that each
+/// repeat the next one would otherwise grow without bound).
+const MAX_VALUE_LEN: usize = 1 << 20;
+
 /// The options a filter file defines, fully substituted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FilterOptions {
@@ -168,6 +172,14 @@ impl TagLookup<'_> {
                     });
                 }
                 value = value.replace(&format!("<{tag}>"), &replacement);
+                if value.len() > MAX_VALUE_LEN {
+                    return Err(Fail2banError::Option {
+                        origin: self.config.origin.clone(),
+                        message: format!(
+                            "{own} grows beyond {MAX_VALUE_LEN} bytes while replacing <{tag}>"
+                        ),
+                    });
+                }
                 changed = true;
                 from = start;
             }

@@ -255,6 +255,15 @@ failregex2 = <greeting> <HOST>
         ]
     );
 
+    // Tags that each repeat the next one stop at a size bound.
+    let mut text = String::from("[Definition]\nfailregex = <t0>\n");
+    for i in 0..30 {
+        text.push_str(&format!("t{i} = <t{n}><t{n}>\n", n = i + 1));
+    }
+    let config = Config::from_files(vec![parse(&text, "t").unwrap()], "t");
+    let err = filter_options(&config, &Options::new()).unwrap_err();
+    assert!(err.to_string().contains("grows beyond"), "{err}");
+
     // A tag that refers to itself is an error, not a hang.
     let file = parse("[Definition]\nfailregex = <a>\na = <b>\nb = <a>\n", "t").unwrap();
     let config = Config::from_files(vec![file], "t");
