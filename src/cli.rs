@@ -138,15 +138,21 @@ nftables.service's ExecStartPost= and ExecReload=. It gives up after 20 seconds.
     /// Run a log filter over a log file and report what it finds
     #[command(
         long_about = "Run FILTER over every line of LOG and report what it finds, like \
-fail2ban-regex: lines read, lines matched and missed, hits per failregex, and lines per second. \
-FILTER is a built-in filter name (sshd) or the path of a native TOML filter. With --json, every \
-match is printed as one JSON object per line: {\"line\": N, \"host\": \"...\", \"user\": \"...\", \"time\": null} \
-(times are not read from lines yet).",
-        after_help = "Examples:\n  orch test-filter sshd /var/log/auth.log\n  journalctl -u ssh -o cat > /tmp/ssh.log && orch test-filter sshd /tmp/ssh.log --json"
+fail2ban-regex: the engine, lines read, matched, ignored (an ignoreregex matched) and missed, hits \
+per failregex, and lines per second. FILTER is a built-in filter name (sshd, ...), the path of a \
+native TOML filter, or a fail2ban filter reference: a filter.d .conf path, optionally with options \
+as in jail.conf, e.g. /etc/fail2ban/filter.d/sshd.conf[mode=aggressive]. fail2ban filters run on \
+a backtracking engine with a match limit; a line that hits the limit counts as missed. With \
+--json, every failure is printed as one JSON object per line: {\"line\": N, \"host\": \"...\", \
+\"user\": \"...\", \"time\": \"RFC 3339\"}, where time is null when the line has no date the \
+filter reads. Nothing is banned.",
+        after_help = "Examples:\n  orch test-filter sshd /var/log/auth.log\n  orch test-filter '/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]' /var/log/auth.log\n  journalctl -u ssh -o short-iso > /tmp/ssh.log && orch test-filter sshd /tmp/ssh.log --json"
     )]
     TestFilter {
+        /// A built-in filter name, a native .toml filter, or a fail2ban .conf[options] reference
         #[arg(value_name = "FILTER")]
         filter: String,
+        /// The log file to read (syslog lines, or journalctl -o short-iso output)
         #[arg(value_name = "LOG")]
         log: PathBuf,
         /// One JSON object per matched line instead of the summary
