@@ -476,6 +476,24 @@ impl JailDraft {
                 }
             },
         };
+        let source = match source {
+            JailSource::Journal { matches } if matches.is_empty() => {
+                let from_filter = crate::jail::test_filter::load_filter(&filter)
+                    .map(|loaded| loaded.journal_matches())
+                    .unwrap_or_default();
+                if from_filter.is_empty() {
+                    issues.push(at.issue(format!(
+                        "jails.{name}.journal: no `matches`, and filter {filter} has no journalmatch; \
+                         name the entries to read, e.g. matches = [\"_SYSTEMD_UNIT=ssh.service\"]"
+                    )));
+                    return None;
+                }
+                JailSource::Journal {
+                    matches: from_filter,
+                }
+            }
+            other => other,
+        };
         Some(JailConfig {
             name: name.to_string(),
             enabled: self.enabled.is_none_or(|(enabled, _)| enabled),
@@ -731,6 +749,26 @@ journal = {}
             found[0].starts_with("orch.toml:2:1: unknown field `filtr`, expected one of"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_journal_jail_without_matches_takes_the_filters_journalmatch() {
+        let fail2ban = "/etc/fail2ban/filter.d/sshd.conf";
+        if std::path::Path::new(fail2ban).is_file() {
+            let config = parse(&format!(
+                "[jails.ssh]\nfilter = \"{fail2ban}\"\njournal = {{}}\n"
+            ))
+            .expect("valid");
+            let JailSource::Journal { matches } = &config.jails.jails[0].source else {
+                panic!("journal source expected");
+            };
+            assert!(
+                matches.iter().any(|m| m.starts_with("_SYSTEMD_UNIT=")),
+                "{matches:?}"
+            );
+        }
+        let found = messages("[jails.sshd]\njournal = {}\n");
+        assert!(found[0].contains("has no journalmatch"), "{found:?}");
     }
 
     #[test]

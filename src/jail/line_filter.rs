@@ -60,4 +60,11 @@ pub trait LineFilter: fmt::Debug + Send {
     /// Classifies one line (without its trailing newline) and appends the
     /// failures it completes to `found`.
     fn feed(&mut self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome;
+
+    /// journalctl match arguments (`FIELD=value`, `+` for OR) that select
+    /// the entries this filter is written for, used by a journal jail that
+    /// names none itself. Empty when the filter does not say.
+    fn journal_matches(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

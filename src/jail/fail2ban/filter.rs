@@ -183,15 +183,6 @@ impl Fail2banFilter {
         })
     }
 
-    /// The filter's `journalmatch` lines, each as journalctl match words
-    /// (`_SYSTEMD_UNIT=sshd.service`, `+`, `_COMM=sshd`).
-    pub fn journal_matches(&self) -> Vec<String> {
-        self.journalmatch
-            .iter()
-            .map(|words| words.join(" "))
-            .collect()
-    }
-
     /// The `journalmatch` lines split into words.
     pub fn journal_match_words(&self) -> &[Vec<String>] {
         &self.journalmatch
@@ -544,6 +535,18 @@ impl LineFilter for Fail2banFilter {
 
     fn regex_count(&self) -> usize {
         self.fail.len()
+    }
+
+    /// The `journalmatch` lines joined with `+` (OR), as journalctl takes them.
+    fn journal_matches(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for words in &self.journalmatch {
+            if !args.is_empty() {
+                args.push("+".to_string());
+            }
+            args.extend(words.iter().cloned());
+        }
+        args
     }
 
     /// Failures whose host is no address are not returned (they cannot be
