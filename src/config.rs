@@ -22,7 +22,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod jails;
-pub use jails::{IncrementConfig, JailConfig, JailSource, JailsConfig};
+pub use jails::{IncrementConfig, JailConfig, JailSource, JailsConfig, RECIDIVE};
 
 /// The main system configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/orch/orch.toml";

@@ -304,3 +304,41 @@ fn a_jail_runs_fail2bans_own_sshd_filter() {
         "{status}"
     );
 }
+
+#[test]
+fn recidive_bans_for_a_week_after_repeated_jail_bans() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let log = Log::new();
+    let config =
+        log.jail("") + "[jails.recidive]\nmaxretry = 2\nfindtime = \"1d\"\nbantime = \"1w\"\n";
+    let daemon = Daemon::start(&netns, &bus, &config);
+    let timeout_of = |addr: &str| {
+        netns
+            .set_elements_with_expiry("orch", "ban4")
+            .into_iter()
+            .find(|(e, _)| e == addr)
+            .and_then(|(_, t)| t)
+    };
+    log.append(&failures("192.0.2.40", 3));
+    wait_until(Duration::from_secs(5), "first ban", || {
+        banned(&netns, "192.0.2.40")
+    });
+    assert!(timeout_of("192.0.2.40").expect("timeout") <= 3600);
+    daemon.cli(&["unban", "192.0.2.40"]).expect_ok("unban");
+
+    log.append(&failures("192.0.2.40", 3));
+    wait_until(Duration::from_secs(5), "the recidive ban", || {
+        timeout_of("192.0.2.40").is_some_and(|left| left > 3600)
+    });
+    let left = timeout_of("192.0.2.40").expect("timeout");
+    assert!((604_800 - 30..=604_800).contains(&left), "{left} s left");
+    let list = daemon.cli(&["list"]).expect_ok("list").stdout;
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("192.0.2.40") && l.contains("recidive")),
+        "{list}"
+    );
+    let status = daemon.cli(&["status"]).expect_ok("status").stdout;
+    assert!(status.contains("jail recidive: 1 active bans"), "{status}");
+}

@@ -45,6 +45,8 @@ pub enum JailSource {
     Files(Vec<String>),
     /// The systemd journal, with journalctl-style `FIELD=value` matches.
     Journal { matches: Vec<String> },
+    /// orch's own bans by the other jails (`filter = "recidive"`).
+    OwnBans,
 }
 
 impl fmt::Display for JailSource {
@@ -53,6 +55,7 @@ impl fmt::Display for JailSource {
             JailSource::Files(files) => write!(f, "files {}", files.join(" ")),
             JailSource::Journal { matches } if matches.is_empty() => write!(f, "journal"),
             JailSource::Journal { matches } => write!(f, "journal {}", matches.join(" ")),
+            JailSource::OwnBans => write!(f, "orch's own bans by the other jails"),
         }
     }
 }
@@ -457,7 +460,21 @@ impl JailDraft {
 
     fn finish(self, name: &str, issues: &mut Vec<ConfigIssue>) -> Option<JailConfig> {
         let at = self.at?;
-        let Some((source, _)) = self.source else {
+        let is_recidive = self
+            .filter
+            .as_ref()
+            .map_or(name == RECIDIVE, |(filter, _)| filter == RECIDIVE);
+        let source = match (self.source, is_recidive) {
+            (None, true) => Some((JailSource::OwnBans, at.clone())),
+            (Some((_, source_at)), true) => {
+                issues.push(source_at.issue(format!(
+                    "jails.{name}: the recidive filter reads orch's own bans; remove `files`/`journal`"
+                )));
+                return None;
+            }
+            (source, false) => source,
+        };
+        let Some((source, _)) = source else {
             issues.push(at.issue(format!(
                 "jails.{name}: says nothing about where to read; set `files = [\"/var/log/…\"]` \
                  or `journal = {{ matches = [\"_SYSTEMD_UNIT=….service\"] }}`"
@@ -517,6 +534,10 @@ impl JailDraft {
     }
 }
 
+/// The built-in filter that escalates on orch's own ban history instead of
+/// reading a log.
+pub const RECIDIVE: &str = "recidive";
+
 /// Jail names become part of ban sources and store keys: keep them plain.
 fn check_jail_name(name: &str) -> Result<(), String> {
     let plain = name
@@ -535,6 +556,9 @@ fn check_jail_name(name: &str) -> Result<(), String> {
 /// than a jail that silently never bans. A relative filter path is taken
 /// relative to the configuration file's directory.
 fn check_filter(spec: &str, config_file: &std::path::Path) -> Result<String, String> {
+    if spec == RECIDIVE {
+        return Ok(spec.to_string());
+    }
     let resolved = if spec.contains('/') && !spec.starts_with('/') {
         let dir = config_file.parent().unwrap_or(std::path::Path::new("/"));
         dir.join(spec).display().to_string()

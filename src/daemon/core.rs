@@ -17,14 +17,18 @@ use tokio::sync::oneshot;
 
 use crate::addr::{self, AddrError, BanPolicy};
 use crate::config::Config;
-use crate::config::JailConfig;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::config::{JailConfig, JailSource};
 use crate::daemon::events::{EventKind, FirewallEvent};
 use crate::daemon::reconciler::{
     DnsAllows, Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS, release_freed_memory,
 };
 use crate::firewall::Firewall;
 use crate::firewall::{FirewallError, FirewallStatus};
+use crate::jail::counter::FailureCounter;
 use crate::jail::counter::ban_seconds;
+use crate::jail::runner::JailStats;
 use crate::store::{BanRecord, Store, StoreError};
 use crate::timefmt::now_unix;
 
@@ -96,6 +100,16 @@ pub struct Core {
     stop_requested: bool,
     /// Addresses the DNS allow names resolve to, with absolute expiries.
     dns_allows: DnsAllows,
+    /// Recidive jails: they count the other jails' bans per address.
+    recidive: Vec<RecidiveJail>,
+}
+
+/// A jail with `filter = "recidive"`: its "failures" are bans by the other
+/// jails, so it lives in the core, where those bans happen.
+struct RecidiveJail {
+    config: JailConfig,
+    counter: FailureCounter,
+    stats: Arc<JailStats>,
 }
 
 /// How often the core purges expired bans and compacts the store.
@@ -120,6 +134,7 @@ impl Core {
             probe_offset: 0,
             stop_requested: false,
             dns_allows: DnsAllows::default(),
+            recidive: Vec::new(),
         };
         core.sync("daemon start")?;
         Ok(core)
@@ -276,10 +291,46 @@ impl Core {
             humantime::format_duration(jail.find_time)
         );
         self.ban(&[addr.to_string()], seconds, &reason, &jail.name)?;
+        if jail.source != JailSource::OwnBans {
+            self.count_for_recidive(addr, now);
+        }
         Ok(format!(
             "banned for {} ({reason}; banned {previous} time(s) before)",
             humantime::format_duration(Duration::from_secs(seconds))
         ))
+    }
+
+    /// Starts counting other jails' bans for the recidive jail `jail`.
+    pub fn add_recidive(&mut self, jail: JailConfig, max_tracked: usize, stats: Arc<JailStats>) {
+        let counter = FailureCounter::new(jail.max_retry, jail.find_time.as_secs(), max_tracked);
+        stats.set_state("counting bans by the other jails".to_string());
+        self.recidive.push(RecidiveJail {
+            config: jail,
+            counter,
+            stats,
+        });
+    }
+
+    /// A jail banned `addr`: each recidive jail counts it, and bans for its
+    /// own (long) time once the count reaches its maxretry.
+    fn count_for_recidive(&mut self, addr: std::net::IpAddr, now: u64) {
+        let mut escalate = Vec::new();
+        for recidive in &mut self.recidive {
+            recidive.stats.failures.fetch_add(1, Relaxed);
+            if recidive.counter.record(addr, now) {
+                escalate.push(recidive.config.clone());
+            }
+            recidive
+                .stats
+                .tracked
+                .store(recidive.counter.tracked() as u64, Relaxed);
+        }
+        for jail in escalate {
+            match self.jail_ban(&jail, addr, jail.max_retry) {
+                Ok(done) => tracing::info!(jail = %jail.name, %addr, "{done}"),
+                Err(err) => tracing::warn!(jail = %jail.name, %addr, "not banned: {err}"),
+            }
+        }
     }
 
     /// Where a log reader stopped, from the store.

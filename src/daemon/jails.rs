@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, JailConfig};
+use crate::config::{Config, JailConfig, JailSource};
 use crate::daemon::core::CoreHandle;
 use crate::jail::runner::{JailActions, JailStats, RunningJail};
 
@@ -24,6 +24,8 @@ pub struct JailView {
 /// The running jails.
 pub struct Jails {
     running: Vec<RunningJail>,
+    /// Recidive jails, counted by the core.
+    recidive_views: Vec<JailView>,
 }
 
 impl Jails {
@@ -34,7 +36,26 @@ impl Jails {
     pub fn start(config: &Config, core: &CoreHandle) -> Jails {
         let actions: Arc<dyn JailActions> = Arc::new(CoreActions { core: core.clone() });
         let mut running = Vec::new();
+        let mut recidive_views = Vec::new();
         for jail in config.jails.jails.iter().filter(|jail| jail.enabled) {
+            if jail.source == JailSource::OwnBans {
+                // The core counts other jails' bans for it.
+                let stats = Arc::new(JailStats::default());
+                let (recidive, shared, max_tracked) =
+                    (jail.clone(), stats.clone(), config.jails.max_tracked);
+                if core
+                    .call_blocking(move |core| core.add_recidive(recidive, max_tracked, shared))
+                    .is_ok()
+                {
+                    recidive_views.push(JailView {
+                        name: jail.name.clone(),
+                        filter: jail.filter.clone(),
+                        source: jail.source.to_string(),
+                        stats,
+                    });
+                }
+                continue;
+            }
             let filter = match crate::jail::test_filter::load_filter(&jail.filter) {
                 Ok(filter) => filter,
                 Err(err) => {
@@ -59,7 +80,10 @@ impl Jails {
                 Err(err) => tracing::error!(jail = %jail.name, "cannot start the jail: {err}"),
             }
         }
-        Jails { running }
+        Jails {
+            running,
+            recidive_views,
+        }
     }
 
     /// Views for status.
@@ -72,6 +96,7 @@ impl Jails {
                 source: jail.config.source.to_string(),
                 stats: jail.stats.clone(),
             })
+            .chain(self.recidive_views.iter().cloned())
             .collect()
     }
 

@@ -53,7 +53,8 @@ pub struct JailStats {
 }
 
 impl JailStats {
-    fn set_state(&self, text: String) {
+    /// Replaces the state text shown by `orch status`.
+    pub fn set_state(&self, text: String) {
         if let Ok(mut state) = self.state.lock() {
             *state = text;
         }
@@ -110,6 +111,11 @@ impl RunningJail {
                     follower,
                     _watch: watch,
                 }
+            }
+            JailSource::OwnBans => {
+                return Err(std::io::Error::other(
+                    "the recidive jail is run by the core, not by a reader thread",
+                ));
             }
             JailSource::Journal { matches } => {
                 let cursor = saved(&position_key(&config.name, None));
