@@ -342,3 +342,56 @@ fn recidive_bans_for_a_week_after_repeated_jail_bans() {
     let status = daemon.cli(&["status"]).expect_ok("status").stdout;
     assert!(status.contains("jail recidive: 1 active bans"), "{status}");
 }
+
+#[test]
+fn a_jail_with_ports_bans_only_those_ports_and_packets_show_it() {
+    let pair = common::VethPair::new(&["10.99.0.1/24"], &["10.99.0.2/24", "10.99.0.3/24"]);
+    let bus = TestBus::start();
+    let log = Log::new();
+    let daemon = Daemon::start(
+        &pair.server,
+        &bus,
+        &log.jail("ports = [2222]\nprotocol = \"tcp\""),
+    );
+    pair.listen(2222);
+    pair.listen(2223);
+    let timeout = Duration::from_secs(1);
+    assert!(pair.connect_from("10.99.0.2", "10.99.0.1", 2222, timeout));
+
+    log.append(&failures("10.99.0.2", 3));
+    wait_until(Duration::from_secs(5), "10.99.0.2 in portban4", || {
+        pair.server
+            .set_elements("orch", "portban4")
+            .iter()
+            .any(|e| e == "10.99.0.2 . tcp . 2222")
+    });
+    assert!(
+        !banned(&pair.server, "10.99.0.2"),
+        "not in the every-port set"
+    );
+    assert!(
+        !pair.connect_from("10.99.0.2", "10.99.0.1", 2222, timeout),
+        "the banned source reached the jail's port"
+    );
+    assert!(
+        pair.connect_from("10.99.0.2", "10.99.0.1", 2223, timeout),
+        "the banned source was blocked on another port"
+    );
+    assert!(
+        pair.connect_from("10.99.0.3", "10.99.0.1", 2222, timeout),
+        "the neighbour was blocked"
+    );
+    let list = daemon.cli(&["list"]).expect_ok("list").stdout;
+    assert!(list.lines().any(|l| l.starts_with("10.99.0.2")), "{list}");
+
+    // A full re-apply keeps the ban where it was.
+    daemon.cli(&["sync"]).expect_ok("sync");
+    assert_eq!(
+        pair.server.set_elements("orch", "portban4"),
+        ["10.99.0.2 . tcp . 2222"]
+    );
+
+    daemon.cli(&["unban", "10.99.0.2"]).expect_ok("unban");
+    assert!(pair.server.set_elements("orch", "portban4").is_empty());
+    assert!(pair.connect_from("10.99.0.2", "10.99.0.1", 2222, timeout));
+}

@@ -31,6 +31,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
 use super::{ConfigIssue, Document, Located, Origin, check_duration, set};
+use crate::firewall::script::Protocol;
 use crate::jail::counter::Increment;
 
 /// Default of `jails.max_tracked`: failing addresses remembered per jail.
@@ -91,6 +92,10 @@ pub struct JailConfig {
     /// argv run before a ban, `<ip>` replaced by the address; exit status 0
     /// means "ignore this address".
     pub ignore_command: Vec<String>,
+    /// Ports this jail's bans cover; empty: every port (the shared sets).
+    pub ports: Vec<u16>,
+    /// Protocols of `ports`.
+    pub protocols: Vec<Protocol>,
 }
 
 /// The whole `[jails]` section.
@@ -157,6 +162,8 @@ struct RawJail {
     increment: Option<RawIncrement>,
     ignore: Option<Vec<Spanned<String>>>,
     ignore_command: Option<Spanned<Vec<String>>>,
+    ports: Option<Spanned<Vec<i64>>>,
+    protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +202,8 @@ struct JailDraft {
     increment_overall: Located<bool>,
     ignore: Vec<IpNet>,
     ignore_command: Located<Vec<String>>,
+    ports: Located<Vec<u16>>,
+    protocols: Located<Vec<Protocol>>,
 }
 
 /// `[jails]` from every file, merged key by key.
@@ -342,6 +351,7 @@ impl JailDraft {
             &key("bantime"),
             |s| check_duration(&s),
         );
+        self.apply_ports(name, jail.ports, jail.protocol, doc, issues);
         if let Some(increment) = jail.increment {
             self.apply_increment(name, increment, doc, issues);
         }
@@ -366,6 +376,55 @@ impl JailDraft {
                 None => Err("give the program and its arguments, e.g. \
                      [\"/usr/local/bin/is-friend\", \"<ip>\"]"
                     .to_string()),
+            },
+        );
+    }
+
+    fn apply_ports(
+        &mut self,
+        name: &str,
+        jail_ports: Option<Spanned<Vec<i64>>>,
+        protocol: Option<Spanned<String>>,
+        doc: &Document,
+        issues: &mut Vec<ConfigIssue>,
+    ) {
+        set(
+            &mut self.ports,
+            jail_ports,
+            doc,
+            issues,
+            &format!("jails.{name}.ports"),
+            |ports| {
+                if ports.is_empty() {
+                    return Err(
+                        "list at least one port, or leave `ports` out for every port".to_string(),
+                    );
+                }
+                let mut checked: Vec<u16> = ports
+                    .iter()
+                    .map(|&p| {
+                        u16::try_from(p)
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .ok_or_else(|| format!("{p} is not a port (1 to 65535)"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                checked.sort_unstable();
+                checked.dedup();
+                Ok(checked)
+            },
+        );
+        set(
+            &mut self.protocols,
+            protocol,
+            doc,
+            issues,
+            &format!("jails.{name}.protocol"),
+            |text| match text.as_str() {
+                "tcp" => Ok(vec![Protocol::Tcp]),
+                "udp" => Ok(vec![Protocol::Udp]),
+                "all" => Ok(vec![Protocol::Tcp, Protocol::Udp]),
+                other => Err(format!(r#"{other:?} is not "tcp", "udp" or "all""#)),
             },
         );
     }
@@ -460,6 +519,12 @@ impl JailDraft {
 
     fn finish(self, name: &str, issues: &mut Vec<ConfigIssue>) -> Option<JailConfig> {
         let at = self.at?;
+        if let (Some((_, at)), None) = (&self.protocols, &self.ports) {
+            issues.push(at.issue(format!(
+                "jails.{name}.protocol: only means something with `ports`; \
+                 without them a ban covers every port and protocol"
+            )));
+        }
         let is_recidive = self
             .filter
             .as_ref()
@@ -530,6 +595,10 @@ impl JailDraft {
                 .ignore_command
                 .map(|(argv, _)| argv)
                 .unwrap_or_default(),
+            ports: self.ports.map(|(ports, _)| ports).unwrap_or_default(),
+            protocols: self
+                .protocols
+                .map_or(vec![Protocol::Tcp], |(protocols, _)| protocols),
         })
     }
 }

@@ -136,6 +136,8 @@ impl Core {
             dns_allows: DnsAllows::default(),
             recidive: Vec::new(),
         };
+        core.reconciler
+            .set_port_scopes(port_scopes(&core.config.jails));
         core.sync("daemon start")?;
         Ok(core)
     }
@@ -237,10 +239,14 @@ impl Core {
                 source: source.clone(),
             });
         }
-        let (replaced, added): (Vec<BanRecord>, Vec<BanRecord>) = records
-            .iter()
-            .cloned()
-            .partition(|record| self.store.get_ban(&record.net).is_some());
+        let mut added = Vec::new();
+        let mut replaced = Vec::new();
+        for record in &records {
+            match self.store.get_ban(&record.net) {
+                Some(previous) => replaced.push((previous.clone(), record.clone())),
+                None => added.push(record.clone()),
+            }
+        }
         self.store.insert_bans(&records)?;
         self.banned_prefixes.extend(new_prefixes);
         if let Err(err) = self.reconciler.apply_bans(&added, &replaced, now) {
@@ -377,7 +383,10 @@ impl Core {
             return Ok(None);
         };
         self.banned_prefixes.remove(&net);
-        if let Err(err) = self.reconciler.remove_bans(&[net]) {
+        if let Err(err) = self
+            .reconciler
+            .remove_bans(std::slice::from_ref(&removed), now_unix())
+        {
             tracing::warn!("incremental unban failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed unban")?;
         }
@@ -554,6 +563,7 @@ impl Core {
             let firewall = Firewall::open(&config.firewall)?;
             self.reconciler.replace_firewall(firewall);
         }
+        self.reconciler.set_port_scopes(port_scopes(&config.jails));
         self.config = config;
         self.sync("configuration reloaded")?;
         Ok(())
@@ -623,6 +633,25 @@ impl Core {
 }
 
 type Job = Box<dyn FnOnce(&mut Core) + Send>;
+
+/// The port scope of each jail that bans only some ports, by jail name
+/// (the source of its bans).
+fn port_scopes(
+    jails: &crate::config::JailsConfig,
+) -> std::collections::HashMap<String, Arc<crate::firewall::script::PortScope>> {
+    jails
+        .jails
+        .iter()
+        .filter(|jail| !jail.ports.is_empty())
+        .map(|jail| {
+            let scope = crate::firewall::script::PortScope {
+                protocols: jail.protocols.clone(),
+                ports: jail.ports.clone(),
+            };
+            (jail.name.clone(), Arc::new(scope))
+        })
+        .collect()
+}
 
 /// A number in `0..=limit`, for randomised ban times. Not cryptographic:
 /// it only has to keep bots from predicting the exact end of a ban.

@@ -10,6 +10,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::firewall::script::PortScope;
 use crate::firewall::{
     DnsElements, Firewall, FirewallError, FirewallStatus, TableContents, TimedElement,
 };
@@ -27,6 +31,8 @@ pub struct SyncInfo {
 pub struct Reconciler {
     firewall: Firewall,
     last_sync: Option<SyncInfo>,
+    /// Port scopes by ban source (jail name); other sources ban every port.
+    scopes: HashMap<String, Arc<PortScope>>,
 }
 
 /// Above this many elements a full apply has used enough transient memory
@@ -59,9 +65,8 @@ impl DnsAllows {
 
     /// The kernel elements still valid at `now`.
     fn elements(&self, now: u64) -> DnsElements {
-        let timed = |addr: &IpAddr, expires: u64| TimedElement {
-            net: IpNet::from(*addr),
-            timeout_secs: expires - now,
+        let timed = |addr: &IpAddr, expires: u64| {
+            TimedElement::every_port(IpNet::from(*addr), expires - now)
         };
         DnsElements {
             any_port: self
@@ -80,18 +85,28 @@ impl DnsAllows {
     }
 }
 
-fn element(record: &BanRecord, now: u64) -> TimedElement {
-    TimedElement {
-        net: record.net,
-        timeout_secs: record.expires.saturating_sub(now).max(1),
-    }
-}
-
 impl Reconciler {
     pub fn new(firewall: Firewall) -> Self {
         Reconciler {
             firewall,
             last_sync: None,
+            scopes: HashMap::new(),
+        }
+    }
+
+    /// Which ban sources (jail names) ban only some ports. Takes effect for
+    /// changes from now on; the caller re-syncs to move existing bans.
+    pub fn set_port_scopes(&mut self, scopes: HashMap<String, Arc<PortScope>>) {
+        self.scopes = scopes;
+    }
+
+    /// The kernel element(s) of a stored ban: its remaining time, on the
+    /// ports of its source's scope, or on every port.
+    fn element(&self, record: &BanRecord, now: u64) -> TimedElement {
+        TimedElement {
+            net: record.net,
+            timeout_secs: record.expires.saturating_sub(now).max(1),
+            scope: self.scopes.get(&*record.source).cloned(),
         }
     }
 
@@ -108,7 +123,7 @@ impl Reconciler {
         let bans: Vec<TimedElement> = store
             .bans()
             .filter(|record| record.expires > now)
-            .map(|record| element(record, now))
+            .map(|record| self.element(record, now))
             .collect();
         let dns = dns_allows.elements(now);
         let result = self.firewall.apply_full(&TableContents {
@@ -133,18 +148,31 @@ impl Reconciler {
         Ok(info)
     }
 
-    /// Puts freshly stored bans into the kernel: `added` are new, `replaced`
-    /// already had an element whose timeout must change.
+    /// Puts freshly stored bans into the kernel: `added` are new,
+    /// `replaced` pairs an earlier ban of the same network with the new one,
+    /// whose element must get the new timeout (or move, when the two bans
+    /// cover different ports).
     pub fn apply_bans(
         &mut self,
         added: &[BanRecord],
-        replaced: &[BanRecord],
+        replaced: &[(BanRecord, BanRecord)],
         now: u64,
     ) -> Result<(), FirewallError> {
-        let added: Vec<TimedElement> = added.iter().map(|r| element(r, now)).collect();
-        let replaced: Vec<TimedElement> = replaced.iter().map(|r| element(r, now)).collect();
-        self.firewall.add_bans(&added)?;
-        self.firewall.replace_bans(&replaced)
+        let mut add: Vec<TimedElement> = added.iter().map(|r| self.element(r, now)).collect();
+        let mut retime = Vec::new();
+        let mut moved_from = Vec::new();
+        for (previous, record) in replaced {
+            let (old, new) = (self.element(previous, now), self.element(record, now));
+            if old.scope == new.scope {
+                retime.push(new);
+            } else {
+                moved_from.push(old);
+                add.push(new);
+            }
+        }
+        self.firewall.remove_bans(&moved_from)?;
+        self.firewall.add_bans(&add)?;
+        self.firewall.replace_bans(&retime)
     }
 
     /// Cheap self-check: the table and chains exist and a few stored bans
@@ -153,13 +181,13 @@ impl Reconciler {
         const SAMPLES: usize = 8;
         let count = store.ban_count();
         let skip = if count == 0 { 0 } else { probe_offset % count };
-        let samples: Vec<IpNet> = store
+        let samples: Vec<TimedElement> = store
             .bans()
             .skip(skip)
             .chain(store.bans().take(skip))
             .filter(|record| record.expires > now + 5)
             .take(SAMPLES)
-            .map(|record| record.net)
+            .map(|record| self.element(record, now))
             .collect();
         self.firewall.is_intact(&samples)
     }
@@ -180,8 +208,10 @@ impl Reconciler {
         self.firewall = firewall;
     }
 
-    pub fn remove_bans(&mut self, nets: &[IpNet]) -> Result<(), FirewallError> {
-        self.firewall.remove_bans(nets)
+    /// Takes these stored bans out of the kernel.
+    pub fn remove_bans(&mut self, records: &[BanRecord], now: u64) -> Result<(), FirewallError> {
+        let elements: Vec<TimedElement> = records.iter().map(|r| self.element(r, now)).collect();
+        self.firewall.remove_bans(&elements)
     }
 
     /// Swaps the DNS allow sets for these addresses (absolute expiries).

@@ -154,18 +154,17 @@ impl Firewall {
         if bans.is_empty() {
             return Ok(());
         }
-        let nets: Vec<IpNet> = bans.iter().map(|ban| ban.net).collect();
-        let mut script = self.layout.remove_bans(&nets);
+        let mut script = self.layout.remove_bans(bans);
         script.push_str(&self.layout.add_bans(bans));
         self.executor.run(&script)
     }
 
     /// Removes ban elements; elements the kernel already expired are fine.
-    pub fn remove_bans(&mut self, nets: &[IpNet]) -> Result<(), FirewallError> {
-        if nets.is_empty() {
+    pub fn remove_bans(&mut self, bans: &[TimedElement]) -> Result<(), FirewallError> {
+        if bans.is_empty() {
             return Ok(());
         }
-        self.executor.run(&self.layout.remove_bans(nets))
+        self.executor.run(&self.layout.remove_bans(bans))
     }
 
     /// Replaces the allow sets with `allows`.
@@ -175,7 +174,7 @@ impl Firewall {
 
     /// True when the table, its chains and the sampled ban elements are
     /// in the kernel. Never lists the big sets.
-    pub fn is_intact(&mut self, sample_bans: &[IpNet]) -> bool {
+    pub fn is_intact(&mut self, sample_bans: &[TimedElement]) -> bool {
         if self.ownership.is_none() {
             return false;
         }

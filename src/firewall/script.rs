@@ -28,11 +28,13 @@ pub mod sets {
     pub const DNSALLOW6: &str = "dnsallow6";
     pub const DNSPORT4: &str = "dnsport4";
     pub const DNSPORT6: &str = "dnsport6";
+    pub const PORTBAN4: &str = "portban4";
+    pub const PORTBAN6: &str = "portban6";
 }
 
 /// Every set of the table: name, element type, flags. Interval sets hold
 /// prefixes; hash sets single addresses (fast to change one by one).
-const SET_DECLARATIONS: [(&str, &str, &str); 10] = [
+const SET_DECLARATIONS: [(&str, &str, &str); 12] = [
     (sets::ALLOW4, "ipv4_addr", "interval"),
     (sets::ALLOW6, "ipv6_addr", "interval"),
     (sets::DNSALLOW4, "ipv4_addr", "timeout"),
@@ -43,7 +45,42 @@ const SET_DECLARATIONS: [(&str, &str, &str); 10] = [
     (sets::BAN6, "ipv6_addr", "timeout"),
     (sets::BANNET4, "ipv4_addr", "interval, timeout"),
     (sets::BANNET6, "ipv6_addr", "interval, timeout"),
+    (
+        sets::PORTBAN4,
+        "ipv4_addr . inet_proto . inet_service",
+        "timeout",
+    ),
+    (
+        sets::PORTBAN6,
+        "ipv6_addr . inet_proto . inet_service",
+        "timeout",
+    ),
 ];
+
+/// A transport protocol a port-scoped ban covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// The ports a jail's bans cover, when not every port: elements of the
+/// `portban4`/`portban6` sets (address . protocol . port) instead of the
+/// plain ban sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortScope {
+    pub protocols: Vec<Protocol>,
+    pub ports: Vec<u16>,
+}
 
 /// Table flags orch asks for when it creates its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,11 +146,24 @@ impl Default for TableContents<'_> {
     }
 }
 
-/// One ban as the kernel holds it: the network and its remaining seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One ban as the kernel holds it: the network and its remaining seconds,
+/// on every port, or only on `scope`'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimedElement {
     pub net: IpNet,
     pub timeout_secs: u64,
+    pub scope: Option<std::sync::Arc<PortScope>>,
+}
+
+impl TimedElement {
+    /// A ban of `net` on every port.
+    pub fn every_port(net: IpNet, timeout_secs: u64) -> TimedElement {
+        TimedElement {
+            net,
+            timeout_secs,
+            scope: None,
+        }
+    }
 }
 
 /// The ban set an element belongs in: single addresses go to the hash sets,
@@ -164,16 +214,52 @@ pub fn ownership_probe(table: &str, ownership: Ownership) -> String {
     format!("table inet {table} {{ {flags}}}\ndelete table inet {table}\n")
 }
 
-/// Sorts rendered elements into the four ban sets, keeping their order.
-fn group_by_ban_set(
-    items: impl Iterator<Item = (IpNet, String)>,
-) -> [(&'static str, Vec<String>); 4] {
-    let mut by_set =
-        [sets::BAN4, sets::BAN6, sets::BANNET4, sets::BANNET6].map(|set| (set, Vec::new()));
-    for (net, text) in items {
-        let set = ban_set_for(&net);
+/// The sets bans live in, in the order scripts touch them.
+const BAN_SETS: [&str; 6] = [
+    sets::BAN4,
+    sets::BAN6,
+    sets::BANNET4,
+    sets::BANNET6,
+    sets::PORTBAN4,
+    sets::PORTBAN6,
+];
+
+/// Sorts a ban's elements into the ban sets: one element in a plain set,
+/// or one per protocol and port in a port set. `timeout` adds the
+/// element's timeout to the text (for adding; deleting names none).
+fn group_by_ban_set<'a>(
+    bans: impl Iterator<Item = &'a TimedElement>,
+    with_timeout: bool,
+) -> [(&'static str, Vec<String>); 6] {
+    let mut by_set = BAN_SETS.map(|set| (set, Vec::new()));
+    let mut push = |set: &str, text: String| {
         if let Some((_, texts)) = by_set.iter_mut().find(|(name, _)| *name == set) {
             texts.push(text);
+        }
+    };
+    for ban in bans {
+        let timeout = if with_timeout {
+            format!(" timeout {}", timeout_text(ban.timeout_secs))
+        } else {
+            String::new()
+        };
+        let addr = element_text(&ban.net);
+        match &ban.scope {
+            None => push(ban_set_for(&ban.net), format!("{addr}{timeout}")),
+            Some(scope) => {
+                let set = match ban.net {
+                    IpNet::V4(_) => sets::PORTBAN4,
+                    IpNet::V6(_) => sets::PORTBAN6,
+                };
+                for protocol in &scope.protocols {
+                    for port in &scope.ports {
+                        push(
+                            set,
+                            format!("{addr} . {} . {port}{timeout}", protocol.as_str()),
+                        );
+                    }
+                }
+            }
         }
     }
     by_set
@@ -254,19 +340,25 @@ impl TableLayout {
         ] {
             let _ = writeln!(out, "    {family} saddr @{set} counter {verdict}");
         }
+        for (family, set) in [("ip", sets::PORTBAN4), ("ip6", sets::PORTBAN6)] {
+            let _ = writeln!(
+                out,
+                "    meta l4proto {{ tcp, udp }} {family} saddr . meta l4proto . th dport @{set} counter {verdict}"
+            );
+        }
         out.push_str("  }\n");
     }
 
     /// Read-only commands that each fail unless the table, its chains and
     /// the given ban elements are in the kernel: the cheap self-check (it
     /// never lists the big sets). Run them one by one.
-    pub fn check_commands(&self, sample_bans: &[IpNet]) -> Vec<String> {
+    pub fn check_commands(&self, sample_bans: &[TimedElement]) -> Vec<String> {
         let table = &self.table;
         let mut commands: Vec<String> = std::iter::once("filter")
             .chain(self.base_chains())
             .map(|chain| format!("list chain inet {table} {chain}"))
             .collect();
-        let by_set = group_by_ban_set(sample_bans.iter().map(|net| (*net, element_text(net))));
+        let by_set = group_by_ban_set(sample_bans.iter(), false);
         commands.extend(
             self.element_commands("get", &by_set)
                 .lines()
@@ -284,32 +376,23 @@ impl TableLayout {
     /// on kernels >= 6.12 re-adding an element without a timeout makes it
     /// permanent).
     pub fn add_bans(&self, bans: &[TimedElement]) -> String {
-        let by_set = group_by_ban_set(bans.iter().map(|ban| {
-            let text = format!(
-                "{} timeout {}",
-                element_text(&ban.net),
-                timeout_text(ban.timeout_secs)
-            );
-            (ban.net, text)
-        }));
-        self.element_commands("add", &by_set)
+        self.element_commands("add", &group_by_ban_set(bans.iter(), true))
     }
 
     /// Removes ban elements whether or not the kernel still holds them: each
     /// is first added with a one-second timeout (a no-op if present), then
     /// deleted, so an element that already timed out cannot fail the
     /// transaction.
-    pub fn remove_bans(&self, nets: &[IpNet]) -> String {
-        let present: Vec<TimedElement> = nets
+    pub fn remove_bans(&self, bans: &[TimedElement]) -> String {
+        let present: Vec<TimedElement> = bans
             .iter()
-            .map(|net| TimedElement {
-                net: *net,
+            .map(|ban| TimedElement {
                 timeout_secs: 1,
+                ..ban.clone()
             })
             .collect();
         let mut out = self.add_bans(&present);
-        let by_set = group_by_ban_set(nets.iter().map(|net| (*net, element_text(net))));
-        out.push_str(&self.element_commands("delete", &by_set));
+        out.push_str(&self.element_commands("delete", &group_by_ban_set(bans.iter(), false)));
         out
     }
 
@@ -436,33 +519,56 @@ mod tests {
     #[test]
     fn bans_go_to_the_right_set_with_timeouts() {
         let script = layout(false).add_bans(&[
-            TimedElement {
-                net: net("192.0.2.1/32"),
-                timeout_secs: 60,
-            },
-            TimedElement {
-                net: net("2001:db8::1/128"),
-                timeout_secs: 0,
-            },
-            TimedElement {
-                net: net("198.51.100.0/24"),
-                timeout_secs: 3600,
-            },
+            TimedElement::every_port(net("192.0.2.1/32"), 60),
+            TimedElement::every_port(net("2001:db8::1/128"), 0),
+            TimedElement::every_port(net("198.51.100.0/24"), 3600),
         ]);
         assert!(script.contains("add element inet orch ban4 { 192.0.2.1 timeout 60s }"));
         assert!(script.contains("add element inet orch ban6 { 2001:db8::1 timeout 1s }"));
         assert!(script.contains("add element inet orch bannet4 { 198.51.100.0/24 timeout 3600s }"));
-        let decade = layout(false).add_bans(&[TimedElement {
-            net: net("192.0.2.2/32"),
-            timeout_secs: 3650 * 86_400 + 5,
-        }]);
+        let decade = layout(false).add_bans(&[TimedElement::every_port(
+            net("192.0.2.2/32"),
+            3650 * 86_400 + 5,
+        )]);
         assert!(decade.contains("{ 192.0.2.2 timeout 3650d5s }"), "{decade}");
         assert!(!script.contains("bannet6"));
     }
 
     #[test]
+    fn port_scoped_bans_go_to_the_port_sets_one_element_per_protocol_and_port() {
+        let scope = std::sync::Arc::new(PortScope {
+            protocols: vec![Protocol::Tcp, Protocol::Udp],
+            ports: vec![22, 2222],
+        });
+        let ban = |text: &str| TimedElement {
+            net: net(text),
+            timeout_secs: 60,
+            scope: Some(scope.clone()),
+        };
+        let script = layout(false).add_bans(&[ban("192.0.2.1/32"), ban("2001:db8::1/128")]);
+        assert!(script.contains(
+            "add element inet orch portban4 { 192.0.2.1 . tcp . 22 timeout 60s, 192.0.2.1 . tcp . 2222 timeout 60s, \
+             192.0.2.1 . udp . 22 timeout 60s, 192.0.2.1 . udp . 2222 timeout 60s }"
+        ), "{script}");
+        assert!(
+            script.contains("portban6 { 2001:db8::1 . tcp . 22 timeout 60s"),
+            "{script}"
+        );
+        assert!(!script.contains(" ban4 {"), "{script}");
+        let removal = layout(false).remove_bans(&[ban("192.0.2.1/32")]);
+        assert!(
+            removal.contains("delete element inet orch portban4 { 192.0.2.1 . tcp . 22, "),
+            "{removal}"
+        );
+        let table = layout(false).full_table(Ownership::Unowned, &TableContents::default());
+        assert!(table.contains(
+            "meta l4proto { tcp, udp } ip saddr . meta l4proto . th dport @portban4 counter drop"
+        ), "{table}");
+    }
+
+    #[test]
     fn removal_tolerates_already_expired_elements() {
-        let script = layout(false).remove_bans(&[net("192.0.2.1/32")]);
+        let script = layout(false).remove_bans(&[TimedElement::every_port(net("192.0.2.1/32"), 5)]);
         let add = script
             .find("add element inet orch ban4 { 192.0.2.1 timeout 1s }")
             .expect("add first");
@@ -474,7 +580,10 @@ mod tests {
 
     #[test]
     fn check_script_reads_chains_and_samples_only() {
-        let commands = layout(true).check_commands(&[net("192.0.2.1/32"), net("198.51.100.0/24")]);
+        let commands = layout(true).check_commands(&[
+            TimedElement::every_port(net("192.0.2.1/32"), 60),
+            TimedElement::every_port(net("198.51.100.0/24"), 60),
+        ]);
         assert_eq!(
             commands,
             [
@@ -490,17 +599,8 @@ mod tests {
     #[test]
     fn dns_allows_come_after_static_allows_and_before_bans() {
         let dns = DnsElements {
-            any_port: vec![TimedElement {
-                net: net("192.0.2.10/32"),
-                timeout_secs: 90,
-            }],
-            by_port: vec![(
-                TimedElement {
-                    net: net("2001:db8::7/128"),
-                    timeout_secs: 60,
-                },
-                22,
-            )],
+            any_port: vec![TimedElement::every_port(net("192.0.2.10/32"), 90)],
+            by_port: vec![(TimedElement::every_port(net("2001:db8::7/128"), 60), 22)],
         };
         let contents = TableContents {
             dns_allows: &dns,
