@@ -12,6 +12,7 @@
 //! a cursor gets every entry after it, so a restart loses nothing. This
 //! module reads; it must not interpret messages.
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -79,15 +80,22 @@ impl JournalFollower {
             .spawn(move || {
                 let mut healthy = None;
                 while !stopped.load(Ordering::Relaxed) {
-                    match read_after(&matches, cursor.as_deref(), started_at) {
-                        Ok(entries) => {
+                    let after = cursor.clone();
+                    let mut deliver = |entry: JournalEntry| {
+                        cursor = Some(entry.cursor.clone());
+                        on_entry(entry);
+                    };
+                    match read_after(
+                        &matches,
+                        after.as_deref(),
+                        started_at,
+                        &stopped,
+                        &mut deliver,
+                    ) {
+                        Ok(()) => {
                             if healthy != Some(true) {
                                 on_status(format!("following the journal {}", matches.join(" ")));
                                 healthy = Some(true);
-                            }
-                            for entry in entries {
-                                cursor = Some(entry.cursor.clone());
-                                on_entry(entry);
                             }
                         }
                         Err(err) => {
@@ -117,13 +125,16 @@ impl Drop for JournalFollower {
     }
 }
 
-/// One `journalctl --output=json` run: the entries after `cursor`, or,
-/// without a cursor, those since `since` (Unix seconds).
+/// One `journalctl --output=json` run: hands each entry after `cursor`
+/// (or, without a cursor, since `since`, Unix seconds) to `on_entry` as
+/// it is read, so a long backlog streams through instead of piling up.
 fn read_after(
     matches: &[String],
     cursor: Option<&str>,
     since: u64,
-) -> Result<Vec<JournalEntry>, String> {
+    stop: &AtomicBool,
+    on_entry: &mut dyn FnMut(JournalEntry),
+) -> Result<(), String> {
     let mut command = Command::new(JOURNALCTL);
     command.args(["--output=json", "--no-pager", "--quiet"]);
     match cursor {
@@ -136,7 +147,9 @@ fn read_after(
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_PID")
         .env_remove("WATCHDOG_USEC")
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // Descriptors libnftables opened without close-on-exec must not leak
     // into journalctl.
     // SAFETY: close_range is async-signal-safe and only touches the child's
@@ -147,23 +160,41 @@ fn read_after(
             Ok(())
         });
     }
-    let output = command
-        .output()
+    let mut child = command
+        .spawn()
         .map_err(|err| format!("cannot run {JOURNALCTL}: {err}"))?;
-    if !output.status.success() {
+    if let Some(stdout) = child.stdout.take() {
+        let mut reader = BufReader::with_capacity(1 << 16, stdout);
+        let mut line = Vec::with_capacity(4096);
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                let _ = child.kill();
+                break;
+            }
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Some(entry) = parse_entry(&line) {
+                        on_entry(entry);
+                    }
+                }
+            }
+        }
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|err| format!("{JOURNALCTL}: {err}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(format!(
+        Err(format!(
             "{JOURNALCTL} failed ({}): {}",
             output.status,
             stderr.lines().last().unwrap_or("no message")
-        ));
+        ))
     }
-    Ok(output
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .filter_map(parse_entry)
-        .collect())
 }
 
 /// Turns one line of `journalctl --output=json` into an entry; `None` for

@@ -27,6 +27,8 @@ use crate::config::{JailConfig, JailSource};
 const FILE_POLL: Duration = Duration::from_secs(2);
 /// Positions are saved at most this often (each save is an fsync).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Wake-ups and journal entries waiting for the jail thread.
+const WAKE_QUEUE: usize = 4096;
 /// How often addresses with no failure left in `findtime` are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// How long an `ignore_command` may run before it is killed.
@@ -79,7 +81,7 @@ enum Wake {
 pub struct RunningJail {
     pub config: Arc<JailConfig>,
     pub stats: Arc<JailStats>,
-    wake: mpsc::Sender<Wake>,
+    wake: mpsc::SyncSender<Wake>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -94,7 +96,8 @@ impl RunningJail {
     ) -> std::io::Result<RunningJail> {
         let config = Arc::new(config);
         let stats = Arc::new(JailStats::default());
-        let (wake, woken) = mpsc::channel();
+        // Bounded: a journal backlog waits in journalctl's pipe, not here.
+        let (wake, woken) = mpsc::sync_channel(WAKE_QUEUE);
         let source = match &config.source {
             JailSource::Files(patterns) => {
                 let follower = FileFollower::new(patterns, &|path| {
@@ -102,7 +105,9 @@ impl RunningJail {
                 });
                 let waker = wake.clone();
                 let (watch, unwatched) = FileWatch::start(&follower.directories(), move || {
-                    let _ = waker.send(Wake::Files);
+                    // A full queue already holds a wake-up; files are read
+                    // to their end each time, so one is enough.
+                    let _ = waker.try_send(Wake::Files);
                 });
                 for dir in unwatched {
                     tracing::warn!(jail = %config.name, "cannot watch {}; polling it every {FILE_POLL:?}", dir.display());
