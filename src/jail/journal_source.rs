@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::timefmt::civil_from_days;
+
 /// The program that reads the journal; tests may point it elsewhere.
 const JOURNALCTL: &str = "journalctl";
 
@@ -268,21 +270,6 @@ fn bsd_timestamp(unix: i64) -> String {
     )
 }
 
-/// Gregorian (year, month 1-12, day 1-31) of a day count since 1970-01-01
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,12 +297,5 @@ mod tests {
     fn non_entries_are_skipped() {
         assert!(parse_entry(b"not json").is_none());
         assert!(parse_entry(br#"{"MESSAGE":"no cursor"}"#).is_none());
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! This module finds dates; it must not match failures.
 
+use crate::timefmt::{civil_from_days, days_from_civil};
 use std::cell::Cell;
 
 use super::Fail2banError;
@@ -647,31 +648,6 @@ fn epoch_time(text: &str, long: bool) -> Option<i64> {
 fn tai64n_time(text: &str) -> Option<i64> {
     let seconds = u64::from_str_radix(text.get(1..17)?, 16).ok()?;
     i64::try_from(seconds.checked_sub(1 << 62)?).ok()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number (inverse of [`days_from_civil`]).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A local wall-clock time as Unix seconds (the C library's time zone).
