@@ -113,6 +113,7 @@ fn maxretry_failures_in_a_file_ban_within_a_second_and_hostile_names_ban_only_th
         banned(&netns, "192.0.2.50")
     });
     let took = started.elapsed();
+    eprintln!("file jail: third failure appended -> address in ban4 in {took:?}");
     assert!(took <= Duration::from_secs(1), "ban took {took:?}");
 
     // An attacker-chosen user name that looks like an address.
