@@ -27,17 +27,34 @@
 //! one the daemon appended last. Where it comes *after*, anchor at the start
 //! (`^`): the regex engine reports the leftmost match, the daemon's own.
 //!
+//! Dates: `date = "line"` (the default) takes a matched line's time from
+//! the syslog timestamp it starts with (see [`super::date`]; none or an
+//! unreadable one gives `None`); `date = "arrival"` always gives `None`, so
+//! the caller uses the arrival time. Only matched lines are dated.
+//!
 //! Speed: the prefilter literals are searched first (SIMD substring search
-//! via the regex crate's literal engines); a line passing it is run once
-//! through a `RegexSet` of all failregexes, and only the first matching
-//! pattern is run again for its captures.
+//! via the regex crate's literal engines). A line passing it is run once
+//! through one multi-pattern regex of all failregexes (a lazy DFA: which
+//! pattern matches, and where); when several match, the one whose match
+//! starts leftmost wins, then the one listed first. Only then is that one
+//! pattern's bounded backtracker run, anchored, over just the matched span
+//! for the `host` and `user` groups. Scratch memory is pooled, so a line
+//! allocates nothing but the user name of a match.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::ops::Range;
+use std::panic::{RefUnwindSafe, UnwindSafe};
 
+use regex_automata::nfa::thompson::{WhichCaptures, backtrack};
+use regex_automata::util::captures::Captures as Slots;
+use regex_automata::util::pool::Pool;
+use regex_automata::{Anchored, Input, PatternID, meta};
 use serde::Deserialize;
 
+use super::date::{self, LocalZone};
 use super::line_filter::{LineFilter, LineMatch, LineOutcome};
-use super::matcher::{Matcher, RegexMatcher};
+use super::matcher::{Captures, Matcher, RegexMatcher};
 
 /// Names of the built-in filters, for `builtin` and for listings.
 pub fn builtin_names() -> &'static [&'static str] {
@@ -49,7 +66,9 @@ const SSHD_TOML: &str = include_str!("../../filters/sshd.toml");
 /// The regex a `<HOST>`/`<ADDR>` tag stands for, without its group: dotted
 /// IPv4, or IPv6 (possibly with an embedded IPv4 tail). Loose on purpose:
 /// the captured text is validated by a real parser afterwards.
-const IP_PATTERN: &str = r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]{1,38}(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3})?";
+/// Unbounded repetitions rather than `{1,38}`: counted ones multiply the
+/// states of the DFA that runs all failregexes at once.
+const IP_PATTERN: &str = r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]+(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3})?";
 
 /// Why a filter could not be loaded. Every variant names where the filter
 /// came from (a file path, or `builtin:sshd`).
@@ -82,6 +101,21 @@ pub struct FilterMatch {
     pub user: Option<String>,
     /// Which failregex matched.
     pub regex_index: usize,
+    /// When it happened (Unix seconds), from the line's timestamp with
+    /// `date = "line"`; `None` with `date = "arrival"` or when the line has
+    /// no readable timestamp.
+    pub time: Option<i64>,
+}
+
+/// Where a matched line's time comes from (`date = ...` in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DateSource {
+    /// The timestamp the line starts with (syslog BSD or RFC 3339).
+    #[default]
+    Line,
+    /// None: the caller uses the time the line arrived.
+    Arrival,
 }
 
 /// The file format; unknown keys are errors.
@@ -95,6 +129,8 @@ struct FilterFile {
     failregex: Vec<String>,
     #[serde(default)]
     ignoreregex: Vec<String>,
+    #[serde(default)]
+    date: DateSource,
 }
 
 /// A compiled filter.
@@ -104,11 +140,79 @@ pub struct Filter {
     description: String,
     /// Alternation of the escaped prefilter literals; `None` checks nothing.
     prefilter: Option<regex::Regex>,
-    /// All failregexes at once: which of them match.
-    fail_set: regex::RegexSet,
+    /// All failregexes at once: which one matches, and where.
+    fail_all: meta::Regex,
+    /// Per failregex: its capture groups, run on the span `fail_all` found.
+    extractors: Vec<Extractor>,
+    /// Per failregex, for spans too long for its backtracker.
     fail: Vec<Box<dyn Matcher>>,
     /// `None` when there are no ignoreregexes.
     ignore_set: Option<regex::RegexSet>,
+    date: DateSource,
+    scratch: ScratchPool,
+}
+
+/// One failregex's capture engine: a bounded backtracker (fast on the short
+/// spans of log lines, linear because it never revisits a state at a
+/// position), run anchored on the span the combined regex matched.
+#[derive(Debug)]
+struct Extractor {
+    backtracker: backtrack::BoundedBacktracker,
+    host: usize,
+    user: Option<usize>,
+}
+
+impl Extractor {
+    fn new(pattern: &str) -> Result<Extractor, String> {
+        let backtracker = backtrack::BoundedBacktracker::new(pattern).map_err(|e| e.to_string())?;
+        let info = backtracker.get_nfa().group_info().clone();
+        let index = |name| info.to_index(PatternID::ZERO, name);
+        let host = index("host")
+            .or_else(|| index("addr"))
+            .ok_or_else(|| "no host group".to_string())?;
+        let user = index("user");
+        Ok(Extractor {
+            backtracker,
+            host,
+            user,
+        })
+    }
+}
+
+/// The mutable state a search needs, reused from line to line.
+#[derive(Debug)]
+struct Scratch {
+    all: meta::Cache,
+    backtrack: Vec<backtrack::Cache>,
+    slots: Vec<Slots>,
+    zone: LocalZone,
+}
+
+type MakeScratch = Box<dyn Fn() -> Scratch + Send + Sync + UnwindSafe + RefUnwindSafe>;
+
+/// A pool of [`Scratch`]es, so `classify` can take `&self` and still run
+/// without allocating (the owning thread gets its own without locking).
+struct ScratchPool(Pool<Scratch, MakeScratch>);
+
+impl fmt::Debug for ScratchPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ScratchPool")
+    }
+}
+
+impl ScratchPool {
+    fn new(all: &meta::Regex, extractors: &[Extractor]) -> ScratchPool {
+        let all = all.clone();
+        let backtrackers: Vec<backtrack::BoundedBacktracker> =
+            extractors.iter().map(|e| e.backtracker.clone()).collect();
+        let make: MakeScratch = Box::new(move || Scratch {
+            all: all.create_cache(),
+            backtrack: backtrackers.iter().map(|b| b.create_cache()).collect(),
+            slots: backtrackers.iter().map(|b| b.create_captures()).collect(),
+            zone: LocalZone::default(),
+        });
+        ScratchPool(Pool::new(make))
+    }
 }
 
 impl Filter {
@@ -150,8 +254,15 @@ impl Filter {
             }
             fail.push(Box::new(matcher));
         }
-        // Each pattern compiled alone, so the set can only fail on size.
-        let fail_set = regex::RegexSet::new(&fail_patterns)
+        let mut extractors = Vec::with_capacity(fail_patterns.len());
+        for (index, pattern) in fail_patterns.iter().enumerate() {
+            extractors
+                .push(Extractor::new(pattern).map_err(|e| regex_error("failregex", index, e))?);
+        }
+        // Each pattern compiled alone, so this can only fail on size.
+        let fail_all = meta::Regex::builder()
+            .configure(meta::Config::new().which_captures(WhichCaptures::Implicit))
+            .build_many(&fail_patterns)
             .map_err(|e| regex_error("failregex", 0, e.to_string()))?;
 
         let ignore_patterns: Vec<String> =
@@ -184,13 +295,17 @@ impl Filter {
             )
         };
 
+        let scratch = ScratchPool::new(&fail_all, &extractors);
         Ok(Filter {
             origin: origin.to_string(),
             description: file.description,
             prefilter,
-            fail_set,
+            fail_all,
+            extractors,
             fail,
             ignore_set,
+            date: file.date,
+            scratch,
         })
     }
 
@@ -220,7 +335,11 @@ impl Filter {
             return (LineOutcome::Missed, None);
         }
         let message = strip_syslog_prefix(line);
-        let Some(regex_index) = self.fail_set.matches(message).into_iter().next() else {
+        let mut scratch = self.scratch.0.get();
+        let Some(found) = self
+            .fail_all
+            .search_with(&mut scratch.all, &Input::new(message))
+        else {
             return (LineOutcome::Missed, None);
         };
         if let Some(ignore) = &self.ignore_set
@@ -228,19 +347,58 @@ impl Filter {
         {
             return (LineOutcome::Ignored, None);
         }
-        let found = self.fail[regex_index]
-            .find(message)
-            .and_then(|caps| Some((parse_host(caps.host?)?, caps.user)))
-            .map(|(host, user)| FilterMatch {
-                host,
-                user: user.map(str::to_string),
-                regex_index,
-            });
-        match found {
-            Some(found) => (LineOutcome::Matched, Some(found)),
-            // The pattern matched but captured no valid address.
-            None => (LineOutcome::Missed, None),
+        let regex_index = found.pattern().as_usize();
+        let captured = self
+            .captures(regex_index, message, found.range(), &mut scratch)
+            .and_then(|caps| Some((parse_host(caps.host?)?, caps.user)));
+        // The pattern matched but captured no valid address.
+        let Some((host, user)) = captured else {
+            return (LineOutcome::Missed, None);
+        };
+        let time = match self.date {
+            DateSource::Line => {
+                let now = i64::try_from(crate::timefmt::now_unix()).unwrap_or(i64::MAX);
+                date::line_time(line, now, &mut scratch.zone)
+            }
+            DateSource::Arrival => None,
+        };
+        let found = FilterMatch {
+            host,
+            user: user.map(str::to_string),
+            regex_index,
+            time,
+        };
+        (LineOutcome::Matched, Some(found))
+    }
+
+    /// The groups of failregex `index`, whose match is `span` of `message`.
+    fn captures<'a>(
+        &self,
+        index: usize,
+        message: &'a str,
+        span: Range<usize>,
+        scratch: &mut Scratch,
+    ) -> Option<Captures<'a>> {
+        let extractor = self.extractors.get(index)?;
+        if span.len() > extractor.backtracker.max_haystack_len() {
+            return self.fail.get(index)?.find(message);
         }
+        let input = Input::new(message).range(span).anchored(Anchored::Yes);
+        let slots = scratch.slots.get_mut(index)?;
+        let cache = scratch.backtrack.get_mut(index)?;
+        extractor
+            .backtracker
+            .try_search(cache, &input, slots)
+            .ok()?;
+        let text = |group: usize| {
+            slots
+                .get_group(group)
+                .and_then(|span| message.get(span.range()))
+        };
+        Some(Captures {
+            host: text(extractor.host),
+            user: extractor.user.and_then(text),
+        })
     }
 }
 
@@ -267,7 +425,7 @@ impl LineFilter for Filter {
             found.push(LineMatch {
                 host: matched.host,
                 user: matched.user,
-                time: None,
+                time: matched.time,
                 regex_index: matched.regex_index,
             });
         }
@@ -602,6 +760,51 @@ mod tests {
         let m = f.match_line("bad login at 198.51.100.2").unwrap();
         assert_eq!(m.regex_index, 1);
         assert_eq!(m.user.as_deref(), Some("login"));
+    }
+
+    #[test]
+    fn dates_from_the_line_or_arrival() {
+        let f = sshd();
+        let m = f
+            .match_line("2026-11-25T10:00:00Z h sshd[1]: Invalid user a from 192.0.2.9 port 2")
+            .unwrap();
+        assert_eq!(m.time, Some(1_795_600_800));
+        let m = f
+            .match_line("Jan  1 00:00:00 h sshd[1]: Invalid user a from 192.0.2.9 port 2")
+            .unwrap();
+        let now = i64::try_from(crate::timefmt::now_unix()).unwrap();
+        let t = m.time.expect("a BSD date is read");
+        assert!(t <= now + 86_400 && t > now - 367 * 86_400, "{t}");
+        // No timestamp, or an unreadable one: the caller uses arrival time.
+        let m = f
+            .match_line("Invalid user a from 192.0.2.9 port 2")
+            .unwrap();
+        assert_eq!(m.time, None);
+        let m = f
+            .match_line("Nov 31 10:00:00 h sshd[1]: Invalid user a from 192.0.2.9 port 2")
+            .unwrap();
+        assert_eq!(m.time, None);
+
+        let text = "date = 'arrival'\nfailregex = ['from <HOST>$']";
+        let f = Filter::from_toml(text, "t").unwrap();
+        let m = f
+            .match_line("2026-11-25T10:00:00Z h x[1]: from 192.0.2.1")
+            .unwrap();
+        assert_eq!(m.time, None);
+        let err = Filter::from_toml("date = 'journal'\nfailregex = ['<HOST>']", "t");
+        assert!(matches!(err, Err(FilterError::Toml { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn feed_reports_the_time() {
+        let mut f = sshd();
+        let mut found = Vec::new();
+        let outcome = f.feed(
+            "2026-11-25T10:00:00+01:00 h sshd[1]: Invalid user a from 192.0.2.9 port 2",
+            &mut found,
+        );
+        assert_eq!(outcome, LineOutcome::Matched);
+        assert_eq!(found[0].time, Some(1_795_597_200));
     }
 
     #[test]
