@@ -36,24 +36,24 @@ impl Zone for FixedZone {
 }
 
 /// The system's local time zone (`TZ`, `/etc/localtime`) through libc,
-/// remembering the offset of the last hour asked about: log lines come in
-/// time order, so almost every call is answered without libc.
+/// remembering the offsets of the last few hours asked about: log lines come
+/// in time order (and "now" is asked about too), so almost every call is
+/// answered without libc.
 #[derive(Debug, Clone, Default)]
 pub struct LocalZone {
-    /// (Unix hour, offset in effect at its start).
-    last: Option<(i64, i64)>,
+    /// (Unix hour, offset in effect at its start), most recent first.
+    hours: [Option<(i64, i64)>; 4],
 }
 
 impl Zone for LocalZone {
     fn offset_at(&mut self, unix: i64) -> Option<i64> {
         let hour = unix.div_euclid(3600);
-        if let Some((cached, offset)) = self.last
-            && cached == hour
-        {
-            return Some(offset);
+        if let Some(found) = self.hours.iter().flatten().find(|(h, _)| *h == hour) {
+            return Some(found.1);
         }
         let offset = libc_offset(hour * 3600)?;
-        self.last = Some((hour, offset));
+        self.hours.rotate_right(1);
+        self.hours[0] = Some((hour, offset));
         Some(offset)
     }
 }

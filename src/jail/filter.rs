@@ -36,10 +36,12 @@
 //! via the regex crate's literal engines). A line passing it is run once
 //! through one multi-pattern regex of all failregexes (a lazy DFA: which
 //! pattern matches, and where); when several match, the one whose match
-//! starts leftmost wins, then the one listed first. Only then is that one
-//! pattern's bounded backtracker run, anchored, over just the matched span
-//! for the `host` and `user` groups. Scratch memory is pooled, so a line
-//! allocates nothing but the user name of a match.
+//! starts leftmost wins, then the one listed first. Only then are the `host`
+//! and `user` groups of that one pattern located, within the matched span:
+//! with two more short DFA runs for the usual shapes (see
+//! [`super::extract`]), otherwise with the pattern's bounded backtracker,
+//! anchored. Scratch memory is pooled, so a line allocates nothing but the
+//! user name of a match.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -53,6 +55,7 @@ use regex_automata::{Anchored, Input, PatternID, meta};
 use serde::Deserialize;
 
 use super::date::{self, LocalZone};
+use super::extract::SplitExtractor;
 use super::line_filter::{LineFilter, LineMatch, LineOutcome};
 use super::matcher::{Captures, Matcher, RegexMatcher};
 
@@ -157,6 +160,8 @@ pub struct Filter {
 /// position), run anchored on the span the combined regex matched.
 #[derive(Debug)]
 struct Extractor {
+    /// The DFA-only path, for the pattern shapes it knows.
+    split: Option<SplitExtractor>,
     backtracker: backtrack::BoundedBacktracker,
     host: usize,
     user: Option<usize>,
@@ -172,6 +177,7 @@ impl Extractor {
             .ok_or_else(|| "no host group".to_string())?;
         let user = index("user");
         Ok(Extractor {
+            split: SplitExtractor::new(pattern, IP_PATTERN),
             backtracker,
             host,
             user,
@@ -380,6 +386,11 @@ impl Filter {
         scratch: &mut Scratch,
     ) -> Option<Captures<'a>> {
         let extractor = self.extractors.get(index)?;
+        if let Some(split) = &extractor.split
+            && let Some(found) = split.extract(message, span.clone())
+        {
+            return Some(found);
+        }
         if span.len() > extractor.backtracker.max_haystack_len() {
             return self.fail.get(index)?.find(message);
         }
@@ -760,6 +771,35 @@ mod tests {
         let m = f.match_line("bad login at 198.51.100.2").unwrap();
         assert_eq!(m.regex_index, 1);
         assert_eq!(m.user.as_deref(), Some("login"));
+    }
+
+    /// The DFA-only group finder must give what the regex crate's captures
+    /// give, on ordinary and hostile lines alike.
+    #[test]
+    fn fast_captures_agree_with_regex_captures() {
+        let f = sshd();
+        assert!(f.extractors.iter().all(|e| e.split.is_some()));
+        for line in [
+            "Failed password for invalid user a b from 192.0.2.2 port 5 ssh2",
+            "Failed password for invalid user invalid user  from 192.0.2.2 port 5 ssh2",
+            "Failed password for invalid user from 192.0.2.2 port 5 ssh2",
+            "Failed none for x from 1.2.3.4 port 22 ssh2 from 2001:db8::1 port 4 ssh2",
+            "Invalid user x from 1.2.3.4 from 203.0.113.9 port 4242",
+            "Invalid user  from ::ffff:192.0.2.7 port 1",
+            "Connection closed by authenticating user x 1.2.3.4 port 22 [preauth] 203.0.113.9 port 4242 [preauth]",
+            "Disconnecting invalid user x 1.2.3.4 port 1: Too many authentication failures 203.0.113.9 port 9: Too many authentication failures [preauth]",
+            "error: maximum authentication attempts exceeded for invalid user x from 1.2.3.4 port 2 ssh2 from 203.0.113.9 port 4242 ssh2 [preauth]",
+            "Unable to negotiate with 203.0.113.9 port 4242: no matching cipher found. Their offer: Unable to negotiate with 1.2.3.4 port 1: no matching x",
+            "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  user=x rhost=1.2.3.4",
+            "Did not receive identification string from 2001:db8::2 port 7",
+        ] {
+            let m = f
+                .match_line(line)
+                .unwrap_or_else(|| panic!("no match: {line}"));
+            let caps = f.fail[m.regex_index].find(line).unwrap();
+            assert_eq!(Some(m.host), caps.host.and_then(parse_host), "{line}");
+            assert_eq!(m.user.as_deref(), caps.user, "{line}");
+        }
     }
 
     #[test]

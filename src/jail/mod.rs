@@ -3,13 +3,15 @@
 //!
 //! A jail is sources (journal units, files) + filters + failure counting.
 //! So far: [`filter`] loads native TOML filters (and the built-in ones) and
-//! matches lines; [`date`] reads the timestamp a line starts with;
+//! matches lines ([`extract`] finds the groups of a match with DFAs);
+//! [`date`] reads the timestamp a line starts with;
 //! [`matcher`] is the pattern-engine interface the filters
 //! are written against; [`counter`] counts failures per address (bounded)
 //! and computes growing ban times; [`test_filter`] is `orch test-filter`.
 
 pub mod counter;
 pub mod date;
+pub mod extract;
 pub mod filter;
 pub mod line_filter;
 pub mod matcher;
