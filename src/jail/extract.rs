@@ -15,7 +15,9 @@
 //!    that is the PREFIX parse the backtracker tries first.
 //! 2. The user is lazy, so it ends at the first occurrence of LITERAL from
 //!    there at which `LITERAL IP SUFFIX` matches (anchored, within the span).
-//!    Without a user, `IP SUFFIX` must match right after PREFIX.
+//!    When LITERAL occurs only once in the whole match, the match must go
+//!    through it, so that check is skipped. Without a user, `IP SUFFIX`
+//!    must match right after PREFIX.
 //! 3. The host is then the whole run of address characters after LITERAL:
 //!    SUFFIX cannot start inside it, nor end it early.
 //!
@@ -109,11 +111,17 @@ impl SplitExtractor {
                 (None, user_start)
             }
             Some(between) => {
-                let window = message.as_bytes().get(user_start..span.end)?;
-                let user_end = between
-                    .find_iter(window)
-                    .map(|offset| user_start + offset)
-                    .find(|&at| self.rest.is_match(anchored(at..span.end)))?;
+                let user_end = match only_occurrence(between, message, span.clone()) {
+                    // The match found by the caller must go through it.
+                    Some(at) if at >= user_start => at,
+                    _ => {
+                        let window = message.as_bytes().get(user_start..span.end)?;
+                        between
+                            .find_iter(window)
+                            .map(|offset| user_start + offset)
+                            .find(|&at| self.rest.is_match(anchored(at..span.end)))?
+                    }
+                };
                 let user = message.get(user_start..user_end)?;
                 (Some(user), user_end + between.needle().len())
             }
@@ -131,6 +139,18 @@ impl SplitExtractor {
             user,
         })
     }
+}
+
+/// Where `literal` occurs in `message[span]`, if it occurs exactly once.
+fn only_occurrence(
+    literal: &memchr::memmem::Finder<'_>,
+    message: &str,
+    span: Range<usize>,
+) -> Option<usize> {
+    let window = message.as_bytes().get(span.clone())?;
+    let mut found = literal.find_iter(window);
+    let first = found.next()?;
+    found.next().is_none().then_some(span.start + first)
 }
 
 /// Whether `part` is a capture group of exactly `.*?`.
