@@ -31,7 +31,7 @@ use std::ops::Range;
 use regex_automata::hybrid;
 use regex_automata::nfa::thompson;
 use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input, meta};
+use regex_automata::{Anchored, Input};
 use regex_syntax::hir::{Hir, HirKind};
 
 use super::matcher::Captures;
@@ -43,11 +43,18 @@ const ADDRESS_BYTES: &[u8] = b"0123456789abcdefABCDEF:.";
 #[derive(Debug)]
 pub struct SplitExtractor {
     /// PREFIX, run anchored at the start of the match.
-    prefix: meta::Regex,
+    prefix: hybrid::dfa::DFA,
     /// LITERAL, when the pattern has a user group.
     between: Option<memchr::memmem::Finder<'static>>,
     /// `LITERAL IP SUFFIX` or `IP SUFFIX`, run anchored.
-    rest: meta::Regex,
+    rest: hybrid::dfa::DFA,
+}
+
+/// The lazy DFAs' caches of one [`SplitExtractor`], kept by the caller.
+#[derive(Debug, Clone)]
+pub struct SplitCaches {
+    prefix: hybrid::dfa::Cache,
+    rest: hybrid::dfa::Cache,
 }
 
 impl SplitExtractor {
@@ -89,23 +96,46 @@ impl SplitExtractor {
         if !suffix_ends_address(&suffix)? {
             return None;
         }
-        let build = |hir: Hir| meta::Regex::builder().build_from_hir(&hir).ok();
         Some(SplitExtractor {
-            prefix: build(Hir::concat(parts[..prefix_end].to_vec()))?,
+            prefix: lazy_dfa(&Hir::concat(parts[..prefix_end].to_vec()))?,
             between,
-            rest: build(Hir::concat(parts[rest_start..].to_vec()))?,
+            rest: lazy_dfa(&Hir::concat(parts[rest_start..].to_vec()))?,
         })
+    }
+
+    /// Fresh caches for [`SplitExtractor::extract`].
+    pub fn create_caches(&self) -> SplitCaches {
+        SplitCaches {
+            prefix: self.prefix.create_cache(),
+            rest: self.rest.create_cache(),
+        }
     }
 
     /// The groups of the match at `span` of `message`; `None` when this
     /// extractor cannot tell (the caller then runs the backtracker).
-    pub fn extract<'a>(&self, message: &'a str, span: Range<usize>) -> Option<Captures<'a>> {
+    pub fn extract<'a>(
+        &self,
+        message: &'a str,
+        span: Range<usize>,
+        caches: &mut SplitCaches,
+    ) -> Option<Captures<'a>> {
         let anchored =
             |range: Range<usize>| Input::new(message).range(range).anchored(Anchored::Yes);
-        let user_start = self.prefix.search(&anchored(span.clone()))?.end();
+        let user_start = self
+            .prefix
+            .try_search_fwd(&mut caches.prefix, &anchored(span.clone()))
+            .ok()??
+            .offset();
+        let mut rest_matches = |at: usize| {
+            let input = anchored(at..span.end).earliest(true);
+            matches!(
+                self.rest.try_search_fwd(&mut caches.rest, &input),
+                Ok(Some(_))
+            )
+        };
         let (user, host_start) = match &self.between {
             None => {
-                if !self.rest.is_match(anchored(user_start..span.end)) {
+                if !rest_matches(user_start) {
                     return None;
                 }
                 (None, user_start)
@@ -119,7 +149,7 @@ impl SplitExtractor {
                         between
                             .find_iter(window)
                             .map(|offset| user_start + offset)
-                            .find(|&at| self.rest.is_match(anchored(at..span.end)))?
+                            .find(|&at| rest_matches(at))?
                     }
                 };
                 let user = message.get(user_start..user_end)?;
@@ -167,16 +197,21 @@ fn is_lazy_any(part: &Hir) -> bool {
     rep.min == 0 && rep.max.is_none() && !rep.greedy && *rep.sub == dot
 }
 
+/// A lazy DFA for `hir` (leftmost-first, no captures).
+fn lazy_dfa(hir: &Hir) -> Option<hybrid::dfa::DFA> {
+    let nfa = thompson::Compiler::new()
+        .configure(thompson::Config::new().which_captures(thompson::WhichCaptures::None))
+        .build_from_hir(hir)
+        .ok()?;
+    hybrid::dfa::DFA::builder().build_from_nfa(nfa).ok()
+}
+
 /// Whether `suffix` can neither start with an address byte nor match the
 /// empty string right before one, after any address byte (so an address
 /// followed by `suffix` always ends where its run of address bytes ends).
 /// `None` if the check itself could not be built.
 fn suffix_ends_address(suffix: &Hir) -> Option<bool> {
-    let nfa = thompson::Compiler::new()
-        .configure(thompson::Config::new().which_captures(thompson::WhichCaptures::None))
-        .build_from_hir(suffix)
-        .ok()?;
-    let dfa = hybrid::dfa::DFA::builder().build_from_nfa(nfa).ok()?;
+    let dfa = lazy_dfa(suffix)?;
     let mut cache = dfa.create_cache();
     // A word and a non-word byte before, for `\b`.
     for before in [b'0', b'.'] {
@@ -222,7 +257,7 @@ mod tests {
             host: caps.name("host").map(|m| m.as_str()),
             user: caps.name("user").map(|m| m.as_str()),
         };
-        let got = split.extract(message, whole);
+        let got = split.extract(message, whole, &mut split.create_caches());
         assert_eq!(got, Some(expected), "{pattern} on {message}");
         got
     }

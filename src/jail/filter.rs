@@ -55,7 +55,7 @@ use regex_automata::{Anchored, Input, PatternID, meta};
 use serde::Deserialize;
 
 use super::date::{self, LocalZone};
-use super::extract::SplitExtractor;
+use super::extract::{SplitCaches, SplitExtractor};
 use super::line_filter::{LineFilter, LineMatch, LineOutcome};
 use super::matcher::{Captures, Matcher, RegexMatcher};
 
@@ -191,6 +191,7 @@ struct Scratch {
     all: meta::Cache,
     backtrack: Vec<backtrack::Cache>,
     slots: Vec<Slots>,
+    split: Vec<Option<SplitCaches>>,
     zone: LocalZone,
 }
 
@@ -211,10 +212,15 @@ impl ScratchPool {
         let all = all.clone();
         let backtrackers: Vec<backtrack::BoundedBacktracker> =
             extractors.iter().map(|e| e.backtracker.clone()).collect();
+        let split: Vec<Option<SplitCaches>> = extractors
+            .iter()
+            .map(|e| e.split.as_ref().map(SplitExtractor::create_caches))
+            .collect();
         let make: MakeScratch = Box::new(move || Scratch {
             all: all.create_cache(),
             backtrack: backtrackers.iter().map(|b| b.create_cache()).collect(),
             slots: backtrackers.iter().map(|b| b.create_captures()).collect(),
+            split: split.clone(),
             zone: LocalZone::default(),
         });
         ScratchPool(Pool::new(make))
@@ -387,7 +393,8 @@ impl Filter {
     ) -> Option<Captures<'a>> {
         let extractor = self.extractors.get(index)?;
         if let Some(split) = &extractor.split
-            && let Some(found) = split.extract(message, span.clone())
+            && let Some(Some(caches)) = scratch.split.get_mut(index)
+            && let Some(found) = split.extract(message, span.clone(), caches)
         {
             return Some(found);
         }
@@ -936,6 +943,86 @@ mod tests {
             matches!(err, FilterError::Regex { index: 0, .. }),
             "{err:?}"
         );
+    }
+
+    /// Info only: where the time goes, on the file `cargo bench --bench
+    /// authlog` writes: `cargo test --release --lib -- --ignored --nocapture
+    /// phase_times`.
+    #[test]
+    #[ignore]
+    fn phase_times() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/authlog-1M.log");
+        let Ok(text) = std::fs::read_to_string(path) else {
+            println!("{path}: missing; run `cargo bench --bench authlog` first");
+            return;
+        };
+        let f = sshd();
+        let lines: Vec<&str> = text.lines().collect();
+        let time = |name: &str, run: &dyn Fn(&str) -> bool| {
+            let started = std::time::Instant::now();
+            let hits = lines.iter().filter(|l| run(l)).count();
+            let elapsed = started.elapsed();
+            println!(
+                "{name}: {hits} hits, {:.3} s, {:.0} lines/s",
+                elapsed.as_secs_f64(),
+                lines.len() as f64 / elapsed.as_secs_f64()
+            );
+        };
+        let prefilter = f.prefilter.as_ref().unwrap();
+        time("prefilter", &|l| prefilter.is_match(l));
+        time("prefilter+strip", &|l| {
+            prefilter.is_match(l) && !strip_syslog_prefix(l).is_empty()
+        });
+        time("prefilter+strip+dfa", &|l| {
+            prefilter.is_match(l) && f.fail_all.is_match(strip_syslog_prefix(l))
+        });
+        time("prefilter+strip+dfa search", &|l| {
+            prefilter.is_match(l)
+                && f.fail_all
+                    .search(&Input::new(strip_syslog_prefix(l)))
+                    .is_some()
+        });
+        time("classify", &|l| f.classify(l).1.is_some());
+        let matched: Vec<(&str, &str, Range<usize>, usize)> = lines
+            .iter()
+            .filter(|l| prefilter.is_match(l))
+            .filter_map(|l| {
+                let m = strip_syslog_prefix(l);
+                let found = f.fail_all.search(&Input::new(m))?;
+                Some((*l, m, found.range(), found.pattern().as_usize()))
+            })
+            .collect();
+        let mut caches: Vec<SplitCaches> = f
+            .extractors
+            .iter()
+            .map(|e| e.split.as_ref().unwrap().create_caches())
+            .collect();
+        let mut zone = LocalZone::default();
+        for phase in ["extract", "extract+parse_host", "date", "clock"] {
+            let started = std::time::Instant::now();
+            let mut hits = 0usize;
+            for (line, m, span, index) in &matched {
+                let split = f.extractors[*index].split.as_ref().unwrap();
+                let ok = match phase {
+                    "extract" => split
+                        .extract(m, span.clone(), &mut caches[*index])
+                        .is_some(),
+                    "extract+parse_host" => split
+                        .extract(m, span.clone(), &mut caches[*index])
+                        .and_then(|c| parse_host(c.host?))
+                        .is_some(),
+                    "date" => date::line_time(line, 1_795_608_000, &mut zone).is_some(),
+                    _ => crate::timefmt::now_unix() > 0,
+                };
+                hits += usize::from(ok);
+            }
+            let elapsed = started.elapsed();
+            println!(
+                "{phase}: {hits} of {}, {:.0} ns each",
+                matched.len(),
+                elapsed.as_nanos() as f64 / matched.len() as f64
+            );
+        }
     }
 
     /// Info only: `cargo test --release -- --ignored --nocapture sshd_speed`.
