@@ -8,7 +8,8 @@
 //!   the writer and us, so a line a few seconds "ahead" is not moved a year
 //!   back).
 //! - RFC 3339: `2026-11-25T10:00:00.123456+01:00` (fraction optional; `Z`
-//!   for UTC; no offset means local time). The fraction is dropped.
+//!   for UTC; no offset means local time). The fraction is dropped. The
+//!   same with slashes, `2026/11/25 10:00:00`, is nginx's error log.
 //!
 //! Anything else gives `None`, and the caller uses the arrival time.
 //!
@@ -141,7 +142,12 @@ fn bsd(b: &[u8], now: i64, zone: &mut dyn Zone) -> Option<i64> {
 }
 
 fn rfc3339(b: &[u8], zone: &mut dyn Zone) -> Option<i64> {
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    // RFC 3339, and nginx's `2026/11/25 10:00:00` (local time).
+    let separator = b[4];
+    if !matches!(separator, b'-' | b'/')
+        || b[7] != separator
+        || !matches!(b[10], b'T' | b't' | b' ')
+    {
         return None;
     }
     let (year, month, day) = (digits(b, 0, 4)?, digits(b, 5, 2)?, digits(b, 8, 2)?);

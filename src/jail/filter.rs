@@ -61,10 +61,20 @@ use super::matcher::{Captures, Matcher, RegexMatcher};
 
 /// Names of the built-in filters, for `builtin` and for listings.
 pub fn builtin_names() -> &'static [&'static str] {
-    &["sshd"]
+    &[
+        "sshd",
+        "nginx-http-auth",
+        "nginx-botsearch",
+        "postfix",
+        "dovecot",
+    ]
 }
 
 const SSHD_TOML: &str = include_str!("../../filters/sshd.toml");
+const NGINX_HTTP_AUTH_TOML: &str = include_str!("../../filters/nginx-http-auth.toml");
+const NGINX_BOTSEARCH_TOML: &str = include_str!("../../filters/nginx-botsearch.toml");
+const POSTFIX_TOML: &str = include_str!("../../filters/postfix.toml");
+const DOVECOT_TOML: &str = include_str!("../../filters/dovecot.toml");
 
 /// The regex a `<HOST>`/`<ADDR>` tag stands for, without its group: dotted
 /// IPv4, or IPv6 (possibly with an embedded IPv4 tail). Loose on purpose:
@@ -327,6 +337,10 @@ impl Filter {
     pub fn builtin(name: &str) -> Option<Result<Filter, FilterError>> {
         let text = match name {
             "sshd" => SSHD_TOML,
+            "nginx-http-auth" => NGINX_HTTP_AUTH_TOML,
+            "nginx-botsearch" => NGINX_BOTSEARCH_TOML,
+            "postfix" => POSTFIX_TOML,
+            "dovecot" => DOVECOT_TOML,
             _ => return None,
         };
         Some(Filter::from_toml(text, &format!("builtin:{name}")))
@@ -756,6 +770,230 @@ mod tests {
         }
         let (_, user) = hit(&f, "Invalid user x from 1.2.3.4 from 203.0.113.9 port 4242");
         assert_eq!(user.as_deref(), Some("x from 1.2.3.4"));
+    }
+
+    fn builtin(name: &str) -> Filter {
+        Filter::builtin(name).unwrap().unwrap()
+    }
+
+    /// Each line must give exactly `host` (and `user` when given).
+    fn expect_hits(f: &Filter, cases: &[(&str, &str, Option<&str>)]) {
+        for (line, host, user) in cases {
+            let (got_host, got_user) = hit(f, line);
+            assert_eq!(got_host, ip(host), "{line}");
+            if user.is_some() {
+                assert_eq!(got_user.as_deref(), *user, "{line}");
+            }
+        }
+    }
+
+    fn expect_misses(f: &Filter, lines: &[&str]) {
+        for line in lines {
+            assert_eq!(f.match_line(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn nginx_http_auth() {
+        let f = builtin("nginx-http-auth");
+        expect_hits(
+            &f,
+            &[
+                (
+                    r#"2026/11/25 10:00:00 [error] 2865#2865: *66647 user "xyz" was not found in "/etc/nginx/.htpasswd", client: 192.0.2.10, server: www.example.org, request: "GET / HTTP/1.1", host: "www.example.org""#,
+                    "192.0.2.10",
+                    Some("xyz"),
+                ),
+                (
+                    r#"2026/11/25 10:00:01 [error] 30708#0: *3 user "a b": password mismatch, client: 2001:db8::5, server: , request: "GET /admin HTTP/2.0", host: "example.org:8443", referrer: "https://example.org/""#,
+                    "2001:db8::5",
+                    Some("a b"),
+                ),
+                // The journal's MESSAGE has no date.
+                (
+                    r#"[error] 1#1: *1 user "u": password mismatch, client: 192.0.2.11, server: s, request: "POST /x HTTP/1.1", host: "h""#,
+                    "192.0.2.11",
+                    Some("u"),
+                ),
+                // Hostile user name carrying a whole fake tail.
+                (
+                    r#"2026/11/25 10:00:02 [error] 1#1: *1 user "x": password mismatch, client: 1.2.3.4, server: s, request: "GET / HTTP/1.1", host: "h": password mismatch, client: 203.0.113.9, server: s, request: "GET / HTTP/1.1", host: "h""#,
+                    "203.0.113.9",
+                    None,
+                ),
+            ],
+        );
+        expect_misses(
+            &f,
+            &[
+                r#"2026/11/25 10:00:00 [error] 1#1: *1 no user/password was provided for basic authentication, client: 192.0.2.1, server: s, request: "GET / HTTP/1.1", host: "h""#,
+                r#"2026/11/25 10:00:00 [error] 1#1: *1 open() "/var/www/x" failed (2: No such file or directory), client: 192.0.2.1, server: s, request: "GET /x HTTP/1.1", host: "h""#,
+            ],
+        );
+        let t = f
+            .match_line(r#"2026/11/25 10:00:00 [error] 1#1: *1 user "u": password mismatch, client: 192.0.2.11, server: s, request: "GET / HTTP/1.1", host: "h""#)
+            .unwrap()
+            .time;
+        assert!(t.is_some(), "nginx's local date is read");
+    }
+
+    #[test]
+    fn nginx_botsearch() {
+        let f = builtin("nginx-botsearch");
+        expect_hits(
+            &f,
+            &[
+                (
+                    r#"192.0.2.20 - - [25/Nov/2026:10:00:00 +0000] "GET //phpMyAdmin-2.8.2.3/scripts/setup.php HTTP/1.1" 404 47 "-" "-""#,
+                    "192.0.2.20",
+                    None,
+                ),
+                (
+                    r#"2001:db8::20 - - [25/Nov/2026:10:00:00 +0000] "POST /wp-login.php HTTP/1.1" 404 153 "-" "Mozilla/5.0""#,
+                    "2001:db8::20",
+                    None,
+                ),
+                (
+                    r#"192.0.2.21 - admin [25/Nov/2026:10:00:00 +0000] "GET /.env HTTP/1.1" 404 153 "-" "curl/8""#,
+                    "192.0.2.21",
+                    None,
+                ),
+                // Hostile path and user agent quoting another client.
+                (
+                    r#"203.0.113.9 - - [25/Nov/2026:10:00:00 +0000] "GET /admin/pma/?from=1.2.3.4 HTTP/1.1" 404 1 "1.2.3.4 - - [x] \x22GET /pma HTTP/1.1\x22 404 " "1.2.3.4 - - [x] \x22GET /pma HTTP/1.1\x22 404 ""#,
+                    "203.0.113.9",
+                    None,
+                ),
+            ],
+        );
+        expect_misses(
+            &f,
+            &[
+                r#"192.0.2.20 - - [25/Nov/2026:10:00:00 +0000] "GET /phpmyadmin/ HTTP/1.1" 200 5120 "-" "-""#,
+                r#"192.0.2.20 - - [25/Nov/2026:10:00:00 +0000] "GET /index.html HTTP/1.1" 404 153 "-" "-""#,
+            ],
+        );
+    }
+
+    #[test]
+    fn postfix() {
+        let f = builtin("postfix");
+        expect_hits(
+            &f,
+            &[
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[8738]: NOQUEUE: reject: RCPT from 1-2-3-4.example.com[192.0.2.30]: 554 5.7.1 <x@example.org>: Relay access denied; from=<a@example.com> to=<x@example.org> proto=ESMTP helo=<h>",
+                    "192.0.2.30",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[1]: 00ADB3C0899: reject: RCPT from unknown[2001:db8::30]: 550 5.1.1 <s@example.org>: Recipient address rejected: User unknown in local recipient table; from=<> to=<s@example.org> proto=ESMTP helo=<h>",
+                    "2001:db8::30",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix/submission/smtpd[11538]: warning: unknown[192.0.2.31]: SASL LOGIN authentication failed: UGFzc3dvcmQ6",
+                    "192.0.2.31",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix-in/smtpd[1]: warning: unknown[192.0.2.32]:55729: SASL PLAIN authentication failed:",
+                    "192.0.2.32",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[1]: improper command pipelining after DATA from unknown[192.0.2.33]:",
+                    "192.0.2.33",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[1]: too many errors after RCPT from example.com[192.0.2.34]",
+                    "192.0.2.34",
+                    None,
+                ),
+                // Hostile HELO and sender naming another client.
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[203.0.113.9]: 450 4.7.1 <unknown[1.2.3.4]>: Helo command rejected: Host not found; from=<x@unknown[1.2.3.4]> to=<y@example.org> proto=ESMTP helo=<unknown[1.2.3.4]>",
+                    "203.0.113.9",
+                    None,
+                ),
+            ],
+        );
+        expect_misses(
+            &f,
+            &[
+                "Nov 25 10:00:00 mx postfix/smtpd[1]: connect from unknown[192.0.2.30]",
+                "Nov 25 10:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.30]: 450 4.2.0 <a@b>: Recipient address rejected: Greylisted; from=<c@d> to=<a@b>",
+            ],
+        );
+    }
+
+    #[test]
+    fn dovecot() {
+        let f = builtin("dovecot");
+        expect_hits(
+            &f,
+            &[
+                (
+                    "Nov 25 10:00:00 mail dovecot: imap-login: Disconnected (auth failed, 2 attempts): user=<bob>, method=PLAIN, rip=192.0.2.40, lip=192.0.2.1, TLS",
+                    "192.0.2.40",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot[442]: pop3-login: Aborted login (auth failed, 1 attempts in 17 secs): user=<test>, method=PLAIN, rip=2001:db8::40, lip=2001:db8::1, session=<YADINsQCDs5BH8Pg>",
+                    "2001:db8::40",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: imap-login: Disconnected: Connection closed: read(size=1003) failed: Connection reset by peer (auth failed, 1 attempts in 0 secs): user=<a@example.org>, method=PLAIN, rip=192.0.2.41, lip=192.0.2.1, TLS: Disconnected, TLSv1.2 with cipher ECDHE-RSA-AES256-GCM-SHA384 (256/256 bits)",
+                    "192.0.2.41",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: pop3-login: Aborted login (tried to use disallowed plaintext auth): rip=192.0.2.42, lip=192.0.2.1, session=<LgDINsQCkttVIMPg>",
+                    "192.0.2.42",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=rhost=1.2.3.4 rhost=192.0.2.43",
+                    "192.0.2.43",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: auth-worker(304): pam(username,192.0.2.44): pam_authenticate() failed: Authentication failure (password mismatch?)",
+                    "192.0.2.44",
+                    Some("username"),
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: auth: ldap(u@example.org,192.0.2.45,<LZmGp6mZaMrAqLIZ>): Password mismatch (for LDAP bind) (SHA1 of given password: f638ff)",
+                    "192.0.2.45",
+                    Some("u@example.org"),
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: auth-worker(5787): conn unix:auth-worker (pid=27359,uid=97): auth-worker<55>: sql(webapps,2001:db8::46): unknown user",
+                    "2001:db8::46",
+                    Some("webapps"),
+                ),
+                // Hostile user names carrying a fake address.
+                (
+                    "Nov 25 10:00:00 mail dovecot: imap-login: Disconnected (auth failed, 1 attempts): user=<x>, method=PLAIN, rip=1.2.3.4, lip=5.6.7.8, TLS>, method=PLAIN, rip=203.0.113.9, lip=192.0.2.1, TLS",
+                    "203.0.113.9",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: auth-worker(1): pam(x,1.2.3.4): unknown user,203.0.113.9): unknown user",
+                    "203.0.113.9",
+                    Some("x,1.2.3.4): unknown user"),
+                ),
+            ],
+        );
+        expect_misses(
+            &f,
+            &[
+                "Nov 25 10:00:00 mail dovecot: imap-login: Login: user=<bob>, method=PLAIN, rip=192.0.2.40, lip=192.0.2.1, mpid=1, TLS",
+                "Nov 25 10:00:00 mail dovecot: imap-login: Disconnected (no auth attempts in 0 secs): user=<>, rip=192.0.2.40, lip=192.0.2.1",
+            ],
+        );
     }
 
     #[test]
