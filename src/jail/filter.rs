@@ -27,29 +27,61 @@
 //! one the daemon appended last. Where it comes *after*, anchor at the start
 //! (`^`): the regex engine reports the leftmost match, the daemon's own.
 //!
+//! Dates: `date = "line"` (the default) takes a matched line's time from
+//! the syslog timestamp it starts with (see [`super::date`]; none or an
+//! unreadable one gives `None`); `date = "arrival"` always gives `None`, so
+//! the caller uses the arrival time. Only matched lines are dated.
+//!
 //! Speed: the prefilter literals are searched first (SIMD substring search
-//! via the regex crate's literal engines); a line passing it is run once
-//! through a `RegexSet` of all failregexes, and only the first matching
-//! pattern is run again for its captures.
+//! via the regex crate's literal engines). A line passing it is run once
+//! through one multi-pattern regex of all failregexes (a lazy DFA: which
+//! pattern matches, and where); when several match, the one whose match
+//! starts leftmost wins, then the one listed first. Only then are the `host`
+//! and `user` groups of that one pattern located, within the matched span:
+//! with two more short DFA runs for the usual shapes (see
+//! [`super::extract`]), otherwise with the pattern's bounded backtracker,
+//! anchored. Scratch memory is pooled, so a line allocates nothing but the
+//! user name of a match.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::ops::Range;
+use std::panic::{RefUnwindSafe, UnwindSafe};
 
+use regex_automata::nfa::thompson::{WhichCaptures, backtrack};
+use regex_automata::util::captures::Captures as Slots;
+use regex_automata::util::pool::Pool;
+use regex_automata::{Anchored, Input, PatternID, meta};
 use serde::Deserialize;
 
+use super::date::{self, LocalZone};
+use super::extract::{SplitCaches, SplitExtractor};
 use super::line_filter::{LineFilter, LineMatch, LineOutcome};
-use super::matcher::{Matcher, RegexMatcher};
+use super::matcher::{Captures, Matcher, RegexMatcher};
 
 /// Names of the built-in filters, for `builtin` and for listings.
 pub fn builtin_names() -> &'static [&'static str] {
-    &["sshd"]
+    &[
+        "sshd",
+        "nginx-http-auth",
+        "nginx-botsearch",
+        "postfix",
+        "dovecot",
+    ]
 }
 
 const SSHD_TOML: &str = include_str!("../../filters/sshd.toml");
+const NGINX_HTTP_AUTH_TOML: &str = include_str!("../../filters/nginx-http-auth.toml");
+const NGINX_BOTSEARCH_TOML: &str = include_str!("../../filters/nginx-botsearch.toml");
+const POSTFIX_TOML: &str = include_str!("../../filters/postfix.toml");
+const DOVECOT_TOML: &str = include_str!("../../filters/dovecot.toml");
 
 /// The regex a `<HOST>`/`<ADDR>` tag stands for, without its group: dotted
 /// IPv4, or IPv6 (possibly with an embedded IPv4 tail). Loose on purpose:
 /// the captured text is validated by a real parser afterwards.
-const IP_PATTERN: &str = r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]{1,38}(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3})?";
+/// Unbounded repetitions rather than `{1,38}`: counted ones multiply the
+/// states of the DFA that runs all failregexes at once.
+const IP_PATTERN: &str = r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]+(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3})?";
 
 /// Why a filter could not be loaded. Every variant names where the filter
 /// came from (a file path, or `builtin:sshd`).
@@ -82,6 +114,21 @@ pub struct FilterMatch {
     pub user: Option<String>,
     /// Which failregex matched.
     pub regex_index: usize,
+    /// When it happened (Unix seconds), from the line's timestamp with
+    /// `date = "line"`; `None` with `date = "arrival"` or when the line has
+    /// no readable timestamp.
+    pub time: Option<i64>,
+}
+
+/// Where a matched line's time comes from (`date = ...` in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DateSource {
+    /// The timestamp the line starts with (syslog BSD or RFC 3339).
+    #[default]
+    Line,
+    /// None: the caller uses the time the line arrived.
+    Arrival,
 }
 
 /// The file format; unknown keys are errors.
@@ -95,6 +142,8 @@ struct FilterFile {
     failregex: Vec<String>,
     #[serde(default)]
     ignoreregex: Vec<String>,
+    #[serde(default)]
+    date: DateSource,
 }
 
 /// A compiled filter.
@@ -104,11 +153,88 @@ pub struct Filter {
     description: String,
     /// Alternation of the escaped prefilter literals; `None` checks nothing.
     prefilter: Option<regex::Regex>,
-    /// All failregexes at once: which of them match.
-    fail_set: regex::RegexSet,
+    /// All failregexes at once: which one matches, and where.
+    fail_all: meta::Regex,
+    /// Per failregex: its capture groups, run on the span `fail_all` found.
+    extractors: Vec<Extractor>,
+    /// Per failregex, for spans too long for its backtracker.
     fail: Vec<Box<dyn Matcher>>,
     /// `None` when there are no ignoreregexes.
     ignore_set: Option<regex::RegexSet>,
+    date: DateSource,
+    scratch: ScratchPool,
+}
+
+/// One failregex's capture engine: a bounded backtracker (fast on the short
+/// spans of log lines, linear because it never revisits a state at a
+/// position), run anchored on the span the combined regex matched.
+#[derive(Debug)]
+struct Extractor {
+    /// The DFA-only path, for the pattern shapes it knows.
+    split: Option<SplitExtractor>,
+    backtracker: backtrack::BoundedBacktracker,
+    host: usize,
+    user: Option<usize>,
+}
+
+impl Extractor {
+    fn new(pattern: &str) -> Result<Extractor, String> {
+        let backtracker = backtrack::BoundedBacktracker::new(pattern).map_err(|e| e.to_string())?;
+        let info = backtracker.get_nfa().group_info().clone();
+        let index = |name| info.to_index(PatternID::ZERO, name);
+        let host = index("host")
+            .or_else(|| index("addr"))
+            .ok_or_else(|| "no host group".to_string())?;
+        let user = index("user");
+        Ok(Extractor {
+            split: SplitExtractor::new(pattern, IP_PATTERN),
+            backtracker,
+            host,
+            user,
+        })
+    }
+}
+
+/// The mutable state a search needs, reused from line to line.
+#[derive(Debug)]
+struct Scratch {
+    all: meta::Cache,
+    backtrack: Vec<backtrack::Cache>,
+    slots: Vec<Slots>,
+    split: Vec<Option<SplitCaches>>,
+    zone: LocalZone,
+}
+
+type MakeScratch = Box<dyn Fn() -> Scratch + Send + Sync + UnwindSafe + RefUnwindSafe>;
+
+/// A pool of [`Scratch`]es, so `classify` can take `&self` and still run
+/// without allocating (the owning thread gets its own without locking).
+struct ScratchPool(Pool<Scratch, MakeScratch>);
+
+impl fmt::Debug for ScratchPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ScratchPool")
+    }
+}
+
+impl ScratchPool {
+    fn new(all: &meta::Regex, extractors: &[Extractor]) -> ScratchPool {
+        let all = all.clone();
+        let backtrackers: Vec<backtrack::BoundedBacktracker> =
+            extractors.iter().map(|e| e.backtracker.clone()).collect();
+        let split: Vec<Option<SplitCaches>> = extractors
+            .iter()
+            .map(|e| e.split.as_ref().map(SplitExtractor::create_caches))
+            .collect();
+        let make: MakeScratch = Box::new(move || Scratch {
+            all: all.create_cache(),
+            backtrack: backtrackers.iter().map(|b| b.create_cache()).collect(),
+            slots: backtrackers.iter().map(|b| b.create_captures()).collect(),
+            split: split.clone(),
+            zone: LocalZone::default(),
+        });
+        ScratchPool(Pool::new(make))
+    }
 }
 
 impl Filter {
@@ -150,8 +276,15 @@ impl Filter {
             }
             fail.push(Box::new(matcher));
         }
-        // Each pattern compiled alone, so the set can only fail on size.
-        let fail_set = regex::RegexSet::new(&fail_patterns)
+        let mut extractors = Vec::with_capacity(fail_patterns.len());
+        for (index, pattern) in fail_patterns.iter().enumerate() {
+            extractors
+                .push(Extractor::new(pattern).map_err(|e| regex_error("failregex", index, e))?);
+        }
+        // Each pattern compiled alone, so this can only fail on size.
+        let fail_all = meta::Regex::builder()
+            .configure(meta::Config::new().which_captures(WhichCaptures::Implicit))
+            .build_many(&fail_patterns)
             .map_err(|e| regex_error("failregex", 0, e.to_string()))?;
 
         let ignore_patterns: Vec<String> =
@@ -184,13 +317,17 @@ impl Filter {
             )
         };
 
+        let scratch = ScratchPool::new(&fail_all, &extractors);
         Ok(Filter {
             origin: origin.to_string(),
             description: file.description,
             prefilter,
-            fail_set,
+            fail_all,
+            extractors,
             fail,
             ignore_set,
+            date: file.date,
+            scratch,
         })
     }
 
@@ -200,6 +337,10 @@ impl Filter {
     pub fn builtin(name: &str) -> Option<Result<Filter, FilterError>> {
         let text = match name {
             "sshd" => SSHD_TOML,
+            "nginx-http-auth" => NGINX_HTTP_AUTH_TOML,
+            "nginx-botsearch" => NGINX_BOTSEARCH_TOML,
+            "postfix" => POSTFIX_TOML,
+            "dovecot" => DOVECOT_TOML,
             _ => return None,
         };
         Some(Filter::from_toml(text, &format!("builtin:{name}")))
@@ -220,7 +361,11 @@ impl Filter {
             return (LineOutcome::Missed, None);
         }
         let message = strip_syslog_prefix(line);
-        let Some(regex_index) = self.fail_set.matches(message).into_iter().next() else {
+        let mut scratch = self.scratch.0.get();
+        let Some(found) = self
+            .fail_all
+            .search_with(&mut scratch.all, &Input::new(message))
+        else {
             return (LineOutcome::Missed, None);
         };
         if let Some(ignore) = &self.ignore_set
@@ -228,19 +373,64 @@ impl Filter {
         {
             return (LineOutcome::Ignored, None);
         }
-        let found = self.fail[regex_index]
-            .find(message)
-            .and_then(|caps| Some((parse_host(caps.host?)?, caps.user)))
-            .map(|(host, user)| FilterMatch {
-                host,
-                user: user.map(str::to_string),
-                regex_index,
-            });
-        match found {
-            Some(found) => (LineOutcome::Matched, Some(found)),
-            // The pattern matched but captured no valid address.
-            None => (LineOutcome::Missed, None),
+        let regex_index = found.pattern().as_usize();
+        let captured = self
+            .captures(regex_index, message, found.range(), &mut scratch)
+            .and_then(|caps| Some((parse_host(caps.host?)?, caps.user)));
+        // The pattern matched but captured no valid address.
+        let Some((host, user)) = captured else {
+            return (LineOutcome::Missed, None);
+        };
+        let time = match self.date {
+            DateSource::Line => {
+                let now = i64::try_from(crate::timefmt::now_unix()).unwrap_or(i64::MAX);
+                date::line_time(line, now, &mut scratch.zone)
+            }
+            DateSource::Arrival => None,
+        };
+        let found = FilterMatch {
+            host,
+            user: user.map(str::to_string),
+            regex_index,
+            time,
+        };
+        (LineOutcome::Matched, Some(found))
+    }
+
+    /// The groups of failregex `index`, whose match is `span` of `message`.
+    fn captures<'a>(
+        &self,
+        index: usize,
+        message: &'a str,
+        span: Range<usize>,
+        scratch: &mut Scratch,
+    ) -> Option<Captures<'a>> {
+        let extractor = self.extractors.get(index)?;
+        if let Some(split) = &extractor.split
+            && let Some(Some(caches)) = scratch.split.get_mut(index)
+            && let Some(found) = split.extract(message, span.clone(), caches)
+        {
+            return Some(found);
         }
+        if span.len() > extractor.backtracker.max_haystack_len() {
+            return self.fail.get(index)?.find(message);
+        }
+        let input = Input::new(message).range(span).anchored(Anchored::Yes);
+        let slots = scratch.slots.get_mut(index)?;
+        let cache = scratch.backtrack.get_mut(index)?;
+        extractor
+            .backtracker
+            .try_search(cache, &input, slots)
+            .ok()?;
+        let text = |group: usize| {
+            slots
+                .get_group(group)
+                .and_then(|span| message.get(span.range()))
+        };
+        Some(Captures {
+            host: text(extractor.host),
+            user: extractor.user.and_then(text),
+        })
     }
 }
 
@@ -267,7 +457,7 @@ impl LineFilter for Filter {
             found.push(LineMatch {
                 host: matched.host,
                 user: matched.user,
-                time: None,
+                time: matched.time,
                 regex_index: matched.regex_index,
             });
         }
@@ -582,6 +772,230 @@ mod tests {
         assert_eq!(user.as_deref(), Some("x from 1.2.3.4"));
     }
 
+    fn builtin(name: &str) -> Filter {
+        Filter::builtin(name).unwrap().unwrap()
+    }
+
+    /// Each line must give exactly `host` (and `user` when given).
+    fn expect_hits(f: &Filter, cases: &[(&str, &str, Option<&str>)]) {
+        for (line, host, user) in cases {
+            let (got_host, got_user) = hit(f, line);
+            assert_eq!(got_host, ip(host), "{line}");
+            if user.is_some() {
+                assert_eq!(got_user.as_deref(), *user, "{line}");
+            }
+        }
+    }
+
+    fn expect_misses(f: &Filter, lines: &[&str]) {
+        for line in lines {
+            assert_eq!(f.match_line(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn nginx_http_auth() {
+        let f = builtin("nginx-http-auth");
+        expect_hits(
+            &f,
+            &[
+                (
+                    r#"2026/11/25 10:00:00 [error] 2865#2865: *66647 user "xyz" was not found in "/etc/nginx/.htpasswd", client: 192.0.2.10, server: www.example.org, request: "GET / HTTP/1.1", host: "www.example.org""#,
+                    "192.0.2.10",
+                    Some("xyz"),
+                ),
+                (
+                    r#"2026/11/25 10:00:01 [error] 30708#0: *3 user "a b": password mismatch, client: 2001:db8::5, server: , request: "GET /admin HTTP/2.0", host: "example.org:8443", referrer: "https://example.org/""#,
+                    "2001:db8::5",
+                    Some("a b"),
+                ),
+                // The journal's MESSAGE has no date.
+                (
+                    r#"[error] 1#1: *1 user "u": password mismatch, client: 192.0.2.11, server: s, request: "POST /x HTTP/1.1", host: "h""#,
+                    "192.0.2.11",
+                    Some("u"),
+                ),
+                // Hostile user name carrying a whole fake tail.
+                (
+                    r#"2026/11/25 10:00:02 [error] 1#1: *1 user "x": password mismatch, client: 1.2.3.4, server: s, request: "GET / HTTP/1.1", host: "h": password mismatch, client: 203.0.113.9, server: s, request: "GET / HTTP/1.1", host: "h""#,
+                    "203.0.113.9",
+                    None,
+                ),
+            ],
+        );
+        expect_misses(
+            &f,
+            &[
+                r#"2026/11/25 10:00:00 [error] 1#1: *1 no user/password was provided for basic authentication, client: 192.0.2.1, server: s, request: "GET / HTTP/1.1", host: "h""#,
+                r#"2026/11/25 10:00:00 [error] 1#1: *1 open() "/var/www/x" failed (2: No such file or directory), client: 192.0.2.1, server: s, request: "GET /x HTTP/1.1", host: "h""#,
+            ],
+        );
+        let t = f
+            .match_line(r#"2026/11/25 10:00:00 [error] 1#1: *1 user "u": password mismatch, client: 192.0.2.11, server: s, request: "GET / HTTP/1.1", host: "h""#)
+            .unwrap()
+            .time;
+        assert!(t.is_some(), "nginx's local date is read");
+    }
+
+    #[test]
+    fn nginx_botsearch() {
+        let f = builtin("nginx-botsearch");
+        expect_hits(
+            &f,
+            &[
+                (
+                    r#"192.0.2.20 - - [25/Nov/2026:10:00:00 +0000] "GET //phpMyAdmin-2.8.2.3/scripts/setup.php HTTP/1.1" 404 47 "-" "-""#,
+                    "192.0.2.20",
+                    None,
+                ),
+                (
+                    r#"2001:db8::20 - - [25/Nov/2026:10:00:00 +0000] "POST /wp-login.php HTTP/1.1" 404 153 "-" "Mozilla/5.0""#,
+                    "2001:db8::20",
+                    None,
+                ),
+                (
+                    r#"192.0.2.21 - admin [25/Nov/2026:10:00:00 +0000] "GET /.env HTTP/1.1" 404 153 "-" "curl/8""#,
+                    "192.0.2.21",
+                    None,
+                ),
+                // Hostile path and user agent quoting another client.
+                (
+                    r#"203.0.113.9 - - [25/Nov/2026:10:00:00 +0000] "GET /admin/pma/?from=1.2.3.4 HTTP/1.1" 404 1 "1.2.3.4 - - [x] \x22GET /pma HTTP/1.1\x22 404 " "1.2.3.4 - - [x] \x22GET /pma HTTP/1.1\x22 404 ""#,
+                    "203.0.113.9",
+                    None,
+                ),
+            ],
+        );
+        expect_misses(
+            &f,
+            &[
+                r#"192.0.2.20 - - [25/Nov/2026:10:00:00 +0000] "GET /phpmyadmin/ HTTP/1.1" 200 5120 "-" "-""#,
+                r#"192.0.2.20 - - [25/Nov/2026:10:00:00 +0000] "GET /index.html HTTP/1.1" 404 153 "-" "-""#,
+            ],
+        );
+    }
+
+    #[test]
+    fn postfix() {
+        let f = builtin("postfix");
+        expect_hits(
+            &f,
+            &[
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[8738]: NOQUEUE: reject: RCPT from 1-2-3-4.example.com[192.0.2.30]: 554 5.7.1 <x@example.org>: Relay access denied; from=<a@example.com> to=<x@example.org> proto=ESMTP helo=<h>",
+                    "192.0.2.30",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[1]: 00ADB3C0899: reject: RCPT from unknown[2001:db8::30]: 550 5.1.1 <s@example.org>: Recipient address rejected: User unknown in local recipient table; from=<> to=<s@example.org> proto=ESMTP helo=<h>",
+                    "2001:db8::30",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix/submission/smtpd[11538]: warning: unknown[192.0.2.31]: SASL LOGIN authentication failed: UGFzc3dvcmQ6",
+                    "192.0.2.31",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix-in/smtpd[1]: warning: unknown[192.0.2.32]:55729: SASL PLAIN authentication failed:",
+                    "192.0.2.32",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[1]: improper command pipelining after DATA from unknown[192.0.2.33]:",
+                    "192.0.2.33",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[1]: too many errors after RCPT from example.com[192.0.2.34]",
+                    "192.0.2.34",
+                    None,
+                ),
+                // Hostile HELO and sender naming another client.
+                (
+                    "Nov 25 10:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[203.0.113.9]: 450 4.7.1 <unknown[1.2.3.4]>: Helo command rejected: Host not found; from=<x@unknown[1.2.3.4]> to=<y@example.org> proto=ESMTP helo=<unknown[1.2.3.4]>",
+                    "203.0.113.9",
+                    None,
+                ),
+            ],
+        );
+        expect_misses(
+            &f,
+            &[
+                "Nov 25 10:00:00 mx postfix/smtpd[1]: connect from unknown[192.0.2.30]",
+                "Nov 25 10:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.30]: 450 4.2.0 <a@b>: Recipient address rejected: Greylisted; from=<c@d> to=<a@b>",
+            ],
+        );
+    }
+
+    #[test]
+    fn dovecot() {
+        let f = builtin("dovecot");
+        expect_hits(
+            &f,
+            &[
+                (
+                    "Nov 25 10:00:00 mail dovecot: imap-login: Disconnected (auth failed, 2 attempts): user=<bob>, method=PLAIN, rip=192.0.2.40, lip=192.0.2.1, TLS",
+                    "192.0.2.40",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot[442]: pop3-login: Aborted login (auth failed, 1 attempts in 17 secs): user=<test>, method=PLAIN, rip=2001:db8::40, lip=2001:db8::1, session=<YADINsQCDs5BH8Pg>",
+                    "2001:db8::40",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: imap-login: Disconnected: Connection closed: read(size=1003) failed: Connection reset by peer (auth failed, 1 attempts in 0 secs): user=<a@example.org>, method=PLAIN, rip=192.0.2.41, lip=192.0.2.1, TLS: Disconnected, TLSv1.2 with cipher ECDHE-RSA-AES256-GCM-SHA384 (256/256 bits)",
+                    "192.0.2.41",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: pop3-login: Aborted login (tried to use disallowed plaintext auth): rip=192.0.2.42, lip=192.0.2.1, session=<LgDINsQCkttVIMPg>",
+                    "192.0.2.42",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=rhost=1.2.3.4 rhost=192.0.2.43",
+                    "192.0.2.43",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: auth-worker(304): pam(username,192.0.2.44): pam_authenticate() failed: Authentication failure (password mismatch?)",
+                    "192.0.2.44",
+                    Some("username"),
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: auth: ldap(u@example.org,192.0.2.45,<LZmGp6mZaMrAqLIZ>): Password mismatch (for LDAP bind) (SHA1 of given password: f638ff)",
+                    "192.0.2.45",
+                    Some("u@example.org"),
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: auth-worker(5787): conn unix:auth-worker (pid=27359,uid=97): auth-worker<55>: sql(webapps,2001:db8::46): unknown user",
+                    "2001:db8::46",
+                    Some("webapps"),
+                ),
+                // Hostile user names carrying a fake address.
+                (
+                    "Nov 25 10:00:00 mail dovecot: imap-login: Disconnected (auth failed, 1 attempts): user=<x>, method=PLAIN, rip=1.2.3.4, lip=5.6.7.8, TLS>, method=PLAIN, rip=203.0.113.9, lip=192.0.2.1, TLS",
+                    "203.0.113.9",
+                    None,
+                ),
+                (
+                    "Nov 25 10:00:00 mail dovecot: auth-worker(1): pam(x,1.2.3.4): unknown user,203.0.113.9): unknown user",
+                    "203.0.113.9",
+                    Some("x,1.2.3.4): unknown user"),
+                ),
+            ],
+        );
+        expect_misses(
+            &f,
+            &[
+                "Nov 25 10:00:00 mail dovecot: imap-login: Login: user=<bob>, method=PLAIN, rip=192.0.2.40, lip=192.0.2.1, mpid=1, TLS",
+                "Nov 25 10:00:00 mail dovecot: imap-login: Disconnected (no auth attempts in 0 secs): user=<>, rip=192.0.2.40, lip=192.0.2.1",
+            ],
+        );
+    }
+
     #[test]
     fn ignoreregex_and_prefilter() {
         let text = r#"
@@ -602,6 +1016,80 @@ mod tests {
         let m = f.match_line("bad login at 198.51.100.2").unwrap();
         assert_eq!(m.regex_index, 1);
         assert_eq!(m.user.as_deref(), Some("login"));
+    }
+
+    /// The DFA-only group finder must give what the regex crate's captures
+    /// give, on ordinary and hostile lines alike.
+    #[test]
+    fn fast_captures_agree_with_regex_captures() {
+        let f = sshd();
+        assert!(f.extractors.iter().all(|e| e.split.is_some()));
+        for line in [
+            "Failed password for invalid user a b from 192.0.2.2 port 5 ssh2",
+            "Failed password for invalid user invalid user  from 192.0.2.2 port 5 ssh2",
+            "Failed password for invalid user from 192.0.2.2 port 5 ssh2",
+            "Failed none for x from 1.2.3.4 port 22 ssh2 from 2001:db8::1 port 4 ssh2",
+            "Invalid user x from 1.2.3.4 from 203.0.113.9 port 4242",
+            "Invalid user  from ::ffff:192.0.2.7 port 1",
+            "Connection closed by authenticating user x 1.2.3.4 port 22 [preauth] 203.0.113.9 port 4242 [preauth]",
+            "Disconnecting invalid user x 1.2.3.4 port 1: Too many authentication failures 203.0.113.9 port 9: Too many authentication failures [preauth]",
+            "error: maximum authentication attempts exceeded for invalid user x from 1.2.3.4 port 2 ssh2 from 203.0.113.9 port 4242 ssh2 [preauth]",
+            "Unable to negotiate with 203.0.113.9 port 4242: no matching cipher found. Their offer: Unable to negotiate with 1.2.3.4 port 1: no matching x",
+            "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  user=x rhost=1.2.3.4",
+            "Did not receive identification string from 2001:db8::2 port 7",
+        ] {
+            let m = f
+                .match_line(line)
+                .unwrap_or_else(|| panic!("no match: {line}"));
+            let caps = f.fail[m.regex_index].find(line).unwrap();
+            assert_eq!(Some(m.host), caps.host.and_then(parse_host), "{line}");
+            assert_eq!(m.user.as_deref(), caps.user, "{line}");
+        }
+    }
+
+    #[test]
+    fn dates_from_the_line_or_arrival() {
+        let f = sshd();
+        let m = f
+            .match_line("2026-11-25T10:00:00Z h sshd[1]: Invalid user a from 192.0.2.9 port 2")
+            .unwrap();
+        assert_eq!(m.time, Some(1_795_600_800));
+        let m = f
+            .match_line("Jan  1 00:00:00 h sshd[1]: Invalid user a from 192.0.2.9 port 2")
+            .unwrap();
+        let now = i64::try_from(crate::timefmt::now_unix()).unwrap();
+        let t = m.time.expect("a BSD date is read");
+        assert!(t <= now + 86_400 && t > now - 367 * 86_400, "{t}");
+        // No timestamp, or an unreadable one: the caller uses arrival time.
+        let m = f
+            .match_line("Invalid user a from 192.0.2.9 port 2")
+            .unwrap();
+        assert_eq!(m.time, None);
+        let m = f
+            .match_line("Nov 31 10:00:00 h sshd[1]: Invalid user a from 192.0.2.9 port 2")
+            .unwrap();
+        assert_eq!(m.time, None);
+
+        let text = "date = 'arrival'\nfailregex = ['from <HOST>$']";
+        let f = Filter::from_toml(text, "t").unwrap();
+        let m = f
+            .match_line("2026-11-25T10:00:00Z h x[1]: from 192.0.2.1")
+            .unwrap();
+        assert_eq!(m.time, None);
+        let err = Filter::from_toml("date = 'journal'\nfailregex = ['<HOST>']", "t");
+        assert!(matches!(err, Err(FilterError::Toml { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn feed_reports_the_time() {
+        let mut f = sshd();
+        let mut found = Vec::new();
+        let outcome = f.feed(
+            "2026-11-25T10:00:00+01:00 h sshd[1]: Invalid user a from 192.0.2.9 port 2",
+            &mut found,
+        );
+        assert_eq!(outcome, LineOutcome::Matched);
+        assert_eq!(found[0].time, Some(1_795_597_200));
     }
 
     #[test]
@@ -693,6 +1181,86 @@ mod tests {
             matches!(err, FilterError::Regex { index: 0, .. }),
             "{err:?}"
         );
+    }
+
+    /// Info only: where the time goes, on the file `cargo bench --bench
+    /// authlog` writes: `cargo test --release --lib -- --ignored --nocapture
+    /// phase_times`.
+    #[test]
+    #[ignore]
+    fn phase_times() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/authlog-1M.log");
+        let Ok(text) = std::fs::read_to_string(path) else {
+            println!("{path}: missing; run `cargo bench --bench authlog` first");
+            return;
+        };
+        let f = sshd();
+        let lines: Vec<&str> = text.lines().collect();
+        let time = |name: &str, run: &dyn Fn(&str) -> bool| {
+            let started = std::time::Instant::now();
+            let hits = lines.iter().filter(|l| run(l)).count();
+            let elapsed = started.elapsed();
+            println!(
+                "{name}: {hits} hits, {:.3} s, {:.0} lines/s",
+                elapsed.as_secs_f64(),
+                lines.len() as f64 / elapsed.as_secs_f64()
+            );
+        };
+        let prefilter = f.prefilter.as_ref().unwrap();
+        time("prefilter", &|l| prefilter.is_match(l));
+        time("prefilter+strip", &|l| {
+            prefilter.is_match(l) && !strip_syslog_prefix(l).is_empty()
+        });
+        time("prefilter+strip+dfa", &|l| {
+            prefilter.is_match(l) && f.fail_all.is_match(strip_syslog_prefix(l))
+        });
+        time("prefilter+strip+dfa search", &|l| {
+            prefilter.is_match(l)
+                && f.fail_all
+                    .search(&Input::new(strip_syslog_prefix(l)))
+                    .is_some()
+        });
+        time("classify", &|l| f.classify(l).1.is_some());
+        let matched: Vec<(&str, &str, Range<usize>, usize)> = lines
+            .iter()
+            .filter(|l| prefilter.is_match(l))
+            .filter_map(|l| {
+                let m = strip_syslog_prefix(l);
+                let found = f.fail_all.search(&Input::new(m))?;
+                Some((*l, m, found.range(), found.pattern().as_usize()))
+            })
+            .collect();
+        let mut caches: Vec<SplitCaches> = f
+            .extractors
+            .iter()
+            .map(|e| e.split.as_ref().unwrap().create_caches())
+            .collect();
+        let mut zone = LocalZone::default();
+        for phase in ["extract", "extract+parse_host", "date", "clock"] {
+            let started = std::time::Instant::now();
+            let mut hits = 0usize;
+            for (line, m, span, index) in &matched {
+                let split = f.extractors[*index].split.as_ref().unwrap();
+                let ok = match phase {
+                    "extract" => split
+                        .extract(m, span.clone(), &mut caches[*index])
+                        .is_some(),
+                    "extract+parse_host" => split
+                        .extract(m, span.clone(), &mut caches[*index])
+                        .and_then(|c| parse_host(c.host?))
+                        .is_some(),
+                    "date" => date::line_time(line, 1_795_608_000, &mut zone).is_some(),
+                    _ => crate::timefmt::now_unix() > 0,
+                };
+                hits += usize::from(ok);
+            }
+            let elapsed = started.elapsed();
+            println!(
+                "{phase}: {hits} of {}, {:.0} ns each",
+                matched.len(),
+                elapsed.as_nanos() as f64 / matched.len() as f64
+            );
+        }
     }
 
     /// Info only: `cargo test --release -- --ignored --nocapture sshd_speed`.

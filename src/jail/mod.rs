@@ -3,7 +3,9 @@
 //!
 //! A jail is sources (journal units, files) + filters + failure counting.
 //! So far: [`filter`] loads native TOML filters (and the built-in ones) and
-//! matches lines; [`matcher`] is the pattern-engine interface the filters
+//! matches lines ([`extract`] finds the groups of a match with DFAs);
+//! [`date`] reads the timestamp a line starts with;
+//! [`matcher`] is the pattern-engine interface the filters
 //! are written against; [`counter`] counts failures per address (bounded)
 //! and computes growing ban times; [`test_filter`] is `orch test-filter`;
 //! [`fail2ban`] loads fail2ban's own filter.d `.conf` files and runs them on
@@ -11,6 +13,8 @@
 
 pub mod backtrack;
 pub mod counter;
+pub mod date;
+pub mod extract;
 pub mod fail2ban;
 pub mod file_source;
 pub mod filter;

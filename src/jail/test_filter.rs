@@ -4,8 +4,9 @@
 //!
 //! It reads the file and prints; it must not ban or talk to the daemon.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
@@ -78,41 +79,66 @@ pub fn run(
         path: log.display().to_string(),
         source,
     };
-    let file = std::fs::File::open(log).map_err(read_error)?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut file = std::fs::File::open(log).map_err(read_error)?;
     let mut summary = Summary {
         per_regex: vec![0; filter.regex_count()],
         ..Summary::default()
     };
     let started = Instant::now();
-    let mut buffer = Vec::with_capacity(4096);
+    // Big reads, lines split with memchr in place: no copy per line, and no
+    // UTF-8 conversion unless a line is not valid UTF-8 (then it is read
+    // lossily, as before).
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut filled = 0;
     let mut found: Vec<LineMatch> = Vec::new();
     loop {
-        buffer.clear();
-        let read = reader.read_until(b'\n', &mut buffer).map_err(read_error)?;
-        if read == 0 {
-            break;
+        if filled == buffer.len() {
+            // A line longer than the buffer: make room for it.
+            buffer.resize(buffer.len() * 2, 0);
         }
-        summary.lines += 1;
-        let line = String::from_utf8_lossy(&buffer);
-        found.clear();
-        match filter.feed(line.trim_end_matches(['\n', '\r']), &mut found) {
-            LineOutcome::Matched => {
-                summary.matched += 1;
-                if found.is_empty() {
-                    summary.no_address += 1;
+        let read = file.read(&mut buffer[filled..]).map_err(read_error)?;
+        let at_end = read == 0;
+        filled += read;
+        let mut start = 0;
+        while start < filled {
+            let end = match memchr::memchr(b'\n', &buffer[start..filled]) {
+                Some(offset) => start + offset,
+                // The last line has no newline; wait for more, or take it.
+                None if at_end => filled,
+                None => break,
+            };
+            let raw = &buffer[start..end];
+            start = (end + 1).min(filled);
+            summary.lines += 1;
+            let line = match std::str::from_utf8(raw) {
+                Ok(line) => Cow::Borrowed(line),
+                Err(_) => String::from_utf8_lossy(raw),
+            };
+            found.clear();
+            match filter.feed(line.trim_end_matches('\r'), &mut found) {
+                LineOutcome::Matched => {
+                    summary.matched += 1;
+                    if found.is_empty() {
+                        summary.no_address += 1;
+                    }
+                }
+                LineOutcome::Ignored => summary.ignored += 1,
+                LineOutcome::Missed => {}
+            }
+            for failure in &found {
+                if let Some(hits) = summary.per_regex.get_mut(failure.regex_index) {
+                    *hits += 1;
+                }
+                if json {
+                    writeln!(out, "{}", failure_json(summary.lines, failure))
+                        .map_err(read_error)?;
                 }
             }
-            LineOutcome::Ignored => summary.ignored += 1,
-            LineOutcome::Missed => {}
         }
-        for failure in &found {
-            if let Some(hits) = summary.per_regex.get_mut(failure.regex_index) {
-                *hits += 1;
-            }
-            if json {
-                writeln!(out, "{}", failure_json(summary.lines, failure)).map_err(read_error)?;
-            }
+        buffer.copy_within(start..filled, 0);
+        filled -= start;
+        if at_end {
+            break;
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();
