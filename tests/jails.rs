@@ -396,3 +396,38 @@ fn a_jail_with_ports_bans_only_those_ports_and_packets_show_it() {
     assert!(pair.server.set_elements("orch", "portban4").is_empty());
     assert!(pair.connect_from("10.99.0.2", "10.99.0.1", 2222, timeout));
 }
+
+#[test]
+fn sighup_restarts_changed_jails_where_they_stopped_reading() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let log = Log::new();
+    let daemon = Daemon::start(&netns, &bus, &log.jail(""));
+    log.append(&failures("192.0.2.120", 1));
+    wait_until(Duration::from_secs(5), "1 line read", || {
+        jail_counts(&daemon).0 == 1
+    });
+
+    // maxretry 3 -> 1: one failure now bans.
+    let config = format!(
+        "state_dir = \"{}\"\n{}",
+        daemon.state_dir.display(),
+        log.jail("").replace("maxretry = 3", "maxretry = 1")
+    );
+    std::fs::write(&daemon.config_path, config).expect("rewrite config");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    wait_until(Duration::from_secs(5), "the restarted jail", || {
+        jail_counts(&daemon) == (0, 0)
+    });
+    log.append(&failures("192.0.2.121", 1));
+    wait_until(Duration::from_secs(5), "192.0.2.121 banned", || {
+        banned(&netns, "192.0.2.121")
+    });
+    // The restarted jail resumed after the line read before the reload.
+    assert_eq!(jail_counts(&daemon), (1, 1));
+    assert!(!banned(&netns, "192.0.2.120"));
+}

@@ -12,7 +12,7 @@ use super::errors::OrchError;
 use crate::daemon::core::{Core, CoreError, CoreHandle};
 use crate::daemon::dns_refresh::DnsReports;
 use crate::daemon::hook_runs::HookRuns;
-use crate::daemon::jails::JailView;
+use crate::daemon::jails::JailSupervisor;
 use crate::store::BanRecord;
 use crate::timefmt::rfc3339;
 
@@ -27,7 +27,7 @@ pub struct OrchService {
     core: CoreHandle,
     hooks: HookRuns,
     dns: DnsReports,
-    jails: Vec<JailView>,
+    jails: JailSupervisor,
 }
 
 /// One row of the `Jails` property: name, filter, source, state, lines
@@ -49,7 +49,7 @@ fn hook_rows(results: &[crate::hooks::HookResult]) -> Vec<HookRow> {
 }
 
 impl OrchService {
-    pub fn new(core: CoreHandle, hooks: HookRuns, dns: DnsReports, jails: Vec<JailView>) -> Self {
+    pub fn new(core: CoreHandle, hooks: HookRuns, dns: DnsReports, jails: JailSupervisor) -> Self {
         OrchService {
             core,
             hooks,
@@ -383,6 +383,7 @@ impl OrchService {
             .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
         Ok(self
             .jails
+            .views()
             .iter()
             .map(|jail| {
                 let state = jail

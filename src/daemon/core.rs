@@ -317,6 +317,11 @@ impl Core {
         });
     }
 
+    /// Forgets the recidive jails (before the jails restart on reload).
+    pub fn clear_recidive(&mut self) {
+        self.recidive.clear();
+    }
+
     /// A jail banned `addr`: each recidive jail counts it, and bans for its
     /// own (long) time once the count reaches its maxretry.
     fn count_for_recidive(&mut self, addr: std::net::IpAddr, now: u64) {

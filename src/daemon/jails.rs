@@ -6,9 +6,9 @@
 //! core.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::config::{Config, JailConfig, JailSource};
+use crate::config::{Config, JailConfig, JailSource, JailsConfig};
 use crate::daemon::core::CoreHandle;
 use crate::jail::runner::{JailActions, JailStats, RunningJail};
 
@@ -104,6 +104,61 @@ impl Jails {
     pub fn stop(self) {
         for jail in self.running {
             jail.stop();
+        }
+    }
+}
+
+/// The running jails, shared by the daemon (which restarts them when a
+/// reload changes `[jails]`) and the bus (which shows them).
+#[derive(Clone)]
+pub struct JailSupervisor {
+    state: Arc<Mutex<Supervised>>,
+}
+
+struct Supervised {
+    jails: Option<Jails>,
+    config: JailsConfig,
+}
+
+impl JailSupervisor {
+    /// Starts the configured jails. Blocking (see [`Jails::start`]).
+    pub fn start(config: &Config, core: &CoreHandle) -> JailSupervisor {
+        JailSupervisor {
+            state: Arc::new(Mutex::new(Supervised {
+                jails: Some(Jails::start(config, core)),
+                config: config.jails.clone(),
+            })),
+        }
+    }
+
+    /// The running jails, for status.
+    pub fn views(&self) -> Vec<JailView> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.jails.as_ref().map(Jails::views).unwrap_or_default()
+    }
+
+    /// Restarts the jails if `config` changed `[jails]`; returns whether it
+    /// did. Each stopped jail saves its position first, so a jail that is
+    /// still configured resumes where it stopped. Blocking.
+    pub fn apply(&self, config: &Config, core: &CoreHandle) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.config == config.jails {
+            return false;
+        }
+        if let Some(old) = state.jails.take() {
+            old.stop();
+        }
+        let _ = core.call_blocking(|core| core.clear_recidive());
+        state.jails = Some(Jails::start(config, core));
+        state.config = config.jails.clone();
+        true
+    }
+
+    /// Stops every jail, saving positions. Blocking.
+    pub fn stop(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(jails) = state.jails.take() {
+            jails.stop();
         }
     }
 }

@@ -73,7 +73,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let hook_runs = start_hook_runs(&config, &connection);
     let dns_settings = config.dns.clone();
     let running_dns = config.dns.clone();
-    let running_jails = config.jails.clone();
     let dns_reports = dns_refresh::DnsReports::default();
     let jail_config = config.clone();
 
@@ -112,9 +111,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     ));
 
     let jail_core = handle.clone();
-    let jails = tokio::task::spawn_blocking(move || jails::Jails::start(&jail_config, &jail_core))
-        .await
-        .map_err(|e| DaemonError::Io(std::io::Error::other(e)))?;
+    let jails =
+        tokio::task::spawn_blocking(move || jails::JailSupervisor::start(&jail_config, &jail_core))
+            .await
+            .map_err(|e| DaemonError::Io(std::io::Error::other(e)))?;
 
     connection
         .object_server()
@@ -124,7 +124,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 handle.clone(),
                 hook_runs.clone(),
                 dns_reports.clone(),
-                jails.views(),
+                jails.clone(),
             ),
         )
         .await?;
@@ -142,7 +142,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = hangup.recv() => reload(&handle, &hook_runs, (&running_dns, &running_jails), config_path.as_deref()).await,
+            _ = hangup.recv() => reload(&handle, &hook_runs, &jails, &running_dns, config_path.as_deref()).await,
         }
     }
     notify::stopping();
@@ -199,7 +199,8 @@ fn start_hook_runs(config: &Config, connection: &zbus::Connection) -> HookRuns {
 async fn reload(
     core: &CoreHandle,
     hooks: &HookRuns,
-    (running_dns, running_jails): (&crate::dns::DnsSettings, &config::JailsConfig),
+    jails: &jails::JailSupervisor,
+    running_dns: &crate::dns::DnsSettings,
     config_path: Option<&std::path::Path>,
 ) {
     notify::reloading();
@@ -217,8 +218,13 @@ async fn reload(
                 if applied.dns != *running_dns {
                     tracing::warn!("[dns] changes take effect when the daemon restarts");
                 }
-                if applied.jails != *running_jails {
-                    tracing::warn!("[jails] changes take effect when the daemon restarts");
+                let (supervisor, jail_core) = (jails.clone(), core.clone());
+                let restarted =
+                    tokio::task::spawn_blocking(move || supervisor.apply(&applied, &jail_core))
+                        .await
+                        .unwrap_or(false);
+                if restarted {
+                    tracing::info!("[jails] changed: jails restarted");
                 }
                 tracing::info!("configuration reloaded");
             }
