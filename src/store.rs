@@ -281,6 +281,21 @@ impl Store {
         self.state.cursors.get(key).map(String::as_str)
     }
 
+    /// Every cursor whose key starts with `prefix`, in key order.
+    pub fn cursors_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.state
+            .cursors
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+    }
+
     /// Saves log readers' positions (key, value), all with one append and one
     /// fdatasync; unchanged ones cost nothing. An empty value forgets the
     /// key. Keys and values longer than [`MAX_TEXT_BYTES`] are refused, since
@@ -1902,6 +1917,14 @@ mod tests {
         );
         assert_eq!(store.cursor("jail/sshd/journal"), Some("s=abc;i=2"));
         assert_eq!(store.cursor("jail/old/journal"), None);
+        let sshd: Vec<&str> = store
+            .cursors_with_prefix("jail/sshd/")
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(
+            sshd,
+            ["jail/sshd/file:/var/log/auth.log", "jail/sshd/journal"]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! maxretry = 5
 //! findtime = "10m"
 //! bantime = "1h"
-//! increment = { factor = 1.0, maxtime = "1w", rndtime = "5m", overall = true }
+//! increment = { factor = 1.0, maxtime = "1w", rndtime = "5m", overall = false }
 //! ignore = ["192.0.2.0/24"]
 //! ignore_command = ["/usr/local/bin/is-friend", "<ip>"]
 //! ```
@@ -69,7 +69,8 @@ pub struct IncrementConfig {
     pub max_time: Option<Duration>,
     /// Random extra time up to this much, so bots cannot time their return.
     pub random_time: Duration,
-    /// Count previous bans from every source (true), or only this jail's.
+    /// Count previous bans from every source (true), or only this jail's
+    /// (false, the default, as fail2ban's `bantime.overalljails`).
     pub overall: bool,
 }
 
@@ -503,17 +504,7 @@ impl JailDraft {
             doc,
             issues,
             &key("overall"),
-            |overall| {
-                if overall {
-                    Ok(true)
-                } else {
-                    Err(
-                        "counting only this jail's earlier bans is not supported yet; \
-                         leave `overall` out (earlier bans from every source count)"
-                            .to_string(),
-                    )
-                }
-            },
+            Ok,
         );
     }
 
@@ -588,7 +579,7 @@ impl JailDraft {
                 rule: self.increment_rule.map_or(Increment::Off, |(rule, _)| rule),
                 max_time: self.increment_max.map(|(d, _)| d),
                 random_time: self.increment_random.map_or(Duration::ZERO, |(d, _)| d),
-                overall: self.increment_overall.is_none_or(|(overall, _)| overall),
+                overall: self.increment_overall.is_some_and(|(overall, _)| overall),
             },
             ignore: self.ignore,
             ignore_command: self
@@ -800,7 +791,7 @@ findtime = "soon"
 filter = "no-such-filter"
 ignore = ["10.0.0.300"]
 ignore_command = ["is-friend"]
-increment = { factor = 2.0, multipliers = [1], overall = false }
+increment = { factor = 2.0, multipliers = [1] }
 
 [jails."bad name"]
 files = ["/x"]
@@ -822,7 +813,6 @@ journal = {}
             "orch.toml:6:11: jails.sshd.ignore[0]:",
             "orch.toml:7:18: jails.sshd.ignore_command: \"is-friend\" must be an absolute path",
             "jails.sshd.increment: set either `factor` or `multipliers`",
-            "jails.sshd.increment.overall: counting only this jail's earlier bans is not supported yet",
             "orch.toml:10:8: jails.bad name: \"bad name\" is not a valid jail name",
             "orch.toml:13:8: jails.quiet: says nothing about where to read",
             "jails.both: set either `files` or `journal`, not both",

@@ -29,7 +29,7 @@ use crate::firewall::{FirewallError, FirewallStatus};
 use crate::jail::counter::FailureCounter;
 use crate::jail::counter::ban_seconds;
 use crate::jail::runner::JailStats;
-use crate::store::{BanRecord, Store, StoreError};
+use crate::store::{BanRecord, HISTORY_RETENTION_SECS, Store, StoreError};
 use crate::timefmt::now_unix;
 
 /// Why the core refused or failed a request.
@@ -102,6 +102,8 @@ pub struct Core {
     dns_allows: DnsAllows,
     /// Recidive jails: they count the other jails' bans per address.
     recidive: Vec<RecidiveJail>,
+    /// Ticks since start, for housekeeping done less often than each tick.
+    ticks: u64,
 }
 
 /// A jail with `filter = "recidive"`: its "failures" are bans by the other
@@ -114,6 +116,8 @@ struct RecidiveJail {
 
 /// How often the core purges expired bans and compacts the store.
 const TICK: Duration = Duration::from_secs(30);
+/// Per-jail ban history is pruned every this many ticks (an hour).
+const JAIL_HISTORY_PRUNE_TICKS: u64 = 120;
 
 impl Core {
     /// Builds the core and brings the kernel in line with the store.
@@ -135,6 +139,7 @@ impl Core {
             stop_requested: false,
             dns_allows: DnsAllows::default(),
             recidive: Vec::new(),
+            ticks: 0,
         };
         core.reconciler
             .set_port_scopes(port_scopes(&core.config.jails));
@@ -277,7 +282,7 @@ impl Core {
             .increment
             .max_time
             .map_or(max_time, |d| d.as_secs().min(max_time));
-        let previous = self.store.history(&net).count;
+        let previous = self.previous_bans(jail, &net);
         let grown = ban_seconds(base, previous, &jail.increment.rule, cap);
         let seconds = grown
             .saturating_add(random_below(jail.increment.random_time.as_secs()))
@@ -297,6 +302,15 @@ impl Core {
             humantime::format_duration(jail.find_time)
         );
         self.ban(&[addr.to_string()], seconds, &reason, &jail.name)?;
+        if !jail.increment.overall {
+            let count = format!("{}:{now}", previous.saturating_add(1));
+            if let Err(err) = self
+                .store
+                .set_cursors(&[(jail_history_key(&jail.name, &net), count)])
+            {
+                tracing::warn!(jail = %jail.name, "cannot record the jail's ban history: {err}");
+            }
+        }
         if jail.source != JailSource::OwnBans {
             self.count_for_recidive(addr, now);
         }
@@ -304,6 +318,40 @@ impl Core {
             "banned for {} ({reason}; banned {previous} time(s) before)",
             humantime::format_duration(Duration::from_secs(seconds))
         ))
+    }
+
+    /// How often `net` was banned before: by anyone (`increment.overall`),
+    /// or by this jail only, within the store's history retention.
+    fn previous_bans(&self, jail: &JailConfig, net: &IpNet) -> u32 {
+        if jail.increment.overall {
+            return self.store.history(net).count;
+        }
+        let Some(value) = self.store.cursor(&jail_history_key(&jail.name, net)) else {
+            return 0;
+        };
+        match parse_jail_history(value) {
+            Some((count, last)) if now_unix().saturating_sub(last) < HISTORY_RETENTION_SECS => {
+                count
+            }
+            _ => 0,
+        }
+    }
+
+    /// Drops per-jail ban history older than the store's retention.
+    fn forget_old_jail_history(&mut self) {
+        let now = now_unix();
+        let stale: Vec<(String, String)> = self
+            .store
+            .cursors_with_prefix(JAIL_HISTORY_PREFIX)
+            .filter(|(_, value)| {
+                parse_jail_history(value)
+                    .is_none_or(|(_, last)| now.saturating_sub(last) >= HISTORY_RETENTION_SECS)
+            })
+            .map(|(key, _)| (key.to_string(), String::new()))
+            .collect();
+        if let Err(err) = self.store.set_cursors(&stale) {
+            tracing::warn!("cannot drop old jail ban history: {err}");
+        }
     }
 
     /// Starts counting other jails' bans for the recidive jail `jail`.
@@ -591,6 +639,10 @@ impl Core {
         if !expired.is_empty() {
             tracing::debug!(count = expired.len(), "expired bans purged");
         }
+        if self.ticks.is_multiple_of(JAIL_HISTORY_PRUNE_TICKS) {
+            self.forget_old_jail_history();
+        }
+        self.ticks = self.ticks.wrapping_add(1);
         if let Err(err) = self.store.compact_if_needed() {
             tracing::error!("store compaction failed: {err}");
         }
@@ -638,6 +690,19 @@ impl Core {
 }
 
 type Job = Box<dyn FnOnce(&mut Core) + Send>;
+
+/// Store keys of per-jail ban counts (`increment.overall = false`):
+/// `jailhist/<jail>/<net>` -> `<count>:<last banned, Unix seconds>`.
+const JAIL_HISTORY_PREFIX: &str = "jailhist/";
+
+fn jail_history_key(jail: &str, net: &IpNet) -> String {
+    format!("{JAIL_HISTORY_PREFIX}{jail}/{net}")
+}
+
+fn parse_jail_history(value: &str) -> Option<(u32, u64)> {
+    let (count, last) = value.split_once(':')?;
+    Some((count.parse().ok()?, last.parse().ok()?))
+}
 
 /// The port scope of each jail that bans only some ports, by jail name
 /// (the source of its bans).
