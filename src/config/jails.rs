@@ -551,7 +551,7 @@ impl JailDraft {
         };
         let source = match source {
             JailSource::Journal { matches } if matches.is_empty() => {
-                let from_filter = crate::jail::test_filter::load_filter(&filter)
+                let from_filter = crate::jail::load::load_filter(&filter)
                     .map(|loaded| loaded.journal_matches())
                     .unwrap_or_default();
                 if from_filter.is_empty() {
@@ -625,7 +625,7 @@ fn check_filter(spec: &str, config_file: &std::path::Path) -> Result<String, Str
     } else {
         spec.to_string()
     };
-    crate::jail::test_filter::load_filter(&resolved)
+    crate::jail::load::load_filter(&resolved)
         .map(|_| resolved)
         .map_err(|err| err.to_string())
 }

@@ -56,7 +56,7 @@ impl Jails {
                 }
                 continue;
             }
-            let filter = match crate::jail::test_filter::load_filter(&jail.filter) {
+            let filter = match crate::jail::load::load_filter(&jail.filter) {
                 Ok(filter) => filter,
                 Err(err) => {
                     tracing::error!(jail = %jail.name, "jail not started: {err}");

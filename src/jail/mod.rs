@@ -20,6 +20,7 @@ pub mod file_source;
 pub mod filter;
 pub mod journal_source;
 pub mod line_filter;
+pub mod load;
 pub mod matcher;
 pub mod runner;
 pub mod test_filter;

@@ -10,48 +10,25 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
-use super::fail2ban::{Fail2banError, Fail2banFilter, FilterRef};
-use super::filter::{Filter, FilterError, builtin_names};
 use super::line_filter::{LineFilter, LineMatch, LineOutcome};
+use super::load::LoadFilterError;
 
 /// Why a filter test could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum TestFilterError {
     #[error("{0}")]
-    Filter(#[from] FilterError),
-    #[error(
-        "{0}: no such built-in filter and no such file (built-in filters: {names})",
-        names = builtin_names().join(", ")
-    )]
-    UnknownFilter(String),
+    Load(#[from] LoadFilterError),
     #[error("{path}: {source}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Fail2ban(#[from] Fail2banError),
 }
 
-/// Loads FILTER: a built-in name, the path of a native TOML filter, or a
-/// fail2ban filter reference (`/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]`).
+/// Loads FILTER for `orch test-filter` (see [`super::load::load_filter`]).
 pub fn load_filter(spec: &str) -> Result<Box<dyn LineFilter>, TestFilterError> {
-    if let Some(builtin) = Filter::builtin(spec) {
-        return Ok(Box::new(builtin?));
-    }
-    let path = Path::new(spec);
-    if FilterRef::looks_like(spec) {
-        return Ok(Box::new(Fail2banFilter::load(spec)?));
-    }
-    if !path.is_file() {
-        return Err(TestFilterError::UnknownFilter(spec.to_string()));
-    }
-    let text = std::fs::read_to_string(path).map_err(|source| TestFilterError::Read {
-        path: spec.to_string(),
-        source,
-    })?;
-    Ok(Box::new(Filter::from_toml(&text, spec)?))
+    Ok(super::load::load_filter(spec)?)
 }
 
 /// What a run found.
