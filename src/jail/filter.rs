@@ -54,7 +54,7 @@ use regex_automata::util::pool::Pool;
 use regex_automata::{Anchored, Input, PatternID, meta};
 use serde::Deserialize;
 
-use super::date::{self, LocalZone};
+use super::date::LineDates;
 use super::extract::{SplitCaches, SplitExtractor};
 use super::line_filter::{LineFilter, LineMatch, LineOutcome};
 use super::matcher::{Captures, Matcher, RegexMatcher};
@@ -202,7 +202,7 @@ struct Scratch {
     backtrack: Vec<backtrack::Cache>,
     slots: Vec<Slots>,
     split: Vec<Option<SplitCaches>>,
-    zone: LocalZone,
+    dates: LineDates,
 }
 
 type MakeScratch = Box<dyn Fn() -> Scratch + Send + Sync + UnwindSafe + RefUnwindSafe>;
@@ -231,7 +231,7 @@ impl ScratchPool {
             backtrack: backtrackers.iter().map(|b| b.create_cache()).collect(),
             slots: backtrackers.iter().map(|b| b.create_captures()).collect(),
             split: split.clone(),
-            zone: LocalZone::default(),
+            dates: LineDates::default(),
         });
         ScratchPool(Pool::new(make))
     }
@@ -382,10 +382,9 @@ impl Filter {
             return (LineOutcome::Missed, None);
         };
         let time = match self.date {
-            DateSource::Line => {
-                let now = i64::try_from(crate::timefmt::now_unix()).unwrap_or(i64::MAX);
-                date::line_time(line, now, &mut scratch.zone)
-            }
+            DateSource::Line => scratch.dates.line_time(line, || {
+                i64::try_from(crate::timefmt::now_unix()).unwrap_or(i64::MAX)
+            }),
             DateSource::Arrival => None,
         };
         let found = FilterMatch {
@@ -858,6 +857,17 @@ mod tests {
                     "192.0.2.21",
                     None,
                 ),
+                (
+                    r#"2026/11/25 10:58:10 [error] 2833#0: *16336 open() "/var/www/site/cgi-bin/php4" failed (2: No such file or directory), client: 192.0.2.22, server: localhost, request: "HEAD /cgi-bin/php4 HTTP/1.1", host: "example.org""#,
+                    "192.0.2.22",
+                    None,
+                ),
+                // Error log, hostile path naming another client.
+                (
+                    r#"2026/11/25 10:58:10 [error] 1#0: *1 "/var/www/roundcube/,client:1.2.3.4,/" is not found (2: No such file or directory), client: 203.0.113.9, server: s, request: "GET /roundcube/,client:1.2.3.4,/ HTTP/1.1", host: "client:1.2.3.4""#,
+                    "203.0.113.9",
+                    None,
+                ),
                 // Hostile path and user agent quoting another client.
                 (
                     r#"203.0.113.9 - - [25/Nov/2026:10:00:00 +0000] "GET /admin/pma/?from=1.2.3.4 HTTP/1.1" 404 1 "1.2.3.4 - - [x] \x22GET /pma HTTP/1.1\x22 404 " "1.2.3.4 - - [x] \x22GET /pma HTTP/1.1\x22 404 ""#,
@@ -1235,7 +1245,7 @@ mod tests {
             .iter()
             .map(|e| e.split.as_ref().unwrap().create_caches())
             .collect();
-        let mut zone = LocalZone::default();
+        let mut dates = LineDates::default();
         for phase in ["extract", "extract+parse_host", "date", "clock"] {
             let started = std::time::Instant::now();
             let mut hits = 0usize;
@@ -1249,7 +1259,7 @@ mod tests {
                         .extract(m, span.clone(), &mut caches[*index])
                         .and_then(|c| parse_host(c.host?))
                         .is_some(),
-                    "date" => date::line_time(line, 1_795_608_000, &mut zone).is_some(),
+                    "date" => dates.line_time(line, || 1_795_608_000).is_some(),
                     _ => crate::timefmt::now_unix() > 0,
                 };
                 hits += usize::from(ok);
