@@ -679,6 +679,16 @@ mod tests {
                 "192.0.2.77",
                 Some("root"),
             ),
+            (
+                "User root from 203.0.113.17 not allowed because not listed in AllowUsers",
+                "203.0.113.17",
+                Some("root"),
+            ),
+            (
+                "User bob from 2001:db8::17 not allowed because none of user's groups are listed in AllowGroups [preauth]",
+                "2001:db8::17",
+                Some("bob"),
+            ),
         ];
         for (line, host, user) in cases {
             let (got_host, got_user) = hit(&f, line);
@@ -761,6 +771,7 @@ mod tests {
             "Disconnecting invalid user x 1.2.3.4 port 1: Too many authentication failures 203.0.113.9 port 9: Too many authentication failures [preauth]",
             // A whole fake message inside the user name.
             "Invalid user Did not receive identification string from 1.2.3.4 from 203.0.113.9 port 4242",
+            "User x from 1.2.3.4 not allowed because listed in DenyUsers from 203.0.113.9 not allowed because listed in DenyUsers",
             "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  user=x rhost=1.2.3.4",
             // Attacker text after the address (the client's offer).
             "Unable to negotiate with 203.0.113.9 port 4242: no matching cipher found. Their offer: Unable to negotiate with 1.2.3.4 port 1: no matching x",
