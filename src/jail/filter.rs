@@ -1257,7 +1257,15 @@ mod tests {
             .map(|e| e.split.as_ref().unwrap().create_caches())
             .collect();
         let mut dates = LineDates::default();
-        for phase in ["extract", "extract+parse_host", "date", "clock"] {
+        for phase in [
+            "prefix dfa",
+            "literal",
+            "rest dfa",
+            "extract",
+            "extract+parse_host",
+            "date",
+            "clock",
+        ] {
             let started = std::time::Instant::now();
             let mut hits = 0usize;
             for (line, m, span, index) in &matched {
