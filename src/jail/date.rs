@@ -73,6 +73,38 @@ fn libc_offset(unix: i64) -> Option<i64> {
     Some(i64::from(tm.tm_gmtoff))
 }
 
+/// [`line_time`] in the local zone, remembering the last BSD timestamp
+/// read: consecutive lines often share their second, and then neither the
+/// clock nor the zone is consulted.
+#[derive(Debug, Clone, Default)]
+pub struct LineDates {
+    zone: LocalZone,
+    /// The first 15 bytes of the last BSD-dated line, and its time.
+    last: Option<([u8; 15], Option<i64>)>,
+}
+
+impl LineDates {
+    /// The time `line` starts with; `now` is called only when the year of a
+    /// new BSD timestamp has to be inferred.
+    pub fn line_time(&mut self, line: &str, now: impl FnOnce() -> i64) -> Option<i64> {
+        let key: Option<[u8; 15]> = line
+            .as_bytes()
+            .get(..15)
+            .filter(|b| b[0].is_ascii_uppercase())
+            .and_then(|b| b.try_into().ok());
+        if let (Some(key), Some((last, time))) = (key, self.last)
+            && key == last
+        {
+            return time;
+        }
+        let time = line_time(line, now(), &mut self.zone);
+        if let Some(key) = key {
+            self.last = Some((key, time));
+        }
+        time
+    }
+}
+
 /// The Unix time of the timestamp `line` starts with, or `None` if it starts
 /// with neither a BSD nor an RFC 3339 timestamp (or an impossible date).
 /// `now` (Unix seconds) is only used to infer a BSD timestamp's year.
@@ -319,6 +351,20 @@ mod tests {
         ] {
             assert_eq!(utc(line), None, "{line:?}");
         }
+    }
+
+    #[test]
+    fn line_dates_remember_the_last_second() {
+        let mut dates = LineDates::default();
+        let first = dates.line_time("Nov 25 10:00:00 h a", || NOW);
+        assert!(first.is_some());
+        // Same second: answered from memory, `now` is not asked.
+        let again = dates.line_time("Nov 25 10:00:00 h b", || panic!("clock read"));
+        assert_eq!(again, first);
+        let next = dates.line_time("Nov 25 10:00:01 h c", || NOW).unwrap();
+        assert_eq!(next, first.unwrap() + 1);
+        assert_eq!(dates.line_time("no date", || NOW), None);
+        assert!(dates.line_time("2026-11-25T10:00:00Z x", || NOW).is_some());
     }
 
     #[test]

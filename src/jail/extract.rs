@@ -39,6 +39,17 @@ use super::matcher::Captures;
 /// Bytes an address tag can match (see `IP_PATTERN` in filter.rs).
 const ADDRESS_BYTES: &[u8] = b"0123456789abcdefABCDEF:.";
 
+/// [`ADDRESS_BYTES`] as a table, for the scan of the host.
+const IS_ADDRESS_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < ADDRESS_BYTES.len() {
+        table[ADDRESS_BYTES[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// The DFA-only extractor of one failregex.
 #[derive(Debug)]
 pub struct SplitExtractor {
@@ -159,7 +170,7 @@ impl SplitExtractor {
         let run = message.as_bytes().get(host_start..)?;
         let length = run
             .iter()
-            .position(|b| !ADDRESS_BYTES.contains(b))
+            .position(|&b| !IS_ADDRESS_BYTE[usize::from(b)])
             .unwrap_or(run.len());
         if host_start + length > span.end {
             return None;
@@ -168,6 +179,50 @@ impl SplitExtractor {
             host: message.get(host_start..host_start + length),
             user,
         })
+    }
+}
+
+#[cfg(test)]
+impl SplitExtractor {
+    /// Timing probes for `phase_times`: the prefix DFA alone, and the
+    /// literal search alone.
+    pub fn probe(
+        &self,
+        message: &str,
+        span: Range<usize>,
+        caches: &mut SplitCaches,
+        which: u8,
+    ) -> bool {
+        match which {
+            0 => {
+                let input = Input::new(message).range(span).anchored(Anchored::Yes);
+                matches!(
+                    self.prefix.try_search_fwd(&mut caches.prefix, &input),
+                    Ok(Some(_))
+                )
+            }
+            1 => match &self.between {
+                Some(between) => only_occurrence(between, message, span).is_some(),
+                None => false,
+            },
+            _ => {
+                let at = match &self.between {
+                    Some(between) => match between.find(message.as_bytes()) {
+                        Some(at) => at,
+                        None => return false,
+                    },
+                    None => span.start,
+                };
+                let input = Input::new(message)
+                    .range(at..span.end)
+                    .anchored(Anchored::Yes)
+                    .earliest(true);
+                matches!(
+                    self.rest.try_search_fwd(&mut caches.rest, &input),
+                    Ok(Some(_))
+                )
+            }
+        }
     }
 }
 

@@ -54,7 +54,7 @@ use regex_automata::util::pool::Pool;
 use regex_automata::{Anchored, Input, PatternID, meta};
 use serde::Deserialize;
 
-use super::date::{self, LocalZone};
+use super::date::LineDates;
 use super::extract::{SplitCaches, SplitExtractor};
 use super::line_filter::{LineFilter, LineMatch, LineOutcome};
 use super::matcher::{Captures, Matcher, RegexMatcher};
@@ -202,7 +202,7 @@ struct Scratch {
     backtrack: Vec<backtrack::Cache>,
     slots: Vec<Slots>,
     split: Vec<Option<SplitCaches>>,
-    zone: LocalZone,
+    dates: LineDates,
 }
 
 type MakeScratch = Box<dyn Fn() -> Scratch + Send + Sync + UnwindSafe + RefUnwindSafe>;
@@ -231,7 +231,7 @@ impl ScratchPool {
             backtrack: backtrackers.iter().map(|b| b.create_cache()).collect(),
             slots: backtrackers.iter().map(|b| b.create_captures()).collect(),
             split: split.clone(),
-            zone: LocalZone::default(),
+            dates: LineDates::default(),
         });
         ScratchPool(Pool::new(make))
     }
@@ -382,10 +382,9 @@ impl Filter {
             return (LineOutcome::Missed, None);
         };
         let time = match self.date {
-            DateSource::Line => {
-                let now = i64::try_from(crate::timefmt::now_unix()).unwrap_or(i64::MAX);
-                date::line_time(line, now, &mut scratch.zone)
-            }
+            DateSource::Line => scratch.dates.line_time(line, || {
+                i64::try_from(crate::timefmt::now_unix()).unwrap_or(i64::MAX)
+            }),
             DateSource::Arrival => None,
         };
         let found = FilterMatch {
@@ -680,6 +679,16 @@ mod tests {
                 "192.0.2.77",
                 Some("root"),
             ),
+            (
+                "User root from 203.0.113.17 not allowed because not listed in AllowUsers",
+                "203.0.113.17",
+                Some("root"),
+            ),
+            (
+                "User bob from 2001:db8::17 not allowed because none of user's groups are listed in AllowGroups [preauth]",
+                "2001:db8::17",
+                Some("bob"),
+            ),
         ];
         for (line, host, user) in cases {
             let (got_host, got_user) = hit(&f, line);
@@ -762,6 +771,7 @@ mod tests {
             "Disconnecting invalid user x 1.2.3.4 port 1: Too many authentication failures 203.0.113.9 port 9: Too many authentication failures [preauth]",
             // A whole fake message inside the user name.
             "Invalid user Did not receive identification string from 1.2.3.4 from 203.0.113.9 port 4242",
+            "User x from 1.2.3.4 not allowed because listed in DenyUsers from 203.0.113.9 not allowed because listed in DenyUsers",
             "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  user=x rhost=1.2.3.4",
             // Attacker text after the address (the client's offer).
             "Unable to negotiate with 203.0.113.9 port 4242: no matching cipher found. Their offer: Unable to negotiate with 1.2.3.4 port 1: no matching x",
@@ -856,6 +866,17 @@ mod tests {
                 (
                     r#"192.0.2.21 - admin [25/Nov/2026:10:00:00 +0000] "GET /.env HTTP/1.1" 404 153 "-" "curl/8""#,
                     "192.0.2.21",
+                    None,
+                ),
+                (
+                    r#"2026/11/25 10:58:10 [error] 2833#0: *16336 open() "/var/www/site/cgi-bin/php4" failed (2: No such file or directory), client: 192.0.2.22, server: localhost, request: "HEAD /cgi-bin/php4 HTTP/1.1", host: "example.org""#,
+                    "192.0.2.22",
+                    None,
+                ),
+                // Error log, hostile path naming another client.
+                (
+                    r#"2026/11/25 10:58:10 [error] 1#0: *1 "/var/www/roundcube/,client:1.2.3.4,/" is not found (2: No such file or directory), client: 203.0.113.9, server: s, request: "GET /roundcube/,client:1.2.3.4,/ HTTP/1.1", host: "client:1.2.3.4""#,
+                    "203.0.113.9",
                     None,
                 ),
                 // Hostile path and user agent quoting another client.
@@ -1235,8 +1256,16 @@ mod tests {
             .iter()
             .map(|e| e.split.as_ref().unwrap().create_caches())
             .collect();
-        let mut zone = LocalZone::default();
-        for phase in ["extract", "extract+parse_host", "date", "clock"] {
+        let mut dates = LineDates::default();
+        for phase in [
+            "prefix dfa",
+            "literal",
+            "rest dfa",
+            "extract",
+            "extract+parse_host",
+            "date",
+            "clock",
+        ] {
             let started = std::time::Instant::now();
             let mut hits = 0usize;
             for (line, m, span, index) in &matched {
@@ -1249,7 +1278,7 @@ mod tests {
                         .extract(m, span.clone(), &mut caches[*index])
                         .and_then(|c| parse_host(c.host?))
                         .is_some(),
-                    "date" => date::line_time(line, 1_795_608_000, &mut zone).is_some(),
+                    "date" => dates.line_time(line, || 1_795_608_000).is_some(),
                     _ => crate::timefmt::now_unix() > 0,
                 };
                 hits += usize::from(ok);
