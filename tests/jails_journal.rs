@@ -15,7 +15,8 @@ const ORCH: &str = "/usr/local/bin/orch";
 
 const CONFIG: &str = r#"
 [jails.sshd]
-journal = { matches = ["_SYSTEMD_UNIT=ssh.service"] }
+# No matches: the built-in sshd filter's journalmatch (ssh.service, sshd.service).
+journal = {}
 maxretry = 3
 findtime = "10m"
 bantime = "1h"

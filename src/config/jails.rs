@@ -850,7 +850,18 @@ journal = {}
                 "{matches:?}"
             );
         }
-        let found = messages("[jails.sshd]\njournal = {}\n");
+        let config = parse("[jails.sshd]\njournal = {}\n").expect("valid");
+        assert_eq!(
+            config.jails.jails[0].source,
+            JailSource::Journal {
+                matches: vec![
+                    "_SYSTEMD_UNIT=ssh.service".into(),
+                    "_SYSTEMD_UNIT=sshd.service".into()
+                ]
+            },
+            "the built-in sshd filter's journalmatch"
+        );
+        let found = messages("[jails.web]\nfilter = \"nginx-http-auth\"\njournal = {}\n");
         assert!(found[0].contains("has no journalmatch"), "{found:?}");
     }
 

@@ -6,6 +6,7 @@
 //! prefilter = [" port "]     # literals; a line containing none is skipped
 //! failregex = ['^Invalid user <USER> from <HOST> port \d+$']
 //! ignoreregex = []
+//! journalmatch = ["_SYSTEMD_UNIT=ssh.service"]   # for journal jails without matches
 //! ```
 //!
 //! Patterns use the `regex` crate's syntax (linear time, no look-around),
@@ -144,6 +145,9 @@ struct FilterFile {
     ignoreregex: Vec<String>,
     #[serde(default)]
     date: DateSource,
+    /// journalctl matches for a journal jail that names none itself.
+    #[serde(default)]
+    journalmatch: Vec<String>,
 }
 
 /// A compiled filter.
@@ -162,6 +166,7 @@ pub struct Filter {
     /// `None` when there are no ignoreregexes.
     ignore_set: Option<regex::RegexSet>,
     date: DateSource,
+    journalmatch: Vec<String>,
     scratch: ScratchPool,
 }
 
@@ -327,6 +332,7 @@ impl Filter {
             fail,
             ignore_set,
             date: file.date,
+            journalmatch: file.journalmatch,
             scratch,
         })
     }
@@ -448,6 +454,10 @@ impl LineFilter for Filter {
 
     fn regex_count(&self) -> usize {
         self.fail.len()
+    }
+
+    fn journal_matches(&self) -> Vec<String> {
+        self.journalmatch.clone()
     }
 
     fn feed(&mut self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome {
