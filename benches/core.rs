@@ -22,15 +22,6 @@ fn addresses(count: usize) -> Vec<String> {
         .collect()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn kernel_ban_count(netns: &NetNs) -> usize {
     netns.set_elements("orch", "ban4").len()
 }
@@ -63,7 +54,7 @@ fn bench_ban_many(count: usize) {
         "BanMany {count}: {:.3} s, {:.0} bans/s (call to reply: validated, fsynced, in the kernel); daemon RSS after: {} KiB",
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64(),
-        rss_kib(daemon.pid())
+        daemon.rss_kib()
     );
 }
 
@@ -110,7 +101,7 @@ fn bench_start(count: usize) {
     println!(
         "start with {count} stored bans: {:.3} s until serving D-Bus with all {in_kernel} in the kernel; daemon RSS: {} KiB",
         elapsed.as_secs_f64(),
-        rss_kib(daemon.pid())
+        daemon.rss_kib()
     );
 }
 

@@ -18,15 +18,6 @@ use common::{Daemon, NetNs, TestBus};
 
 const LINES: u32 = 1_000_000;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// (lines read, addresses tracked) of jail `flood`, from `orch status`.
 fn jail_progress(daemon: &Daemon) -> (u64, u64) {
     let status = daemon.cli(&["status"]).stdout;
@@ -70,7 +61,7 @@ fn bench(max_tracked: Option<u32>) {
     let netns = NetNs::new();
     let bus = TestBus::start();
     let daemon = Daemon::start(&netns, &bus, &config);
-    let idle = rss_kib(daemon.pid());
+    let idle = daemon.rss_kib();
     let text = flood_text();
     let started = Instant::now();
     std::fs::OpenOptions::new()
@@ -81,7 +72,7 @@ fn bench(max_tracked: Option<u32>) {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut peak = 0;
     let (read, tracked) = loop {
-        peak = peak.max(rss_kib(daemon.pid()));
+        peak = peak.max(daemon.rss_kib());
         let progress = jail_progress(&daemon);
         if progress.0 >= u64::from(LINES) || Instant::now() > deadline {
             break progress;
@@ -89,7 +80,7 @@ fn bench(max_tracked: Option<u32>) {
         std::thread::sleep(Duration::from_millis(100));
     };
     let elapsed = started.elapsed();
-    let after = rss_kib(daemon.pid());
+    let after = daemon.rss_kib();
     println!(
         "jail flood, max_tracked {}: {read} lines from {LINES} distinct addresses in {:.2} s ({:.0} lines/s in the daemon), \
          {tracked} tracked; RSS idle {idle} KiB, peak {} KiB, after {after} KiB",

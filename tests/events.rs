@@ -54,14 +54,7 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_bad() {
         daemon.state_dir.display()
     );
     std::fs::write(&daemon.config_path, with_allow).expect("rewrite config");
-    let hup = |daemon: &Daemon| {
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &daemon.pid().to_string()])
-            .status()
-            .expect("kill -HUP");
-        assert!(status.success());
-    };
-    hup(&daemon);
+    daemon.sighup();
     wait_until(
         Duration::from_secs(5),
         "allow4 to hold the new entry",
@@ -75,7 +68,7 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_bad() {
     assert!(refused.stderr.contains("Allowlisted"), "{}", refused.stderr);
 
     std::fs::write(&daemon.config_path, "[bans]\nmin_prefix_v4 = 99\n").expect("rewrite config");
-    hup(&daemon);
+    daemon.sighup();
     wait_until(Duration::from_secs(5), "the refusal in the log", || {
         daemon
             .log()
@@ -185,11 +178,7 @@ fn a_failing_hook_is_signalled_and_sighup_moves_the_hooks_dir() {
         fixed.path().display()
     );
     std::fs::write(&daemon.config_path, config).expect("rewrite config");
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(hup.success());
+    daemon.sighup();
     wait_until(
         Duration::from_secs(5),
         "hooks from the new dir after SIGHUP",

@@ -425,11 +425,7 @@ fn sighup_restarts_changed_jails_where_they_stopped_reading() {
         log.jail("").replace("maxretry = 3", "maxretry = 1")
     );
     std::fs::write(&daemon.config_path, config).expect("rewrite config");
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &daemon.pid().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(hup.success());
+    daemon.sighup();
     wait_until(Duration::from_secs(5), "the restarted jail", || {
         jail_counts(&daemon) == (0, 0)
     });

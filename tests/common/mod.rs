@@ -1182,6 +1182,25 @@ impl Daemon {
         self.child.as_ref().expect("daemon is not running").id()
     }
 
+    /// Resident memory of the daemon now, in KiB (`VmRSS`), 0 if unknown.
+    #[track_caller]
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends SIGHUP (reload the configuration).
+    #[track_caller]
+    pub fn sighup(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let sent = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(sent, 0, "kill -HUP {}", self.pid());
+    }
+
     /// Contents of the daemon's log (stdout + stderr of every start, each
     /// preceded by a `===== harness: start #N` line).
     pub fn log(&self) -> String {
