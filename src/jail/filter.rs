@@ -7,6 +7,7 @@
 //! failregex = ['^Invalid user <USER> from <HOST> port \d+$']
 //! ignoreregex = []
 //! journalmatch = ["_SYSTEMD_UNIT=ssh.service"]   # for journal jails without matches
+//! extends = "sshd"           # optional: a built-in's lists come first
 //! ```
 //!
 //! Patterns use the `regex` crate's syntax (linear time, no look-around),
@@ -64,6 +65,8 @@ use super::matcher::{Captures, Matcher, RegexMatcher};
 pub fn builtin_names() -> &'static [&'static str] {
     &[
         "sshd",
+        "sshd-ddos",
+        "sshd-aggressive",
         "nginx-http-auth",
         "nginx-botsearch",
         "postfix",
@@ -76,6 +79,25 @@ const NGINX_HTTP_AUTH_TOML: &str = include_str!("../../filters/nginx-http-auth.t
 const NGINX_BOTSEARCH_TOML: &str = include_str!("../../filters/nginx-botsearch.toml");
 const POSTFIX_TOML: &str = include_str!("../../filters/postfix.toml");
 const DOVECOT_TOML: &str = include_str!("../../filters/dovecot.toml");
+const SSHD_DDOS_TOML: &str = include_str!("../../filters/sshd-ddos.toml");
+const SSHD_AGGRESSIVE_TOML: &str = include_str!("../../filters/sshd-aggressive.toml");
+
+/// How many filters an `extends` chain may go through.
+const MAX_EXTENDS: usize = 4;
+
+/// The TOML text of a built-in filter.
+fn builtin_text(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "sshd" => SSHD_TOML,
+        "sshd-ddos" => SSHD_DDOS_TOML,
+        "sshd-aggressive" => SSHD_AGGRESSIVE_TOML,
+        "nginx-http-auth" => NGINX_HTTP_AUTH_TOML,
+        "nginx-botsearch" => NGINX_BOTSEARCH_TOML,
+        "postfix" => POSTFIX_TOML,
+        "dovecot" => DOVECOT_TOML,
+        _ => return None,
+    })
+}
 
 /// The regex a `<HOST>`/`<ADDR>` tag stands for, without its group: dotted
 /// IPv4, or IPv6 (possibly with an embedded IPv4 tail). Loose on purpose:
@@ -148,6 +170,34 @@ struct FilterFile {
     /// journalctl matches for a journal jail that names none itself.
     #[serde(default)]
     journalmatch: Vec<String>,
+    /// A built-in filter whose lists come first.
+    #[serde(default)]
+    extends: Option<String>,
+}
+
+impl FilterFile {
+    /// This file's lists appended to `base`'s. A side without a prefilter
+    /// checks every line, so the merged filter has none either.
+    fn on_top_of(self, base: FilterFile) -> FilterFile {
+        let prefilter = if base.prefilter.is_empty() || self.prefilter.is_empty() {
+            Vec::new()
+        } else {
+            [base.prefilter, self.prefilter].concat()
+        };
+        FilterFile {
+            description: self.description,
+            prefilter,
+            failregex: [base.failregex, self.failregex].concat(),
+            ignoreregex: [base.ignoreregex, self.ignoreregex].concat(),
+            date: self.date,
+            journalmatch: if self.journalmatch.is_empty() {
+                base.journalmatch
+            } else {
+                self.journalmatch
+            },
+            extends: None,
+        }
+    }
 }
 
 /// A compiled filter.
@@ -246,10 +296,38 @@ impl Filter {
     /// Parses and compiles a filter. `origin` (a path, or `builtin:NAME`)
     /// prefixes every error.
     pub fn from_toml(text: &str, origin: &str) -> Result<Filter, FilterError> {
-        let file: FilterFile = toml::from_str(text).map_err(|e| FilterError::Toml {
-            origin: origin.to_string(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+        let parse = |text: &str| {
+            toml::from_str::<FilterFile>(text).map_err(|e| FilterError::Toml {
+                origin: origin.to_string(),
+                message: e.to_string().trim_end().to_string(),
+            })
+        };
+        let mut file = parse(text)?;
+        // Built-ins may extend built-ins (sshd-aggressive extends sshd-ddos,
+        // which extends sshd); the depth bound stops a cycle.
+        for _ in 0..MAX_EXTENDS {
+            let Some(base_name) = file.extends.take() else {
+                break;
+            };
+            let base = builtin_text(&base_name)
+                .ok_or_else(|| FilterError::Toml {
+                    origin: origin.to_string(),
+                    message: format!(
+                        "extends = {base_name:?}: not a built-in filter ({})",
+                        builtin_names().join(", ")
+                    ),
+                })
+                .and_then(parse)?;
+            let extends = base.extends.clone();
+            file = file.on_top_of(base);
+            file.extends = extends;
+        }
+        if file.extends.is_some() {
+            return Err(FilterError::Toml {
+                origin: origin.to_string(),
+                message: format!("`extends` goes more than {MAX_EXTENDS} filters deep"),
+            });
+        }
         if file.failregex.is_empty() {
             return Err(FilterError::NoFailRegex {
                 origin: origin.to_string(),
@@ -341,14 +419,7 @@ impl Filter {
     /// no such filter. The error case only happens if a built-in is broken,
     /// which the tests rule out.
     pub fn builtin(name: &str) -> Option<Result<Filter, FilterError>> {
-        let text = match name {
-            "sshd" => SSHD_TOML,
-            "nginx-http-auth" => NGINX_HTTP_AUTH_TOML,
-            "nginx-botsearch" => NGINX_BOTSEARCH_TOML,
-            "postfix" => POSTFIX_TOML,
-            "dovecot" => DOVECOT_TOML,
-            _ => return None,
-        };
+        let text = builtin_text(name)?;
         Some(Filter::from_toml(text, &format!("builtin:{name}")))
     }
     /// Tests one log line (with or without a syslog prefix). Returns the
@@ -572,6 +643,56 @@ mod tests {
             .unwrap_or_else(|| panic!("no match: {line}"));
         assert!(m.regex_index < filter.regex_count());
         (m.host, m.user)
+    }
+
+    #[test]
+    fn sshd_modes_extend_sshd_and_stay_anchored() {
+        let normal = Filter::builtin("sshd").unwrap().unwrap();
+        let ddos = Filter::builtin("sshd-ddos").unwrap().unwrap();
+        let aggressive = Filter::builtin("sshd-aggressive").unwrap().unwrap();
+        let prefix = "Nov 25 10:00:00 web1 sshd-session[77]: ";
+        let failure = format!("{prefix}Failed password for root from 192.0.2.1 port 22 ssh2");
+        let closed = format!("{prefix}Connection closed by 192.0.2.2 port 4000 [preauth]");
+        let left =
+            format!("{prefix}Received disconnect from 192.0.2.3 port 4001:11: Bye Bye [preauth]");
+        let hostile = format!(
+            "{prefix}Received disconnect from 192.0.2.4 port 4002:11: from 1.2.3.4 port 5 [preauth]"
+        );
+        let host =
+            |filter: &Filter, line: &str| filter.match_line(line).map(|m| m.host.to_string());
+        // Every mode keeps the normal patterns.
+        for filter in [&normal, &ddos, &aggressive] {
+            assert_eq!(host(filter, &failure).as_deref(), Some("192.0.2.1"));
+        }
+        assert_eq!(host(&normal, &closed), None);
+        assert_eq!(host(&ddos, &closed).as_deref(), Some("192.0.2.2"));
+        assert_eq!(host(&aggressive, &closed).as_deref(), Some("192.0.2.2"));
+        assert_eq!(host(&ddos, &left), None);
+        assert_eq!(host(&aggressive, &left).as_deref(), Some("192.0.2.3"));
+        assert_eq!(host(&aggressive, &hostile).as_deref(), Some("192.0.2.4"));
+        assert_eq!(
+            aggressive.journal_matches(),
+            normal.journal_matches(),
+            "modes read sshd's units"
+        );
+    }
+
+    #[test]
+    fn extends_names_a_built_in_and_cannot_loop() {
+        let own = Filter::from_toml(
+            "extends = \"sshd\"\nfailregex = ['^my app refused <HOST>$']\n",
+            "mine.toml",
+        )
+        .unwrap();
+        assert!(own.match_line("my app refused 192.0.2.8").is_some());
+        assert!(
+            own.match_line("Invalid user x from 192.0.2.9 port 1")
+                .is_some(),
+            "sshd's patterns come along"
+        );
+        let err = Filter::from_toml("extends = \"nope\"\nfailregex = ['<HOST>']\n", "bad.toml")
+            .unwrap_err();
+        assert!(err.to_string().contains("not a built-in filter"), "{err}");
     }
 
     #[test]
