@@ -73,6 +73,14 @@ fn failures(addr: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Waits (up to 5 s) until `addr` is in the every-port ban set.
+#[track_caller]
+fn wait_banned(netns: &NetNs, addr: &str) {
+    wait_until(Duration::from_secs(5), &format!("{addr} banned"), || {
+        banned(netns, addr)
+    });
+}
+
 fn banned(netns: &NetNs, addr: &str) -> bool {
     let set = if addr.contains(':') { "ban6" } else { "ban4" };
     netns.set_elements("orch", set).iter().any(|e| e == addr)
@@ -109,9 +117,7 @@ fn maxretry_failures_in_a_file_ban_within_a_second_and_hostile_names_ban_only_th
 
     let started = Instant::now();
     log.append(&failures("192.0.2.50", 1));
-    wait_until(Duration::from_secs(5), "192.0.2.50 in ban4", || {
-        banned(&netns, "192.0.2.50")
-    });
+    wait_banned(&netns, "192.0.2.50");
     let took = started.elapsed();
     eprintln!("file jail: third failure appended -> address in ban4 in {took:?}");
     assert!(took <= Duration::from_secs(1), "ban took {took:?}");
@@ -126,9 +132,7 @@ fn maxretry_failures_in_a_file_ban_within_a_second_and_hostile_names_ban_only_th
         })
         .collect();
     log.append(&hostile);
-    wait_until(Duration::from_secs(5), "192.0.2.60 in ban4", || {
-        banned(&netns, "192.0.2.60")
-    });
+    wait_banned(&netns, "192.0.2.60");
     assert!(
         !banned(&netns, "198.51.100.9"),
         "the injected address was banned"
@@ -166,9 +170,7 @@ fn rotation_by_rename_and_by_copytruncate_loses_and_repeats_no_line() {
     // The writer's last line still lands in the old file.
     append_to(&rotated, &failures("192.0.2.12", 1));
     log.append(&failures("192.0.2.10", 1));
-    wait_until(Duration::from_secs(5), "192.0.2.10 banned", || {
-        banned(&netns, "192.0.2.10")
-    });
+    wait_banned(&netns, "192.0.2.10");
     wait_until(Duration::from_secs(5), "6 lines read", || {
         jail_counts(&daemon) == (6, 6)
     });
@@ -187,9 +189,7 @@ fn rotation_by_rename_and_by_copytruncate_loses_and_repeats_no_line() {
         .open(&log.path)
         .expect("truncate");
     log.append(&failures("192.0.2.20", 1));
-    wait_until(Duration::from_secs(5), "192.0.2.20 banned", || {
-        banned(&netns, "192.0.2.20")
-    });
+    wait_banned(&netns, "192.0.2.20");
     wait_until(Duration::from_secs(5), "9 lines read", || {
         jail_counts(&daemon) == (9, 9)
     });
@@ -212,9 +212,7 @@ fn a_restart_resumes_at_the_saved_position() {
     // Written while orch is down: must be read after the restart.
     log.append(&failures("192.0.2.31", 3));
     daemon.restart(&netns, &bus);
-    wait_until(Duration::from_secs(5), "192.0.2.31 banned", || {
-        banned(&netns, "192.0.2.31")
-    });
+    wait_banned(&netns, "192.0.2.31");
     // Exactly the three new lines: the two old ones were not read again.
     assert_eq!(jail_counts(&daemon), (3, 3));
     assert!(!banned(&netns, "192.0.2.30"));
@@ -252,9 +250,7 @@ fn repeat_offenders_get_longer_bans_and_ignored_addresses_none() {
     // 1h, then 2h, then 4h (bantime x factor x 2^previous bans).
     for (round, hours) in [1u64, 2, 4].into_iter().enumerate() {
         log.append(&failures("192.0.2.80", 3));
-        wait_until(Duration::from_secs(5), "192.0.2.80 banned", || {
-            banned(&netns, "192.0.2.80")
-        });
+        wait_banned(&netns, "192.0.2.80");
         let left = timeout_of("192.0.2.80").expect("timeout");
         let expected = hours * 3600;
         assert!(
@@ -271,9 +267,7 @@ fn repeat_offenders_get_longer_bans_and_ignored_addresses_none() {
     log.append(&failures("192.0.2.70", 3));
     log.append(&failures("192.0.2.71", 3));
     log.append(&failures("192.0.2.72", 3));
-    wait_until(Duration::from_secs(5), "192.0.2.72 banned", || {
-        banned(&netns, "192.0.2.72")
-    });
+    wait_banned(&netns, "192.0.2.72");
     assert!(!banned(&netns, "192.0.2.70"), "in the jail's ignore list");
     assert!(!banned(&netns, "192.0.2.71"), "ignore_command said so");
 }
@@ -302,9 +296,7 @@ fn a_jail_runs_fail2bans_own_sshd_filter() {
         })
         .collect();
     append_as(&log.path, "sshd", &hostile);
-    wait_until(Duration::from_secs(5), "192.0.2.90 banned", || {
-        banned(&netns, "192.0.2.90")
-    });
+    wait_banned(&netns, "192.0.2.90");
     assert!(
         !banned(&netns, "198.51.100.9"),
         "the injected address was banned"
@@ -332,9 +324,7 @@ fn recidive_bans_for_a_week_after_repeated_jail_bans() {
             .and_then(|(_, t)| t)
     };
     log.append(&failures("192.0.2.40", 3));
-    wait_until(Duration::from_secs(5), "first ban", || {
-        banned(&netns, "192.0.2.40")
-    });
+    wait_banned(&netns, "192.0.2.40");
     assert!(timeout_of("192.0.2.40").expect("timeout") <= 3600);
     daemon.cli(&["unban", "192.0.2.40"]).expect_ok("unban");
 
@@ -430,9 +420,7 @@ fn sighup_restarts_changed_jails_where_they_stopped_reading() {
         jail_counts(&daemon) == (0, 0)
     });
     log.append(&failures("192.0.2.121", 1));
-    wait_until(Duration::from_secs(5), "192.0.2.121 banned", || {
-        banned(&netns, "192.0.2.121")
-    });
+    wait_banned(&netns, "192.0.2.121");
     // The restarted jail resumed after the line read before the reload.
     assert_eq!(jail_counts(&daemon), (1, 1));
     assert!(!banned(&netns, "192.0.2.120"));

@@ -8,10 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::systemd::SystemdSandbox;
-use common::{orch_bin, wait_until};
-
-const ORCH: &str = "/usr/local/bin/orch";
+use common::systemd::{ORCH_IN_SANDBOX as ORCH, SystemdSandbox};
+use common::wait_until;
 
 const CONFIG: &str = r#"
 [jails.sshd]
@@ -24,23 +22,7 @@ bantime = "1h"
 
 fn boot_with_orch() -> SystemdSandbox {
     let sandbox = SystemdSandbox::boot();
-    sandbox
-        .systemctl(&["start", "nftables.service"])
-        .expect_ok("start nftables");
-    sandbox.write_file("/etc/orch/orch.toml", CONFIG, 0o644);
-    let built = orch_bin();
-    sandbox
-        .run(
-            "install",
-            &["-m", "0755", built.to_str().expect("utf-8"), ORCH],
-        )
-        .expect_ok("copy orch");
-    sandbox
-        .run(ORCH, &["install-units"])
-        .expect_ok("install-units");
-    sandbox
-        .systemctl(&["enable", "--now", "orch.service"])
-        .expect_ok("start orch");
+    sandbox.install_and_start_orch(Some(CONFIG));
     wait_until(
         Duration::from_secs(10),
         "the jail to follow the journal",

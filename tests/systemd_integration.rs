@@ -10,43 +10,18 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::systemd::SystemdSandbox;
-use common::{CmdOutput, orch_bin, wait_until};
+use common::systemd::{ORCH_IN_SANDBOX as ORCH, SystemdSandbox};
+use common::{CmdOutput, wait_until};
 
 const SINGLE_V4: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
 const SINGLE_V6: &str = "2001:db8::1";
 const PREFIX_V4: &str = "198.51.100.0/24";
 
-/// Where the tests put the orch binary inside the sandbox: the build
-/// directory may be under /tmp (CI clones there), which the service's
-/// PrivateTmp= would hide, as an admin's /home would be by ProtectHome=.
-const ORCH: &str = "/usr/local/bin/orch";
-
-fn install_orch_binary(sandbox: &SystemdSandbox) {
-    let built = orch_bin();
-    let built = built.to_str().expect("utf-8 path");
-    sandbox
-        .run("install", &["-m", "0755", built, ORCH])
-        .expect_ok("copy orch into the sandbox");
-}
-
 /// Boots systemd, starts nftables, installs and starts orch (with an
 /// optional /etc/orch/orch.toml), and bans the test addresses.
 fn sandbox_with_orch(config: Option<&str>) -> SystemdSandbox {
     let sandbox = SystemdSandbox::boot();
-    sandbox
-        .systemctl(&["start", "nftables.service"])
-        .expect_ok("start nftables");
-    if let Some(config) = config {
-        sandbox.write_file("/etc/orch/orch.toml", config, 0o644);
-    }
-    install_orch_binary(&sandbox);
-    sandbox
-        .run(ORCH, &["install-units"])
-        .expect_ok("orch install-units");
-    sandbox
-        .systemctl(&["enable", "--now", "orch.service"])
-        .expect_ok("enable --now orch");
+    sandbox.install_and_start_orch(config);
     let banned = sandbox.busctl(&[
         "call",
         "org.orch.Orch1",

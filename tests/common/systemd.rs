@@ -441,6 +441,11 @@ fn remove_cgroup_tree(dir: &Path) -> io::Result<()> {
 // ---------------------------------------------------------------------------
 // The sandbox
 
+/// Where tests put the orch binary inside the sandbox: the build directory
+/// may be under /tmp (CI clones there), which the service's PrivateTmp=
+/// would hide, as an admin's /home would be by ProtectHome=.
+pub const ORCH_IN_SANDBOX: &str = "/usr/local/bin/orch";
+
 /// A real systemd running as PID 1 of its own pid, mount, network, UTS, IPC
 /// and cgroup namespaces, on a copy-on-write overlay of the host's root; see
 /// the module documentation. Cleaned up on drop (also when the test panics).
@@ -825,6 +830,27 @@ impl SystemdSandbox {
     pub fn read_file(&self, path: &str) -> Option<String> {
         let out = self.run("cat", &["--", path]);
         out.ok().then_some(out.stdout)
+    }
+
+    /// Starts nftables, writes `config` (if any) to /etc/orch/orch.toml,
+    /// copies the built orch to [`ORCH_IN_SANDBOX`], runs `orch
+    /// install-units` and `systemctl enable --now orch.service`, as an admin
+    /// would. Panics if a step fails.
+    #[track_caller]
+    pub fn install_and_start_orch(&self, config: Option<&str>) {
+        self.systemctl(&["start", "nftables.service"])
+            .expect_ok("start nftables");
+        if let Some(config) = config {
+            self.write_file("/etc/orch/orch.toml", config, 0o644);
+        }
+        let built = super::orch_bin();
+        let built = built.to_str().expect("utf-8 path");
+        self.run("install", &["-m", "0755", built, ORCH_IN_SANDBOX])
+            .expect_ok("copy orch into the sandbox");
+        self.run(ORCH_IN_SANDBOX, &["install-units"])
+            .expect_ok("orch install-units");
+        self.systemctl(&["enable", "--now", "orch.service"])
+            .expect_ok("enable --now orch");
     }
 
     /// Runs `busctl <args>` inside the sandbox, i.e. on the sandbox's own
