@@ -192,7 +192,7 @@ struct JailDraft {
     /// Where the jail's table was first seen, for whole-jail messages.
     at: Option<Origin>,
     enabled: Located<bool>,
-    filter: Located<String>,
+    filter: Located<CheckedFilter>,
     source: Located<JailSource>,
     max_retry: Located<u32>,
     find_time: Located<Duration>,
@@ -519,7 +519,7 @@ impl JailDraft {
         let is_recidive = self
             .filter
             .as_ref()
-            .map_or(name == RECIDIVE, |(filter, _)| filter == RECIDIVE);
+            .map_or(name == RECIDIVE, |(filter, _)| filter.spec == RECIDIVE);
         let source = match (self.source, is_recidive) {
             (None, true) => Some((JailSource::OwnBans, at.clone())),
             (Some((_, source_at)), true) => {
@@ -549,11 +549,12 @@ impl JailDraft {
                 }
             },
         };
+        let CheckedFilter {
+            spec: filter,
+            journal_matches: from_filter,
+        } = filter;
         let source = match source {
             JailSource::Journal { matches } if matches.is_empty() => {
-                let from_filter = crate::jail::load::load_filter(&filter)
-                    .map(|loaded| loaded.journal_matches())
-                    .unwrap_or_default();
                 if from_filter.is_empty() {
                     issues.push(at.issue(format!(
                         "jails.{name}.journal: no `matches`, and filter {filter} has no journalmatch; \
@@ -612,12 +613,24 @@ fn check_jail_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A filter reference that loaded, and what it says about the journal.
+#[derive(Debug)]
+struct CheckedFilter {
+    /// The reference, a relative path made absolute.
+    spec: String,
+    /// The filter's journalmatch (empty if it has none).
+    journal_matches: Vec<String>,
+}
+
 /// Loads the filter now, so a broken one is a configuration error rather
 /// than a jail that silently never bans. A relative filter path is taken
 /// relative to the configuration file's directory.
-fn check_filter(spec: &str, config_file: &std::path::Path) -> Result<String, String> {
+fn check_filter(spec: &str, config_file: &std::path::Path) -> Result<CheckedFilter, String> {
     if spec == RECIDIVE {
-        return Ok(spec.to_string());
+        return Ok(CheckedFilter {
+            spec: spec.to_string(),
+            journal_matches: Vec::new(),
+        });
     }
     let resolved = if spec.contains('/') && !spec.starts_with('/') {
         let dir = config_file.parent().unwrap_or(std::path::Path::new("/"));
@@ -625,9 +638,11 @@ fn check_filter(spec: &str, config_file: &std::path::Path) -> Result<String, Str
     } else {
         spec.to_string()
     };
-    crate::jail::load::load_filter(&resolved)
-        .map(|_| resolved)
-        .map_err(|err| err.to_string())
+    let loaded = crate::jail::load::load_filter(&resolved).map_err(|err| err.to_string())?;
+    Ok(CheckedFilter {
+        journal_matches: loaded.journal_matches(),
+        spec: resolved,
+    })
 }
 
 /// An absolute path whose directory has no wildcards; the file name may

@@ -109,7 +109,7 @@ impl OpenFile {
     }
 
     fn split_lines(&mut self, mut bytes: &[u8], sink: &mut dyn FnMut(&str)) {
-        while let Some(newline) = memchr(b'\n', bytes) {
+        while let Some(newline) = memchr::memchr(b'\n', bytes) {
             let (line, rest) = bytes.split_at(newline);
             bytes = &rest[1..];
             if self.skipping {
@@ -153,10 +153,6 @@ fn emit(line: &[u8], sink: &mut dyn FnMut(&str)) {
         Ok(text) => sink(text),
         Err(_) => sink(&String::from_utf8_lossy(line)),
     }
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 /// A path pattern split into its directory and file-name pattern.

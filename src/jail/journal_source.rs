@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::timefmt::civil_from_days;
 
-/// The program that reads the journal; tests may point it elsewhere.
+/// The program that reads the journal.
 const JOURNALCTL: &str = "journalctl";
 
 /// One journal entry, ready for a filter.

@@ -147,14 +147,11 @@ impl RunningJail {
             config: config.clone(),
             filter,
             stats: stats.clone(),
-            actions: actions.clone(),
+            actions,
             found: Vec::new(),
             last_expire: Instant::now(),
         };
         let mut worker = Worker {
-            config: config.clone(),
-            stats: stats.clone(),
-            actions,
             source,
             judge,
             last_save: Instant::now(),
@@ -194,11 +191,9 @@ enum Source {
     },
 }
 
-/// The reading side of a jail: its source and where reading stands.
+/// The reading side of a jail: its source and where reading stands. The
+/// jail's config, counters and actions are the judge's.
 struct Worker {
-    config: Arc<JailConfig>,
-    stats: Arc<JailStats>,
-    actions: Arc<dyn JailActions>,
     source: Source,
     judge: Judge,
     last_save: Instant,
@@ -219,7 +214,7 @@ struct Judge {
 
 impl Worker {
     fn run(&mut self, woken: mpsc::Receiver<Wake>) {
-        tracing::info!(jail = %self.config.name, filter = %self.judge.filter.origin(), source = %self.config.source, "jail started");
+        tracing::info!(jail = %self.judge.config.name, filter = %self.judge.filter.origin(), source = %self.judge.config.source, "jail started");
         self.read_files();
         loop {
             match woken.recv_timeout(FILE_POLL) {
@@ -236,7 +231,7 @@ impl Worker {
                 }
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     self.save_positions(true);
-                    tracing::info!(jail = %self.config.name, "jail stopped");
+                    tracing::info!(jail = %self.judge.config.name, "jail stopped");
                     return;
                 }
             }
@@ -257,7 +252,9 @@ impl Worker {
             judge.handle_line(line, None);
         });
         let open = follower.open_files();
-        self.stats.set_state(format!("following {open} file(s)"));
+        self.judge
+            .stats
+            .set_state(format!("following {open} file(s)"));
         self.dirty |= read_any;
     }
 
@@ -265,7 +262,7 @@ impl Worker {
         if !self.dirty || (!now && self.last_save.elapsed() < SAVE_EVERY) {
             return;
         }
-        let jail = &self.config.name;
+        let jail = &self.judge.config.name;
         let positions: Vec<(String, String)> = match &mut self.source {
             Source::Files { follower, .. } => follower
                 .positions()
@@ -293,7 +290,7 @@ impl Worker {
         if positions.is_empty() {
             return;
         }
-        if let Err(err) = self.actions.save_positions(positions) {
+        if let Err(err) = self.judge.actions.save_positions(positions) {
             tracing::warn!(jail = %jail, "cannot save read positions: {err}");
         }
     }
