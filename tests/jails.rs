@@ -229,7 +229,7 @@ fn repeat_offenders_get_longer_bans_and_ignored_addresses_none() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     let extra = format!(
-        "increment = {{ factor = 1.0 }}\nignore = [\"192.0.2.70\"]\nignore_command = [\"{}\", \"<ip>\"]\n",
+        "increment = {{ formula = \"ban.Time * (1 + 2 * ban.Count) * banFactor\", factor = 1.0 }}\nignore = [\"192.0.2.70\"]\nignore_command = [\"{}\", \"<ip>\"]\n",
         script.display()
     );
     let mut daemon = Daemon::start(&netns, &bus, &log.jail(&extra));
@@ -247,8 +247,8 @@ fn repeat_offenders_get_longer_bans_and_ignored_addresses_none() {
     daemon
         .cli(&["unban", "192.0.2.80"])
         .expect_ok("manual unban");
-    // 1h, then 2h, then 4h (bantime x factor x 2^previous bans).
-    for (round, hours) in [1u64, 2, 4].into_iter().enumerate() {
+    // 1h, then 3h, then 5h: the formula, with ban.Count = earlier bans.
+    for (round, hours) in [1u64, 3, 5].into_iter().enumerate() {
         log.append(&failures("192.0.2.80", 3));
         wait_banned(&netns, "192.0.2.80");
         let left = timeout_of("192.0.2.80").expect("timeout");

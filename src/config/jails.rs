@@ -12,6 +12,8 @@
 //! findtime = "10m"
 //! bantime = "1h"
 //! increment = { factor = 1.0, maxtime = "1w", rndtime = "5m", overall = false }
+//! # or fail2ban's formula (factor is its banFactor):
+//! # increment = { formula = "ban.Time * (1<<(ban.Count if ban.Count<20 else 20)) * banFactor" }
 //! ignore = ["192.0.2.0/24"]
 //! ignore_command = ["/usr/local/bin/is-friend", "<ip>"]
 //! ```
@@ -33,6 +35,7 @@ use toml::Spanned;
 use super::{ConfigIssue, Document, Located, Origin, check_duration, set};
 use crate::firewall::script::Protocol;
 use crate::jail::counter::Increment;
+use crate::jail::formula::Formula;
 
 /// Default of `jails.max_tracked`: failing addresses remembered per jail.
 pub const DEFAULT_MAX_TRACKED: usize = 50_000;
@@ -178,6 +181,7 @@ struct RawJournal {
 #[serde(deny_unknown_fields)]
 struct RawIncrement {
     factor: Option<Spanned<f64>>,
+    formula: Option<Spanned<String>>,
     multipliers: Option<Spanned<Vec<i64>>>,
     maxtime: Option<Spanned<String>>,
     rndtime: Option<Spanned<String>>,
@@ -442,6 +446,37 @@ impl JailDraft {
             issues.push(doc.origin(&multipliers.span()).issue(format!(
                 "jails.{name}.increment: set either `factor` or `multipliers`, not both"
             )));
+        } else if let (Some(_), Some(multipliers)) = (&increment.formula, &increment.multipliers) {
+            issues.push(doc.origin(&multipliers.span()).issue(format!(
+                "jails.{name}.increment: set either `formula` or `multipliers`, not both"
+            )));
+        } else if let Some(formula) = increment.formula {
+            // `factor` is the formula's banFactor, as in fail2ban.
+            let factor = match increment.factor {
+                Some(factor) => {
+                    let at = doc.origin(&factor.span());
+                    match check_factor(factor.into_inner()) {
+                        Ok(factor) => factor,
+                        Err(message) => {
+                            issues.push(at.issue(format!("{}: {message}", key("factor"))));
+                            1.0
+                        }
+                    }
+                }
+                None => 1.0,
+            };
+            set(
+                &mut self.increment_rule,
+                Some(formula),
+                doc,
+                issues,
+                &key("formula"),
+                |text| {
+                    Formula::parse(&text)
+                        .map(|formula| Increment::Formula { formula, factor })
+                        .map_err(|error| format!("{error}: {text}"))
+                },
+            );
         } else {
             set(
                 &mut self.increment_rule,
@@ -449,13 +484,7 @@ impl JailDraft {
                 doc,
                 issues,
                 &key("factor"),
-                |factor| {
-                    if factor.is_finite() && factor > 0.0 && factor <= 1000.0 {
-                        Ok(Increment::Factor(factor))
-                    } else {
-                        Err(format!("{factor} must be above 0 and at most 1000"))
-                    }
-                },
+                |factor| check_factor(factor).map(Increment::Factor),
             );
             set(
                 &mut self.increment_rule,
@@ -689,6 +718,15 @@ fn check_journal_matches(matches: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// An increment factor: a growth rate, not a way to shrink or explode bans.
+fn check_factor(factor: f64) -> Result<f64, String> {
+    if factor.is_finite() && factor > 0.0 && factor <= 1000.0 {
+        Ok(factor)
+    } else {
+        Err(format!("{factor} must be above 0 and at most 1000"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,6 +832,50 @@ files = ["/var/log/nginx/*.log"]
             sshd.source,
             JailSource::Files(vec!["/var/log/auth.log".into()])
         );
+    }
+
+    #[test]
+    fn a_formula_increment_parses_with_factor_as_ban_factor() {
+        let config = parse(
+            r#"[jails.sshd]
+files = ["/var/log/auth.log"]
+increment = { formula = "ban.Time * math.exp(float(ban.Count+1)*banFactor)/math.exp(1*banFactor)", factor = 0.5 }
+"#,
+        )
+        .expect("valid");
+        let Increment::Formula { formula, factor } = &config.jails.jails[0].increment.rule else {
+            panic!(
+                "a formula rule, got {:?}",
+                config.jails.jails[0].increment.rule
+            );
+        };
+        assert_eq!(*factor, 0.5);
+        assert!(formula.source().starts_with("ban.Time * math.exp"));
+    }
+
+    #[test]
+    fn a_bad_formula_is_located_with_its_column() {
+        let found = messages(
+            r#"[jails.sshd]
+files = ["/var/log/auth.log"]
+increment = { formula = "ban.Time * __import__(1)" }
+
+[jails.web]
+files = ["/var/log/auth.log"]
+filter = "sshd"
+increment = { formula = "ban.Time", multipliers = [1, 2] }
+"#,
+        );
+        let expect = [
+            "orch.toml:3:25: jails.sshd.increment.formula: column 12: unknown function `__import__`",
+            "jails.web.increment: set either `formula` or `multipliers`, not both",
+        ];
+        for expected in expect {
+            assert!(
+                found.iter().any(|m| m.contains(expected)),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
+use super::formula::{Formula, FormulaInput};
+
 /// Failure times kept inline per address (enough for `maxretry` up to 6);
 /// a jail with a larger `maxretry` keeps older times in an overflow table.
 const INLINE_TIMES: usize = 5;
@@ -172,6 +174,8 @@ pub enum Increment {
     Factor(f64),
     /// base × multipliers[previous bans], the last one repeating.
     Multipliers(Vec<u64>),
+    /// fail2ban's `bantime.formula`, with `factor` as its `banFactor`.
+    Formula { formula: Formula, factor: f64 },
 }
 
 /// The length of a ban for an address banned `previous_bans` times before,
@@ -181,13 +185,16 @@ pub fn ban_seconds(base: u64, previous_bans: u32, increment: &Increment, max_tim
         Increment::Off => base,
         Increment::Factor(factor) => {
             let doubling = 1u64 << previous_bans.min(20);
-            let scaled = base as f64 * factor * doubling as f64;
-            if scaled.is_finite() && scaled < u64::MAX as f64 {
-                scaled.round() as u64
-            } else {
-                u64::MAX
-            }
+            seconds_from(base as f64 * factor * doubling as f64, base)
         }
+        Increment::Formula { formula, factor } => seconds_from(
+            formula.evaluate(FormulaInput {
+                base_seconds: base as f64,
+                previous_bans: f64::from(previous_bans),
+                factor: *factor,
+            }),
+            base,
+        ),
         Increment::Multipliers(multipliers) => {
             let index = (previous_bans as usize).min(multipliers.len().saturating_sub(1));
             let multiplier = multipliers.get(index).copied().unwrap_or(1);
@@ -195,6 +202,19 @@ pub fn ban_seconds(base: u64, previous_bans: u32, increment: &Increment, max_tim
         }
     };
     grown.clamp(1, max_time.max(1))
+}
+
+/// Whole seconds from a computed ban time: too large or infinite means
+/// "as long as allowed", and a formula that gives no number (NaN) falls
+/// back to the base time.
+fn seconds_from(computed: f64, base: u64) -> u64 {
+    if computed.is_nan() {
+        base
+    } else if computed >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        computed.round().max(0.0) as u64
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! [`date`] reads the timestamp a line starts with;
 //! [`matcher`] is the pattern-engine interface the filters
 //! are written against; [`counter`] counts failures per address (bounded)
-//! and computes growing ban times; [`test_filter`] is `orch test-filter`;
+//! and computes growing ban times ([`formula`] is fail2ban's
+//! `bantime.formula`); [`test_filter`] is `orch test-filter`;
 //! [`fail2ban`] loads fail2ban's own filter.d `.conf` files and runs them on
 //! [`backtrack`], the bounded backtracking (PCRE2) engine.
 
@@ -18,6 +19,7 @@ pub mod extract;
 pub mod fail2ban;
 pub mod file_source;
 pub mod filter;
+pub mod formula;
 pub mod journal_source;
 pub mod line_filter;
 pub mod load;
