@@ -45,6 +45,82 @@ fn summary_and_json_report_what_the_sshd_filter_finds() {
     );
 }
 
+/// A file is mapped and split across threads; a pipe is read in order.
+/// Both must report the same lines, numbers and counts, including CRLF
+/// lines, an invalid UTF-8 line and a last line without a newline.
+#[test]
+fn a_mapped_file_and_a_pipe_give_the_same_report() {
+    let mut log = String::new();
+    for n in 0..20_000u32 {
+        let addr = format!("198.51.{}.{}", n / 250 % 250, n % 250 + 1);
+        match n % 4 {
+            0 => log.push_str(&format!(
+                "Nov 25 10:00:00 h sshd[1]: Failed password for root from {addr} port 22 ssh2\n"
+            )),
+            1 => log.push_str(&format!(
+                "Nov 25 10:00:01 h sshd[1]: Invalid user u{n} from {addr} port 22\r\n"
+            )),
+            2 => log.push_str("Nov 25 10:00:02 h CRON[2]: (root) CMD (true)\n"),
+            _ => log.push('\n'),
+        }
+    }
+    log.push_str("Nov 25 10:00:03 h sshd[1]: Invalid user last from 192.0.2.200 port 1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("auth.log");
+    let mut bytes = log.clone().into_bytes();
+    bytes.splice(0..0, b"\xff\xfe not UTF-8\n".iter().copied());
+    std::fs::write(&path, &bytes).expect("write log");
+    let path = path.display().to_string();
+
+    for json in [false, true] {
+        let mut args = vec!["test-filter", "sshd"];
+        let mut file_args = args.clone();
+        file_args.push(&path);
+        args.push("/dev/stdin");
+        if json {
+            file_args.push("--json");
+            args.push("--json");
+        }
+        let from_file = common::run_orch(&file_args).expect_ok("test-filter on the file");
+        // A pipe: not mappable, so read sequentially.
+        let through_pipe =
+            common::run_command(std::process::Command::new("/bin/sh").arg("-c").arg(format!(
+                "cat {path:?} | {} {}",
+                common::orch_bin().display(),
+                args.join(" ")
+            )))
+            .expect_ok("test-filter on a pipe");
+        let without_speed = |text: &str| -> String {
+            text.lines()
+                .filter(|l| !l.starts_with("speed:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            without_speed(&from_file.stdout),
+            without_speed(&through_pipe.stdout)
+        );
+        if json {
+            let rows: Vec<&str> = from_file.stdout.lines().collect();
+            assert_eq!(rows.len(), 10_001);
+            let last: serde_json::Value = serde_json::from_str(rows[10_000]).expect("JSON");
+            assert_eq!(last["line"], 20_002);
+            assert_eq!(last["host"], "192.0.2.200");
+        } else {
+            assert!(
+                from_file.stdout.contains("lines:    20002"),
+                "{}",
+                from_file.stdout
+            );
+            assert!(
+                from_file.stdout.contains("matched:  10001"),
+                "{}",
+                from_file.stdout
+            );
+        }
+    }
+}
+
 #[test]
 fn unknown_filters_and_missing_logs_are_named() {
     let (code, _, stderr) = orch(&["test-filter", "nope", "/dev/null"]);

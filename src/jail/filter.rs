@@ -58,7 +58,7 @@ use serde::Deserialize;
 
 use super::date::LineDates;
 use super::extract::{SplitCaches, SplitExtractor};
-use super::line_filter::{LineFilter, LineMatch, LineOutcome};
+use super::line_filter::{LineClassifier, LineFilter, LineMatch, LineOutcome};
 use super::matcher::{Captures, Matcher, RegexMatcher};
 
 /// Names of the built-in filters, for `builtin` and for listings.
@@ -532,6 +532,16 @@ impl LineFilter for Filter {
     }
 
     fn feed(&mut self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome {
+        self.classify_line(line, found)
+    }
+
+    fn independent_lines(&self) -> Option<&dyn LineClassifier> {
+        Some(self)
+    }
+}
+
+impl LineClassifier for Filter {
+    fn classify_line(&self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome {
         let (outcome, matched) = self.classify(line);
         if let Some(matched) = matched {
             found.push(LineMatch {

@@ -67,4 +67,17 @@ pub trait LineFilter: fmt::Debug + Send {
     fn journal_matches(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// The filter as a [`LineClassifier`] when each line is classified on
+    /// its own (no multi-line state), so a caller may classify many lines
+    /// at once on several threads; `None` for stateful filters.
+    fn independent_lines(&self) -> Option<&dyn LineClassifier> {
+        None
+    }
+}
+
+/// A filter that keeps no state between lines, shareable across threads.
+pub trait LineClassifier: Sync {
+    /// As [`LineFilter::feed`], through a shared reference.
+    fn classify_line(&self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome;
 }

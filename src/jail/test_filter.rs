@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
-use super::line_filter::{LineFilter, LineMatch, LineOutcome};
+use super::line_filter::{LineClassifier, LineFilter, LineMatch, LineOutcome};
 use super::load::LoadFilterError;
 
 /// Why a filter test could not run.
@@ -45,7 +45,13 @@ pub struct Summary {
 }
 
 /// Runs `filter` over every line of `log`. With `json`, each match is
-/// written to `out` as one JSON object per line as it is found.
+/// written to `out` as one JSON object per line.
+///
+/// A regular file is mapped into memory rather than copied in; a filter
+/// whose lines are independent (every native filter) is then run on
+/// [`worker_count`] threads, each over its own run of whole lines, and the
+/// results are put back in file order. Anything else (a pipe, a multi-line
+/// fail2ban filter) is read sequentially.
 pub fn run(
     filter: &mut dyn LineFilter,
     log: &Path,
@@ -56,70 +62,234 @@ pub fn run(
         path: log.display().to_string(),
         source,
     };
-    let mut file = std::fs::File::open(log).map_err(read_error)?;
-    let mut summary = Summary {
-        per_regex: vec![0; filter.regex_count()],
-        ..Summary::default()
-    };
+    let file = std::fs::File::open(log).map_err(read_error)?;
     let started = Instant::now();
-    // Big reads, lines split with memchr in place: no copy per line, and no
-    // UTF-8 conversion unless a line is not valid UTF-8 (then it is read
-    // lossily, as before).
+    let regex_count = filter.regex_count();
+    let mapped = map_regular_file(&file).map_err(read_error)?;
+    let tally = match (&mapped, filter.independent_lines()) {
+        (Some(bytes), Some(classifier)) => run_parallel(classifier, bytes, regex_count, json),
+        _ => run_sequential(filter, file, regex_count, json).map_err(read_error)?,
+    };
+    let mut summary = tally.summary;
+    summary.seconds = started.elapsed().as_secs_f64();
+    for (line_number, failure) in &tally.failures {
+        writeln!(out, "{}", failure_json(*line_number, failure)).map_err(read_error)?;
+    }
+    Ok(summary)
+}
+
+/// The file's bytes, mapped read-only, when it is a non-empty regular
+/// file; `None` for pipes and the like.
+///
+/// The map is a snapshot of the file's length when opened. A file
+/// truncated while being read (copytruncate rotation at that moment)
+/// could fault on the lost pages; test-filter is a one-shot diagnostic
+/// run, so that rare crash is accepted for not copying the whole file.
+fn map_regular_file(file: &std::fs::File) -> std::io::Result<Option<memmap2::Mmap>> {
+    let metadata = file.metadata()?;
+    if !metadata.is_file() || metadata.len() == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the map is read-only and private; see the truncation note
+    // above for the one way the file can change under it.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(file)? };
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(Some(map))
+}
+
+/// How many threads classify a mapped file: one per CPU, at most 8.
+pub fn worker_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(8)
+}
+
+/// Counts and failures for a run of lines; the failures carry the number
+/// of the line that completed them (kept only for `--json`).
+#[derive(Default)]
+struct Tally {
+    summary: Summary,
+    failures: Vec<(u64, LineMatch)>,
+}
+
+impl Tally {
+    fn new(regex_count: usize) -> Tally {
+        Tally {
+            summary: Summary {
+                per_regex: vec![0; regex_count],
+                ..Summary::default()
+            },
+            failures: Vec::new(),
+        }
+    }
+
+    /// Classifies one raw line (without its newline) with `classify` and
+    /// counts the outcome.
+    fn line(
+        &mut self,
+        raw: &[u8],
+        json: bool,
+        found: &mut Vec<LineMatch>,
+        classify: impl FnOnce(&str, &mut Vec<LineMatch>) -> LineOutcome,
+    ) {
+        self.summary.lines += 1;
+        // No copy and no conversion unless the line is not valid UTF-8
+        // (then it is read lossily).
+        let line = match std::str::from_utf8(raw) {
+            Ok(line) => Cow::Borrowed(line),
+            Err(_) => String::from_utf8_lossy(raw),
+        };
+        found.clear();
+        match classify(line.trim_end_matches('\r'), found) {
+            LineOutcome::Matched => {
+                self.summary.matched += 1;
+                if found.is_empty() {
+                    self.summary.no_address += 1;
+                }
+            }
+            LineOutcome::Ignored => self.summary.ignored += 1,
+            LineOutcome::Missed => {}
+        }
+        for failure in found.drain(..) {
+            if let Some(hits) = self.summary.per_regex.get_mut(failure.regex_index) {
+                *hits += 1;
+            }
+            if json {
+                self.failures.push((self.summary.lines, failure));
+            }
+        }
+    }
+
+    /// Adds a later run of lines: its line numbers continue from ours.
+    fn append(&mut self, later: Tally) {
+        let offset = self.summary.lines;
+        let summary = later.summary;
+        self.summary.lines += summary.lines;
+        self.summary.matched += summary.matched;
+        self.summary.no_address += summary.no_address;
+        self.summary.ignored += summary.ignored;
+        for (total, hits) in self.summary.per_regex.iter_mut().zip(summary.per_regex) {
+            *total += hits;
+        }
+        self.failures.extend(
+            later
+                .failures
+                .into_iter()
+                .map(|(line, failure)| (line + offset, failure)),
+        );
+    }
+}
+
+/// Every line of `bytes`, without newlines; a last line without a newline
+/// counts too.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= bytes.len() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
+        let line = &bytes[start..end];
+        start = end + 1;
+        Some(line)
+    })
+}
+
+/// Splits `bytes` into up to `parts` runs of whole lines.
+fn split_at_lines(bytes: &[u8], parts: usize) -> Vec<&[u8]> {
+    let mut runs = Vec::with_capacity(parts);
+    let mut rest = bytes;
+    for remaining in (1..=parts).rev() {
+        if rest.is_empty() {
+            break;
+        }
+        let target = rest.len() / remaining;
+        let cut = if remaining == 1 {
+            rest.len()
+        } else {
+            memchr::memchr(b'\n', &rest[target..]).map_or(rest.len(), |at| target + at + 1)
+        };
+        let (run, later) = rest.split_at(cut);
+        runs.push(run);
+        rest = later;
+    }
+    runs
+}
+
+fn run_parallel(
+    classifier: &dyn LineClassifier,
+    bytes: &[u8],
+    regex_count: usize,
+    json: bool,
+) -> Tally {
+    let runs = split_at_lines(bytes, worker_count());
+    let tallies: Vec<Tally> = std::thread::scope(|scope| {
+        let workers: Vec<_> = runs
+            .into_iter()
+            .map(|run| {
+                scope.spawn(move || {
+                    let mut tally = Tally::new(regex_count);
+                    let mut found = Vec::new();
+                    for raw in lines(run) {
+                        tally.line(raw, json, &mut found, |line, found| {
+                            classifier.classify_line(line, found)
+                        });
+                    }
+                    tally
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| match worker.join() {
+                Ok(tally) => tally,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    let mut total = Tally::new(regex_count);
+    for tally in tallies {
+        total.append(tally);
+    }
+    total
+}
+
+fn run_sequential(
+    filter: &mut dyn LineFilter,
+    mut file: std::fs::File,
+    regex_count: usize,
+    json: bool,
+) -> std::io::Result<Tally> {
+    let mut tally = Tally::new(regex_count);
+    let mut found = Vec::new();
+    // Big reads, lines split in place.
     let mut buffer = vec![0u8; 1 << 20];
     let mut filled = 0;
-    let mut found: Vec<LineMatch> = Vec::new();
     loop {
         if filled == buffer.len() {
             // A line longer than the buffer: make room for it.
             buffer.resize(buffer.len() * 2, 0);
         }
-        let read = file.read(&mut buffer[filled..]).map_err(read_error)?;
+        let read = file.read(&mut buffer[filled..])?;
         let at_end = read == 0;
         filled += read;
-        let mut start = 0;
-        while start < filled {
-            let end = match memchr::memchr(b'\n', &buffer[start..filled]) {
-                Some(offset) => start + offset,
-                // The last line has no newline; wait for more, or take it.
-                None if at_end => filled,
-                None => break,
-            };
-            let raw = &buffer[start..end];
-            start = (end + 1).min(filled);
-            summary.lines += 1;
-            let line = match std::str::from_utf8(raw) {
-                Ok(line) => Cow::Borrowed(line),
-                Err(_) => String::from_utf8_lossy(raw),
-            };
-            found.clear();
-            match filter.feed(line.trim_end_matches('\r'), &mut found) {
-                LineOutcome::Matched => {
-                    summary.matched += 1;
-                    if found.is_empty() {
-                        summary.no_address += 1;
-                    }
-                }
-                LineOutcome::Ignored => summary.ignored += 1,
-                LineOutcome::Missed => {}
-            }
-            for failure in &found {
-                if let Some(hits) = summary.per_regex.get_mut(failure.regex_index) {
-                    *hits += 1;
-                }
-                if json {
-                    writeln!(out, "{}", failure_json(summary.lines, failure))
-                        .map_err(read_error)?;
-                }
-            }
+        // Whole lines only, unless the file ended without a newline.
+        let complete = if at_end {
+            filled
+        } else {
+            memchr::memrchr(b'\n', &buffer[..filled]).map_or(0, |at| at + 1)
+        };
+        for raw in lines(&buffer[..complete]) {
+            tally.line(raw, json, &mut found, |line, found| {
+                filter.feed(line, found)
+            });
         }
-        buffer.copy_within(start..filled, 0);
-        filled -= start;
+        buffer.copy_within(complete..filled, 0);
+        filled -= complete;
         if at_end {
-            break;
+            return Ok(tally);
         }
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
 }
 
 /// One `--json` line: the failure and the number of the line that
