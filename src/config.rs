@@ -21,7 +21,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod fleet;
 mod jails;
+pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule};
 pub use jails::{IncrementConfig, JailConfig, JailSource, JailsConfig, RECIDIVE};
 
 /// The main system configuration file.
@@ -138,6 +140,8 @@ pub struct Config {
     pub dns: crate::dns::DnsSettings,
     /// Log jails.
     pub jails: JailsConfig,
+    /// Ban sharing with other hosts over NATS JetStream (off by default).
+    pub fleet: FleetConfig,
     /// Files read, in merge order, for messages; empty means the embedded
     /// default alone.
     pub sources: Vec<PathBuf>,
@@ -387,6 +391,7 @@ struct RawLayer {
     hooks: Option<RawHooks>,
     dns: Option<RawDns>,
     jails: Option<jails::RawJails>,
+    fleet: Option<fleet::RawFleet>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -469,6 +474,7 @@ struct Merged {
     dns_grace: Located<Duration>,
     dns_allow: Vec<crate::dns::DnsAllowEntry>,
     jails: jails::JailsDraft,
+    fleet: fleet::FleetDraft,
 }
 
 /// Validates one scalar and, if valid, lets it override the merged value.
@@ -673,6 +679,9 @@ impl Merged {
         if let Some(jails) = layer.jails {
             self.jails.apply(jails, doc, issues);
         }
+        if let Some(fleet) = layer.fleet {
+            self.fleet.apply(fleet, doc, issues);
+        }
 
         let fw = layer.firewall.unwrap_or_default();
         set(
@@ -817,6 +826,7 @@ impl Merged {
                 timeouts: self.hook_timeouts,
             },
             jails: self.jails.finish(issues),
+            fleet: self.fleet.finish(issues),
             sources,
         })
     }
@@ -1180,6 +1190,7 @@ mod tests {
                     timeouts: Default::default(),
                 },
                 jails: JailsConfig::default(),
+                fleet: FleetConfig::default(),
                 sources: Vec::new(),
             }
         );

@@ -1,0 +1,662 @@
+//! The `[fleet]` section of `orch.toml`: sharing bans with other hosts over
+//! NATS JetStream, validated with `file:line:column` like the rest.
+//!
+//! ```toml
+//! [fleet]
+//! servers = ["tls://nats1.example.org:4222", "tls://nats2.example.org:4222"]
+//! name = "web1"                        # default: the host name
+//! user = "web1"                        # or credentials = "/etc/orch/fleet.creds"
+//! password_file = "/etc/orch/fleet.password"   # or nkey_file = ...
+//! tls = { ca = "/etc/orch/nats-ca.pem" }       # cert/key for client certificates
+//! bucket = "orch-bans"
+//! replicas = 1
+//! publish = true
+//! share = ["manual", "jails"]          # which bans go out: manual, jails, or jail names
+//! apply = true
+//! max_remote_bans = 100000
+//! max_remote_time = "1w"
+//! admin = { user = "admin", password_file = "/etc/orch/fleet-admin.password" }
+//! ```
+//!
+//! The fleet is off unless `servers` names at least one server. Keys merge
+//! per key across files, as elsewhere. This module only validates; it must
+//! not connect anywhere.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigIssue, Document, Located, check_duration, set};
+
+/// Default bucket name.
+pub const DEFAULT_BUCKET: &str = "orch-bans";
+/// Default cap on bans other hosts may hold on this one.
+pub const DEFAULT_MAX_REMOTE_BANS: usize = 100_000;
+/// Default cap on how long another host's ban lasts here.
+pub const DEFAULT_MAX_REMOTE_TIME: Duration = Duration::from_secs(7 * 86_400);
+/// Longest host name kept; it is one token of every key the host writes.
+const NAME_MAX: usize = 64;
+
+/// How orch proves who it is to the NATS servers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum FleetAuth {
+    /// No credentials (a server without authorization; tests, labs).
+    #[default]
+    None,
+    /// A NATS `.creds` file (JWT and nkey seed).
+    Credentials(PathBuf),
+    /// A user name and a file holding the password.
+    UserPassword {
+        user: String,
+        password_file: PathBuf,
+    },
+    /// A file holding an nkey seed.
+    Nkey(PathBuf),
+}
+
+/// TLS settings: the CA that signs the servers' certificates, and an
+/// optional client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FleetTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Which of this host's bans are shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareRule {
+    /// `orch ban` and D-Bus bans (source "manual").
+    Manual,
+    /// Every jail's bans.
+    Jails,
+    /// One jail's bans, by name.
+    Jail(String),
+}
+
+/// The validated `[fleet]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// NATS server URLs; empty means the fleet is off.
+    pub servers: Vec<String>,
+    /// This host's id: the first token of its keys and `fleet:<name>` on
+    /// other hosts.
+    pub name: String,
+    pub auth: FleetAuth,
+    pub tls: FleetTls,
+    pub bucket: String,
+    /// Replicas of the bucket, used only when orch creates it.
+    pub replicas: usize,
+    pub publish: bool,
+    pub share: Vec<ShareRule>,
+    pub apply: bool,
+    pub max_remote_bans: usize,
+    pub max_remote_time: Duration,
+    /// Credentials for `orch unban --fleet` (deleting every host's key).
+    pub admin: FleetAuth,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            servers: Vec::new(),
+            name: default_name(),
+            auth: FleetAuth::None,
+            tls: FleetTls::default(),
+            bucket: DEFAULT_BUCKET.to_string(),
+            replicas: 1,
+            publish: true,
+            share: vec![ShareRule::Manual, ShareRule::Jails],
+            apply: true,
+            max_remote_bans: DEFAULT_MAX_REMOTE_BANS,
+            max_remote_time: DEFAULT_MAX_REMOTE_TIME,
+            admin: FleetAuth::None,
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Whether the fleet is configured at all.
+    pub fn enabled(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
+    /// Whether a ban with this source is shared with the fleet.
+    pub fn shares(&self, source: &str, jail_names: &[&str]) -> bool {
+        if !self.publish || source.starts_with("fleet:") {
+            return false;
+        }
+        self.share.iter().any(|rule| match rule {
+            ShareRule::Manual => source == "manual",
+            ShareRule::Jails => jail_names.contains(&source),
+            ShareRule::Jail(name) => name == source,
+        })
+    }
+}
+
+/// The host name as a fleet name: its first label, with anything a NATS
+/// subject token cannot hold replaced by `-`.
+pub fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let label = host.trim().split('.').next().unwrap_or_default();
+    let cleaned: String = label
+        .chars()
+        .take(NAME_MAX)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "localhost".to_string()
+    } else {
+        cleaned
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw form
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    servers: Option<Spanned<Vec<String>>>,
+    name: Option<Spanned<String>>,
+    credentials: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    nkey_file: Option<Spanned<String>>,
+    tls: Option<RawTls>,
+    bucket: Option<Spanned<String>>,
+    replicas: Option<Spanned<i64>>,
+    publish: Option<Spanned<bool>>,
+    share: Option<Spanned<Vec<String>>>,
+    apply: Option<Spanned<bool>>,
+    max_remote_bans: Option<Spanned<i64>>,
+    max_remote_time: Option<Spanned<String>>,
+    admin: Option<RawAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    credentials: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    nkey_file: Option<Spanned<String>>,
+}
+
+/// `[fleet]` from every file, merged key by key.
+#[derive(Debug, Default)]
+pub(super) struct FleetDraft {
+    servers: Located<Vec<String>>,
+    name: Located<String>,
+    credentials: Located<PathBuf>,
+    user: Located<String>,
+    password_file: Located<PathBuf>,
+    nkey_file: Located<PathBuf>,
+    tls_ca: Located<PathBuf>,
+    tls_cert: Located<PathBuf>,
+    tls_key: Located<PathBuf>,
+    bucket: Located<String>,
+    replicas: Located<usize>,
+    publish: Located<bool>,
+    share: Located<Vec<ShareRule>>,
+    apply: Located<bool>,
+    max_remote_bans: Located<usize>,
+    max_remote_time: Located<Duration>,
+    admin: Located<FleetAuth>,
+}
+
+impl FleetDraft {
+    /// Validates one file's `[fleet]` and merges it over earlier files.
+    pub(super) fn apply(&mut self, raw: RawFleet, doc: &Document, issues: &mut Vec<ConfigIssue>) {
+        set(
+            &mut self.servers,
+            raw.servers,
+            doc,
+            issues,
+            "fleet.servers",
+            |servers| {
+                servers
+                    .into_iter()
+                    .map(check_server_url)
+                    .collect::<Result<Vec<_>, _>>()
+            },
+        );
+        set(
+            &mut self.name,
+            raw.name,
+            doc,
+            issues,
+            "fleet.name",
+            check_name,
+        );
+        let path = |key: &'static str| move |s: String| check_file(key, s);
+        set(
+            &mut self.credentials,
+            raw.credentials,
+            doc,
+            issues,
+            "fleet.credentials",
+            path("credentials"),
+        );
+        set(
+            &mut self.user,
+            raw.user,
+            doc,
+            issues,
+            "fleet.user",
+            check_user,
+        );
+        set(
+            &mut self.password_file,
+            raw.password_file,
+            doc,
+            issues,
+            "fleet.password_file",
+            path("password_file"),
+        );
+        set(
+            &mut self.nkey_file,
+            raw.nkey_file,
+            doc,
+            issues,
+            "fleet.nkey_file",
+            path("nkey_file"),
+        );
+        if let Some(tls) = raw.tls {
+            for (slot, raw, key) in [
+                (&mut self.tls_ca, tls.ca, "fleet.tls.ca"),
+                (&mut self.tls_cert, tls.cert, "fleet.tls.cert"),
+                (&mut self.tls_key, tls.key, "fleet.tls.key"),
+            ] {
+                set(slot, raw, doc, issues, key, path("tls file"));
+            }
+        }
+        set(
+            &mut self.bucket,
+            raw.bucket,
+            doc,
+            issues,
+            "fleet.bucket",
+            check_bucket,
+        );
+        set(
+            &mut self.replicas,
+            raw.replicas,
+            doc,
+            issues,
+            "fleet.replicas",
+            |n| {
+                if (1..=5).contains(&n) {
+                    usize::try_from(n).map_err(|e| e.to_string())
+                } else {
+                    Err(format!("{n} is out of range; expected 1 to 5"))
+                }
+            },
+        );
+        set(
+            &mut self.publish,
+            raw.publish,
+            doc,
+            issues,
+            "fleet.publish",
+            Ok,
+        );
+        set(
+            &mut self.share,
+            raw.share,
+            doc,
+            issues,
+            "fleet.share",
+            |rules| rules.into_iter().map(check_share_rule).collect(),
+        );
+        set(&mut self.apply, raw.apply, doc, issues, "fleet.apply", Ok);
+        set(
+            &mut self.max_remote_bans,
+            raw.max_remote_bans,
+            doc,
+            issues,
+            "fleet.max_remote_bans",
+            |n| {
+                if (0..=10_000_000).contains(&n) {
+                    usize::try_from(n).map_err(|e| e.to_string())
+                } else {
+                    Err(format!("{n} is out of range; expected 0 to 10000000"))
+                }
+            },
+        );
+        set(
+            &mut self.max_remote_time,
+            raw.max_remote_time,
+            doc,
+            issues,
+            "fleet.max_remote_time",
+            |s| check_duration(&s),
+        );
+        if let Some(admin) = raw.admin {
+            let at = [
+                &admin.credentials,
+                &admin.user,
+                &admin.password_file,
+                &admin.nkey_file,
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|spanned| doc.origin(&spanned.span()));
+            let mut draft = FleetDraft::default();
+            set(
+                &mut draft.credentials,
+                admin.credentials,
+                doc,
+                issues,
+                "fleet.admin.credentials",
+                path("credentials"),
+            );
+            set(
+                &mut draft.user,
+                admin.user,
+                doc,
+                issues,
+                "fleet.admin.user",
+                check_user,
+            );
+            set(
+                &mut draft.password_file,
+                admin.password_file,
+                doc,
+                issues,
+                "fleet.admin.password_file",
+                path("password_file"),
+            );
+            set(
+                &mut draft.nkey_file,
+                admin.nkey_file,
+                doc,
+                issues,
+                "fleet.admin.nkey_file",
+                path("nkey_file"),
+            );
+            if let Some(at) = at {
+                let auth = draft.auth("fleet.admin", issues);
+                self.admin = Some((auth, at));
+            }
+        }
+    }
+
+    /// Exactly one way of authenticating, or none.
+    fn auth(&self, key: &str, issues: &mut Vec<ConfigIssue>) -> FleetAuth {
+        let chosen = [
+            self.credentials.as_ref().map(|(_, at)| at),
+            self.user
+                .as_ref()
+                .map(|(_, at)| at)
+                .or(self.password_file.as_ref().map(|(_, at)| at)),
+            self.nkey_file.as_ref().map(|(_, at)| at),
+        ];
+        let set_count = chosen.iter().flatten().count();
+        if set_count > 1
+            && let Some(at) = chosen.iter().flatten().last()
+        {
+            issues.push(at.issue(format!(
+                "{key}: set one of `credentials`, `user` + `password_file`, or `nkey_file`"
+            )));
+            return FleetAuth::None;
+        }
+        match (&self.user, &self.password_file) {
+            (Some((user, _)), Some((file, _))) => {
+                return FleetAuth::UserPassword {
+                    user: user.clone(),
+                    password_file: file.clone(),
+                };
+            }
+            (Some((_, at)), None) => {
+                issues.push(at.issue(format!("{key}.user: also set `password_file`")));
+                return FleetAuth::None;
+            }
+            (None, Some((_, at))) => {
+                issues.push(at.issue(format!("{key}.password_file: also set `user`")));
+                return FleetAuth::None;
+            }
+            (None, None) => {}
+        }
+        if let Some((file, _)) = &self.credentials {
+            FleetAuth::Credentials(file.clone())
+        } else if let Some((file, _)) = &self.nkey_file {
+            FleetAuth::Nkey(file.clone())
+        } else {
+            FleetAuth::None
+        }
+    }
+
+    /// The final section; cross-key checks go to `issues`.
+    pub(super) fn finish(self, issues: &mut Vec<ConfigIssue>) -> FleetConfig {
+        let defaults = FleetConfig::default();
+        let auth = self.auth("fleet", issues);
+        if let (Some((_, at)), None) | (None, Some((_, at))) = (&self.tls_cert, &self.tls_key) {
+            issues.push(at.issue("fleet.tls: set both `cert` and `key`, or neither".to_string()));
+        }
+        FleetConfig {
+            servers: self.servers.map_or(defaults.servers, |(v, _)| v),
+            name: self.name.map_or(defaults.name, |(v, _)| v),
+            auth,
+            tls: FleetTls {
+                ca: self.tls_ca.map(|(v, _)| v),
+                cert: self.tls_cert.map(|(v, _)| v),
+                key: self.tls_key.map(|(v, _)| v),
+            },
+            bucket: self.bucket.map_or(defaults.bucket, |(v, _)| v),
+            replicas: self.replicas.map_or(defaults.replicas, |(v, _)| v),
+            publish: self.publish.map_or(defaults.publish, |(v, _)| v),
+            share: self.share.map_or(defaults.share, |(v, _)| v),
+            apply: self.apply.map_or(defaults.apply, |(v, _)| v),
+            max_remote_bans: self
+                .max_remote_bans
+                .map_or(defaults.max_remote_bans, |(v, _)| v),
+            max_remote_time: self
+                .max_remote_time
+                .map_or(defaults.max_remote_time, |(v, _)| v),
+            admin: self.admin.map_or(FleetAuth::None, |(v, _)| v),
+        }
+    }
+}
+
+fn check_server_url(url: String) -> Result<String, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "{url:?} is not a server URL like \"nats://nats1.example.org:4222\""
+        ));
+    };
+    if !matches!(scheme, "nats" | "tls") {
+        return Err(format!(
+            "{url:?}: the scheme must be nats:// or tls://, not {scheme}://"
+        ));
+    }
+    if rest.is_empty() || rest.contains('@') {
+        return Err(format!(
+            "{url:?}: give a host[:port]; put credentials in `user`/`password_file` or `credentials`, not in the URL"
+        ));
+    }
+    Ok(url)
+}
+
+fn check_name(name: String) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= NAME_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{name:?} must be 1-{NAME_MAX} letters, digits, '-' or '_' (it is one token of the host's NATS keys)"
+        ))
+    }
+}
+
+fn check_user(user: String) -> Result<String, String> {
+    if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err(format!("{user:?} must be a non-empty name without spaces"))
+    } else {
+        Ok(user)
+    }
+}
+
+fn check_file(what: &str, path: String) -> Result<PathBuf, String> {
+    let file = PathBuf::from(&path);
+    if file.is_absolute() {
+        Ok(file)
+    } else {
+        Err(format!(
+            "{what} {path:?} must be an absolute path (starting with /)"
+        ))
+    }
+}
+
+fn check_bucket(bucket: String) -> Result<String, String> {
+    let valid = !bucket.is_empty()
+        && bucket.len() <= 64
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(bucket)
+    } else {
+        Err(format!(
+            "{bucket:?} must be 1-64 letters, digits, '-' or '_' (a JetStream KV bucket name)"
+        ))
+    }
+}
+
+fn check_share_rule(rule: String) -> Result<ShareRule, String> {
+    match rule.as_str() {
+        "manual" => Ok(ShareRule::Manual),
+        "jails" => Ok(ShareRule::Jails),
+        name if !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+        {
+            Ok(ShareRule::Jail(rule))
+        }
+        _ => Err(format!(
+            "{rule:?} is not \"manual\", \"jails\" or a jail name"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, parse_str};
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, crate::config::ConfigError> {
+        parse_str(text, Path::new("orch.toml"))
+    }
+
+    #[test]
+    fn the_fleet_is_off_by_default() {
+        let config = Config::default();
+        assert!(!config.fleet.enabled());
+        assert_eq!(config.fleet.bucket, "orch-bans");
+        assert!(config.fleet.publish && config.fleet.apply);
+    }
+
+    #[test]
+    fn a_full_fleet_section_parses() {
+        let config = parse(
+            r#"[fleet]
+servers = ["tls://192.0.2.1:4222", "nats://nats2:4222"]
+name = "srv1"
+user = "srv1"
+password_file = "/etc/orch/fleet.password"
+tls = { ca = "/etc/orch/ca.pem", cert = "/etc/orch/c.pem", key = "/etc/orch/c.key" }
+bucket = "bans"
+replicas = 3
+share = ["manual", "sshd"]
+apply = false
+max_remote_bans = 5000
+max_remote_time = "2d"
+admin = { user = "admin", password_file = "/etc/orch/admin.password" }
+"#,
+        )
+        .expect("valid");
+        let fleet = &config.fleet;
+        assert!(fleet.enabled());
+        assert_eq!(fleet.name, "srv1");
+        assert_eq!(
+            fleet.auth,
+            FleetAuth::UserPassword {
+                user: "srv1".into(),
+                password_file: "/etc/orch/fleet.password".into()
+            }
+        );
+        assert_eq!(fleet.tls.ca.as_deref(), Some(Path::new("/etc/orch/ca.pem")));
+        assert_eq!(fleet.replicas, 3);
+        assert!(!fleet.apply);
+        assert_eq!(fleet.max_remote_time, Duration::from_secs(2 * 86_400));
+        assert!(fleet.shares("manual", &["sshd", "web"]));
+        assert!(fleet.shares("sshd", &["sshd", "web"]));
+        assert!(!fleet.shares("web", &["sshd", "web"]));
+        assert!(!fleet.shares("fleet:srv2", &["sshd"]));
+        assert!(matches!(fleet.admin, FleetAuth::UserPassword { .. }));
+    }
+
+    #[test]
+    fn bad_fleet_keys_are_located() {
+        let found: Vec<String> = parse(
+            r#"[fleet]
+servers = ["http://x"]
+name = "srv.1"
+credentials = "/etc/orch/a.creds"
+user = "srv1"
+password_file = "relative"
+tls = { cert = "/etc/c.pem" }
+bucket = "a.b"
+replicas = 7
+share = ["every thing"]
+max_remote_time = "forever"
+"#,
+        )
+        .expect_err("invalid")
+        .issues
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let expect = [
+            "orch.toml:2:11: fleet.servers: \"http://x\": the scheme must be nats:// or tls://",
+            "orch.toml:3:8: fleet.name: \"srv.1\" must be 1-64 letters",
+            "orch.toml:6:17: fleet.password_file: password_file \"relative\" must be an absolute path",
+            "orch.toml:8:10: fleet.bucket:",
+            "orch.toml:9:12: fleet.replicas: 7 is out of range",
+            "orch.toml:10:9: fleet.share: \"every thing\" is not",
+            "orch.toml:11:19: fleet.max_remote_time: invalid duration",
+            "fleet.tls: set both `cert` and `key`, or neither",
+            "orch.toml:5:8: fleet: set one of `credentials`, `user` + `password_file`, or `nkey_file`",
+        ];
+        for expected in expect {
+            assert!(
+                found.iter().any(|m| m.contains(expected)),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+    }
+}
