@@ -49,6 +49,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::sync::Arc;
 
 use regex_automata::nfa::thompson::{WhichCaptures, backtrack};
 use regex_automata::util::captures::Captures as Slots;
@@ -58,7 +59,7 @@ use serde::Deserialize;
 
 use super::date::LineDates;
 use super::extract::{SplitCaches, SplitExtractor};
-use super::line_filter::{LineClassifier, LineFilter, LineMatch, LineOutcome};
+use super::line_filter::{LineClassifier, LineFilter, LineMatch, LineOutcome, ThreadClassifier};
 use super::matcher::{Captures, Matcher, RegexMatcher};
 
 /// Names of the built-in filters, for `builtin` and for listings.
@@ -205,8 +206,9 @@ impl FilterFile {
 pub struct Filter {
     origin: String,
     description: String,
-    /// Alternation of the escaped prefilter literals; `None` checks nothing.
-    prefilter: Option<regex::Regex>,
+    /// The prefilter literals (SIMD multi-substring search, no per-thread
+    /// state); `None` checks nothing.
+    prefilter: Option<aho_corasick::AhoCorasick>,
     /// All failregexes at once: which one matches, and where.
     fail_all: meta::Regex,
     /// Per failregex: its capture groups, run on the span `fail_all` found.
@@ -260,11 +262,17 @@ struct Scratch {
     dates: LineDates,
 }
 
-type MakeScratch = Box<dyn Fn() -> Scratch + Send + Sync + UnwindSafe + RefUnwindSafe>;
+type MakeScratch = Arc<dyn Fn() -> Scratch + Send + Sync + UnwindSafe + RefUnwindSafe>;
+type PoolScratch = Box<dyn Fn() -> Scratch + Send + Sync + UnwindSafe + RefUnwindSafe>;
 
 /// A pool of [`Scratch`]es, so `classify` can take `&self` and still run
 /// without allocating (the owning thread gets its own without locking).
-struct ScratchPool(Pool<Scratch, MakeScratch>);
+/// Threads that classify many lines take their own with `make` instead of
+/// going through the pool's locked path for each line.
+struct ScratchPool {
+    pool: Pool<Scratch, PoolScratch>,
+    make: MakeScratch,
+}
 
 impl fmt::Debug for ScratchPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -281,14 +289,18 @@ impl ScratchPool {
             .iter()
             .map(|e| e.split.as_ref().map(SplitExtractor::create_caches))
             .collect();
-        let make: MakeScratch = Box::new(move || Scratch {
+        let make: MakeScratch = Arc::new(move || Scratch {
             all: all.create_cache(),
             backtrack: backtrackers.iter().map(|b| b.create_cache()).collect(),
             slots: backtrackers.iter().map(|b| b.create_captures()).collect(),
             split: split.clone(),
             dates: LineDates::default(),
         });
-        ScratchPool(Pool::new(make))
+        let for_pool = make.clone();
+        ScratchPool {
+            pool: Pool::new(Box::new(move || for_pool())),
+            make,
+        }
     }
 }
 
@@ -388,14 +400,12 @@ impl Filter {
         let prefilter = if file.prefilter.is_empty() {
             None
         } else {
-            let alternation = file
-                .prefilter
-                .iter()
-                .map(|literal| regex::escape(literal))
-                .collect::<Vec<_>>()
-                .join("|");
             Some(
-                regex::Regex::new(&alternation)
+                // Leftmost-first lets aho-corasick use its packed SIMD
+                // (Teddy) searcher for a few literals.
+                aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                    .build(&file.prefilter)
                     .map_err(|e| regex_error("prefilter", 0, e.to_string()))?,
             )
         };
@@ -432,13 +442,26 @@ impl Filter {
     /// Like [`Filter::match_line`], but also says whether a line that gave
     /// no match was ignored (an ignoreregex matched) or missed.
     pub fn classify(&self, line: &str) -> (LineOutcome, Option<FilterMatch>) {
-        if let Some(prefilter) = &self.prefilter
-            && !prefilter.is_match(line)
-        {
+        if !self.passes_prefilter(line) {
             return (LineOutcome::Missed, None);
         }
+        self.classify_passed(line, &mut self.scratch.pool.get())
+    }
+
+    /// Whether `line` holds one of the prefilter literals (or there are none).
+    fn passes_prefilter(&self, line: &str) -> bool {
+        self.prefilter
+            .as_ref()
+            .is_none_or(|prefilter| prefilter.is_match(line))
+    }
+
+    /// [`Filter::classify`] for a line that passed the prefilter.
+    fn classify_passed(
+        &self,
+        line: &str,
+        scratch: &mut Scratch,
+    ) -> (LineOutcome, Option<FilterMatch>) {
         let message = strip_syslog_prefix(line);
-        let mut scratch = self.scratch.0.get();
         let Some(found) = self
             .fail_all
             .search_with(&mut scratch.all, &Input::new(message))
@@ -452,7 +475,7 @@ impl Filter {
         }
         let regex_index = found.pattern().as_usize();
         let captured = self
-            .captures(regex_index, message, found.range(), &mut scratch)
+            .captures(regex_index, message, found.range(), scratch)
             .and_then(|caps| Some((parse_host(caps.host?)?, caps.user)));
         // The pattern matched but captured no valid address.
         let Some((host, user)) = captured else {
@@ -532,7 +555,9 @@ impl LineFilter for Filter {
     }
 
     fn feed(&mut self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome {
-        self.classify_line(line, found)
+        let (outcome, matched) = self.classify(line);
+        found.extend(matched.map(LineMatch::from));
+        outcome
     }
 
     fn independent_lines(&self) -> Option<&dyn LineClassifier> {
@@ -541,17 +566,27 @@ impl LineFilter for Filter {
 }
 
 impl LineClassifier for Filter {
-    fn classify_line(&self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome {
-        let (outcome, matched) = self.classify(line);
-        if let Some(matched) = matched {
-            found.push(LineMatch {
-                host: matched.host,
-                user: matched.user,
-                time: matched.time,
-                regex_index: matched.regex_index,
-            });
+    fn for_thread(&self) -> ThreadClassifier<'_> {
+        let mut scratch = (self.scratch.make)();
+        Box::new(move |line, found| {
+            if !self.passes_prefilter(line) {
+                return LineOutcome::Missed;
+            }
+            let (outcome, matched) = self.classify_passed(line, &mut scratch);
+            found.extend(matched.map(LineMatch::from));
+            outcome
+        })
+    }
+}
+
+impl From<FilterMatch> for LineMatch {
+    fn from(matched: FilterMatch) -> LineMatch {
+        LineMatch {
+            host: matched.host,
+            user: matched.user,
+            time: matched.time,
+            regex_index: matched.regex_index,
         }
-        outcome
     }
 }
 

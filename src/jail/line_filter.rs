@@ -78,6 +78,11 @@ pub trait LineFilter: fmt::Debug + Send {
 
 /// A filter that keeps no state between lines, shareable across threads.
 pub trait LineClassifier: Sync {
-    /// As [`LineFilter::feed`], through a shared reference.
-    fn classify_line(&self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome;
+    /// A classifier for one thread's lines, with scratch space of its own
+    /// (no locking per line); it works as [`LineFilter::feed`].
+    fn for_thread(&self) -> ThreadClassifier<'_>;
 }
+
+/// What [`LineClassifier::for_thread`] hands a thread.
+pub type ThreadClassifier<'a> =
+    Box<dyn FnMut(&str, &mut Vec<LineMatch>) -> LineOutcome + Send + 'a>;

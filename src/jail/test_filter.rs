@@ -216,39 +216,52 @@ fn split_at_lines(bytes: &[u8], parts: usize) -> Vec<&[u8]> {
     runs
 }
 
+/// Runs per thread: more runs than threads, taken in turn, so a thread
+/// that drew easy lines does not sit idle while another finishes.
+const RUNS_PER_WORKER: usize = 8;
+
 fn run_parallel(
     classifier: &dyn LineClassifier,
     bytes: &[u8],
     regex_count: usize,
     json: bool,
 ) -> Tally {
-    let runs = split_at_lines(bytes, worker_count());
-    let tallies: Vec<Tally> = std::thread::scope(|scope| {
-        let workers: Vec<_> = runs
-            .into_iter()
-            .map(|run| {
+    let workers = worker_count();
+    let runs = split_at_lines(bytes, workers * RUNS_PER_WORKER);
+    let next_run = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, Tally)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (runs, next_run) = (&runs, &next_run);
                 scope.spawn(move || {
-                    let mut tally = Tally::new(regex_count);
+                    let mut finished = Vec::new();
                     let mut found = Vec::new();
-                    for raw in lines(run) {
-                        tally.line(raw, json, &mut found, |line, found| {
-                            classifier.classify_line(line, found)
-                        });
+                    let mut classify = classifier.for_thread();
+                    loop {
+                        let index = next_run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(run) = runs.get(index) else {
+                            return finished;
+                        };
+                        let mut tally = Tally::new(regex_count);
+                        for raw in lines(run) {
+                            tally.line(raw, json, &mut found, &mut classify);
+                        }
+                        finished.push((index, tally));
                     }
-                    tally
                 })
             })
             .collect();
-        workers
+        handles
             .into_iter()
-            .map(|worker| match worker.join() {
-                Ok(tally) => tally,
+            .flat_map(|handle| match handle.join() {
+                Ok(finished) => finished,
                 Err(panic) => std::panic::resume_unwind(panic),
             })
             .collect()
     });
+    done.sort_by_key(|(index, _)| *index);
     let mut total = Tally::new(regex_count);
-    for tally in tallies {
+    for (_, tally) in done {
         total.append(tally);
     }
     total
