@@ -11,87 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::nats::{NatsOptions, NatsServer, NatsVersion};
+use common::fleet_hosts::{Host, admin_line, fleet_config, nats, start_host};
+use common::nats::NatsVersion;
 use common::{Daemon, NetNs, TestBus, wait_until};
-
-/// A host: its daemon, bus and table.
-struct Host {
-    daemon: Daemon,
-    bus: TestBus,
-    table: String,
-    _secrets: tempfile::TempDir,
-}
-
-fn fleet_config(
-    server: &NatsServer,
-    name: &str,
-    table: &str,
-    extra: &str,
-) -> (String, tempfile::TempDir) {
-    let secrets = tempfile::tempdir().expect("secrets dir");
-    let password_file = secrets.path().join("password");
-    std::fs::write(&password_file, format!("{}\n", server.password(name))).expect("password");
-    let ca = server.ca_path().expect("TLS server");
-    let config = format!(
-        "{extra}\n[firewall]\ntable = \"{table}\"\n\n[fleet]\nservers = [\"{}\"]\nname = \"{name}\"\nuser = \"{name}\"\npassword_file = \"{}\"\ntls = {{ ca = \"{}\" }}\n",
-        server.url(),
-        password_file.display(),
-        ca.display()
-    );
-    (config, secrets)
-}
-
-fn start_host(netns: &NetNs, server: &NatsServer, name: &str, extra: &str) -> Host {
-    let table = format!("orch_{name}");
-    let bus = TestBus::start();
-    let (config, secrets) = fleet_config(server, name, &table, extra);
-    let daemon = Daemon::start(netns, &bus, &config);
-    Host {
-        daemon,
-        bus,
-        table,
-        _secrets: secrets,
-    }
-}
-
-impl Host {
-    fn banned(&self, netns: &NetNs, addr: &str) -> bool {
-        netns
-            .set_elements(&self.table, "ban4")
-            .iter()
-            .any(|e| e == addr)
-    }
-
-    fn connected(&self) -> bool {
-        self.bus
-            .busctl(&[
-                "get-property",
-                "org.orch.Orch1",
-                "/org/orch/Orch1",
-                "org.orch.Orch1",
-                "FleetConnected",
-            ])
-            .stdout
-            .trim()
-            == "b true"
-    }
-}
-
-/// The admin creates the bucket; hosts' users may not.
-fn nats(netns: &NetNs, version: NatsVersion) -> NatsServer {
-    let mut opts = NatsOptions::new(version);
-    opts.hosts = vec!["srv1".into(), "srv2".into()];
-    NatsServer::start(Some(netns), opts)
-}
-
-fn admin_line(server: &NatsServer, dir: &std::path::Path) -> String {
-    let file = dir.join("admin-password");
-    std::fs::write(&file, server.password("admin")).expect("admin password");
-    format!(
-        "admin = {{ user = \"admin\", password_file = \"{}\" }}\n",
-        file.display()
-    )
-}
 
 #[test]
 fn bans_and_unbans_reach_the_other_host_current_server() {
@@ -107,16 +29,16 @@ fn bans_and_unbans_reach_the_other_host(version: NatsVersion) {
     let netns = NetNs::new();
     let server = nats(&netns, version);
     let admin_dir = tempfile::tempdir().expect("tempdir");
-    let srv1 = start_host(&netns, &server, "srv1", "");
+    let srv1 = start_host(&netns, &server, "srv1", "", "");
     // srv1 has no admin credentials, so srv2 creates the bucket.
-    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "");
+    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "", "");
     let config = config + &admin_line(&server, admin_dir.path());
     let srv2_bus = TestBus::start();
     let srv2 = Host {
         daemon: Daemon::start(&netns, &srv2_bus, &config),
         bus: srv2_bus,
         table: "orch_srv2".into(),
-        _secrets: secrets,
+        secrets,
     };
     wait_until(Duration::from_secs(15), "both hosts connected", || {
         srv1.connected() && srv2.connected()
@@ -177,14 +99,14 @@ fn bans_made_while_nats_is_down_arrive_later_even_after_a_kill() {
     let mut server = nats(&netns, NatsVersion::Current);
     let admin_dir = tempfile::tempdir().expect("tempdir");
     let admin = admin_line(&server, admin_dir.path());
-    let mut srv1 = start_host(&netns, &server, "srv1", "");
-    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "");
+    let mut srv1 = start_host(&netns, &server, "srv1", "", "");
+    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "", "");
     let srv2_bus = TestBus::start();
     let srv2 = Host {
         daemon: Daemon::start(&netns, &srv2_bus, &(config + &admin)),
         bus: srv2_bus,
         table: "orch_srv2".into(),
-        _secrets: secrets,
+        secrets,
     };
     wait_until(Duration::from_secs(15), "both hosts connected", || {
         srv1.connected() && srv2.connected()

@@ -170,6 +170,12 @@ impl Core {
         allows
     }
 
+    /// Asks for freed memory to go back to the system after this job (a
+    /// large batch just passed through).
+    pub(super) fn request_trim(&mut self) {
+        self.trim_after_job = true;
+    }
+
     pub(super) fn store(&self) -> &Store {
         &self.store
     }

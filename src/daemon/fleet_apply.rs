@@ -35,6 +35,14 @@ pub enum RemoteChange {
     Delete { origin: Arc<str>, net: IpNet },
 }
 
+/// Refusals logged one by one per batch; the rest are counted in one line,
+/// so a flood of unwanted bans cannot flood the log.
+const LOGGED_REFUSALS: usize = 10;
+
+/// A batch of remote changes this large hands freed memory back afterwards
+/// (catch-ups and bursts come in batches of thousands).
+const TRIM_AFTER_CHANGES: usize = 1_000;
+
 /// What a batch of remote changes did, for the log and the status.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RemoteOutcome {
@@ -124,6 +132,9 @@ impl Core {
     pub fn apply_remote(&mut self, changes: Vec<RemoteChange>) -> Result<RemoteOutcome, CoreError> {
         let now = now_unix();
         let mut outcome = RemoteOutcome::default();
+        if changes.len() >= TRIM_AFTER_CHANGES {
+            self.request_trim();
+        }
         if !self.config().fleet.apply {
             return Ok(outcome);
         }
@@ -152,7 +163,9 @@ impl Core {
                             .map(|e| e.to_string())
                     });
                     if let Some(why) = refusal {
-                        tracing::warn!("fleet: not applying {origin}'s ban of {net}: {why}");
+                        if outcome.refused < LOGGED_REFUSALS {
+                            tracing::warn!("fleet: not applying {origin}'s ban of {net}: {why}");
+                        }
                         outcome.refused += 1;
                         continue;
                     }
@@ -172,9 +185,11 @@ impl Core {
                         Some(current) if current.expires >= expires => continue,
                         Some(_) => {}
                         None if remote_bans >= max_bans => {
-                            tracing::warn!(
-                                "fleet: not applying {origin}'s ban of {net}: fleet.max_remote_bans ({max_bans}) reached"
-                            );
+                            if outcome.refused < LOGGED_REFUSALS {
+                                tracing::warn!(
+                                    "fleet: not applying {origin}'s ban of {net}: fleet.max_remote_bans ({max_bans}) reached"
+                                );
+                            }
                             self.fleet_mut().holdings.remove(&net, &origin);
                             outcome.refused += 1;
                             continue;
@@ -199,6 +214,12 @@ impl Core {
                     self.lift_remote(&origin, net, now, &mut pending, &mut lift);
                 }
             }
+        }
+        if outcome.refused > LOGGED_REFUSALS {
+            tracing::warn!(
+                "fleet: not applying {} more remote bans of this batch (reasons as above)",
+                outcome.refused - LOGGED_REFUSALS
+            );
         }
         outcome.applied = pending.len();
         outcome.lifted = lift.len();

@@ -147,7 +147,8 @@ fn bucket_stream(config: &FleetConfig, key_ttl: bool, max_age: Duration) -> stre
         storage: stream::StorageType::File,
         max_age: if key_ttl { Duration::ZERO } else { max_age },
         allow_message_ttl: key_ttl,
-        subject_delete_marker_ttl: key_ttl.then_some(Duration::from_secs(60)),
+        // No delete markers: with them nats-server turns rollups back on.
+        subject_delete_marker_ttl: None,
         ..Default::default()
     }
 }

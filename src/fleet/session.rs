@@ -27,8 +27,13 @@ use crate::timefmt::now_unix;
 
 /// Remote changes handed to the core at once, at most.
 const APPLY_BATCH: usize = 5_000;
+/// A batch this large is a burst: wait up to [`BURST_WAIT`] (at most
+/// [`BURST_WAITS`] times) for more before applying.
+const BURST: usize = 64;
+const BURST_WAIT: Duration = Duration::from_millis(5);
+const BURST_WAITS: usize = 40;
 /// Publishes in flight at once.
-const PUBLISH_CONCURRENCY: usize = 256;
+const PUBLISH_CONCURRENCY: usize = 512;
 /// Longest wait for the next entry while catching up.
 const CATCH_UP_STALL: Duration = Duration::from_secs(15);
 
@@ -183,13 +188,27 @@ impl FleetTask {
                     };
                     let mut batch: Vec<RemoteChange> =
                         self.read_entry(&entry, &mut own_keys).into_iter().collect();
-                    // Take whatever else is already there, without waiting.
+                    // Take whatever else is already there; in a burst, wait
+                    // a moment for more, so the core stores and applies
+                    // thousands at once instead of a hundred at a time. A
+                    // lone ban is applied at once.
+                    let mut waited = 0;
                     while batch.len() < APPLY_BATCH {
-                        match futures_util::FutureExt::now_or_never(watch.next()) {
-                            Some(Some(Ok(entry))) => batch.extend(self.read_entry(&entry, &mut own_keys)),
-                            Some(Some(Err(e))) => return Err(failed("reading the bucket", &e)),
-                            Some(None) => return Err(FleetError::Session("the bucket watch ended".into())),
+                        let next = match futures_util::FutureExt::now_or_never(watch.next()) {
+                            Some(next) => next,
+                            None if batch.len() >= BURST && waited < BURST_WAITS => {
+                                waited += 1;
+                                match tokio::time::timeout(BURST_WAIT, watch.next()).await {
+                                    Ok(next) => next,
+                                    Err(_) => break,
+                                }
+                            }
                             None => break,
+                        };
+                        match next {
+                            Some(Ok(entry)) => batch.extend(self.read_entry(&entry, &mut own_keys)),
+                            Some(Err(e)) => return Err(failed("reading the bucket", &e)),
+                            None => return Err(FleetError::Session("the bucket watch ended".into())),
                         }
                     }
                     if !batch.is_empty() {
@@ -270,6 +289,7 @@ impl FleetTask {
         if batch.is_empty() {
             return Ok(());
         }
+        let (count, started) = (batch.len(), std::time::Instant::now());
         let outcome = self
             .core
             .call(move |core| core.apply_remote(batch))
@@ -277,6 +297,8 @@ impl FleetTask {
             .map_err(|e| FleetError::Session(format!("applying remote bans: {e}")))?
             .map_err(|e| FleetError::Session(format!("applying remote bans: {e}")))?;
         tracing::debug!(
+            count,
+            seconds = started.elapsed().as_secs_f64(),
             applied = outcome.applied,
             lifted = outcome.lifted,
             refused = outcome.refused,
@@ -304,6 +326,7 @@ impl Publisher {
         changes: Vec<SharedBan>,
         outbox: &Outbox,
     ) -> Result<(), FleetError> {
+        let (count, started) = (changes.len(), std::time::Instant::now());
         let results: Vec<(IpNet, Result<(), String>)> = futures_util::stream::iter(changes)
             .map(|(net, ban)| async move { (net, self.publish(net, ban).await) })
             .buffer_unordered(PUBLISH_CONCURRENCY)
@@ -318,6 +341,11 @@ impl Publisher {
             }
         }
         outbox.put_back(failed);
+        tracing::debug!(
+            count,
+            seconds = started.elapsed().as_secs_f64(),
+            "fleet: published"
+        );
         match first_error {
             Some(error) => Err(FleetError::Session(format!("publishing: {error}"))),
             None => Ok(()),
