@@ -12,7 +12,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, Context, kv, stream};
+use async_nats::jetstream::{self, Context, kv};
 use async_nats::{ConnectErrorKind, Event};
 use bytes::Bytes;
 use common::NetNs;
@@ -84,35 +84,9 @@ async fn connect_with(
     (client, js, errors)
 }
 
-/// The bucket as orch's admin creates it: a KV stream (`KV_<bucket>`, the
-/// layout async-nats' `create_key_value` makes) except `allow_rollup:
-/// false`, so that no host can wipe the bucket with `Nats-Rollup: all` on
-/// one of its own keys. `ttl` enables per-message TTL (server ≥ 2.11).
+/// The bucket as orch's admin creates it (see [`common::nats::create_bucket`]).
 async fn create_bucket(admin: &Context, replicas: usize, ttl: bool) -> kv::Store {
-    let config = stream::Config {
-        name: format!("KV_{BUCKET}"),
-        description: Some("orch fleet bans".into()),
-        subjects: vec![format!("$KV.{BUCKET}.>")],
-        max_messages_per_subject: 1,
-        allow_rollup: false,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: replicas,
-        storage: stream::StorageType::File,
-        allow_message_ttl: ttl,
-        subject_delete_marker_ttl: ttl.then_some(Duration::from_secs(60)),
-        ..Default::default()
-    };
-    admin
-        .create_stream(config)
-        .await
-        .unwrap_or_else(|e| panic!("admin creates the bucket stream: {e}"));
-    admin
-        .get_key_value(BUCKET)
-        .await
-        .unwrap_or_else(|e| panic!("admin opens the bucket: {e}"))
+    common::nats::create_bucket(admin, BUCKET, replicas, ttl).await
 }
 
 async fn open_bucket(js: &Context, who: &str) -> kv::Store {

@@ -12,6 +12,7 @@
 //! Each test binary uses only part of this module, hence the `dead_code`
 //! allowance.
 #![allow(dead_code)]
+pub mod fleet_topology;
 pub mod nats;
 pub mod systemd;
 

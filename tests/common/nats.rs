@@ -23,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::{Context, kv, stream};
 use tempfile::TempDir;
 
 use super::{NetNs, enter_netns, kill_and_reap, poll_until, run_command, tail};
@@ -177,6 +178,41 @@ pub fn sample_accounts_block(sample: &str) -> Option<String> {
     let mut block = sample[start..end].to_string();
     block.push('\n');
     Some(block)
+}
+
+// ---------------------------------------------------------------------------
+// The bucket
+
+/// Creates `bucket` as orch's admin does: a KV stream (`KV_<bucket>`, the
+/// layout async-nats' `create_key_value` makes) except `allow_rollup:
+/// false`, so that no host can wipe the bucket with `Nats-Rollup: all` on
+/// one of its own keys. `ttl` enables per-message TTL (server ≥ 2.11; 2.9
+/// ignores the field). Panics if the admin cannot create or open it.
+pub async fn create_bucket(admin: &Context, bucket: &str, replicas: usize, ttl: bool) -> kv::Store {
+    let config = stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("orch fleet bans".into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: false,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        allow_message_ttl: ttl,
+        subject_delete_marker_ttl: ttl.then_some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    admin
+        .create_stream(config)
+        .await
+        .unwrap_or_else(|e| panic!("admin creates the bucket stream: {e}"));
+    admin
+        .get_key_value(bucket)
+        .await
+        .unwrap_or_else(|e| panic!("admin opens the bucket: {e}"))
 }
 
 // ---------------------------------------------------------------------------
