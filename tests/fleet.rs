@@ -240,6 +240,8 @@ fn topology_routes_through_the_gateway_and_reaches_nats() {
             .expect("srv1 puts its own key");
     });
     assert_eq!(nats.keys(&topo), vec!["srv1.192.0.2.7/32".to_string()]);
+    assert_eq!(fleet_key("srv1", "2001:db8::1"), "srv1.2001_db8__1/128");
+    assert_eq!(fleet_key("srv1", "10.0.0.0/8"), "srv1.10.0.0.0/8");
     assert!(nats.bucket_exists(&topo));
 }
 
@@ -280,6 +282,9 @@ fn hosts_start_with_a_fleet_section_and_enforce_local_bans() {
     assert!(!topo.attacker_connects(ATTACKER_BANNED, SRV2_ADDR, SERVICE_PORT));
     topo.wait_attacker(ATTACKER_NEIGHBOUR, SRV2_ADDR, SERVICE_PORT, true, PATIENCE);
     assert!(topo.attacker_connects(ATTACKER_BANNED, SRV3_ADDR, SERVICE_PORT));
+    topo.srv2.ban(&["2001:db8::66", "203.0.113.0/24"]);
+    assert!(topo.srv2.kernel_has("2001:db8::66") && topo.srv2.kernel_has("203.0.113.0/24"));
+    assert!(!topo.srv1.kernel_has("2001:db8::66"));
     // srv2's allowlist holds.
     assert!(!topo.srv2.cli(&["ban", "192.0.2.77"]).ok());
     topo.srv2.unban(&[ATTACKER_BANNED]);
@@ -813,6 +818,39 @@ fn connected_nats_port(host: &Host) -> Option<u16> {
         let peer = line.split_whitespace().nth(3)?;
         peer.rsplit_once(':')?.1.parse().ok()
     })
+}
+
+#[test]
+fn cluster_harness_runs_in_the_topology() {
+    let topo = Topology::new();
+    let nats = FleetNats::start_cluster(&topo, NatsVersion::Current);
+    nats.create_bucket(&topo, 3);
+    let replicas = nats.with_js(&topo, ADMIN, async |js| {
+        let mut stream = js
+            .get_stream(format!("KV_{}", common::nats::BUCKET))
+            .await
+            .expect("stream");
+        stream
+            .info()
+            .await
+            .expect("stream info")
+            .config
+            .num_replicas
+    });
+    assert_eq!(replicas, 3);
+    assert_eq!(nats.urls().len(), 3);
+    let section = nats.fleet_section("srv1", &FleetOpts::default());
+    for url in nats.urls() {
+        assert!(section.contains(&url), "{section}");
+    }
+    // connected_nats_port finds which node a host talks to.
+    let node = &nats.cluster.as_ref().expect("cluster").nodes[1];
+    let addr = std::net::SocketAddr::new(NATS_ADDR.parse().expect("addr"), node.port());
+    let stream = common::nats::in_netns(Some(&topo.srv1.ns.path()), || {
+        std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).expect("connect to node 2")
+    });
+    assert_eq!(connected_nats_port(&topo.srv1), Some(node.port()));
+    drop(stream);
 }
 
 #[test]
