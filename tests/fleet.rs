@@ -538,6 +538,58 @@ fn remote_bans_obey_local_safety_rules() {
 }
 
 // ---------------------------------------------------------------------------
+// Fleet-wide unban
+
+#[test]
+#[ignore = "needs the daemon's fleet module"]
+fn fleet_wide_unban_with_admin_credentials() {
+    let mut lab = Lab::new(NatsVersion::Current);
+    lab.start("srv1", &[], false, &FleetOpts::default());
+    lab.start(
+        "srv2",
+        &[],
+        false,
+        &FleetOpts {
+            admin: true,
+            ..FleetOpts::default()
+        },
+    );
+    lab.start("gw", &[], false, &FleetOpts::default());
+    for host in ["srv1", "srv2", "gw"] {
+        lab.wait_connected(host);
+    }
+    let topo = &lab.topo;
+    let ctx = || lab.context(&["srv1", "srv2", "gw"]);
+    topo.srv1.ban(&[ATTACKER_BANNED]);
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "srv1's ban on srv2 and gw",
+        || topo.srv2.kernel_has(ATTACKER_BANNED) && topo.gw.kernel_has(ATTACKER_BANNED),
+        ctx,
+    );
+    // srv2 holds the admin credentials: its --fleet unban deletes srv1's key.
+    let out = topo.srv2.cli(&["unban", "--fleet", ATTACKER_BANNED]);
+    if !out.ok() {
+        panic!("orch unban --fleet on srv2\n{out}\n{}", ctx());
+    }
+    assert!(!topo.srv2.kernel_has(ATTACKER_BANNED));
+    let key = fleet_key("srv1", ATTACKER_BANNED);
+    assert!(
+        !lab.nats.keys(topo).contains(&key),
+        "{key} still in the bucket: {:?}",
+        lab.nats.keys(topo)
+    );
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "the fleet-wide unban on gw",
+        || !topo.gw.kernel_has(ATTACKER_BANNED),
+        ctx,
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Partition
 
 #[test]
