@@ -268,6 +268,18 @@ impl Host {
             .map(str::to_string)
     }
 
+    /// The fleet part of `orch status`: the `fleet:` line and the indented
+    /// lines under it (e.g. `  last error: …`), joined by newlines.
+    #[track_caller]
+    pub fn status_fleet_block(&self) -> Option<String> {
+        let out = self.cli(&["status"]);
+        let mut lines = out.stdout.lines().skip_while(|l| !l.starts_with("fleet:"));
+        let first = lines.next()?;
+        let mut block = vec![first];
+        block.extend(lines.take_while(|l| l.starts_with(char::is_whitespace)));
+        Some(block.join("\n"))
+    }
+
     /// The `FleetConnected` property, as busctl prints it (`b true`), or
     /// the error output if it cannot be read.
     pub fn fleet_connected_property(&self) -> String {
