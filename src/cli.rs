@@ -64,10 +64,15 @@ loopback or own address refuses the whole command. Banning an address again rese
     },
 
     /// Lift bans
-    #[command(long_about = "Lift the ban on each ADDR. Exits 1 if any of them was not banned.")]
+    #[command(
+        long_about = "Lift the ban on each ADDR. Exits 1 if any of them was not banned.\n\nWith --fleet, also delete every fleet host's ban of each ADDR from the shared bucket, so it is lifted everywhere. That needs [fleet] admin credentials (a host's own may delete only its own bans)."
+    )]
     Unban {
         #[arg(required = true, value_name = "ADDR")]
         addresses: Vec<String>,
+        /// Lift the bans on every host of the fleet, not only here
+        #[arg(long)]
+        fleet: bool,
     },
 
     /// List active bans
@@ -218,7 +223,16 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
                 .map_err(classify)?;
             println!("banned {count}");
         }
-        Command::Unban { addresses } => {
+        Command::Unban {
+            addresses,
+            fleet: true,
+        } => {
+            for address in addresses {
+                let hosts = proxy.unban_fleet(address).await.map_err(classify)?;
+                println!("{address}: lifted here and deleted from {hosts} host(s) of the fleet");
+            }
+        }
+        Command::Unban { addresses, .. } => {
             let mut missing = Vec::new();
             for address in addresses {
                 if !proxy.unban(address).await.map_err(classify)? {
@@ -365,6 +379,43 @@ async fn print_allows(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
     Ok(())
 }
 
+/// The fleet lines of `orch status`.
+fn print_fleet(facts: &std::collections::HashMap<String, String>) {
+    let Some(name) = facts.get("name") else {
+        println!("fleet:      not configured");
+        return;
+    };
+    let fact = |key: &str| facts.get(key).map(String::as_str).unwrap_or("");
+    let state = fact("state");
+    let connected = state == "connected";
+    let mut line = format!("fleet:      {state}");
+    if connected || !fact("server").is_empty() {
+        line.push_str(&format!(" to {}", fact("server")));
+    }
+    line.push_str(&format!(" as {name}, bucket {}", fact("bucket")));
+    let age = facts
+        .get("last_event")
+        .and_then(|at| at.parse::<u64>().ok())
+        .map(|at| crate::timefmt::now_unix().saturating_sub(at));
+    match age {
+        Some(age) => line.push_str(&format!("; last event {age} s ago")),
+        None => line.push_str("; no event yet"),
+    }
+    line.push_str(&format!("; outbox {}", fact("outbox")));
+    println!("{line}");
+    if let Some(error) = facts.get("last_error") {
+        println!("  last error: {error}");
+    }
+    let mut origins: Vec<(&str, &String)> = facts
+        .iter()
+        .filter_map(|(key, count)| key.strip_prefix("origin:").map(|origin| (origin, count)))
+        .collect();
+    origins.sort();
+    for (origin, count) in origins {
+        println!("  bans from {origin}: {count}");
+    }
+}
+
 async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
     let version = proxy.version().await?;
     let facts = proxy.firewall().await?;
@@ -409,6 +460,7 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
     for (unit, state) in units {
         println!("watching:   {unit}: {state}");
     }
+    print_fleet(&proxy.fleet().await?);
     let jails = proxy.jails().await?;
     if jails.is_empty() {
         println!("jails:      none configured");

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod firewall;
+pub mod fleet;
 pub mod hooks;
 pub mod jail;
 pub mod logging;

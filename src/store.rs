@@ -226,11 +226,30 @@ impl Store {
     /// Removes a ban; durable (fsynced) before returning. Returns the removed
     /// record, or None (no I/O) if absent.
     pub fn remove_ban(&mut self, net: &IpNet) -> Result<Option<BanRecord>, StoreError> {
-        if !self.state.bans.contains(net) {
-            return Ok(None);
+        Ok(self.remove_bans(std::slice::from_ref(net))?.pop())
+    }
+
+    /// Removes several bans with ONE append and ONE fdatasync; networks
+    /// without a ban are skipped (none at all: no I/O). Returns the removed
+    /// records.
+    pub fn remove_bans(&mut self, nets: &[IpNet]) -> Result<Vec<BanRecord>, StoreError> {
+        let mut encoded = Vec::new();
+        let mut present = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(nets.len());
+        for net in nets {
+            if self.state.bans.contains(net) && seen.insert(*net) {
+                encode_record(&mut encoded, &Record::Unban { net: *net });
+                present.push(*net);
+            }
         }
-        self.append_record(&Record::Unban { net: *net })?;
-        Ok(self.state.remove_ban(net))
+        if present.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.append_durably(&encoded)?;
+        Ok(present
+            .iter()
+            .filter_map(|net| self.state.remove_ban(net))
+            .collect())
     }
 
     /// Drops from memory every ban with `expires <= now` and returns them.

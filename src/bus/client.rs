@@ -19,6 +19,7 @@ pub trait Orch1 {
     fn ban(&self, address: &str, seconds: u64, reason: &str) -> zbus::Result<()>;
     fn ban_many(&self, addresses: &[&str], seconds: u64, reason: &str) -> zbus::Result<u32>;
     fn unban(&self, address: &str) -> zbus::Result<bool>;
+    fn unban_fleet(&self, address: &str) -> zbus::Result<u32>;
     fn list_bans(&self) -> zbus::Result<Vec<BanRow>>;
     fn allow(&self, cidr: &str) -> zbus::Result<()>;
     fn list_allows(&self) -> zbus::Result<Vec<AllowRow>>;
@@ -32,6 +33,10 @@ pub trait Orch1 {
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn firewall(&self) -> zbus::Result<HashMap<String, String>>;
+    #[zbus(property)]
+    fn fleet_connected(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn fleet(&self) -> zbus::Result<HashMap<String, String>>;
     #[zbus(property)]
     fn jails(&self) -> zbus::Result<Vec<crate::bus::service::JailRow>>;
 }

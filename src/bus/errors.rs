@@ -31,6 +31,8 @@ pub enum OrchError {
     Store(String),
     /// A malformed argument other than an address.
     InvalidArgument(String),
+    /// The fleet is not configured, unreachable, or refused the request.
+    Fleet(String),
     /// The daemon is shutting down or broken.
     Failed(String),
 }

@@ -28,6 +28,7 @@ pub struct OrchService {
     hooks: HookRuns,
     dns: DnsReports,
     jails: JailSupervisor,
+    fleet: Option<crate::fleet::FleetLink>,
 }
 
 /// One row of the `Jails` property: name, filter, source, state, lines
@@ -49,12 +50,19 @@ fn hook_rows(results: &[crate::hooks::HookResult]) -> Vec<HookRow> {
 }
 
 impl OrchService {
-    pub fn new(core: CoreHandle, hooks: HookRuns, dns: DnsReports, jails: JailSupervisor) -> Self {
+    pub fn new(
+        core: CoreHandle,
+        hooks: HookRuns,
+        dns: DnsReports,
+        jails: JailSupervisor,
+        fleet: Option<crate::fleet::FleetLink>,
+    ) -> Self {
         OrchService {
             core,
             hooks,
             dns,
             jails,
+            fleet,
         }
     }
 
@@ -173,6 +181,37 @@ impl OrchService {
             tracing::debug!("cannot emit Unbanned: {err}");
         }
         Ok(removed.is_some())
+    }
+
+    /// Lift a ban here and on every host of the fleet: deletes every
+    /// host's key for the address, with `fleet.admin`'s credentials.
+    /// Returns how many hosts' keys were deleted.
+    async fn unban_fleet(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        address: String,
+    ) -> Result<u32, OrchError> {
+        require_root(&header, connection).await?;
+        let Some(fleet) = &self.fleet else {
+            return Err(OrchError::Fleet(
+                "no fleet is configured ([fleet] servers is empty)".into(),
+            ));
+        };
+        let net = crate::addr::parse_net(&address).map_err(CoreError::from)?;
+        let deleted = fleet
+            .unban_everywhere(net)
+            .await
+            .map_err(|e| OrchError::Fleet(e.to_string()))?;
+        let removed = self.core.call(move |core| core.unban(&address)).await??;
+        if let Some(record) = &removed
+            && let Err(err) = OrchService::unbanned(&emitter, &display_net(record)).await
+        {
+            tracing::debug!("cannot emit Unbanned: {err}");
+        }
+        tracing::info!("fleet: unbanned {net} on every host ({deleted} keys deleted)");
+        Ok(u32::try_from(deleted).unwrap_or(u32::MAX))
     }
 
     /// Every active ban: address, banned_at, expires_at, reason, source.
@@ -368,6 +407,48 @@ impl OrchService {
                     sync.duration_ms
                 ),
             );
+        }
+        Ok(facts)
+    }
+
+    /// Whether the fleet connection is up and caught up (false without a
+    /// fleet).
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn fleet_connected(&self) -> bool {
+        self.fleet
+            .as_ref()
+            .is_some_and(|fleet| fleet.status.snapshot().connected)
+    }
+
+    /// Fleet facts as key/value strings: name, bucket, state, server,
+    /// last_error, last_event (Unix seconds), outbox, key_ttl, and
+    /// `origin:<host>` = active bans from that host. Empty without a fleet.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn fleet(&self) -> Result<std::collections::HashMap<String, String>, zbus::fdo::Error> {
+        let mut facts = std::collections::HashMap::new();
+        let Some(fleet) = &self.fleet else {
+            return Ok(facts);
+        };
+        let state = fleet.status.snapshot();
+        facts.insert("name".into(), fleet.config.name.clone());
+        facts.insert("bucket".into(), fleet.config.bucket.clone());
+        facts.insert("state".into(), state.phase.clone());
+        facts.insert("server".into(), state.server.clone());
+        facts.insert("outbox".into(), fleet.outbox.len().to_string());
+        facts.insert("key_ttl".into(), state.key_ttl.to_string());
+        if let Some(error) = state.last_error {
+            facts.insert("last_error".into(), error);
+        }
+        if let Some(at) = state.last_event {
+            facts.insert("last_event".into(), at.to_string());
+        }
+        let by_origin = self
+            .core
+            .call(|core| core.remote_bans_by_origin())
+            .await
+            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        for (origin, count) in by_origin {
+            facts.insert(format!("origin:{origin}"), count.to_string());
         }
         Ok(facts)
     }

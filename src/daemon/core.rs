@@ -104,6 +104,8 @@ pub struct Core {
     recidive: Vec<RecidiveJail>,
     /// Ticks since start, for housekeeping done less often than each tick.
     ticks: u64,
+    /// Other hosts' bans and this host's outbox, with a fleet.
+    fleet: super::fleet_apply::FleetSide,
 }
 
 /// A jail with `filter = "recidive"`: its "failures" are bans by the other
@@ -140,6 +142,7 @@ impl Core {
             dns_allows: DnsAllows::default(),
             recidive: Vec::new(),
             ticks: 0,
+            fleet: Default::default(),
         };
         core.reconciler
             .set_port_scopes(port_scopes(&core.config.jails));
@@ -167,7 +170,19 @@ impl Core {
         allows
     }
 
-    fn policy(&self) -> BanPolicy {
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(super) fn fleet(&self) -> &super::fleet_apply::FleetSide {
+        &self.fleet
+    }
+
+    pub(super) fn fleet_mut(&mut self) -> &mut super::fleet_apply::FleetSide {
+        &mut self.fleet
+    }
+
+    pub(super) fn policy(&self) -> BanPolicy {
         let now = now_unix();
         let mut allowlist = self.allowlist();
         allowlist.extend(self.dns_allows.addresses(now).map(IpNet::from));
@@ -244,21 +259,41 @@ impl Core {
                 source: source.clone(),
             });
         }
+        self.store_and_apply(&records, now)?;
+        self.note_local_changes(&records);
+        Ok(records)
+    }
+
+    /// Stores `records` (one fsync), then puts them in the kernel; a ban
+    /// that replaces another gets the new timeout.
+    pub(super) fn store_and_apply(
+        &mut self,
+        records: &[BanRecord],
+        now: u64,
+    ) -> Result<(), CoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut added = Vec::new();
         let mut replaced = Vec::new();
-        for record in &records {
+        for record in records {
             match self.store.get_ban(&record.net) {
                 Some(previous) => replaced.push((previous.clone(), record.clone())),
                 None => added.push(record.clone()),
             }
         }
-        self.store.insert_bans(&records)?;
-        self.banned_prefixes.extend(new_prefixes);
+        self.store.insert_bans(records)?;
+        self.banned_prefixes.extend(
+            records
+                .iter()
+                .map(|record| record.net)
+                .filter(|net| !addr::is_single_address(net)),
+        );
         if let Err(err) = self.reconciler.apply_bans(&added, &replaced, now) {
             tracing::warn!("incremental ban failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed ban")?;
         }
-        Ok(records)
+        Ok(())
     }
 
     /// A jail's ban of `addr` after `failures` failures: the length comes
@@ -415,7 +450,11 @@ impl Core {
     /// Refuses a prefix that overlaps a different banned prefix, already
     /// stored or earlier in the same request. The same prefix again is a
     /// re-ban and fine.
-    fn refuse_prefix_overlap(&self, net: &IpNet, pending: &[IpNet]) -> Result<(), CoreError> {
+    pub(super) fn refuse_prefix_overlap(
+        &self,
+        net: &IpNet,
+        pending: &[IpNet],
+    ) -> Result<(), CoreError> {
         let clash = self
             .banned_prefixes
             .iter()
@@ -432,18 +471,26 @@ impl Core {
     /// Removes a ban (store first, then kernel). Returns whether it existed.
     pub fn unban(&mut self, input: &str) -> Result<Option<BanRecord>, CoreError> {
         let net = addr::parse_net(input)?;
-        let Some(removed) = self.store.remove_ban(&net)? else {
-            return Ok(None);
-        };
-        self.banned_prefixes.remove(&net);
-        if let Err(err) = self
-            .reconciler
-            .remove_bans(std::slice::from_ref(&removed), now_unix())
-        {
+        let removed = self.unban_many(&[net])?;
+        self.note_local_changes(&removed);
+        Ok(removed.into_iter().next())
+    }
+
+    /// Removes bans (store first, one fsync, then kernel); returns those
+    /// that existed.
+    pub(super) fn unban_many(&mut self, nets: &[IpNet]) -> Result<Vec<BanRecord>, CoreError> {
+        let removed = self.store.remove_bans(nets)?;
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        for record in &removed {
+            self.banned_prefixes.remove(&record.net);
+        }
+        if let Err(err) = self.reconciler.remove_bans(&removed, now_unix()) {
             tracing::warn!("incremental unban failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed unban")?;
         }
-        Ok(Some(removed))
+        Ok(removed)
     }
 
     /// Every active ban, sorted by network.
@@ -632,10 +679,14 @@ impl Core {
     /// Housekeeping: drops expired bans (the kernel already dropped them)
     /// and compacts the store when its log has grown.
     fn tick(&mut self) {
-        let expired = self.store.purge_expired(now_unix());
+        let now = now_unix();
+        let expired = self.store.purge_expired(now);
         for record in &expired {
             self.banned_prefixes.remove(&record.net);
         }
+        // Expired shared bans: the publisher deletes their keys.
+        self.note_local_changes(&expired);
+        self.forget_expired_holds(now);
         if !expired.is_empty() {
             tracing::debug!(count = expired.len(), "expired bans purged");
         }

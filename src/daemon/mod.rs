@@ -9,6 +9,7 @@
 pub mod core;
 pub mod dns_refresh;
 pub mod events;
+pub mod fleet_apply;
 pub mod hook_runs;
 pub mod jails;
 pub mod reconciler;
@@ -72,9 +73,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     start_kernel_monitor(&config.firewall.table, event_sender.clone());
     let hook_runs = start_hook_runs(&config, &connection);
     let dns_settings = config.dns.clone();
-    let running_dns = config.dns.clone();
+    let running_config = config.clone();
     let dns_reports = dns_refresh::DnsReports::default();
     let jail_config = config.clone();
+    let fleet_config = config.clone();
 
     let core = tokio::task::spawn_blocking(move || -> Result<Core, DaemonError> {
         let store = Store::open(&config.state_dir, now_unix())?;
@@ -116,6 +118,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             .await
             .map_err(|e| DaemonError::Io(std::io::Error::other(e)))?;
 
+    let fleet = crate::fleet::start(&fleet_config, &handle).await;
+
     connection
         .object_server()
         .at(
@@ -125,6 +129,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
                 hook_runs.clone(),
                 dns_reports.clone(),
                 jails.clone(),
+                fleet,
             ),
         )
         .await?;
@@ -142,7 +147,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = hangup.recv() => reload(&handle, &hook_runs, &jails, &running_dns, config_path.as_deref()).await,
+            _ = hangup.recv() => reload(&handle, &hook_runs, &jails, &running_config, config_path.as_deref()).await,
         }
     }
     notify::stopping();
@@ -200,7 +205,7 @@ async fn reload(
     core: &CoreHandle,
     hooks: &HookRuns,
     jails: &jails::JailSupervisor,
-    running_dns: &crate::dns::DnsSettings,
+    running: &Config,
     config_path: Option<&std::path::Path>,
 ) {
     notify::reloading();
@@ -215,8 +220,22 @@ async fn reload(
         {
             Ok(Ok(applied)) => {
                 hooks.set_setup(hook_setup(&applied));
-                if applied.dns != *running_dns {
+                if applied.dns != running.dns {
                     tracing::warn!("[dns] changes take effect when the daemon restarts");
+                }
+                let connection_of = |f: &crate::config::FleetConfig| {
+                    (
+                        f.servers.clone(),
+                        f.name.clone(),
+                        f.auth.clone(),
+                        f.tls.clone(),
+                        f.bucket.clone(),
+                    )
+                };
+                if connection_of(&applied.fleet) != connection_of(&running.fleet) {
+                    tracing::warn!(
+                        "[fleet] servers, name, credentials, tls and bucket take effect when the daemon restarts (share, apply and the caps apply now)"
+                    );
                 }
                 let (supervisor, jail_core) = (jails.clone(), core.clone());
                 let restarted =

@@ -1,0 +1,302 @@
+//! The core's side of the fleet: other hosts' bans come in here, through
+//! the same rules as every other ban, and this host's shared bans go out
+//! from here (as networks noted in the [`Outbox`]).
+//!
+//! Runs on the core thread like every job; it must not talk to NATS (that
+//! is `fleet::session`) and must not change the kernel except through the
+//! reconciler.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::core::{Core, CoreError};
+use crate::addr;
+use crate::fleet::holdings::{Hold, Holdings};
+use crate::fleet::outbox::Outbox;
+use crate::fleet::record::FleetBan;
+use crate::store::BanRecord;
+use crate::timefmt::now_unix;
+
+/// Prefix of the source of a ban that came from another host.
+pub const FLEET_SOURCE_PREFIX: &str = "fleet:";
+
+/// A change to another host's key, as read from the bucket.
+#[derive(Debug, Clone)]
+pub enum RemoteChange {
+    /// `origin` bans `net` (a new key, or a new value for it).
+    Put {
+        origin: Arc<str>,
+        net: IpNet,
+        ban: FleetBan,
+    },
+    /// `origin` lifted its ban of `net` (deleted, purged or expired key).
+    Delete { origin: Arc<str>, net: IpNet },
+}
+
+/// What a batch of remote changes did, for the log and the status.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RemoteOutcome {
+    pub applied: usize,
+    pub lifted: usize,
+    pub refused: usize,
+}
+
+/// The fleet state the core keeps.
+#[derive(Debug, Default)]
+pub struct FleetSide {
+    /// Where this host's changed shared bans are noted; `None` without a
+    /// fleet.
+    outbox: Option<Arc<Outbox>>,
+    /// Every other host's bans, as last read.
+    holdings: Holdings,
+}
+
+/// This host's shared ban of a network, or `None` where it has none (the
+/// publisher deletes the key then).
+pub type SharedBan = (IpNet, Option<FleetBan>);
+
+impl Core {
+    /// Connects the core to a fleet publisher: from now on, changes to
+    /// shared bans are noted in `outbox`.
+    pub fn attach_fleet(&mut self, outbox: Arc<Outbox>) {
+        self.fleet_mut().outbox = Some(outbox);
+    }
+
+    /// Notes locally made changes to these networks for the publisher,
+    /// when their source is shared.
+    pub(super) fn note_local_changes<'a>(&self, records: impl IntoIterator<Item = &'a BanRecord>) {
+        let Some(outbox) = &self.fleet().outbox else {
+            return;
+        };
+        let jail_names = self.jail_names();
+        let shared: Vec<IpNet> = records
+            .into_iter()
+            .filter(|record| self.config().fleet.shares(&record.source, &jail_names))
+            .map(|record| record.net)
+            .collect();
+        if !shared.is_empty() {
+            outbox.add(shared);
+        }
+    }
+
+    fn jail_names(&self) -> Vec<&str> {
+        self.config()
+            .jails
+            .jails
+            .iter()
+            .map(|jail| jail.name.as_str())
+            .collect()
+    }
+
+    /// This host's shared bans of `nets` (every shared ban when `nets` is
+    /// `None`), for the publisher.
+    pub fn shared_bans(&self, nets: Option<Vec<IpNet>>) -> Vec<SharedBan> {
+        let now = now_unix();
+        let jail_names = self.jail_names();
+        let fleet = &self.config().fleet;
+        let as_shared = |record: &BanRecord| {
+            (record.expires > now && fleet.shares(&record.source, &jail_names)).then(|| FleetBan {
+                addr: record.net.to_string(),
+                expires_at: record.expires,
+                created: record.created,
+                reason: record.reason.to_string(),
+                source: record.source.to_string(),
+            })
+        };
+        match nets {
+            Some(nets) => nets
+                .into_iter()
+                .map(|net| (net, self.store().get_ban(&net).and_then(as_shared)))
+                .collect(),
+            None => self
+                .store()
+                .bans()
+                .filter_map(|record| as_shared(record).map(|ban| (record.net, Some(ban))))
+                .collect(),
+        }
+    }
+
+    /// Applies other hosts' changes: every local rule decides whether a
+    /// ban is applied (a refusal is logged and skipped); the bans are
+    /// stored with one fsync and put in the kernel together.
+    pub fn apply_remote(&mut self, changes: Vec<RemoteChange>) -> Result<RemoteOutcome, CoreError> {
+        let now = now_unix();
+        let mut outcome = RemoteOutcome::default();
+        if !self.config().fleet.apply {
+            return Ok(outcome);
+        }
+        let policy = self.policy();
+        let max_until = now.saturating_add(self.config().fleet.max_remote_time.as_secs());
+        let max_bans = self.config().fleet.max_remote_bans;
+        let mut remote_bans = self
+            .store()
+            .bans()
+            .filter(|record| record.source.starts_with(FLEET_SOURCE_PREFIX))
+            .count();
+        let mut pending: HashMap<IpNet, BanRecord> = HashMap::new();
+        let mut lift: HashSet<IpNet> = HashSet::new();
+        let mut new_prefixes: Vec<IpNet> = Vec::new();
+        for change in changes {
+            match change {
+                RemoteChange::Put { origin, net, ban } => {
+                    if ban.expires_at <= now {
+                        self.lift_remote(&origin, net, now, &mut pending, &mut lift);
+                        continue;
+                    }
+                    let refusal = policy.check(&net).err().map(|e| e.to_string()).or_else(|| {
+                        (!addr::is_single_address(&net))
+                            .then(|| self.refuse_prefix_overlap(&net, &new_prefixes).err())
+                            .flatten()
+                            .map(|e| e.to_string())
+                    });
+                    if let Some(why) = refusal {
+                        tracing::warn!("fleet: not applying {origin}'s ban of {net}: {why}");
+                        outcome.refused += 1;
+                        continue;
+                    }
+                    let expires = ban.expires_at.min(max_until);
+                    let reason: Arc<str> = Arc::from(ban.reason.as_str());
+                    self.fleet_mut().holdings.put(
+                        net,
+                        Hold {
+                            origin: origin.clone(),
+                            expires,
+                            reason: reason.clone(),
+                        },
+                    );
+                    lift.remove(&net);
+                    let current = pending.get(&net).or_else(|| self.store().get_ban(&net));
+                    match current {
+                        Some(current) if current.expires >= expires => continue,
+                        Some(_) => {}
+                        None if remote_bans >= max_bans => {
+                            tracing::warn!(
+                                "fleet: not applying {origin}'s ban of {net}: fleet.max_remote_bans ({max_bans}) reached"
+                            );
+                            self.fleet_mut().holdings.remove(&net, &origin);
+                            outcome.refused += 1;
+                            continue;
+                        }
+                        None => remote_bans += 1,
+                    }
+                    if !addr::is_single_address(&net) {
+                        new_prefixes.push(net);
+                    }
+                    pending.insert(
+                        net,
+                        BanRecord {
+                            net,
+                            created: ban.created.min(now),
+                            expires,
+                            reason,
+                            source: Arc::from(format!("{FLEET_SOURCE_PREFIX}{origin}")),
+                        },
+                    );
+                }
+                RemoteChange::Delete { origin, net } => {
+                    self.lift_remote(&origin, net, now, &mut pending, &mut lift);
+                }
+            }
+        }
+        outcome.applied = pending.len();
+        outcome.lifted = lift.len();
+        let records: Vec<BanRecord> = pending.into_values().collect();
+        self.store_and_apply(&records, now)?;
+        let lift: Vec<IpNet> = lift.into_iter().collect();
+        self.unban_many(&lift)?;
+        Ok(outcome)
+    }
+
+    /// `origin` no longer bans `net`: if its ban is the one in force here,
+    /// the longest other origin's ban takes its place, or the ban is lifted.
+    fn lift_remote(
+        &mut self,
+        origin: &str,
+        net: IpNet,
+        now: u64,
+        pending: &mut HashMap<IpNet, BanRecord>,
+        lift: &mut HashSet<IpNet>,
+    ) {
+        self.fleet_mut().holdings.remove(&net, origin);
+        let source = format!("{FLEET_SOURCE_PREFIX}{origin}");
+        let in_force = pending
+            .get(&net)
+            .or_else(|| self.store().get_ban(&net))
+            .is_some_and(|record| *record.source == *source);
+        if !in_force {
+            return;
+        }
+        match self.fleet().holdings.longest(&net, now).cloned() {
+            Some(next) => {
+                let created = pending
+                    .get(&net)
+                    .or_else(|| self.store().get_ban(&net))
+                    .map_or(now, |record| record.created);
+                pending.insert(
+                    net,
+                    BanRecord {
+                        net,
+                        created,
+                        expires: next.expires,
+                        reason: next.reason,
+                        source: Arc::from(format!("{FLEET_SOURCE_PREFIX}{}", next.origin)),
+                    },
+                );
+            }
+            None => {
+                pending.remove(&net);
+                lift.insert(net);
+            }
+        }
+    }
+
+    /// Ends a catch-up from the bucket: `present` is every (network,
+    /// origin) the bucket holds. Remote bans no longer there (lifted while
+    /// this host was away) are lifted here; nothing else changes, so no
+    /// ban that is still wanted is ever out of the kernel.
+    pub fn finish_catch_up(
+        &mut self,
+        present: HashSet<(IpNet, Arc<str>)>,
+    ) -> Result<RemoteOutcome, CoreError> {
+        let mut gone: HashSet<(IpNet, Arc<str>)> = self
+            .fleet()
+            .holdings
+            .pairs()
+            .filter(|pair| !present.contains(pair))
+            .collect();
+        // Remote bans in the store that no hold explains (the daemon
+        // restarted, so holdings started empty).
+        for record in self.store().bans() {
+            if let Some(origin) = record.source.strip_prefix(FLEET_SOURCE_PREFIX) {
+                let pair = (record.net, Arc::from(origin));
+                if !present.contains(&pair) {
+                    gone.insert(pair);
+                }
+            }
+        }
+        let changes = gone
+            .into_iter()
+            .map(|(net, origin)| RemoteChange::Delete { origin, net })
+            .collect();
+        self.apply_remote(changes)
+    }
+
+    /// Active remote bans by origin host.
+    pub fn remote_bans_by_origin(&self) -> std::collections::BTreeMap<String, usize> {
+        let now = now_unix();
+        let mut counts = std::collections::BTreeMap::new();
+        for record in self.store().bans().filter(|r| r.expires > now) {
+            if let Some(origin) = record.source.strip_prefix(FLEET_SOURCE_PREFIX) {
+                *counts.entry(origin.to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Drops holds that have expired (the tick calls this).
+    pub(super) fn forget_expired_holds(&mut self, now: u64) {
+        self.fleet_mut().holdings.drop_expired(now);
+    }
+}

@@ -1,0 +1,352 @@
+//! The fleet connection's life: connect, open the bucket, catch up (apply
+//! what other hosts hold, lift what they dropped while we were away,
+//! publish what this host changed meanwhile), then follow the bucket and
+//! the outbox until the connection breaks, and start over.
+//!
+//! Every ban change goes through the core ([`CoreHandle`]); this task only
+//! moves data between NATS and the core. It must not touch the store or
+//! the kernel.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use ipnet::IpNet;
+use tokio::sync::watch;
+
+use super::connect::{FleetError, connect, open_bucket};
+use super::outbox::Outbox;
+use super::record::{self, FleetBan};
+use super::status::FleetStatus;
+use crate::config::FleetConfig;
+use crate::daemon::core::CoreHandle;
+use crate::daemon::fleet_apply::{RemoteChange, SharedBan};
+use crate::timefmt::now_unix;
+
+/// Remote changes handed to the core at once, at most.
+const APPLY_BATCH: usize = 5_000;
+/// Publishes in flight at once.
+const PUBLISH_CONCURRENCY: usize = 256;
+/// Longest wait for the next entry while catching up.
+const CATCH_UP_STALL: Duration = Duration::from_secs(15);
+
+/// Everything the session needs, cloned into its task.
+pub struct FleetTask {
+    pub config: FleetConfig,
+    /// Longest ban this host makes: bounds key life on servers without
+    /// per-message TTL.
+    pub max_ban_time: Duration,
+    pub core: CoreHandle,
+    pub outbox: Arc<Outbox>,
+    pub status: Arc<FleetStatus>,
+}
+
+impl FleetTask {
+    /// Runs forever: (re)connects with backoff and runs sessions.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(250);
+        self.status.set_phase("connecting", false);
+        let (client, mut connected) = loop {
+            match connect(&self.config, self.status.clone()).await {
+                Ok(connection) => break connection,
+                Err(error) => {
+                    tracing::warn!("fleet: {error}; retrying in {backoff:?}");
+                    self.status.set_error(error.to_string());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        loop {
+            // Wait until the client is (back) online.
+            while client.connection_state() != async_nats::connection::State::Connected {
+                let _ = tokio::time::timeout(Duration::from_secs(1), connected.changed()).await;
+            }
+            match self.session(&client, &mut connected).await {
+                Ok(()) => backoff = Duration::from_millis(250),
+                Err(error) => {
+                    tracing::warn!("fleet: {error}; starting over in {backoff:?}");
+                    self.status.set_error(error.to_string());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// One connected stretch: catch up, then follow.
+    async fn session(
+        &self,
+        client: &async_nats::Client,
+        connected: &mut watch::Receiver<bool>,
+    ) -> Result<(), FleetError> {
+        let failed =
+            |what: &str, e: &dyn std::fmt::Display| FleetError::Session(format!("{what}: {e}"));
+        self.status.set_phase("catching up", false);
+        let (store, key_ttl) = open_bucket(client, &self.config, self.max_ban_time).await?;
+        let server = client.server_info();
+        self.status.set_server(
+            format!("{}:{} ({})", server.host, server.port, server.version),
+            key_ttl,
+        );
+        let publisher = Publisher {
+            js: jetstream::new(client.clone()),
+            store: store.clone(),
+            bucket: self.config.bucket.clone(),
+            name: self.config.name.clone(),
+            key_ttl,
+        };
+        let messages = store
+            .status()
+            .await
+            .map_err(|e| failed("bucket status", &e))?
+            .info
+            .state
+            .messages;
+        let mut watch = store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| failed("watching the bucket", &e))?;
+
+        // Catch up: apply what is there, note our own keys.
+        let mut own_keys: HashMap<IpNet, u64> = HashMap::new();
+        let mut present: HashSet<(IpNet, Arc<str>)> = HashSet::new();
+        let mut batch = Vec::new();
+        let mut caught_up = messages == 0;
+        let mut last_revision = 0;
+        while !caught_up {
+            let entry = match tokio::time::timeout(CATCH_UP_STALL, watch.next()).await {
+                Ok(Some(Ok(entry))) => entry,
+                Ok(Some(Err(e))) => return Err(failed("reading the bucket", &e)),
+                Ok(None) => return Err(FleetError::Session("the bucket watch ended".into())),
+                Err(_) => return Err(FleetError::Session("catching up stalled".into())),
+            };
+            caught_up = entry.delta == 0;
+            last_revision = entry.revision;
+            if let Some(change) = self.read_entry(&entry, &mut own_keys) {
+                if let RemoteChange::Put { origin, net, .. } = &change {
+                    present.insert((*net, origin.clone()));
+                }
+                batch.push(change);
+            }
+            if batch.len() >= APPLY_BATCH || caught_up {
+                self.apply(std::mem::take(&mut batch)).await?;
+            }
+        }
+        let lifted = self
+            .core
+            .call(move |core| core.finish_catch_up(present))
+            .await
+            .map_err(|e| failed("lifting dropped bans", &e))?
+            .map_err(|e| failed("lifting dropped bans", &e))?;
+        // Publish what changed here while we were away: the difference
+        // between this host's shared bans and its keys in the bucket.
+        self.outbox.take();
+        let shared = self
+            .core
+            .call(|core| core.shared_bans(None))
+            .await
+            .map_err(|e| failed("reading shared bans", &e))?;
+        let shared_nets: HashSet<IpNet> = shared.iter().map(|(net, _)| *net).collect();
+        let mut changes: Vec<SharedBan> = shared
+            .into_iter()
+            .filter(|(net, ban)| ban.as_ref().map(|b| b.expires_at) != own_keys.get(net).copied())
+            .collect();
+        changes.extend(
+            own_keys
+                .keys()
+                .filter(|net| !shared_nets.contains(net))
+                .map(|net| (*net, None)),
+        );
+        let published = changes.len();
+        publisher.publish_all(changes, &self.outbox).await?;
+        self.status.clear_error();
+        self.status.set_phase("connected", true);
+        tracing::info!(
+            revision = last_revision,
+            lifted = lifted.lifted,
+            published,
+            "fleet: caught up with bucket {}",
+            self.config.bucket
+        );
+
+        // Follow the bucket and the outbox.
+        loop {
+            tokio::select! {
+                entry = watch.next() => {
+                    let entry = match entry {
+                        Some(Ok(entry)) => entry,
+                        Some(Err(e)) => return Err(failed("reading the bucket", &e)),
+                        None => return Err(FleetError::Session("the bucket watch ended".into())),
+                    };
+                    let mut batch: Vec<RemoteChange> =
+                        self.read_entry(&entry, &mut own_keys).into_iter().collect();
+                    // Take whatever else is already there, without waiting.
+                    while batch.len() < APPLY_BATCH {
+                        match futures_util::FutureExt::now_or_never(watch.next()) {
+                            Some(Some(Ok(entry))) => batch.extend(self.read_entry(&entry, &mut own_keys)),
+                            Some(Some(Err(e))) => return Err(failed("reading the bucket", &e)),
+                            Some(None) => return Err(FleetError::Session("the bucket watch ended".into())),
+                            None => break,
+                        }
+                    }
+                    if !batch.is_empty() {
+                        self.status.note_event();
+                        self.apply(batch).await?;
+                    }
+                }
+                () = self.outbox.changed() => {
+                    let nets = self.outbox.take();
+                    if nets.is_empty() {
+                        continue;
+                    }
+                    let states = self
+                        .core
+                        .call(move |core| core.shared_bans(Some(nets)))
+                        .await
+                        .map_err(|e| failed("reading shared bans", &e))?;
+                    publisher.publish_all(states, &self.outbox).await?;
+                }
+                changed = connected.changed() => {
+                    if changed.is_err() || !*connected.borrow() {
+                        return Err(FleetError::Session("disconnected from NATS".into()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads one bucket entry: this host's own keys update `own_keys`;
+    /// other hosts' become changes for the core. Malformed entries are
+    /// logged and skipped.
+    fn read_entry(
+        &self,
+        entry: &kv::Entry,
+        own_keys: &mut HashMap<IpNet, u64>,
+    ) -> Option<RemoteChange> {
+        let key = match record::parse_key(&entry.key) {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::warn!("fleet: skipping {error}");
+                return None;
+            }
+        };
+        let removed = !matches!(entry.operation, kv::Operation::Put);
+        let ban = if removed {
+            None
+        } else {
+            match record::decode_value(&key, &entry.key, &entry.value) {
+                Ok(ban) => Some(ban),
+                Err(error) => {
+                    tracing::warn!("fleet: skipping {error}");
+                    return None;
+                }
+            }
+        };
+        if key.origin == self.config.name {
+            match ban {
+                Some(ban) => own_keys.insert(key.net, ban.expires_at),
+                None => own_keys.remove(&key.net),
+            };
+            return None;
+        }
+        let origin: Arc<str> = Arc::from(key.origin);
+        Some(match ban {
+            Some(ban) => RemoteChange::Put {
+                origin,
+                net: key.net,
+                ban,
+            },
+            None => RemoteChange::Delete {
+                origin,
+                net: key.net,
+            },
+        })
+    }
+
+    async fn apply(&self, batch: Vec<RemoteChange>) -> Result<(), FleetError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let outcome = self
+            .core
+            .call(move |core| core.apply_remote(batch))
+            .await
+            .map_err(|e| FleetError::Session(format!("applying remote bans: {e}")))?
+            .map_err(|e| FleetError::Session(format!("applying remote bans: {e}")))?;
+        tracing::debug!(
+            applied = outcome.applied,
+            lifted = outcome.lifted,
+            refused = outcome.refused,
+            "fleet: remote changes"
+        );
+        Ok(())
+    }
+}
+
+/// Writes this host's keys.
+struct Publisher {
+    js: jetstream::Context,
+    store: kv::Store,
+    bucket: String,
+    name: String,
+    key_ttl: bool,
+}
+
+impl Publisher {
+    /// Puts or deletes this host's key for each network, many at once.
+    /// Networks whose write failed go back to the outbox, and the first
+    /// error ends the session (the next one publishes the difference).
+    async fn publish_all(
+        &self,
+        changes: Vec<SharedBan>,
+        outbox: &Outbox,
+    ) -> Result<(), FleetError> {
+        let results: Vec<(IpNet, Result<(), String>)> = futures_util::stream::iter(changes)
+            .map(|(net, ban)| async move { (net, self.publish(net, ban).await) })
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .collect()
+            .await;
+        let mut first_error = None;
+        let mut failed = Vec::new();
+        for (net, result) in results {
+            if let Err(error) = result {
+                failed.push(net);
+                first_error.get_or_insert(error);
+            }
+        }
+        outbox.put_back(failed);
+        match first_error {
+            Some(error) => Err(FleetError::Session(format!("publishing: {error}"))),
+            None => Ok(()),
+        }
+    }
+
+    async fn publish(&self, net: IpNet, ban: Option<FleetBan>) -> Result<(), String> {
+        let key = record::key(&self.name, &net);
+        match ban {
+            Some(ban) => {
+                let mut message = jetstream::message::PublishMessage::build()
+                    .payload(record::encode_value(&ban).into());
+                if self.key_ttl {
+                    let left = ban.expires_at.saturating_sub(now_unix()).max(1);
+                    message = message.ttl(Duration::from_secs(left));
+                }
+                self.js
+                    .send_publish(format!("$KV.{}.{key}", self.bucket), message)
+                    .await
+                    .map_err(|e| format!("{key}: {e}"))?
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("{key}: {e}"))
+            }
+            None => self
+                .store
+                .delete(&key)
+                .await
+                .map_err(|e| format!("deleting {key}: {e}")),
+        }
+    }
+}
