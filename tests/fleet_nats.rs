@@ -12,7 +12,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, Context, kv, stream};
+use async_nats::jetstream::{self, Context, kv};
 use async_nats::{ConnectErrorKind, Event};
 use bytes::Bytes;
 use common::NetNs;
@@ -84,35 +84,9 @@ async fn connect_with(
     (client, js, errors)
 }
 
-/// The bucket as orch's admin creates it: a KV stream (`KV_<bucket>`, the
-/// layout async-nats' `create_key_value` makes) except `allow_rollup:
-/// false`, so that no host can wipe the bucket with `Nats-Rollup: all` on
-/// one of its own keys. `ttl` enables per-message TTL (server ≥ 2.11).
+/// The bucket as orch's admin creates it (see [`common::nats::create_bucket`]).
 async fn create_bucket(admin: &Context, replicas: usize, ttl: bool) -> kv::Store {
-    let config = stream::Config {
-        name: format!("KV_{BUCKET}"),
-        description: Some("orch fleet bans".into()),
-        subjects: vec![format!("$KV.{BUCKET}.>")],
-        max_messages_per_subject: 1,
-        allow_rollup: false,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: replicas,
-        storage: stream::StorageType::File,
-        allow_message_ttl: ttl,
-        subject_delete_marker_ttl: ttl.then_some(Duration::from_secs(60)),
-        ..Default::default()
-    };
-    admin
-        .create_stream(config)
-        .await
-        .unwrap_or_else(|e| panic!("admin creates the bucket stream: {e}"));
-    admin
-        .get_key_value(BUCKET)
-        .await
-        .unwrap_or_else(|e| panic!("admin opens the bucket: {e}"))
+    common::nats::create_bucket(admin, BUCKET, replicas, ttl).await
 }
 
 async fn open_bucket(js: &Context, who: &str) -> kv::Store {
@@ -403,12 +377,17 @@ fn per_key_ttl_expires_current() {
             .await
             .expect("put without TTL");
         assert!(kv1.get(key).await.expect("get").is_some());
-        // The server removes it and writes a marker that watchers see.
         let seen = next_entry_for(&mut watch, key).await;
         assert_eq!(seen.operation, kv::Operation::Put);
-        let marker = next_entry_for(&mut watch, key).await;
-        assert_eq!(marker.operation, kv::Operation::Purge, "expiry marker");
-        assert_eq!(kv1.get(key).await.expect("get after expiry"), None);
+        // The server removes it (no marker: orch's bucket has none, since
+        // delete markers turn rollups back on).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while kv1.get(key).await.expect("get").is_some() {
+            assert!(Instant::now() < deadline, "TTL key still there after 10 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let info = kv1.status().await.expect("status");
+        assert!(!info.info.config.allow_rollup, "rollups stay off with TTLs");
         assert!(
             kv1.get("srv1.192.0.2.56/32")
                 .await
@@ -516,11 +495,30 @@ fn replicated_bucket_survives_a_node_current() {
     cluster.nodes[0].kill();
     block_on_in(Some(&ns), || async {
         let (_c, js2, _) = connect(&cluster.nodes[2], "srv2").await;
-        let kv2 = open_bucket(&js2, "srv2").await;
-        assert_eq!(
-            kv2.get(key).await.expect("get with a node down"),
-            Some(Bytes::from_static(b"ban"))
-        );
+        // The remaining two elect a new leader for the stream first; until
+        // then requests time out. Retry with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let kv2 = loop {
+            match js2.get_key_value(BUCKET).await {
+                Ok(kv) => break kv,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("bucket not open yet with a node down: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("srv2 cannot open the bucket with a node down: {e}"),
+            }
+        };
+        let value = loop {
+            match kv2.get(key).await {
+                Ok(value) => break value,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("get with a node down failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("get with a node down: {e}"),
+            }
+        };
+        assert_eq!(value, Some(Bytes::from_static(b"ban")));
     });
     cluster.nodes[0].restart();
 }

@@ -129,25 +129,33 @@ pub async fn connect(
     Ok((client, connected_rx))
 }
 
-/// The stream settings of an orch bucket. Rollups are off: a host allowed
-/// to write its own keys could otherwise purge the whole bucket with one
-/// `Nats-Rollup: all` message, and permissions cannot filter headers.
-fn bucket_stream(config: &FleetConfig, key_ttl: bool, max_age: Duration) -> stream::Config {
+/// The stream settings of an orch bucket (the layout async-nats' KV
+/// expects). Rollups are off: a host allowed to write its own keys could
+/// otherwise purge the whole bucket with one `Nats-Rollup: all` message,
+/// and permissions cannot filter headers. No delete markers either:
+/// nats-server turns rollups back on for a stream that has them. With
+/// `key_ttl` each key carries its own time to live (nats-server ≥ 2.11);
+/// otherwise `max_age` bounds every key's life.
+pub fn bucket_stream(
+    bucket: &str,
+    replicas: usize,
+    key_ttl: bool,
+    max_age: Duration,
+) -> stream::Config {
     stream::Config {
-        name: format!("KV_{}", config.bucket),
+        name: format!("KV_{bucket}"),
         description: Some("orch fleet bans: one key per (host, network)".into()),
-        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
         allow_rollup: false,
         deny_delete: true,
         deny_purge: false,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
-        num_replicas: config.replicas,
+        num_replicas: replicas,
         storage: stream::StorageType::File,
         max_age: if key_ttl { Duration::ZERO } else { max_age },
         allow_message_ttl: key_ttl,
-        // No delete markers: with them nats-server turns rollups back on.
         subject_delete_marker_ttl: None,
         ..Default::default()
     }
@@ -184,7 +192,7 @@ pub async fn open_bucket(
         return Ok((store, info.unwrap_or(false)));
     }
     let key_ttl = supports_key_ttl(&client.server_info().version);
-    let wanted = bucket_stream(config, key_ttl, max_age);
+    let wanted = bucket_stream(&config.bucket, config.replicas, key_ttl, max_age);
     let created = js.create_stream(wanted.clone()).await;
     let created = match (created, &config.admin) {
         (Ok(_), _) => Ok(()),

@@ -23,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::{Context, kv};
 use tempfile::TempDir;
 
 use super::{NetNs, enter_netns, kill_and_reap, poll_until, run_command, tail};
@@ -177,6 +178,26 @@ pub fn sample_accounts_block(sample: &str) -> Option<String> {
     let mut block = sample[start..end].to_string();
     block.push('\n');
     Some(block)
+}
+
+// ---------------------------------------------------------------------------
+// The bucket
+
+/// Creates `bucket` with the stream settings orch itself uses
+/// ([`orch::fleet::connect::bucket_stream`]: no rollups, so no host can
+/// wipe the bucket with `Nats-Rollup: all` on one of its own keys). `ttl`
+/// enables per-message TTL (server ≥ 2.11; 2.9 ignores the field). Panics
+/// if the admin cannot create or open it.
+pub async fn create_bucket(admin: &Context, bucket: &str, replicas: usize, ttl: bool) -> kv::Store {
+    let config = orch::fleet::connect::bucket_stream(bucket, replicas, ttl, Duration::ZERO);
+    admin
+        .create_stream(config)
+        .await
+        .unwrap_or_else(|e| panic!("admin creates the bucket stream: {e}"));
+    admin
+        .get_key_value(bucket)
+        .await
+        .unwrap_or_else(|e| panic!("admin opens the bucket: {e}"))
 }
 
 // ---------------------------------------------------------------------------
