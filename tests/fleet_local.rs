@@ -145,3 +145,94 @@ fn bans_made_while_nats_is_down_arrive_later_even_after_a_kill() {
         "the earlier ban stays"
     );
 }
+
+/// A jail's ban on srv1 is shared (jails are shared by default) and lands
+/// in srv2's kernel within a second; a jail left out of `share` is not.
+#[test]
+fn a_jail_ban_reaches_the_other_host() {
+    use std::io::Write;
+    let netns = NetNs::new();
+    let server = nats(&netns, NatsVersion::Current);
+    let admin_dir = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("log dir");
+    let auth_log = logs.path().join("auth.log");
+    let web_log = logs.path().join("web.log");
+    std::fs::write(&auth_log, "").expect("create auth.log");
+    std::fs::write(&web_log, "").expect("create web.log");
+    let jails = format!(
+        "[jails.sshd]\nfiles = [\"{}\"]\nmaxretry = 3\n\n[jails.private]\nfilter = \"sshd\"\nfiles = [\"{}\"]\nmaxretry = 3\n",
+        auth_log.display(),
+        web_log.display()
+    );
+    let (config, secrets) = fleet_config(&server, "srv1", "orch_srv1", "", "share = [\"sshd\"]\n");
+    // The [jails] tables go after [fleet] so they do not end up inside it.
+    let srv1_bus = TestBus::start();
+    let srv1 = Host {
+        daemon: Daemon::start(&netns, &srv1_bus, &format!("{config}\n{jails}")),
+        bus: srv1_bus,
+        table: "orch_srv1".into(),
+        secrets,
+    };
+    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "", "");
+    let srv2_bus = TestBus::start();
+    let srv2 = Host {
+        daemon: Daemon::start(
+            &netns,
+            &srv2_bus,
+            &(config + &admin_line(&server, admin_dir.path())),
+        ),
+        bus: srv2_bus,
+        table: "orch_srv2".into(),
+        secrets,
+    };
+    wait_until(Duration::from_secs(15), "both hosts connected", || {
+        srv1.connected() && srv2.connected()
+    });
+
+    let append = |path: &std::path::Path, addr: &str| {
+        let stamp = orch::timefmt::rfc3339(orch::timefmt::now_unix());
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .expect("open log");
+        for port in 0..3 {
+            writeln!(
+                file,
+                "{stamp} web1 sshd-session[42]: Failed password for root from {addr} port {} ssh2",
+                40000 + port
+            )
+            .expect("append");
+        }
+    };
+    append(&web_log, "198.51.100.91");
+    append(&auth_log, "198.51.100.90");
+    wait_until(Duration::from_secs(5), "srv1's jails ban both", || {
+        srv1.banned(&netns, "198.51.100.90") && srv1.banned(&netns, "198.51.100.91")
+    });
+    let started = Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "srv2 applies the sshd jail's ban",
+        || srv2.banned(&netns, "198.51.100.90"),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    let list = srv2.daemon.cli(&["list"]).expect_ok("list on srv2");
+    assert!(list.stdout.contains("fleet:srv1"), "{}", list.stdout);
+    // The unshared jail's ban stays on srv1: published bans arrive in
+    // order, so once a later shared ban is on srv2 the unshared one would
+    // be too.
+    append(&auth_log, "198.51.100.92");
+    wait_until(
+        Duration::from_secs(5),
+        "srv2 applies a later sshd ban",
+        || srv2.banned(&netns, "198.51.100.92"),
+    );
+    assert!(
+        !srv2.banned(&netns, "198.51.100.91"),
+        "jail `private` is not shared"
+    );
+}
