@@ -12,8 +12,8 @@
 //!   start until all are applied.
 //!
 //! Run as root: `cargo bench --bench fleet` (figures go to
-//! docs/benchmarks.md). All hosts share one network namespace, each with
-//! its own table.
+//! docs/benchmarks.md). The hosts and the server each have their own
+//! network namespace on one bridge (`tests/common/fleet_topology.rs`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::NetNs;
-use common::fleet_hosts::{Host, admin_line, fleet_config, nats, start_host};
+use common::fleet_topology::{FleetNats, FleetOpts, Host, Topology, host_config};
 use common::nats::NatsVersion;
 
 const SINGLE_BANS: usize = 1_000;
@@ -96,26 +96,22 @@ fn main() {
         println!("fleet benches: run with `cargo bench --bench fleet`");
         return;
     }
-    let netns = NetNs::new();
-    let server = nats(&netns, NatsVersion::Current);
-    let admin_dir = tempfile::tempdir().expect("tempdir");
-    let srv1 = start_host(&netns, &server, "srv1", "", "");
+    let mut topo = Topology::new();
+    let nats = FleetNats::start(&topo, NatsVersion::Current);
+    nats.create_bucket(&topo, 1);
     // Above the default cap of 100,000 remote bans.
-    let cap = "max_remote_bans = 1000000\n";
-    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "", cap);
-    let srv2_bus = common::TestBus::start();
-    let srv2 = Host {
-        daemon: common::Daemon::start(
-            &netns,
-            &srv2_bus,
-            &(config + &admin_line(&server, admin_dir.path())),
-        ),
-        bus: srv2_bus,
-        table: "orch_srv2".into(),
-        secrets,
+    let opts = FleetOpts {
+        extra: "max_remote_bans = 1000000\n".into(),
+        ..FleetOpts::default()
     };
+    for name in ["srv1", "srv2"] {
+        let config = host_config(&[], false, &nats.fleet_section(name, &opts));
+        topo.host_mut(name).start_daemon(&config);
+    }
+    let (srv1, srv2) = (topo.host("srv1"), topo.host("srv2"));
     common::wait_until(Duration::from_secs(20), "both hosts connected", || {
-        srv1.connected() && srv2.connected()
+        srv1.fleet_connected_property().contains("true")
+            && srv2.fleet_connected_property().contains("true")
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -123,10 +119,10 @@ fn main() {
         .expect("tokio runtime");
 
     // Latency of single bans.
-    let (arrivals, mut monitor) = watch_kernel(&netns, &srv2.table);
+    let (arrivals, mut monitor) = watch_kernel(&srv2.ns, "orch");
     let singles = addresses(0x0B00_0001, SINGLE_BANS);
     let mut latencies = runtime.block_on(async {
-        let srv1_proxy = proxy(&srv1).await;
+        let srv1_proxy = proxy(srv1).await;
         let mut seen: HashMap<String, Instant> = HashMap::new();
         let mut latencies = Vec::with_capacity(SINGLE_BANS);
         for address in &singles {
@@ -164,8 +160,8 @@ fn main() {
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     let expected = (SINGLE_BANS + MANY) as u32;
     let (call, total) = runtime.block_on(async {
-        let srv1_proxy = proxy(&srv1).await;
-        let srv2_proxy = proxy(&srv2).await;
+        let srv1_proxy = proxy(srv1).await;
+        let srv2_proxy = proxy(srv2).await;
         let started = Instant::now();
         srv1_proxy
             .ban_many(&refs, 3600, "bench")
@@ -189,29 +185,32 @@ fn main() {
     );
 
     if std::env::var_os("ORCH_BENCH_LOGS").is_some() {
-        for (name, host) in [("srv1", &srv1), ("srv2", &srv2)] {
-            for line in host.daemon.log().lines().filter(|l| l.contains("fleet: ")) {
+        for (name, host) in [("srv1", srv1), ("srv2", srv2)] {
+            for line in host.log().lines().filter(|l| l.contains("fleet: ")) {
                 println!("{name}: {line}");
             }
         }
     }
 
-    // A fresh host joins.
+    // A fresh host joins: the gateway's namespace, its first daemon start.
     let started = Instant::now();
-    let srv3 = start_host(&netns, &server, "srv3", "", cap);
+    let config = host_config(&[], false, &nats.fleet_section("gw", &opts));
+    topo.host_mut("gw").start_daemon(&config);
+    let gw = topo.host("gw");
     let joined = runtime.block_on(async {
-        let srv3_proxy = proxy(&srv3).await;
+        let gw_proxy = proxy(gw).await;
         let deadline = started + Duration::from_secs(120);
-        while srv3_proxy.ban_count().await.expect("BanCount") < expected {
-            assert!(Instant::now() < deadline, "srv3 did not catch up in 120 s");
+        while gw_proxy.ban_count().await.expect("BanCount") < expected {
+            assert!(Instant::now() < deadline, "gw did not catch up in 120 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         started.elapsed()
     });
     println!(
-        "fresh host joining a fleet holding {} bans: all applied {:.2} s after its start (daemon start included); RSS {} KiB",
+        "fresh host joining a fleet holding {} bans: all applied {:.2} s after its start (daemon start included); RSS {} KiB (srv2, which got them live: {} KiB)",
         expected,
         joined.as_secs_f64(),
-        srv3.daemon.rss_kib()
+        gw.daemon().rss_kib(),
+        topo.host("srv2").daemon().rss_kib()
     );
 }
