@@ -964,3 +964,90 @@ fn cluster_node_loss_during_a_large_ban_loses_nothing() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------
+// Several origins
+
+/// srv1 bans an address for 1 h and gw the same address for 2 h: srv2's
+/// ban is the union, so it lasts the longer time, survives srv1's unban
+/// (then held by gw alone), and ends with gw's unban.
+#[test]
+fn the_ban_is_the_union_of_every_origin() {
+    let mut lab = Lab::new(NatsVersion::Current);
+    lab.start_connected(&["srv1", "srv2", "gw"]);
+    let topo = &lab.topo;
+    let addr = ATTACKER_BANNED;
+    let expires_on_srv2 = || -> Option<u64> {
+        topo.srv2
+            .list()
+            .iter()
+            .find(|row| row["address"] == addr)
+            .and_then(|row| row["expires_at"].as_u64())
+    };
+    topo.srv1
+        .cli(&["ban", addr, "--for", "1h"])
+        .expect_ok("srv1 bans for 1h");
+    wait_until(PATIENCE, "srv1's ban on srv2", || {
+        topo.srv2.listed_source(addr).as_deref() == Some("fleet:srv1")
+    });
+    let first = expires_on_srv2().expect("srv2 lists it");
+    topo.gw
+        .cli(&["ban", addr, "--for", "2h"])
+        .expect_ok("gw bans for 2h");
+    wait_until(PATIENCE, "gw's longer ban takes over on srv2", || {
+        topo.srv2.listed_source(addr).as_deref() == Some("fleet:gw")
+    });
+    let longer = expires_on_srv2().expect("srv2 lists it");
+    assert!(
+        longer >= first + 3600 - 5,
+        "2h ban ({longer}) should outlast the 1h one ({first})"
+    );
+
+    topo.srv1.unban(&[addr]);
+    // gw's ban is the one in force: srv1's unban changes nothing on srv2.
+    // Wait until the deletion has certainly passed srv2: gw sees it too.
+    wait_until(PATIENCE, "srv1's unban reaches gw's view", || {
+        !lab.nats.keys(topo).contains(&fleet_key("srv1", addr))
+    });
+    // A later ban from srv1 of another address arrives after the delete.
+    topo.srv1.ban(&[ATTACKER_NEIGHBOUR]);
+    wait_until(PATIENCE, "a later ban on srv2", || {
+        topo.srv2.kernel_has(ATTACKER_NEIGHBOUR)
+    });
+    assert!(topo.srv2.kernel_has(addr), "still held by gw");
+    assert_eq!(topo.srv2.listed_source(addr).as_deref(), Some("fleet:gw"));
+
+    topo.gw.unban(&[addr]);
+    wait_until(PATIENCE, "the last origin's unban lifts it on srv2", || {
+        !topo.srv2.kernel_has(addr)
+    });
+}
+
+/// srv1 bans for 2 h, then gw for 1 h: the longer ban stays in force;
+/// when srv1 lifts its ban, gw's shorter one takes its place instead of
+/// the address going free.
+#[test]
+fn lifting_the_longest_origin_falls_back_to_the_next() {
+    let mut lab = Lab::new(NatsVersion::Current);
+    lab.start_connected(&["srv1", "srv2", "gw"]);
+    let topo = &lab.topo;
+    let addr = ATTACKER_BANNED;
+    topo.srv1
+        .cli(&["ban", addr, "--for", "2h"])
+        .expect_ok("srv1 bans for 2h");
+    topo.gw
+        .cli(&["ban", addr, "--for", "1h"])
+        .expect_ok("gw bans for 1h");
+    wait_until(PATIENCE, "both keys in the bucket", || {
+        let keys = lab.nats.keys(topo);
+        keys.contains(&fleet_key("srv1", addr)) && keys.contains(&fleet_key("gw", addr))
+    });
+    wait_until(PATIENCE, "srv2 holds srv1's longer ban", || {
+        topo.srv2.listed_source(addr).as_deref() == Some("fleet:srv1")
+    });
+    topo.srv1.unban(&[addr]);
+    wait_until(PATIENCE, "gw's ban takes over on srv2", || {
+        topo.srv2.listed_source(addr).as_deref() == Some("fleet:gw")
+    });
+    assert!(topo.srv2.kernel_has(addr), "never free in between");
+}

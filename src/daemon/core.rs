@@ -478,7 +478,7 @@ impl Core {
     pub fn unban(&mut self, input: &str) -> Result<Option<BanRecord>, CoreError> {
         let net = addr::parse_net(input)?;
         let removed = self.unban_many(&[net])?;
-        self.note_local_changes(&removed);
+        self.note_local_unbans(&removed);
         Ok(removed.into_iter().next())
     }
 

@@ -89,6 +89,30 @@ impl Core {
         }
     }
 
+    /// Notes networks unbanned here, whatever the ban's source: a local
+    /// ban may have been replaced by a longer one from another host, and
+    /// this host's key must go all the same. The publisher deletes only
+    /// keys this host has.
+    pub(super) fn note_local_unbans(&self, removed: &[BanRecord]) {
+        if let Some(outbox) = &self.fleet().outbox
+            && !removed.is_empty()
+        {
+            outbox.add(removed.iter().map(|record| record.net));
+        }
+    }
+
+    /// Every network banned here now, whatever the source: a host's key
+    /// for a network it still bans (even if another host's longer ban is
+    /// the one in force) is kept when catching up.
+    pub fn banned_nets(&self) -> HashSet<IpNet> {
+        let now = now_unix();
+        self.store()
+            .bans()
+            .filter(|record| record.expires > now)
+            .map(|record| record.net)
+            .collect()
+    }
+
     fn jail_names(&self) -> Vec<&str> {
         self.config()
             .jails

@@ -149,9 +149,9 @@ impl FleetTask {
         // Publish what changed here while we were away: the difference
         // between this host's shared bans and its keys in the bucket.
         self.outbox.take();
-        let shared = self
+        let (shared, banned) = self
             .core
-            .call(|core| core.shared_bans(None))
+            .call(|core| (core.shared_bans(None), core.banned_nets()))
             .await
             .map_err(|e| failed("reading shared bans", &e))?;
         let shared_nets: HashSet<IpNet> = shared.iter().map(|(net, _)| *net).collect();
@@ -159,14 +159,18 @@ impl FleetTask {
             .into_iter()
             .filter(|(net, ban)| ban.as_ref().map(|b| b.expires_at) != own_keys.get(net).copied())
             .collect();
+        // Keys of bans no longer here go. A ban still here but now held by
+        // another host's longer ban keeps its key until it ends.
         changes.extend(
             own_keys
                 .keys()
-                .filter(|net| !shared_nets.contains(net))
+                .filter(|net| !shared_nets.contains(net) && !banned.contains(net))
                 .map(|net| (*net, None)),
         );
         let published = changes.len();
-        publisher.publish_all(changes, &self.outbox).await?;
+        publisher
+            .publish_all(changes, &self.outbox, &mut own_keys)
+            .await?;
         self.status.clear_error();
         self.status.set_phase("connected", true);
         tracing::info!(
@@ -226,7 +230,9 @@ impl FleetTask {
                         .call(move |core| core.shared_bans(Some(nets)))
                         .await
                         .map_err(|e| failed("reading shared bans", &e))?;
-                    publisher.publish_all(states, &self.outbox).await?;
+                    publisher
+                        .publish_all(states, &self.outbox, &mut own_keys)
+                        .await?;
                 }
                 changed = connected.changed() => {
                     if changed.is_err() || !*connected.borrow() {
@@ -318,26 +324,45 @@ struct Publisher {
 }
 
 impl Publisher {
-    /// Puts or deletes this host's key for each network, many at once.
-    /// Networks whose write failed go back to the outbox, and the first
-    /// error ends the session (the next one publishes the difference).
+    /// Puts or deletes this host's key for each network, many at once;
+    /// a delete only where this host has a key (`own_keys`, kept current
+    /// here and by the watch). Networks whose write failed go back to the
+    /// outbox, and the first error ends the session (the next one
+    /// publishes the difference).
     async fn publish_all(
         &self,
         changes: Vec<SharedBan>,
         outbox: &Outbox,
+        own_keys: &mut HashMap<IpNet, u64>,
     ) -> Result<(), FleetError> {
+        let changes: Vec<SharedBan> = changes
+            .into_iter()
+            .filter(|(net, ban)| ban.is_some() || own_keys.contains_key(net))
+            .collect();
         let (count, started) = (changes.len(), std::time::Instant::now());
-        let results: Vec<(IpNet, Result<(), String>)> = futures_util::stream::iter(changes)
-            .map(|(net, ban)| async move { (net, self.publish(net, ban).await) })
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<(IpNet, Option<u64>, Result<(), String>)> =
+            futures_util::stream::iter(changes)
+                .map(|(net, ban)| async move {
+                    let expires = ban.as_ref().map(|b| b.expires_at);
+                    (net, expires, self.publish(net, ban).await)
+                })
+                .buffer_unordered(PUBLISH_CONCURRENCY)
+                .collect()
+                .await;
         let mut first_error = None;
         let mut failed = Vec::new();
-        for (net, result) in results {
-            if let Err(error) = result {
-                failed.push(net);
-                first_error.get_or_insert(error);
+        for (net, expires, result) in results {
+            match (result, expires) {
+                (Err(error), _) => {
+                    failed.push(net);
+                    first_error.get_or_insert(error);
+                }
+                (Ok(()), Some(expires)) => {
+                    own_keys.insert(net, expires);
+                }
+                (Ok(()), None) => {
+                    own_keys.remove(&net);
+                }
             }
         }
         outbox.put_back(failed);
