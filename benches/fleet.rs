@@ -207,10 +207,11 @@ fn main() {
         started.elapsed()
     });
     println!(
-        "fresh host joining a fleet holding {} bans: all applied {:.2} s after its start (daemon start included); RSS {} KiB (srv2, which got them live: {} KiB)",
+        "fresh host joining a fleet holding {} bans: all applied {:.2} s after its start (daemon start included); RSS {} KiB (srv2, which got them live: {} KiB; srv1, which made and published them: {} KiB)",
         expected,
         joined.as_secs_f64(),
         gw.daemon().rss_kib(),
-        topo.host("srv2").daemon().rss_kib()
+        topo.host("srv2").daemon().rss_kib(),
+        topo.host("srv1").daemon().rss_kib()
     );
 }

@@ -242,7 +242,7 @@ impl Reconciler {
 
 /// Returns freed heap pages to the kernel so RSS reflects what orch holds,
 /// not the peak of the last big transaction.
-pub(super) fn release_freed_memory() {
+pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own free lists.
     unsafe {

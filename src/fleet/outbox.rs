@@ -34,9 +34,9 @@ impl Outbox {
         }
     }
 
-    /// Takes every noted network.
+    /// Takes every noted network (and the set's memory with them).
     pub fn take(&self) -> Vec<IpNet> {
-        self.lock().drain().collect()
+        std::mem::take(&mut *self.lock()).into_iter().collect()
     }
 
     /// Puts networks back after a failed publish.

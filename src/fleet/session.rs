@@ -8,7 +8,7 @@
 //! the kernel.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -32,10 +32,23 @@ const APPLY_BATCH: usize = 5_000;
 const BURST: usize = 64;
 const BURST_WAIT: Duration = Duration::from_millis(5);
 const BURST_WAITS: usize = 40;
+/// A publish or apply this large is followed by handing freed memory back.
+const LARGE_BATCH: usize = 1_000;
 /// Publishes in flight at once.
 const PUBLISH_CONCURRENCY: usize = 512;
 /// Longest wait for the next entry while catching up.
 const CATCH_UP_STALL: Duration = Duration::from_secs(15);
+
+/// This host's keys in the bucket and their expiry, as last written or
+/// read: shared by the publisher and the watch (locked only briefly,
+/// never across an await).
+type OwnKeys = Mutex<HashMap<IpNet, u64>>;
+
+fn lock(own_keys: &OwnKeys) -> std::sync::MutexGuard<'_, HashMap<IpNet, u64>> {
+    own_keys
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Everything the session needs, cloned into its task.
 pub struct FleetTask {
@@ -116,7 +129,7 @@ impl FleetTask {
             .map_err(|e| failed("watching the bucket", &e))?;
 
         // Catch up: apply what is there, note our own keys.
-        let mut own_keys: HashMap<IpNet, u64> = HashMap::new();
+        let own_keys: OwnKeys = Mutex::default();
         let mut present: HashSet<(IpNet, Arc<str>)> = HashSet::new();
         let mut batch = Vec::new();
         let mut caught_up = messages == 0;
@@ -130,7 +143,7 @@ impl FleetTask {
             };
             caught_up = entry.delta == 0;
             last_revision = entry.revision;
-            if let Some(change) = self.read_entry(&entry, &mut own_keys) {
+            if let Some(change) = self.read_entry(&entry, &own_keys, false) {
                 if let RemoteChange::Put { origin, net, .. } = &change {
                     present.insert((*net, origin.clone()));
                 }
@@ -155,22 +168,26 @@ impl FleetTask {
             .await
             .map_err(|e| failed("reading shared bans", &e))?;
         let shared_nets: HashSet<IpNet> = shared.iter().map(|(net, _)| *net).collect();
-        let mut changes: Vec<SharedBan> = shared
-            .into_iter()
-            .filter(|(net, ban)| ban.as_ref().map(|b| b.expires_at) != own_keys.get(net).copied())
-            .collect();
-        // Keys of bans no longer here go. A ban still here but now held by
-        // another host's longer ban keeps its key until it ends.
-        changes.extend(
-            own_keys
-                .keys()
-                .filter(|net| !shared_nets.contains(net) && !banned.contains(net))
-                .map(|net| (*net, None)),
-        );
+        let changes: Vec<SharedBan> = {
+            let own = lock(&own_keys);
+            let mut changes: Vec<SharedBan> = shared
+                .into_iter()
+                .filter(|(net, ban)| ban.as_ref().map(|b| b.expires_at) != own.get(net).copied())
+                .collect();
+            // Keys of bans no longer here go. A ban still here but now held
+            // by another host's longer ban keeps its key until it ends.
+            changes.extend(
+                own.keys()
+                    .filter(|net| !shared_nets.contains(net) && !banned.contains(net))
+                    .map(|net| (*net, None)),
+            );
+            changes
+        };
         let published = changes.len();
         publisher
-            .publish_all(changes, &self.outbox, &mut own_keys)
+            .publish_all(changes, &self.outbox, &own_keys)
             .await?;
+        crate::daemon::reconciler::release_freed_memory();
         self.status.clear_error();
         self.status.set_phase("connected", true);
         tracing::info!(
@@ -181,17 +198,58 @@ impl FleetTask {
             self.config.bucket
         );
 
-        // Follow the bucket and the outbox.
+        // Follow the bucket and publish, side by side: a long publish must
+        // not leave the watch unread (its own echoes would overflow it).
+        tokio::select! {
+            result = self.publish_changes(&publisher, &own_keys) => result,
+            result = self.follow(&mut watch, connected, &own_keys) => result,
+        }
+    }
+
+    /// Publishes what the core notes in the outbox, until an error.
+    async fn publish_changes(
+        &self,
+        publisher: &Publisher,
+        own_keys: &OwnKeys,
+    ) -> Result<(), FleetError> {
+        loop {
+            self.outbox.changed().await;
+            let nets = self.outbox.take();
+            if nets.is_empty() {
+                continue;
+            }
+            let states = self
+                .core
+                .call(move |core| core.shared_bans(Some(nets)))
+                .await
+                .map_err(|e| FleetError::Session(format!("reading shared bans: {e}")))?;
+            publisher
+                .publish_all(states, &self.outbox, own_keys)
+                .await?;
+        }
+    }
+
+    /// Applies the bucket's changes as they come, until an error or a
+    /// disconnect.
+    async fn follow(
+        &self,
+        watch: &mut kv::Watch,
+        connected: &mut watch::Receiver<bool>,
+        own_keys: &OwnKeys,
+    ) -> Result<(), FleetError> {
+        let failed =
+            |e: &dyn std::fmt::Display| FleetError::Session(format!("reading the bucket: {e}"));
+        let ended = || FleetError::Session("the bucket watch ended".into());
         loop {
             tokio::select! {
                 entry = watch.next() => {
                     let entry = match entry {
                         Some(Ok(entry)) => entry,
-                        Some(Err(e)) => return Err(failed("reading the bucket", &e)),
-                        None => return Err(FleetError::Session("the bucket watch ended".into())),
+                        Some(Err(e)) => return Err(failed(&e)),
+                        None => return Err(ended()),
                     };
                     let mut batch: Vec<RemoteChange> =
-                        self.read_entry(&entry, &mut own_keys).into_iter().collect();
+                        self.read_entry(&entry, own_keys, true).into_iter().collect();
                     // Take whatever else is already there; in a burst, wait
                     // a moment for more, so the core stores and applies
                     // thousands at once instead of a hundred at a time. A
@@ -210,29 +268,15 @@ impl FleetTask {
                             None => break,
                         };
                         match next {
-                            Some(Ok(entry)) => batch.extend(self.read_entry(&entry, &mut own_keys)),
-                            Some(Err(e)) => return Err(failed("reading the bucket", &e)),
-                            None => return Err(FleetError::Session("the bucket watch ended".into())),
+                            Some(Ok(entry)) => batch.extend(self.read_entry(&entry, own_keys, true)),
+                            Some(Err(e)) => return Err(failed(&e)),
+                            None => return Err(ended()),
                         }
                     }
                     if !batch.is_empty() {
                         self.status.note_event();
                         self.apply(batch).await?;
                     }
-                }
-                () = self.outbox.changed() => {
-                    let nets = self.outbox.take();
-                    if nets.is_empty() {
-                        continue;
-                    }
-                    let states = self
-                        .core
-                        .call(move |core| core.shared_bans(Some(nets)))
-                        .await
-                        .map_err(|e| failed("reading shared bans", &e))?;
-                    publisher
-                        .publish_all(states, &self.outbox, &mut own_keys)
-                        .await?;
                 }
                 changed = connected.changed() => {
                     if changed.is_err() || !*connected.borrow() {
@@ -246,10 +290,13 @@ impl FleetTask {
     /// Reads one bucket entry: this host's own keys update `own_keys`;
     /// other hosts' become changes for the core. Malformed entries are
     /// logged and skipped.
+    /// `live`: after the catch-up, when this host's own puts are only
+    /// echoes of what the publisher wrote and need no decoding.
     fn read_entry(
         &self,
         entry: &kv::Entry,
-        own_keys: &mut HashMap<IpNet, u64>,
+        own_keys: &OwnKeys,
+        live: bool,
     ) -> Option<RemoteChange> {
         let key = match record::parse_key(&entry.key) {
             Ok(key) => key,
@@ -259,6 +306,10 @@ impl FleetTask {
             }
         };
         let removed = !matches!(entry.operation, kv::Operation::Put);
+        if live && !removed && key.origin == self.config.name {
+            // The echo of our own put: the publisher already noted it.
+            return None;
+        }
         let ban = if removed {
             None
         } else {
@@ -271,6 +322,7 @@ impl FleetTask {
             }
         };
         if key.origin == self.config.name {
+            let mut own_keys = lock(own_keys);
             match ban {
                 Some(ban) => own_keys.insert(key.net, ban.expires_at),
                 None => own_keys.remove(&key.net),
@@ -333,12 +385,15 @@ impl Publisher {
         &self,
         changes: Vec<SharedBan>,
         outbox: &Outbox,
-        own_keys: &mut HashMap<IpNet, u64>,
+        own_keys: &OwnKeys,
     ) -> Result<(), FleetError> {
-        let changes: Vec<SharedBan> = changes
-            .into_iter()
-            .filter(|(net, ban)| ban.is_some() || own_keys.contains_key(net))
-            .collect();
+        let changes: Vec<SharedBan> = {
+            let own_keys = lock(own_keys);
+            changes
+                .into_iter()
+                .filter(|(net, ban)| ban.is_some() || own_keys.contains_key(net))
+                .collect()
+        };
         let (count, started) = (changes.len(), std::time::Instant::now());
         let results: Vec<(IpNet, Option<u64>, Result<(), String>)> =
             futures_util::stream::iter(changes)
@@ -351,6 +406,7 @@ impl Publisher {
                 .await;
         let mut first_error = None;
         let mut failed = Vec::new();
+        let mut own_keys = lock(own_keys);
         for (net, expires, result) in results {
             match (result, expires) {
                 (Err(error), _) => {
@@ -365,7 +421,13 @@ impl Publisher {
                 }
             }
         }
+        drop(own_keys);
         outbox.put_back(failed);
+        if count >= LARGE_BATCH {
+            // The batch's transient copies were made on the runtime's
+            // threads; hand their memory back now.
+            crate::daemon::reconciler::release_freed_memory();
+        }
         tracing::debug!(
             count,
             seconds = started.elapsed().as_secs_f64(),
