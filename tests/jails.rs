@@ -315,7 +315,7 @@ fn recidive_bans_for_a_week_after_repeated_jail_bans() {
     let log = Log::new();
     let config =
         log.jail("") + "[jails.recidive]\nmaxretry = 2\nfindtime = \"1d\"\nbantime = \"1w\"\n";
-    let daemon = Daemon::start(&netns, &bus, &config);
+    let mut daemon = Daemon::start(&netns, &bus, &config);
     let timeout_of = |addr: &str| {
         netns
             .set_elements_with_expiry("orch", "ban4")
@@ -327,6 +327,8 @@ fn recidive_bans_for_a_week_after_repeated_jail_bans() {
     wait_banned(&netns, "192.0.2.40");
     assert!(timeout_of("192.0.2.40").expect("timeout") <= 3600);
     daemon.cli(&["unban", "192.0.2.40"]).expect_ok("unban");
+    // The recidive count survives a restart (seeded from the ban history).
+    daemon.restart(&netns, &bus);
 
     log.append(&failures("192.0.2.40", 3));
     wait_until(Duration::from_secs(5), "the recidive ban", || {

@@ -397,13 +397,49 @@ impl Core {
 
     /// Starts counting other jails' bans for the recidive jail `jail`.
     pub fn add_recidive(&mut self, jail: JailConfig, max_tracked: usize, stats: Arc<JailStats>) {
-        let counter = FailureCounter::new(jail.max_retry, jail.find_time.as_secs(), max_tracked);
-        stats.set_state("counting bans by the other jails".to_string());
+        let mut counter =
+            FailureCounter::new(jail.max_retry, jail.find_time.as_secs(), max_tracked);
+        let seeded = self.seed_recidive(&jail, &mut counter);
+        stats.set_state(format!(
+            "counting bans by the other jails ({seeded} addresses from the ban history)"
+        ));
         self.recidive.push(RecidiveJail {
             config: jail,
             counter,
             stats,
         });
+    }
+
+    /// Counts, for a recidive jail starting up, the other jails' bans of
+    /// each address within its findtime, from their stored ban history
+    /// (`jailhist`: a count and the last ban). Only the last ban per jail
+    /// is known to fall in the window, so each jail adds one: a restart
+    /// may undercount, never overcount. Returns how many addresses were
+    /// seeded.
+    fn seed_recidive(&self, jail: &JailConfig, counter: &mut FailureCounter) -> usize {
+        let now = now_unix();
+        let mut seen = HashSet::new();
+        for (key, value) in self.store.cursors_with_prefix(JAIL_HISTORY_PREFIX) {
+            // `jailhist/<jail>/<net>`; jail names hold no '/'.
+            let Some((source, net)) = key
+                .strip_prefix(JAIL_HISTORY_PREFIX)
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            let (Some((_, last)), Ok(net)) = (parse_jail_history(value), net.parse::<IpNet>())
+            else {
+                continue;
+            };
+            if source == jail.name || now.saturating_sub(last) >= jail.find_time.as_secs() {
+                continue;
+            }
+            // The count reaching maxretry here means the escalation was
+            // due before the restart; it is not repeated.
+            let _ = counter.record(net.addr(), last);
+            seen.insert(net.addr());
+        }
+        seen.len()
     }
 
     /// Forgets the recidive jails (before the jails restart on reload).
