@@ -236,3 +236,56 @@ fn a_jail_ban_reaches_the_other_host() {
         "jail `private` is not shared"
     );
 }
+
+/// `nkey_file`: a host that logs in with an nkey seed (no password) shares
+/// its bans like the others; its key prefix is still its own name.
+#[test]
+fn a_host_logging_in_with_an_nkey_shares_bans() {
+    use common::nats::{NatsOptions, NatsServer};
+    let netns = NetNs::new();
+    let nkey = nkeys::KeyPair::new_user();
+    let mut opts = NatsOptions::new(NatsVersion::Current);
+    opts.hosts = vec!["srv1".into(), "srv2".into()];
+    opts.nkey_hosts = vec![("srv3".into(), nkey.public_key())];
+    let server = NatsServer::start(Some(&netns), opts);
+    let admin_dir = tempfile::tempdir().expect("tempdir");
+    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "", "");
+    let srv2_bus = TestBus::start();
+    let srv2 = Host {
+        daemon: Daemon::start(
+            &netns,
+            &srv2_bus,
+            &(config + &admin_line(&server, admin_dir.path())),
+        ),
+        bus: srv2_bus,
+        table: "orch_srv2".into(),
+        secrets,
+    };
+    let seed_dir = tempfile::tempdir().expect("tempdir");
+    let seed_file = seed_dir.path().join("srv3.nk");
+    std::fs::write(&seed_file, nkey.seed().expect("seed") + "\n").expect("write seed");
+    let srv3_bus = TestBus::start();
+    let srv3_config = format!(
+        "[firewall]\ntable = \"orch_srv3\"\n\n[fleet]\nservers = [\"{}\"]\nname = \"srv3\"\nnkey_file = \"{}\"\ntls = {{ ca = \"{}\" }}\n",
+        server.url(),
+        seed_file.display(),
+        server.ca_path().expect("TLS").display()
+    );
+    let srv3 = Host {
+        daemon: Daemon::start(&netns, &srv3_bus, &srv3_config),
+        bus: srv3_bus,
+        table: "orch_srv3".into(),
+        secrets: seed_dir,
+    };
+    wait_until(Duration::from_secs(15), "both hosts connected", || {
+        srv2.connected() && srv3.connected()
+    });
+    srv3.daemon
+        .cli(&["ban", "198.51.100.93"])
+        .expect_ok("ban on srv3");
+    wait_until(Duration::from_secs(5), "srv2 applies srv3's ban", || {
+        srv2.banned(&netns, "198.51.100.93")
+    });
+    let list = srv2.daemon.cli(&["list"]).expect_ok("list on srv2");
+    assert!(list.stdout.contains("fleet:srv3"), "{}", list.stdout);
+}

@@ -123,20 +123,45 @@ fn quoted_list(out: &mut String, indent: &str, items: &[String]) {
 /// The `accounts { … }` block of the sample config for `hosts` plus
 /// [`ADMIN`], between the [`SAMPLE_BEGIN`] and [`SAMPLE_END`] marker lines.
 pub fn render_accounts(bucket: &str, hosts: &[&str]) -> String {
+    render_accounts_with_nkeys(bucket, hosts, &[])
+}
+
+/// [`render_accounts`] plus hosts that log in with an nkey: (host name,
+/// the nkey's public key), with the same permissions as the other hosts.
+pub fn render_accounts_with_nkeys(
+    bucket: &str,
+    hosts: &[&str],
+    nkey_hosts: &[(String, String)],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{SAMPLE_BEGIN} (rendered by tests/common/nats.rs)");
     let _ = writeln!(out, "accounts {{");
     let _ = writeln!(out, "  {ACCOUNT} {{");
     let _ = writeln!(out, "    jetstream: enabled");
     let _ = writeln!(out, "    users: [");
-    for host in hosts {
+    let logins = hosts
+        .iter()
+        .map(|host| {
+            (
+                *host,
+                format!(
+                    "        user: \"{host}\"\n        password: ${}",
+                    password_var(host)
+                ),
+            )
+        })
+        .chain(
+            nkey_hosts
+                .iter()
+                .map(|(host, key)| (host.as_str(), format!("        nkey: \"{key}\""))),
+        );
+    for (host, login) in logins {
         let _ = writeln!(
             out,
             "      # {host}: writes and deletes only {bucket} keys \"{host}.*\", reads all."
         );
         let _ = writeln!(out, "      {{");
-        let _ = writeln!(out, "        user: \"{host}\"");
-        let _ = writeln!(out, "        password: ${}", password_var(host));
+        let _ = writeln!(out, "{login}");
         let _ = writeln!(out, "        permissions: {{");
         let _ = writeln!(out, "          publish: {{");
         out.push_str("            allow: ");
@@ -424,6 +449,8 @@ pub struct NatsOptions {
     pub hosts: Vec<String>,
     /// Extra config text appended verbatim (e.g. `max_payload: 4096`).
     pub extra_config: String,
+    /// Hosts that log in with an nkey: (host name, public key).
+    pub nkey_hosts: Vec<(String, String)>,
 }
 
 impl NatsOptions {
@@ -438,6 +465,7 @@ impl NatsOptions {
             bucket: BUCKET.to_string(),
             hosts: SAMPLE_HOSTS.iter().map(|h| h.to_string()).collect(),
             extra_config: String::new(),
+            nkey_hosts: Vec::new(),
         }
     }
 
@@ -554,7 +582,11 @@ impl NatsServer {
             );
         }
         let hosts: Vec<&str> = opts.hosts.iter().map(String::as_str).collect();
-        config.push_str(&render_accounts(&opts.bucket, &hosts));
+        config.push_str(&render_accounts_with_nkeys(
+            &opts.bucket,
+            &hosts,
+            &opts.nkey_hosts,
+        ));
         config.push_str(&opts.extra_config);
         config.push('\n');
         let config_path = dir.path().join("nats-server.conf");
