@@ -6,7 +6,7 @@
 //! Pure bookkeeping in memory, rebuilt from the bucket on every (re)connect;
 //! it must not ban, persist or talk to NATS.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -20,20 +20,81 @@ pub struct Hold {
     pub reason: Arc<str>,
 }
 
-/// Every remote origin's bans, by network.
+/// The holds of one network: nearly always a single origin, kept inline
+/// (no allocation of its own); a `Vec` only when several hosts ban it.
+#[derive(Debug)]
+enum Holds {
+    One(Hold),
+    Many(Vec<Hold>),
+}
+
+impl Holds {
+    fn as_slice(&self) -> &[Hold] {
+        match self {
+            Holds::One(hold) => std::slice::from_ref(hold),
+            Holds::Many(holds) => holds,
+        }
+    }
+
+    /// Keeps the holds `keep` accepts; false when none is left.
+    fn retain(&mut self, keep: impl Fn(&Hold) -> bool) -> bool {
+        match self {
+            Holds::One(hold) => keep(hold),
+            Holds::Many(holds) => {
+                holds.retain(|hold| keep(hold));
+                if holds.len() == 1 {
+                    let last = holds.pop().map(Holds::One);
+                    if let Some(one) = last {
+                        *self = one;
+                    }
+                    return true;
+                }
+                !holds.is_empty()
+            }
+        }
+    }
+}
+
+/// Every remote origin's bans, by network. Origin names and reasons are
+/// interned: a burst of 100,000 bans from one host with a few distinct
+/// reasons holds a few strings, not 200,000.
 #[derive(Debug, Default)]
 pub struct Holdings {
-    by_net: HashMap<IpNet, Vec<Hold>>,
+    by_net: HashMap<IpNet, Holds>,
+    strings: HashSet<Arc<str>>,
 }
 
 impl Holdings {
     /// Records (or replaces) `hold.origin`'s ban of `net`.
     pub fn put(&mut self, net: IpNet, hold: Hold) {
-        let holds = self.by_net.entry(net).or_default();
-        match holds.iter_mut().find(|h| h.origin == hold.origin) {
-            Some(existing) => *existing = hold,
-            None => holds.push(hold),
+        let hold = Hold {
+            origin: self.intern(&hold.origin),
+            expires: hold.expires,
+            reason: self.intern(&hold.reason),
+        };
+        match self.by_net.get_mut(&net) {
+            None => {
+                self.by_net.insert(net, Holds::One(hold));
+            }
+            Some(Holds::One(existing)) if existing.origin == hold.origin => *existing = hold,
+            Some(holds @ Holds::One(_)) => {
+                if let Holds::One(first) = std::mem::replace(holds, Holds::Many(Vec::new())) {
+                    *holds = Holds::Many(vec![first, hold]);
+                }
+            }
+            Some(Holds::Many(list)) => match list.iter_mut().find(|h| h.origin == hold.origin) {
+                Some(existing) => *existing = hold,
+                None => list.push(hold),
+            },
         }
+    }
+
+    fn intern(&mut self, text: &Arc<str>) -> Arc<str> {
+        if let Some(known) = self.strings.get(text) {
+            return known.clone();
+        }
+        self.strings.insert(text.clone());
+        text.clone()
     }
 
     /// Forgets `origin`'s ban of `net`; returns whether there was one.
@@ -41,10 +102,10 @@ impl Holdings {
         let Some(holds) = self.by_net.get_mut(net) else {
             return false;
         };
-        let before = holds.len();
-        holds.retain(|h| &*h.origin != origin);
-        let removed = holds.len() != before;
-        if holds.is_empty() {
+        let before = holds.as_slice().len();
+        let left = holds.retain(|h| &*h.origin != origin);
+        let removed = !left || holds.as_slice().len() != before;
+        if !left {
             self.by_net.remove(net);
         }
         removed
@@ -54,13 +115,14 @@ impl Holdings {
     pub fn holds(&self, net: &IpNet, origin: &str) -> bool {
         self.by_net
             .get(net)
-            .is_some_and(|holds| holds.iter().any(|h| &*h.origin == origin))
+            .is_some_and(|holds| holds.as_slice().iter().any(|h| &*h.origin == origin))
     }
 
     /// The hold of `net` that lasts longest and is still running at `now`.
     pub fn longest(&self, net: &IpNet, now: u64) -> Option<&Hold> {
         self.by_net
             .get(net)?
+            .as_slice()
             .iter()
             .filter(|h| h.expires > now)
             .max_by_key(|h| h.expires)
@@ -68,17 +130,21 @@ impl Holdings {
 
     /// Every (network, origin) held.
     pub fn pairs(&self) -> impl Iterator<Item = (IpNet, Arc<str>)> + '_ {
-        self.by_net
-            .iter()
-            .flat_map(|(net, holds)| holds.iter().map(|h| (*net, h.origin.clone())))
+        self.by_net.iter().flat_map(|(net, holds)| {
+            holds
+                .as_slice()
+                .iter()
+                .map(move |h| (*net, h.origin.clone()))
+        })
     }
 
-    /// Drops holds that ended before `now`.
+    /// Drops holds that ended before `now`, and strings no hold uses.
     pub fn drop_expired(&mut self, now: u64) {
-        self.by_net.retain(|_, holds| {
-            holds.retain(|h| h.expires > now);
-            !holds.is_empty()
-        });
+        self.by_net
+            .retain(|_, holds| holds.retain(|h| h.expires > now));
+        // An interned string is used by holds when more than the set
+        // holds a reference to it.
+        self.strings.retain(|text| Arc::strong_count(text) > 1);
     }
 
     /// How many networks are held by at least one origin.
@@ -118,6 +184,24 @@ mod tests {
         assert!(!holdings.remove(&net, "srv3"));
         assert!(holdings.remove(&net, "srv1"));
         assert!(holdings.is_empty());
+    }
+
+    #[test]
+    fn strings_are_shared_and_released_with_their_holds() {
+        let mut holdings = Holdings::default();
+        for i in 0..100u8 {
+            let net: IpNet = format!("192.0.2.{i}/32").parse().expect("literal");
+            holdings.put(net, hold("srv1", 10));
+        }
+        let net: IpNet = "192.0.2.1/32".parse().expect("literal");
+        let first = holdings.longest(&net, 0).expect("held").origin.clone();
+        // One origin string and one reason string for all 100 holds.
+        assert_eq!(holdings.strings.len(), 2);
+        assert!(Arc::strong_count(&first) > 100);
+        drop(first);
+        holdings.drop_expired(20);
+        assert!(holdings.is_empty());
+        assert!(holdings.strings.is_empty(), "unused strings released");
     }
 
     #[test]
