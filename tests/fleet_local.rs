@@ -11,9 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet_hosts::{Host, admin_line, fleet_config, nats, start_host};
+use common::fleet_hosts::{Host, admin_line, fleet_config, nats, start_host, table_of};
 use common::nats::NatsVersion;
-use common::{Daemon, NetNs, TestBus, wait_until};
+use common::{NetNs, wait_until};
 
 #[test]
 fn bans_and_unbans_reach_the_other_host_current_server() {
@@ -31,15 +31,8 @@ fn bans_and_unbans_reach_the_other_host(version: NatsVersion) {
     let admin_dir = tempfile::tempdir().expect("tempdir");
     let srv1 = start_host(&netns, &server, "srv1", "", "");
     // srv1 has no admin credentials, so srv2 creates the bucket.
-    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "", "");
-    let config = config + &admin_line(&server, admin_dir.path());
-    let srv2_bus = TestBus::start();
-    let srv2 = Host {
-        daemon: Daemon::start(&netns, &srv2_bus, &config),
-        bus: srv2_bus,
-        table: "orch_srv2".into(),
-        secrets,
-    };
+    let admin = admin_line(&server, admin_dir.path());
+    let srv2 = start_host(&netns, &server, "srv2", "", &admin);
     wait_until(Duration::from_secs(15), "both hosts connected", || {
         srv1.connected() && srv2.connected()
     });
@@ -100,14 +93,7 @@ fn bans_made_while_nats_is_down_arrive_later_even_after_a_kill() {
     let admin_dir = tempfile::tempdir().expect("tempdir");
     let admin = admin_line(&server, admin_dir.path());
     let mut srv1 = start_host(&netns, &server, "srv1", "", "");
-    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "", "");
-    let srv2_bus = TestBus::start();
-    let srv2 = Host {
-        daemon: Daemon::start(&netns, &srv2_bus, &(config + &admin)),
-        bus: srv2_bus,
-        table: "orch_srv2".into(),
-        secrets,
-    };
+    let srv2 = start_host(&netns, &server, "srv2", "", &admin);
     wait_until(Duration::from_secs(15), "both hosts connected", || {
         srv1.connected() && srv2.connected()
     });
@@ -164,27 +150,17 @@ fn a_jail_ban_reaches_the_other_host() {
         auth_log.display(),
         web_log.display()
     );
-    let (config, secrets) = fleet_config(&server, "srv1", "orch_srv1", "", "share = [\"sshd\"]\n");
+    let (config, secrets) = fleet_config(
+        &server,
+        "srv1",
+        &table_of("srv1"),
+        "",
+        "share = [\"sshd\"]\n",
+    );
     // The [jails] tables go after [fleet] so they do not end up inside it.
-    let srv1_bus = TestBus::start();
-    let srv1 = Host {
-        daemon: Daemon::start(&netns, &srv1_bus, &format!("{config}\n{jails}")),
-        bus: srv1_bus,
-        table: "orch_srv1".into(),
-        secrets,
-    };
-    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "", "");
-    let srv2_bus = TestBus::start();
-    let srv2 = Host {
-        daemon: Daemon::start(
-            &netns,
-            &srv2_bus,
-            &(config + &admin_line(&server, admin_dir.path())),
-        ),
-        bus: srv2_bus,
-        table: "orch_srv2".into(),
-        secrets,
-    };
+    let srv1 = Host::start(&netns, "srv1", &format!("{config}\n{jails}"), secrets);
+    let admin = admin_line(&server, admin_dir.path());
+    let srv2 = start_host(&netns, &server, "srv2", "", &admin);
     wait_until(Duration::from_secs(15), "both hosts connected", || {
         srv1.connected() && srv2.connected()
     });
@@ -249,34 +225,19 @@ fn a_host_logging_in_with_an_nkey_shares_bans() {
     opts.nkey_hosts = vec![("srv3".into(), nkey.public_key())];
     let server = NatsServer::start(Some(&netns), opts);
     let admin_dir = tempfile::tempdir().expect("tempdir");
-    let (config, secrets) = fleet_config(&server, "srv2", "orch_srv2", "", "");
-    let srv2_bus = TestBus::start();
-    let srv2 = Host {
-        daemon: Daemon::start(
-            &netns,
-            &srv2_bus,
-            &(config + &admin_line(&server, admin_dir.path())),
-        ),
-        bus: srv2_bus,
-        table: "orch_srv2".into(),
-        secrets,
-    };
+    let admin = admin_line(&server, admin_dir.path());
+    let srv2 = start_host(&netns, &server, "srv2", "", &admin);
     let seed_dir = tempfile::tempdir().expect("tempdir");
     let seed_file = seed_dir.path().join("srv3.nk");
     std::fs::write(&seed_file, nkey.seed().expect("seed") + "\n").expect("write seed");
-    let srv3_bus = TestBus::start();
     let srv3_config = format!(
-        "[firewall]\ntable = \"orch_srv3\"\n\n[fleet]\nservers = [\"{}\"]\nname = \"srv3\"\nnkey_file = \"{}\"\ntls = {{ ca = \"{}\" }}\n",
+        "[firewall]\ntable = \"{}\"\n\n[fleet]\nservers = [\"{}\"]\nname = \"srv3\"\nnkey_file = \"{}\"\ntls = {{ ca = \"{}\" }}\n",
+        table_of("srv3"),
         server.url(),
         seed_file.display(),
         server.ca_path().expect("TLS").display()
     );
-    let srv3 = Host {
-        daemon: Daemon::start(&netns, &srv3_bus, &srv3_config),
-        bus: srv3_bus,
-        table: "orch_srv3".into(),
-        secrets: seed_dir,
-    };
+    let srv3 = Host::start(&netns, "srv3", &srv3_config, seed_dir);
     wait_until(Duration::from_secs(15), "both hosts connected", || {
         srv2.connected() && srv3.connected()
     });

@@ -49,19 +49,29 @@ pub fn start_host(
     extra: &str,
     fleet_keys: &str,
 ) -> Host {
-    let table = format!("orch_{name}");
-    let bus = TestBus::start();
-    let (config, secrets) = fleet_config(server, name, &table, extra, fleet_keys);
-    let daemon = Daemon::start(netns, &bus, &config);
-    Host {
-        daemon,
-        bus,
-        table,
-        secrets,
-    }
+    let (config, secrets) = fleet_config(server, name, &table_of(name), extra, fleet_keys);
+    Host::start(netns, name, &config, secrets)
+}
+
+/// The table host `name` uses, so hosts can share a namespace.
+pub fn table_of(name: &str) -> String {
+    format!("orch_{name}")
 }
 
 impl Host {
+    /// Starts host `name`'s daemon on its own bus with `config` (which
+    /// must use [`table_of`]`(name)`); `secrets` is kept alive with it.
+    pub fn start(netns: &NetNs, name: &str, config: &str, secrets: tempfile::TempDir) -> Host {
+        let bus = TestBus::start();
+        let daemon = Daemon::start(netns, &bus, config);
+        Host {
+            daemon,
+            bus,
+            table: table_of(name),
+            secrets,
+        }
+    }
+
     pub fn banned(&self, netns: &NetNs, addr: &str) -> bool {
         netns
             .set_elements(&self.table, "ban4")
