@@ -266,19 +266,17 @@ impl Core {
     ) {
         self.fleet_mut().holdings.remove(&net, origin);
         let source = format!("{FLEET_SOURCE_PREFIX}{origin}");
-        let in_force = pending
+        // The ban in force here: this batch's, else the stored one.
+        let Some(created) = pending
             .get(&net)
             .or_else(|| self.store().get_ban(&net))
-            .is_some_and(|record| *record.source == *source);
-        if !in_force {
+            .filter(|record| *record.source == *source)
+            .map(|record| record.created)
+        else {
             return;
-        }
+        };
         match self.fleet().holdings.longest(&net, now).cloned() {
             Some(next) => {
-                let created = pending
-                    .get(&net)
-                    .or_else(|| self.store().get_ban(&net))
-                    .map_or(now, |record| record.created);
                 pending.insert(
                     net,
                     BanRecord {
