@@ -11,7 +11,7 @@
 //! configuration or the packaged `nats-server` service, or leaves a process
 //! behind: every server is killed on `Drop`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{Context, kv};
@@ -395,13 +395,30 @@ pub fn block_on_in<T: Send, F: Future<Output = T>>(
     })
 }
 
-/// A TCP port on `addr` that is free right now in namespace `ns`.
+/// A TCP port on `addr` that is free right now in namespace `ns`, and that no
+/// earlier call in this test process handed out. The kernel may give the
+/// same ephemeral port to two `bind(0)` calls once the first listener is
+/// closed, and a cluster picks nine ports before any server binds one, so
+/// ports handed out are remembered (for the life of the process).
 pub fn free_port(ns: Option<&Path>, addr: IpAddr) -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     in_netns(ns, || {
-        TcpListener::bind(SocketAddr::new(addr, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free port on {addr}: {e}"))
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        // Hold every listener until a new port turns up, so the kernel
+        // cannot offer a repeated one twice.
+        let mut held = Vec::new();
+        loop {
+            let listener = TcpListener::bind(SocketAddr::new(addr, 0))
+                .unwrap_or_else(|e| panic!("no free port on {addr}: {e}"));
+            let port = listener
+                .local_addr()
+                .unwrap_or_else(|e| panic!("no local address on {addr}: {e}"))
+                .port();
+            if handed_out.insert(port) {
+                return port;
+            }
+            held.push(listener);
+        }
     })
 }
 
