@@ -71,7 +71,11 @@ fn watch_kernel(
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
             let at = Instant::now();
-            if let Some(rest) = line.strip_prefix(&prefix) {
+            if line.starts_with(&format!("add element inet {PROBE_TABLE} ")) {
+                if sender.send((PROBE_TABLE.to_string(), at)).is_err() {
+                    return;
+                }
+            } else if let Some(rest) = line.strip_prefix(&prefix) {
                 for element in rest.trim_end_matches(" }").split(", ") {
                     let addr = element.split_whitespace().next().unwrap_or_default();
                     if sender.send((addr.to_string(), at)).is_err() {
@@ -81,8 +85,37 @@ fn watch_kernel(
             }
         }
     });
+    // `nft monitor` listens only some time after it starts: change a probe
+    // set until it reports that, so no measured ban can come before it.
+    let nft = |script: &str| {
+        netns.nft_script(script).expect_ok(script);
+    };
+    nft(&format!(
+        "table inet {PROBE_TABLE} {{ set probe {{ type ipv4_addr; }}; }}"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for round in 1u32.. {
+        nft(&format!(
+            "add element inet {PROBE_TABLE} probe {{ 10.255.{}.{} }}",
+            round / 250,
+            round % 250 + 1
+        ));
+        if let Ok((what, _)) = receiver.recv_timeout(Duration::from_millis(50)) {
+            assert_eq!(what, PROBE_TABLE, "a ban arrived before any was made");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nft monitor never reported the probe"
+        );
+    }
+    nft(&format!("delete table inet {PROBE_TABLE}"));
+    while receiver.try_recv().is_ok() {}
     (receiver, child)
 }
+
+/// A table `watch_kernel` changes to learn that `nft monitor` listens.
+const PROBE_TABLE: &str = "orch_bench_probe";
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
