@@ -108,6 +108,14 @@ pub struct Core {
     fleet: super::fleet_apply::FleetSide,
 }
 
+/// Bans just stored, split by whether they replace a stored ban, for the
+/// kernel.
+#[derive(Default)]
+struct StoredBans {
+    added: Vec<BanRecord>,
+    replaced: Vec<(BanRecord, BanRecord)>,
+}
+
 /// A jail with `filter = "recidive"`: its "failures" are bans by the other
 /// jails, so it lives in the core, where those bans happen.
 struct RecidiveJail {
@@ -265,8 +273,11 @@ impl Core {
                 source: source.clone(),
             });
         }
-        self.store_and_apply(&records, now)?;
+        // Durable first; then the fleet publisher may start (it needs no
+        // more from the core) while the kernel takes the bans.
+        let stored = self.store_bans(&records)?;
         self.note_local_changes(&records);
+        self.apply_stored(stored, now)?;
         Ok(records)
     }
 
@@ -277,15 +288,22 @@ impl Core {
         records: &[BanRecord],
         now: u64,
     ) -> Result<(), CoreError> {
+        let stored = self.store_bans(records)?;
+        self.apply_stored(stored, now)
+    }
+
+    /// The first half of [`Core::store_and_apply`]: persists `records` with
+    /// one fsync. What it returns must go to [`Core::apply_stored`] before
+    /// the job ends.
+    fn store_bans(&mut self, records: &[BanRecord]) -> Result<StoredBans, CoreError> {
+        let mut stored = StoredBans::default();
         if records.is_empty() {
-            return Ok(());
+            return Ok(stored);
         }
-        let mut added = Vec::new();
-        let mut replaced = Vec::new();
         for record in records {
             match self.store.get_ban(&record.net) {
-                Some(previous) => replaced.push((previous.clone(), record.clone())),
-                None => added.push(record.clone()),
+                Some(previous) => stored.replaced.push((previous.clone(), record.clone())),
+                None => stored.added.push(record.clone()),
             }
         }
         self.store.insert_bans(records)?;
@@ -295,7 +313,18 @@ impl Core {
                 .map(|record| record.net)
                 .filter(|net| !addr::is_single_address(net)),
         );
-        if let Err(err) = self.reconciler.apply_bans(&added, &replaced, now) {
+        Ok(stored)
+    }
+
+    /// The second half: puts stored bans in the kernel.
+    fn apply_stored(&mut self, stored: StoredBans, now: u64) -> Result<(), CoreError> {
+        if stored.added.is_empty() && stored.replaced.is_empty() {
+            return Ok(());
+        }
+        if let Err(err) = self
+            .reconciler
+            .apply_bans(&stored.added, &stored.replaced, now)
+        {
             tracing::warn!("incremental ban failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed ban")?;
         }

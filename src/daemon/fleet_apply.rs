@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use super::core::{Core, CoreError};
 use crate::addr;
 use crate::fleet::holdings::{Hold, Holdings};
-use crate::fleet::outbox::Outbox;
+use crate::fleet::outbox::{Outbox, SharedBan};
 use crate::fleet::record::FleetBan;
 use crate::store::BanRecord;
 use crate::timefmt::now_unix;
@@ -61,10 +61,6 @@ pub struct FleetSide {
     holdings: Holdings,
 }
 
-/// This host's shared ban of a network, or `None` where it has none (the
-/// publisher deletes the key then).
-pub type SharedBan = (IpNet, Option<FleetBan>);
-
 impl Core {
     /// Connects the core to a fleet publisher: from now on, changes to
     /// shared bans are noted in `outbox`.
@@ -72,21 +68,22 @@ impl Core {
         self.fleet_mut().outbox = Some(outbox);
     }
 
-    /// Notes locally made changes to these networks for the publisher,
-    /// when their source is shared.
+    /// Notes locally made changes to these bans for the publisher, when
+    /// their source is shared: a ban still running is published, an ended
+    /// one deleted.
     pub(super) fn note_local_changes<'a>(&self, records: impl IntoIterator<Item = &'a BanRecord>) {
         let Some(outbox) = &self.fleet().outbox else {
             return;
         };
+        let now = now_unix();
         let jail_names = self.jail_names();
-        let shared: Vec<IpNet> = records
-            .into_iter()
-            .filter(|record| self.config().fleet.shares(&record.source, &jail_names))
-            .map(|record| record.net)
-            .collect();
-        if !shared.is_empty() {
-            outbox.add(shared);
-        }
+        let fleet = &self.config().fleet;
+        outbox.add(
+            records
+                .into_iter()
+                .filter(|record| fleet.shares(&record.source, &jail_names))
+                .map(|record| (record.net, (record.expires > now).then(|| record.clone()))),
+        );
     }
 
     /// Notes networks unbanned here, whatever the ban's source: a local
@@ -94,10 +91,8 @@ impl Core {
     /// this host's key must go all the same. The publisher deletes only
     /// keys this host has.
     pub(super) fn note_local_unbans(&self, removed: &[BanRecord]) {
-        if let Some(outbox) = &self.fleet().outbox
-            && !removed.is_empty()
-        {
-            outbox.add(removed.iter().map(|record| record.net));
+        if let Some(outbox) = &self.fleet().outbox {
+            outbox.add(removed.iter().map(|record| (record.net, None)));
         }
     }
 
@@ -122,32 +117,17 @@ impl Core {
             .collect()
     }
 
-    /// This host's shared bans of `nets` (every shared ban when `nets` is
-    /// `None`), for the publisher.
-    pub fn shared_bans(&self, nets: Option<Vec<IpNet>>) -> Vec<SharedBan> {
+    /// Every shared ban of this host still running, for the publisher's
+    /// catch-up.
+    pub fn shared_bans(&self) -> Vec<SharedBan> {
         let now = now_unix();
         let jail_names = self.jail_names();
         let fleet = &self.config().fleet;
-        let as_shared = |record: &BanRecord| {
-            (record.expires > now && fleet.shares(&record.source, &jail_names)).then(|| FleetBan {
-                addr: record.net.to_string(),
-                expires_at: record.expires,
-                created: record.created,
-                reason: record.reason.to_string(),
-                source: record.source.to_string(),
-            })
-        };
-        match nets {
-            Some(nets) => nets
-                .into_iter()
-                .map(|net| (net, self.store().get_ban(&net).and_then(as_shared)))
-                .collect(),
-            None => self
-                .store()
-                .bans()
-                .filter_map(|record| as_shared(record).map(|ban| (record.net, Some(ban))))
-                .collect(),
-        }
+        self.store()
+            .bans()
+            .filter(|record| record.expires > now && fleet.shares(&record.source, &jail_names))
+            .map(|record| (record.net, Some(record.clone())))
+            .collect()
     }
 
     /// Applies other hosts' changes: every local rule decides whether a
@@ -165,11 +145,6 @@ impl Core {
         let policy = self.policy();
         let max_until = now.saturating_add(self.config().fleet.max_remote_time.as_secs());
         let max_bans = self.config().fleet.max_remote_bans;
-        let mut remote_bans = self
-            .store()
-            .bans()
-            .filter(|record| record.source.starts_with(FLEET_SOURCE_PREFIX))
-            .count();
         let mut pending: HashMap<IpNet, BanRecord> = HashMap::new();
         let mut lift: HashSet<IpNet> = HashSet::new();
         let mut new_prefixes: Vec<IpNet> = Vec::new();
@@ -193,6 +168,18 @@ impl Core {
                         outcome.refused += 1;
                         continue;
                     }
+                    // The cap counts networks other hosts ban here (held),
+                    // whichever ban is in force.
+                    let holdings = &self.fleet().holdings;
+                    if !holdings.holds_net(&net) && holdings.len() >= max_bans {
+                        if outcome.refused < LOGGED_REFUSALS {
+                            tracing::warn!(
+                                "fleet: not applying {origin}'s ban of {net}: fleet.max_remote_bans ({max_bans}) reached"
+                            );
+                        }
+                        outcome.refused += 1;
+                        continue;
+                    }
                     let expires = ban.expires_at.min(max_until);
                     let reason: Arc<str> = Arc::from(ban.reason.as_str());
                     self.fleet_mut().holdings.put(
@@ -205,20 +192,8 @@ impl Core {
                     );
                     lift.remove(&net);
                     let current = pending.get(&net).or_else(|| self.store().get_ban(&net));
-                    match current {
-                        Some(current) if current.expires >= expires => continue,
-                        Some(_) => {}
-                        None if remote_bans >= max_bans => {
-                            if outcome.refused < LOGGED_REFUSALS {
-                                tracing::warn!(
-                                    "fleet: not applying {origin}'s ban of {net}: fleet.max_remote_bans ({max_bans}) reached"
-                                );
-                            }
-                            self.fleet_mut().holdings.remove(&net, &origin);
-                            outcome.refused += 1;
-                            continue;
-                        }
-                        None => remote_bans += 1,
+                    if current.is_some_and(|current| current.expires >= expires) {
+                        continue;
                     }
                     if !addr::is_single_address(&net) {
                         new_prefixes.push(net);

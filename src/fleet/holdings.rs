@@ -140,6 +140,11 @@ impl Holdings {
         self.strings.retain(|text| Arc::strong_count(text) > 1);
     }
 
+    /// Whether any origin holds `net`.
+    pub fn holds_net(&self, net: &IpNet) -> bool {
+        self.by_net.contains_key(net)
+    }
+
     /// How many networks are held by at least one origin.
     pub fn len(&self) -> usize {
         self.by_net.len()

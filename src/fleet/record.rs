@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::store::BanRecord;
+
 /// Longest value accepted from the bucket; anything larger is refused
 /// unread (a ban's value is well under 2 KiB).
 pub const MAX_VALUE_BYTES: usize = 4096;
@@ -30,6 +32,19 @@ pub struct FleetBan {
     /// What banned it on the origin: "manual", a jail name...
     #[serde(default)]
     pub source: String,
+}
+
+impl FleetBan {
+    /// The value for this host's stored ban.
+    pub fn from_record(record: &BanRecord) -> FleetBan {
+        FleetBan {
+            addr: record.net.to_string(),
+            expires_at: record.expires,
+            created: record.created,
+            reason: record.reason.to_string(),
+            source: record.source.to_string(),
+        }
+    }
 }
 
 /// A decoded key.

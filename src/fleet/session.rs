@@ -14,24 +14,19 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use ipnet::IpNet;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::connect::{FleetError, connect, open_bucket};
-use super::outbox::Outbox;
+use super::outbox::{Outbox, SharedBan};
 use super::record::{self, FleetBan};
 use super::status::FleetStatus;
 use crate::config::FleetConfig;
 use crate::daemon::core::CoreHandle;
-use crate::daemon::fleet_apply::{RemoteChange, SharedBan};
+use crate::daemon::fleet_apply::RemoteChange;
 use crate::timefmt::now_unix;
 
 /// Remote changes handed to the core at once, at most.
 const APPLY_BATCH: usize = 5_000;
-/// A batch this large is a burst: wait up to [`BURST_WAIT`] (at most
-/// [`BURST_WAITS`] times) for more before applying.
-const BURST: usize = 64;
-const BURST_WAIT: Duration = Duration::from_millis(5);
-const BURST_WAITS: usize = 40;
 /// A publish or apply this large is followed by handing freed memory back.
 const LARGE_BATCH: usize = 1_000;
 /// Publishes in flight at once.
@@ -164,7 +159,7 @@ impl FleetTask {
         self.outbox.take();
         let (shared, banned) = self
             .core
-            .call(|core| (core.shared_bans(None), core.banned_nets()))
+            .call(|core| (core.shared_bans(), core.banned_nets()))
             .await
             .map_err(|e| failed("reading shared bans", &e))?;
         let shared_nets: HashSet<IpNet> = shared.iter().map(|(net, _)| *net).collect();
@@ -172,7 +167,7 @@ impl FleetTask {
             let own = lock(&own_keys);
             let mut changes: Vec<SharedBan> = shared
                 .into_iter()
-                .filter(|(net, ban)| ban.as_ref().map(|b| b.expires_at) != own.get(net).copied())
+                .filter(|(net, ban)| ban.as_ref().map(|b| b.expires) != own.get(net).copied())
                 .collect();
             // Keys of bans no longer here go. A ban still here but now held
             // by another host's longer ban keeps its key until it ends.
@@ -200,9 +195,13 @@ impl FleetTask {
 
         // Follow the bucket and publish, side by side: a long publish must
         // not leave the watch unread (its own echoes would overflow it).
+        // The watch is read and decoded while the core applies the batch
+        // before (one more may wait between them).
+        let (batches, mut to_apply) = tokio::sync::mpsc::channel(1);
         tokio::select! {
             result = self.publish_changes(&publisher, &own_keys) => result,
-            result = self.follow(&mut watch, connected, &own_keys) => result,
+            result = self.follow(&mut watch, connected, &own_keys, batches) => result,
+            result = self.apply_in_order(&mut to_apply) => result,
         }
     }
 
@@ -214,73 +213,62 @@ impl FleetTask {
     ) -> Result<(), FleetError> {
         loop {
             self.outbox.changed().await;
-            let nets = self.outbox.take();
-            if nets.is_empty() {
-                continue;
+            let changes = self.outbox.take();
+            if !changes.is_empty() {
+                publisher
+                    .publish_all(changes, &self.outbox, own_keys)
+                    .await?;
             }
-            let states = self
-                .core
-                .call(move |core| core.shared_bans(Some(nets)))
-                .await
-                .map_err(|e| FleetError::Session(format!("reading shared bans: {e}")))?;
-            publisher
-                .publish_all(states, &self.outbox, own_keys)
-                .await?;
         }
     }
 
-    /// Applies the bucket's changes as they come, until an error or a
-    /// disconnect.
+    /// Hands the core each batch [`FleetTask::follow`] reads, in order.
+    async fn apply_in_order(
+        &self,
+        to_apply: &mut mpsc::Receiver<Vec<RemoteChange>>,
+    ) -> Result<(), FleetError> {
+        while let Some(batch) = to_apply.recv().await {
+            self.apply(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the bucket's changes as they come and passes them on in
+    /// batches, until an error or a disconnect.
     async fn follow(
         &self,
         watch: &mut kv::Watch,
         connected: &mut watch::Receiver<bool>,
         own_keys: &OwnKeys,
+        batches: mpsc::Sender<Vec<RemoteChange>>,
     ) -> Result<(), FleetError> {
         let failed =
             |e: &dyn std::fmt::Display| FleetError::Session(format!("reading the bucket: {e}"));
         let ended = || FleetError::Session("the bucket watch ended".into());
+        // Changes read but not yet handed on. They are handed on as soon as
+        // the core can take them, so a lone ban goes at once, while in a
+        // burst the batch grows as long as the core is busy with the one
+        // before: thousands at once instead of a few at a time.
+        let mut batch: Vec<RemoteChange> = Vec::new();
         loop {
             tokio::select! {
-                entry = watch.next() => {
-                    let entry = match entry {
-                        Some(Ok(entry)) => entry,
-                        Some(Err(e)) => return Err(failed(&e)),
-                        None => return Err(ended()),
-                    };
-                    let mut batch: Vec<RemoteChange> =
-                        self.read_entry(&entry, own_keys, true).into_iter().collect();
-                    // Take whatever else is already there; in a burst, wait
-                    // a moment for more, so the core stores and applies
-                    // thousands at once instead of a hundred at a time. A
-                    // lone ban is applied at once.
-                    let mut waited = 0;
-                    while batch.len() < APPLY_BATCH {
-                        let next = match futures_util::FutureExt::now_or_never(watch.next()) {
-                            Some(next) => next,
-                            None if batch.len() >= BURST && waited < BURST_WAITS => {
-                                waited += 1;
-                                match tokio::time::timeout(BURST_WAIT, watch.next()).await {
-                                    Ok(next) => next,
-                                    Err(_) => break,
-                                }
-                            }
-                            None => break,
-                        };
-                        match next {
-                            Some(Ok(entry)) => batch.extend(self.read_entry(&entry, own_keys, true)),
-                            Some(Err(e)) => return Err(failed(&e)),
-                            None => return Err(ended()),
-                        }
-                    }
-                    if !batch.is_empty() {
-                        self.status.note_event();
-                        self.apply(batch).await?;
-                    }
-                }
+                biased;
                 changed = connected.changed() => {
                     if changed.is_err() || !*connected.borrow() {
                         return Err(FleetError::Session("disconnected from NATS".into()));
+                    }
+                }
+                permit = batches.reserve(), if !batch.is_empty() => {
+                    let permit = permit
+                        .map_err(|_| FleetError::Session("applying remote bans stopped".into()))?;
+                    self.status.note_event();
+                    permit.send(std::mem::take(&mut batch));
+                }
+                entry = watch.next(), if batch.len() < APPLY_BATCH => {
+                    match entry {
+                        Some(Ok(entry)) => batch.extend(self.read_entry(&entry, own_keys, true)),
+                        Some(Err(e)) => return Err(failed(&e)),
+                        None => return Err(ended()),
                     }
                 }
             }
@@ -395,29 +383,28 @@ impl Publisher {
                 .collect()
         };
         let (count, started) = (changes.len(), std::time::Instant::now());
-        let results: Vec<(IpNet, Option<u64>, Result<(), String>)> =
-            futures_util::stream::iter(changes)
-                .map(|(net, ban)| async move {
-                    let expires = ban.as_ref().map(|b| b.expires_at);
-                    (net, expires, self.publish(net, ban).await)
-                })
-                .buffer_unordered(PUBLISH_CONCURRENCY)
-                .collect()
-                .await;
+        let results: Vec<(SharedBan, Result<(), String>)> = futures_util::stream::iter(changes)
+            .map(|change| async move {
+                let result = self.publish(&change).await;
+                (change, result)
+            })
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .collect()
+            .await;
         let mut first_error = None;
         let mut failed = Vec::new();
         let mut own_keys = lock(own_keys);
-        for (net, expires, result) in results {
-            match (result, expires) {
+        for (change, result) in results {
+            match (result, &change.1) {
                 (Err(error), _) => {
-                    failed.push(net);
+                    failed.push(change);
                     first_error.get_or_insert(error);
                 }
-                (Ok(()), Some(expires)) => {
-                    own_keys.insert(net, expires);
+                (Ok(()), Some(ban)) => {
+                    own_keys.insert(change.0, ban.expires);
                 }
                 (Ok(()), None) => {
-                    own_keys.remove(&net);
+                    own_keys.remove(&change.0);
                 }
             }
         }
@@ -439,14 +426,14 @@ impl Publisher {
         }
     }
 
-    async fn publish(&self, net: IpNet, ban: Option<FleetBan>) -> Result<(), String> {
-        let key = record::key(&self.name, &net);
+    async fn publish(&self, (net, ban): &SharedBan) -> Result<(), String> {
+        let key = record::key(&self.name, net);
         match ban {
             Some(ban) => {
                 let mut message = jetstream::message::PublishMessage::build()
-                    .payload(record::encode_value(&ban).into());
+                    .payload(record::encode_value(&FleetBan::from_record(ban)).into());
                 if self.key_ttl {
-                    let left = ban.expires_at.saturating_sub(now_unix()).max(1);
+                    let left = ban.expires.saturating_sub(now_unix()).max(1);
                     message = message.ttl(Duration::from_secs(left));
                 }
                 self.js
