@@ -2,7 +2,8 @@
 //! (each with its own table, private D-Bus and state dir) and a real
 //! nats-server over TLS with per-host users: a ban on one host reaches the
 //! other's kernel set, an unban lifts it, and bans made while NATS is down
-//! (even by a daemon killed meanwhile) arrive once it is back.
+//! (even by a daemon killed meanwhile) arrive once it is back. Hosts log in
+//! with passwords, an nkey, or `.creds` files (operator mode).
 //!
 //! The multi-namespace topology with packets and a gateway is in
 //! `tests/fleet.rs`; this file keeps the quick checks.
@@ -11,23 +12,39 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet_hosts::{Host, admin_line, fleet_config, nats, start_host, table_of};
-use common::nats::NatsVersion;
+use common::fleet_hosts::{
+    Host, admin_line, fleet_config, fleet_config_with_login, nats, nats_with, start_host,
+    status_fleet_block, table_of,
+};
+use common::nats::{BUCKET, NatsAuth, NatsVersion};
 use common::{NetNs, wait_until};
 
 #[test]
 fn bans_and_unbans_reach_the_other_host_current_server() {
-    bans_and_unbans_reach_the_other_host(NatsVersion::Current);
+    bans_and_unbans_reach_the_other_host(NatsVersion::Current, NatsAuth::Passwords);
 }
 
 #[test]
 fn bans_and_unbans_reach_the_other_host_debian_server() {
-    bans_and_unbans_reach_the_other_host(NatsVersion::Debian);
+    bans_and_unbans_reach_the_other_host(NatsVersion::Debian, NatsAuth::Passwords);
 }
 
-fn bans_and_unbans_reach_the_other_host(version: NatsVersion) {
+/// `credentials`: hosts and the admin log in with `.creds` files (user
+/// JWTs signed by the account key, the same permissions as the passwords'
+/// users) on a server in operator mode.
+#[test]
+fn hosts_with_creds_files_share_bans_current_server() {
+    bans_and_unbans_reach_the_other_host(NatsVersion::Current, NatsAuth::Operator);
+}
+
+#[test]
+fn hosts_with_creds_files_share_bans_debian_server() {
+    bans_and_unbans_reach_the_other_host(NatsVersion::Debian, NatsAuth::Operator);
+}
+
+fn bans_and_unbans_reach_the_other_host(version: NatsVersion, auth: NatsAuth) {
     let netns = NetNs::new();
-    let server = nats(&netns, version);
+    let server = nats_with(&netns, version, auth);
     let admin_dir = tempfile::tempdir().expect("tempdir");
     let srv1 = start_host(&netns, &server, "srv1", "", "");
     // srv1 has no admin credentials, so srv2 creates the bucket.
@@ -230,13 +247,8 @@ fn a_host_logging_in_with_an_nkey_shares_bans() {
     let seed_dir = tempfile::tempdir().expect("tempdir");
     let seed_file = seed_dir.path().join("srv3.nk");
     std::fs::write(&seed_file, nkey.seed().expect("seed") + "\n").expect("write seed");
-    let srv3_config = format!(
-        "[firewall]\ntable = \"{}\"\n\n[fleet]\nservers = [\"{}\"]\nname = \"srv3\"\nnkey_file = \"{}\"\ntls = {{ ca = \"{}\" }}\n",
-        table_of("srv3"),
-        server.url(),
-        seed_file.display(),
-        server.ca_path().expect("TLS").display()
-    );
+    let login = format!("nkey_file = \"{}\"", seed_file.display());
+    let srv3_config = fleet_config_with_login(&server, "srv3", &table_of("srv3"), "", &login, "");
     let srv3 = Host::start(&netns, "srv3", &srv3_config, seed_dir);
     wait_until(Duration::from_secs(15), "both hosts connected", || {
         srv2.connected() && srv3.connected()
@@ -249,4 +261,53 @@ fn a_host_logging_in_with_an_nkey_shares_bans() {
     });
     let list = srv2.daemon.cli(&["list"]).expect_ok("list on srv2");
     assert!(list.stdout.contains("fleet:srv3"), "{}", list.stdout);
+}
+
+/// A `.creds` file whose user JWT is signed by an account the server does
+/// not trust is refused: `orch status` says so, and local bans still work.
+#[test]
+fn creds_of_an_unknown_account_are_refused_current_server() {
+    creds_of_an_unknown_account_are_refused(NatsVersion::Current);
+}
+
+#[test]
+fn creds_of_an_unknown_account_are_refused_debian_server() {
+    creds_of_an_unknown_account_are_refused(NatsVersion::Debian);
+}
+
+fn creds_of_an_unknown_account_are_refused(version: NatsVersion) {
+    let netns = NetNs::new();
+    let server = nats_with(&netns, version, NatsAuth::Operator);
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let creds_file = secrets.path().join("srv3.creds");
+    let stranger = nkeys::KeyPair::new_account();
+    std::fs::write(
+        &creds_file,
+        common::nats_jwt::host_creds(&stranger, BUCKET, "srv3"),
+    )
+    .expect("write .creds");
+    let login = format!("credentials = \"{}\"", creds_file.display());
+    let config = fleet_config_with_login(&server, "srv3", &table_of("srv3"), "", &login, "");
+    let srv3 = Host::start(&netns, "srv3", &config, secrets);
+
+    // The `fleet:` line says disconnected; it or the lines under it carry
+    // the server's verdict.
+    let refused = |block: &str| {
+        let first = block.lines().next().unwrap_or_default();
+        first.contains("disconnected") && block.to_lowercase().contains("authorization violation")
+    };
+    let status = || srv3.daemon.cli(&["status"]).stdout;
+    if !common::poll_until(Duration::from_secs(15), || {
+        status_fleet_block(&status()).is_some_and(|block| refused(&block))
+    }) {
+        panic!(
+            "`orch status` on srv3 does not report the refusal:\n{}",
+            status()
+        );
+    }
+    assert!(!srv3.connected());
+    srv3.daemon
+        .cli(&["ban", "198.51.100.94"])
+        .expect_ok("a local ban works without the fleet");
+    assert!(srv3.banned(&netns, "198.51.100.94"));
 }

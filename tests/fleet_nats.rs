@@ -17,8 +17,8 @@ use async_nats::{ConnectErrorKind, Event};
 use bytes::Bytes;
 use common::NetNs;
 use common::nats::{
-    ADMIN, BUCKET, NatsCluster, NatsOptions, NatsServer, NatsVersion, SAMPLE_HOSTS, block_on_in,
-    render_accounts, sample_accounts_block,
+    ADMIN, BUCKET, NatsAuth, NatsCluster, NatsOptions, NatsServer, NatsVersion, SAMPLE_HOSTS,
+    block_on_in, render_accounts, sample_accounts_block,
 };
 use futures_util::StreamExt;
 
@@ -118,8 +118,19 @@ async fn next_entry_for(watch: &mut kv::Watch, key: &str) -> kv::Entry {
 }
 
 fn run(version: NatsVersion, body: impl AsyncFnOnce(&NatsServer) + Send) {
+    run_with(NatsOptions::new(version), body);
+}
+
+/// [`run`] on a server in operator mode: users log in with `.creds` files.
+fn run_in_operator_mode(version: NatsVersion, body: impl AsyncFnOnce(&NatsServer) + Send) {
+    let mut opts = NatsOptions::new(version);
+    opts.auth = NatsAuth::Operator;
+    run_with(opts, body);
+}
+
+fn run_with(opts: NatsOptions, body: impl AsyncFnOnce(&NatsServer) + Send) {
     let ns = NetNs::new();
-    let server = NatsServer::start(Some(&ns), NatsOptions::new(version));
+    let server = NatsServer::start(Some(&ns), opts);
     block_on_in(Some(&ns), || body(&server));
 }
 
@@ -309,6 +320,18 @@ fn host_cannot_delete_others_keys_debian() {
 #[test]
 fn host_cannot_delete_others_keys_current() {
     run(NatsVersion::Current, others_keys_are_protected);
+}
+
+/// The same permissions carried by user JWTs (`.creds` files) instead of
+/// the server's `accounts` block.
+#[test]
+fn host_with_creds_cannot_delete_others_keys_debian() {
+    run_in_operator_mode(NatsVersion::Debian, others_keys_are_protected);
+}
+
+#[test]
+fn host_with_creds_cannot_delete_others_keys_current() {
+    run_in_operator_mode(NatsVersion::Current, others_keys_are_protected);
 }
 
 async fn bad_credentials(server: &NatsServer) {

@@ -1,14 +1,15 @@
 //! Fleet hosts for tests and benches: an orch daemon with its own table,
 //! private D-Bus and state dir, configured for a [`NatsServer`] with its
-//! per-host user over TLS. Several hosts may share one network namespace
-//! (their tables differ).
+//! per-host user over TLS (a password, or its `.creds` file on a server in
+//! operator mode). Several hosts may share one network namespace (their
+//! tables differ).
 //!
 //! Test scaffolding only: it starts processes and reads their state; it
 //! must not assert on behaviour.
 
 use std::path::Path;
 
-use super::nats::{NatsOptions, NatsServer, NatsVersion};
+use super::nats::{ADMIN, NatsAuth, NatsOptions, NatsServer, NatsVersion};
 use super::{Daemon, NetNs, TestBus};
 
 /// A host: its daemon, bus and table.
@@ -20,7 +21,8 @@ pub struct Host {
 }
 
 /// A host's config: `extra` at the top, then its table, then `[fleet]`
-/// with its user, password file and the server's CA, plus `fleet_keys`.
+/// with its own login ([`login_keys`], secrets written into the returned
+/// dir) and the server's CA, plus `fleet_keys`.
 pub fn fleet_config(
     server: &NatsServer,
     name: &str,
@@ -29,16 +31,48 @@ pub fn fleet_config(
     fleet_keys: &str,
 ) -> (String, tempfile::TempDir) {
     let secrets = tempfile::tempdir().expect("secrets dir");
-    let password_file = secrets.path().join("password");
-    std::fs::write(&password_file, format!("{}\n", server.password(name))).expect("password");
-    let ca = server.ca_path().expect("TLS server");
-    let config = format!(
-        "{extra}\n[firewall]\ntable = \"{table}\"\n\n[fleet]\nservers = [\"{}\"]\nname = \"{name}\"\nuser = \"{name}\"\npassword_file = \"{}\"\ntls = {{ ca = \"{}\" }}\n{fleet_keys}",
-        server.url(),
-        password_file.display(),
-        ca.display()
-    );
+    let login = login_keys(server, name, secrets.path()).join("\n");
+    let config = fleet_config_with_login(server, name, table, extra, &login, fleet_keys);
     (config, secrets)
+}
+
+/// [`fleet_config`] with the given `login` lines (e.g. `nkey_file = …`)
+/// instead of the host's own login.
+pub fn fleet_config_with_login(
+    server: &NatsServer,
+    name: &str,
+    table: &str,
+    extra: &str,
+    login: &str,
+    fleet_keys: &str,
+) -> String {
+    let ca = server.ca_path().expect("TLS server");
+    format!(
+        "{extra}\n[firewall]\ntable = \"{table}\"\n\n[fleet]\nservers = [\"{}\"]\nname = \"{name}\"\n{login}\ntls = {{ ca = \"{}\" }}\n{fleet_keys}",
+        server.url(),
+        ca.display()
+    )
+}
+
+/// The `[fleet]` (or `fleet.admin`) keys, as `key = "value"` items, that
+/// log `user` in to `server`: its `.creds` file in operator mode, else the
+/// user name and a password file written into `dir`.
+pub fn login_keys(server: &NatsServer, user: &str, dir: &Path) -> Vec<String> {
+    match server.auth() {
+        NatsAuth::Operator => vec![format!(
+            "credentials = \"{}\"",
+            server.creds_path(user).display()
+        )],
+        NatsAuth::Passwords => {
+            let password_file = dir.join(format!("{user}.password"));
+            std::fs::write(&password_file, format!("{}\n", server.password(user)))
+                .expect("write password file");
+            vec![
+                format!("user = \"{user}\""),
+                format!("password_file = \"{}\"", password_file.display()),
+            ]
+        }
+    }
 }
 
 /// `extra` goes at the top of the config, `fleet_keys` into `[fleet]`.
@@ -96,16 +130,32 @@ impl Host {
 
 /// The admin creates the bucket; hosts' users may not.
 pub fn nats(netns: &NetNs, version: NatsVersion) -> NatsServer {
+    nats_with(netns, version, NatsAuth::Passwords)
+}
+
+/// [`nats`] with users logging in by `auth`.
+pub fn nats_with(netns: &NetNs, version: NatsVersion, auth: NatsAuth) -> NatsServer {
     let mut opts = NatsOptions::new(version);
     opts.hosts = vec!["srv1".into(), "srv2".into(), "srv3".into()];
+    opts.auth = auth;
     NatsServer::start(Some(netns), opts)
 }
 
+/// The `admin = { … }` line of `[fleet]` for the server's admin user
+/// (secrets written into `dir`).
 pub fn admin_line(server: &NatsServer, dir: &Path) -> String {
-    let file = dir.join("admin-password");
-    std::fs::write(&file, server.password("admin")).expect("admin password");
     format!(
-        "admin = {{ user = \"admin\", password_file = \"{}\" }}\n",
-        file.display()
+        "admin = {{ {} }}\n",
+        login_keys(server, ADMIN, dir).join(", ")
     )
+}
+
+/// The `fleet:` block of `orch status` output: that line and the indented
+/// lines under it.
+pub fn status_fleet_block(status: &str) -> Option<String> {
+    let mut lines = status.lines().skip_while(|l| !l.starts_with("fleet:"));
+    let first = lines.next()?;
+    let mut block = vec![first];
+    block.extend(lines.take_while(|l| l.starts_with(char::is_whitespace)));
+    Some(block.join("\n"))
 }

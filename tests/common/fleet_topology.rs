@@ -272,12 +272,7 @@ impl Host {
     /// lines under it (e.g. `  last error: …`), joined by newlines.
     #[track_caller]
     pub fn status_fleet_block(&self) -> Option<String> {
-        let out = self.cli(&["status"]);
-        let mut lines = out.stdout.lines().skip_while(|l| !l.starts_with("fleet:"));
-        let first = lines.next()?;
-        let mut block = vec![first];
-        block.extend(lines.take_while(|l| l.starts_with(char::is_whitespace)));
-        Some(block.join("\n"))
+        super::fleet_hosts::status_fleet_block(&self.cli(&["status"]).stdout)
     }
 
     /// The `FleetConnected` property, as busctl prints it (`b true`), or

@@ -15,6 +15,7 @@
 pub mod fleet_hosts;
 pub mod fleet_topology;
 pub mod nats;
+pub mod nats_jwt;
 pub mod systemd;
 
 use std::ffi::OsStr;

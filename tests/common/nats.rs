@@ -1,6 +1,8 @@
 //! Test harness for orch's fleet transport: real `nats-server` processes
 //! (Debian's 2.9 or a current upstream build) with JetStream, TLS and the
-//! per-host users of `examples/nats-server.conf`.
+//! per-host users of `examples/nats-server.conf`, logging in with passwords
+//! or nkeys, or (operator mode, [`NatsAuth::Operator`]) with `.creds` files
+//! made by [`super::nats_jwt`].
 //!
 //! The permission blocks are rendered here ([`render_accounts`]) and the
 //! sample config must contain exactly that rendering (checked by a test), so
@@ -26,6 +28,7 @@ use std::time::Duration;
 use async_nats::jetstream::{Context, kv};
 use tempfile::TempDir;
 
+use super::nats_jwt::OperatorTrust;
 use super::{NetNs, enter_netns, kill_and_reap, poll_until, run_command, tail};
 
 /// The fleet's KV bucket (orch's default).
@@ -447,6 +450,17 @@ fn healthz_ok(addr: IpAddr, port: u16) -> bool {
 // ---------------------------------------------------------------------------
 // The server
 
+/// How the server's users log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NatsAuth {
+    /// An `accounts` block: users with passwords (and the `nkey_hosts`).
+    #[default]
+    Passwords,
+    /// Operator mode: trusted operator and account JWTs in a memory
+    /// resolver, and one `.creds` file per user ([`NatsServer::creds_path`]).
+    Operator,
+}
+
 /// How to start a [`NatsServer`].
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
@@ -468,6 +482,8 @@ pub struct NatsOptions {
     pub extra_config: String,
     /// Hosts that log in with an nkey: (host name, public key).
     pub nkey_hosts: Vec<(String, String)>,
+    /// Passwords or operator mode.
+    pub auth: NatsAuth,
 }
 
 impl NatsOptions {
@@ -483,6 +499,7 @@ impl NatsOptions {
             hosts: SAMPLE_HOSTS.iter().map(|h| h.to_string()).collect(),
             extra_config: String::new(),
             nkey_hosts: Vec::new(),
+            auth: NatsAuth::default(),
         }
     }
 
@@ -509,6 +526,8 @@ pub struct NatsServer {
     port: u16,
     http_port: u16,
     passwords: BTreeMap<String, String>,
+    /// Operator mode: each user's `.creds` file, in `dir`.
+    creds_files: BTreeMap<String, PathBuf>,
     config_path: PathBuf,
     log_path: PathBuf,
     starts: u32,
@@ -552,10 +571,6 @@ impl NatsServer {
             opts.port
         };
         let http_port = free_port(ns_path.as_deref(), opts.addr);
-        let mut passwords = BTreeMap::new();
-        for user in opts.hosts.iter().map(String::as_str).chain([ADMIN]) {
-            passwords.insert(user.to_string(), random_password());
-        }
         let store = dir.path().join("jetstream");
         fs::create_dir(&store).expect("create JetStream store dir");
         let mut config = String::new();
@@ -598,12 +613,42 @@ impl NatsServer {
                 routes.join(", ")
             );
         }
-        let hosts: Vec<&str> = opts.hosts.iter().map(String::as_str).collect();
-        config.push_str(&render_accounts_with_nkeys(
-            &opts.bucket,
-            &hosts,
-            &opts.nkey_hosts,
-        ));
+        let users = opts.hosts.iter().map(String::as_str).chain([ADMIN]);
+        let mut passwords = BTreeMap::new();
+        let mut creds_files = BTreeMap::new();
+        match opts.auth {
+            NatsAuth::Passwords => {
+                for user in users {
+                    passwords.insert(user.to_string(), random_password());
+                }
+                let hosts: Vec<&str> = opts.hosts.iter().map(String::as_str).collect();
+                config.push_str(&render_accounts_with_nkeys(
+                    &opts.bucket,
+                    &hosts,
+                    &opts.nkey_hosts,
+                ));
+            }
+            NatsAuth::Operator => {
+                assert!(
+                    opts.nkey_hosts.is_empty(),
+                    "nkey_hosts need NatsAuth::Passwords"
+                );
+                let trust = OperatorTrust::new();
+                let operator_jwt = dir.path().join("operator.jwt");
+                fs::write(&operator_jwt, trust.operator_jwt()).expect("write operator JWT");
+                config.push_str(&trust.server_config(&operator_jwt));
+                for user in users {
+                    let creds = if user == ADMIN {
+                        trust.unrestricted_creds(user)
+                    } else {
+                        trust.host_creds(&opts.bucket, user)
+                    };
+                    let path = dir.path().join(format!("{user}.creds"));
+                    fs::write(&path, creds).expect("write .creds file");
+                    creds_files.insert(user.to_string(), path);
+                }
+            }
+        }
         config.push_str(&opts.extra_config);
         config.push('\n');
         let config_path = dir.path().join("nats-server.conf");
@@ -614,6 +659,7 @@ impl NatsServer {
             port,
             http_port,
             passwords,
+            creds_files,
             config_path,
             log_path: dir.path().join("nats-server.log"),
             starts: 0,
@@ -759,12 +805,27 @@ impl NatsServer {
         self.opts.tls.as_ref().map(|ca| ca.ca_path())
     }
 
-    /// Password of `user` (a host or [`ADMIN`]). Panics for unknown users.
+    /// How users log in to this server.
+    pub fn auth(&self) -> NatsAuth {
+        self.opts.auth
+    }
+
+    /// Password of `user` (a host or [`ADMIN`]). Panics for unknown users
+    /// and in operator mode.
     #[track_caller]
     pub fn password(&self, user: &str) -> &str {
         self.passwords
             .get(user)
-            .unwrap_or_else(|| panic!("no NATS user {user:?} on this server"))
+            .unwrap_or_else(|| panic!("no NATS user {user:?} with a password on this server"))
+    }
+
+    /// The `.creds` file of `user` (a host or [`ADMIN`]) in operator mode.
+    /// Panics for unknown users and in password mode.
+    #[track_caller]
+    pub fn creds_path(&self, user: &str) -> &Path {
+        self.creds_files
+            .get(user)
+            .unwrap_or_else(|| panic!("no NATS user {user:?} with a .creds file on this server"))
     }
 
     /// The generated config file.
@@ -784,23 +845,47 @@ impl NatsServer {
             .unwrap_or_default()
     }
 
-    /// Connect options for `user` with `password`: TLS trusting the test CA
-    /// (if any), 5 s connection and request timeouts, no reconnect delay
-    /// beyond the client's default.
-    pub fn connect_options_with(&self, user: &str, password: &str) -> async_nats::ConnectOptions {
-        let mut opts =
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-                .connection_timeout(Duration::from_secs(5))
-                .request_timeout(Some(Duration::from_secs(5)));
-        if let Some(ca) = self.ca_path() {
-            opts = opts.add_root_certificates(ca).require_tls(true);
+    /// `login` plus TLS trusting the test CA (if any), 5 s connection and
+    /// request timeouts, no reconnect delay beyond the client's default.
+    fn client_settings(&self, login: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        let opts = login
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)));
+        match self.ca_path() {
+            Some(ca) => opts.add_root_certificates(ca).require_tls(true),
+            None => opts,
         }
-        opts
     }
 
-    /// Connect options for `user` with its own password.
+    /// Connect options for `user` with `password`.
+    pub fn connect_options_with(&self, user: &str, password: &str) -> async_nats::ConnectOptions {
+        self.client_settings(async_nats::ConnectOptions::with_user_and_password(
+            user.into(),
+            password.into(),
+        ))
+    }
+
+    /// Connect options logging in with the text of a `.creds` file.
+    #[track_caller]
+    fn connect_options_with_creds(&self, creds: &str) -> async_nats::ConnectOptions {
+        let login = async_nats::ConnectOptions::with_credentials(creds)
+            .unwrap_or_else(|e| panic!("parse .creds: {e}"));
+        self.client_settings(login)
+    }
+
+    /// Connect options for `user` with its own password, or its own
+    /// `.creds` file in operator mode.
+    #[track_caller]
     pub fn connect_options(&self, user: &str) -> async_nats::ConnectOptions {
-        self.connect_options_with(user, self.password(user))
+        match self.opts.auth {
+            NatsAuth::Passwords => self.connect_options_with(user, self.password(user)),
+            NatsAuth::Operator => {
+                let path = self.creds_path(user);
+                let creds = fs::read_to_string(path)
+                    .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+                self.connect_options_with_creds(&creds)
+            }
+        }
     }
 
     /// Connects as `user`. Must run inside the server's namespace (see
@@ -835,9 +920,14 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts the three nodes (sharing one CA and the same users' passwords)
-    /// and waits until each is healthy.
+    /// and waits until each is healthy. Password mode only.
     #[track_caller]
     pub fn start(ns: Option<&NetNs>, opts: NatsOptions) -> NatsCluster {
+        assert_eq!(
+            opts.auth,
+            NatsAuth::Passwords,
+            "a cluster's nodes would each make their own operator"
+        );
         let ns_path = ns.map(NetNs::path);
         let route_ports: Vec<u16> = (0..3)
             .map(|_| free_port(ns_path.as_deref(), opts.addr))
