@@ -311,3 +311,71 @@ fn creds_of_an_unknown_account_are_refused(version: NatsVersion) {
         .expect_ok("a local ban works without the fleet");
     assert!(srv3.banned(&netns, "198.51.100.94"));
 }
+
+/// `max_remote_bans` and `max_remote_time`: what another host can make
+/// this one do is capped. srv2 takes at most 3 networks from the fleet, and
+/// keeps none of them longer than an hour; the rest is refused, logged, and
+/// the stream goes on (a later unban still arrives).
+#[test]
+fn remote_bans_are_capped_in_number_and_length() {
+    let netns = NetNs::new();
+    let server = nats(&netns, NatsVersion::Current);
+    let admin_dir = tempfile::tempdir().expect("tempdir");
+    let admin = admin_line(&server, admin_dir.path());
+    let srv1 = start_host(&netns, &server, "srv1", "", &admin);
+    let srv2 = start_host(
+        &netns,
+        &server,
+        "srv2",
+        "",
+        "max_remote_bans = 3\nmax_remote_time = \"1h\"\n",
+    );
+    wait_until(Duration::from_secs(15), "both hosts connected", || {
+        srv1.connected() && srv2.connected()
+    });
+    let addresses: Vec<String> = (1..=5).map(|i| format!("198.51.100.{i}")).collect();
+    let mut args = vec!["ban", "--for", "7d"];
+    args.extend(addresses.iter().map(String::as_str));
+    srv1.daemon.cli(&args).expect_ok("ban five on srv1");
+    wait_until(Duration::from_secs(5), "srv2 logs the cap", || {
+        srv2.daemon
+            .log()
+            .contains("fleet.max_remote_bans (3) reached")
+    });
+    let applied: Vec<&String> = addresses
+        .iter()
+        .filter(|addr| srv2.banned(&netns, addr))
+        .collect();
+    assert_eq!(applied.len(), 3, "applied on srv2: {applied:?}");
+
+    let listed = srv2
+        .daemon
+        .cli(&["list", "--json"])
+        .expect_ok("list on srv2");
+    let rows: serde_json::Value = serde_json::from_str(&listed.stdout).expect("list --json");
+    let rows = rows.as_array().expect("an array");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    for row in rows {
+        assert_eq!(row["source"], "fleet:srv1", "{row}");
+        let expires_at = row["expires_at"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            expires_at <= now + 3600,
+            "a 7-day remote ban is kept past an hour from now ({now}): {row}"
+        );
+    }
+
+    // The stream goes on: unbanning an applied one lifts it on srv2.
+    let lifted = applied[0].clone();
+    srv1.daemon
+        .cli(&["unban", &lifted])
+        .expect_ok("unban on srv1");
+    wait_until(
+        Duration::from_secs(5),
+        "srv2 lifts the unbanned one",
+        || !srv2.banned(&netns, &lifted),
+    );
+}
