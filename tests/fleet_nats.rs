@@ -509,11 +509,20 @@ fn replicated_bucket_survives_a_node_current() {
             3
         );
         let (_g, jsg, _) = connect(&cluster.nodes[1], "gw").await;
-        open_bucket(&jsg, "gw")
-            .await
-            .put(key, Bytes::from_static(b"ban"))
-            .await
-            .expect("gw put");
+        let gw_store = open_bucket(&jsg, "gw").await;
+        // A just-created R3 stream may not be known on every node yet
+        // ("stream not found"): retry with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match gw_store.put(key, Bytes::from_static(b"ban")).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("gw put not accepted yet: {e:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("gw put: {e:?}"),
+            }
+        }
     });
     cluster.nodes[0].kill();
     block_on_in(Some(&ns), || async {
