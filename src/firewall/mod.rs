@@ -7,7 +7,9 @@
 
 mod libnft;
 pub mod monitor;
+mod netlink;
 mod nft_cli;
+mod probe;
 pub mod script;
 
 use ipnet::IpNet;
@@ -172,22 +174,25 @@ impl Firewall {
         self.executor.run(&self.layout.replace_allows(allows))
     }
 
-    /// True when the table, its chains and the sampled ban elements are
-    /// in the kernel. Never lists the big sets.
+    /// True when the table, its chains with all their rules, and the
+    /// sampled ban elements are in the kernel. Asks the kernel directly
+    /// (see `probe`), so it never fetches the big sets, whichever executor
+    /// writes the table.
     pub fn is_intact(&mut self, sample_bans: &[TimedElement]) -> bool {
         if self.ownership.is_none() {
             return false;
         }
-        // One command per call: nftables 1.0.6 fails a script holding two
-        // `list chain` commands ("No such file or directory") once a set
-        // has timeout elements.
-        for command in self.layout.check_commands(sample_bans) {
-            if let Err(err) = self.executor.run(&command) {
-                tracing::info!("self-check: {err}");
-                return false;
+        match probe::find_missing(&self.layout.intact_check(sample_bans)) {
+            Ok(None) => true,
+            Ok(Some(missing)) => {
+                tracing::info!("self-check: {missing}");
+                false
+            }
+            Err(err) => {
+                tracing::warn!("self-check: cannot query the kernel: {err}");
+                false
             }
         }
-        true
     }
 
     /// Deletes orch's table (used when a config reload renames it).

@@ -18,8 +18,13 @@
 use std::borrow::Cow;
 use std::io;
 use std::mem;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
+
+use super::netlink::{
+    Attributes, Messages, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, c_string, open_socket, read_u32_be,
+    set_int_option, socklen_of,
+};
 
 /// One thing the kernel reported about nftables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +61,6 @@ pub enum MonitorError {
 
 /// `NFNLGRP_NFTABLES`: the multicast group of nftables notifications.
 const NFNLGRP_NFTABLES: libc::c_int = 7;
-/// `NFNL_SUBSYS_NFTABLES`: the high byte of an nftables message type.
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
 
 // nftables message types (the low byte), from <linux/netfilter/nf_tables.h>.
 const NFT_MSG_NEWTABLE: u16 = 0;
@@ -89,12 +92,6 @@ const NFTA_GEN_ID: u16 = 1;
 const NFTA_GEN_PROC_PID: u16 = 2;
 const NFTA_GEN_PROC_NAME: u16 = 3;
 
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-const NLA_HDRLEN: usize = 4;
-/// Clears `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER` from an attribute type.
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
 /// Socket receive buffer asked for: room for a bulk load's notifications
 /// (roughly 100 bytes per element) before the kernel has to drop some.
 const RECEIVE_BUFFER_BYTES: libc::c_int = 8 << 20;
@@ -117,19 +114,7 @@ impl KernelMonitor {
     /// namespace. The socket stays in that namespace whichever thread reads
     /// it later. Needs CAP_NET_ADMIN.
     pub fn open() -> Result<KernelMonitor, MonitorError> {
-        // SAFETY: plain syscall; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if raw < 0 {
-            return Err(MonitorError::Socket(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a freshly created descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = open_socket().map_err(MonitorError::Socket)?;
 
         // As root, SO_RCVBUFFORCE ignores net.core.rmem_max; otherwise the
         // plain option gets whatever rmem_max allows. A small buffer only
@@ -147,23 +132,6 @@ impl KernelMonitor {
             );
         }
 
-        // SAFETY: an all-zero sockaddr_nl is valid; the fields that matter
-        // are set below.
-        let mut address: libc::sockaddr_nl = unsafe { mem::zeroed() };
-        address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // nl_pid 0: the kernel picks a unique port id. No groups here; the
-        // subscription below reports its own error.
-        // SAFETY: `address` is a valid sockaddr_nl of the length given.
-        let bound = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const address).cast::<libc::sockaddr>(),
-                socklen_of::<libc::sockaddr_nl>(),
-            )
-        };
-        if bound < 0 {
-            return Err(MonitorError::Socket(io::Error::last_os_error()));
-        }
         set_int_option(
             &fd,
             libc::SOL_NETLINK,
@@ -314,34 +282,6 @@ impl std::fmt::Debug for KernelMonitor {
     }
 }
 
-fn socklen_of<T>() -> libc::socklen_t {
-    // Socket address structs are a few bytes: the cast cannot truncate.
-    mem::size_of::<T>() as libc::socklen_t
-}
-
-fn set_int_option(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: `value` is a c_int that outlives the call.
-    let result = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&raw const value).cast(),
-            socklen_of::<libc::c_int>(),
-        )
-    };
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// Pure parser for one datagram, unit-tested with hand-built byte buffers.
 /// Malformed messages are skipped; a message whose length is impossible
 /// ends the parse (nothing after it can be located).
@@ -354,19 +294,8 @@ pub fn parse_datagram(bytes: &[u8]) -> Vec<KernelEvent> {
 /// Appends the events of one datagram to `events`, coalescing with what is
 /// already there.
 fn parse_into(bytes: &[u8], events: &mut Vec<KernelEvent>) {
-    let mut rest = bytes;
-    while rest.len() >= NLMSG_HDRLEN {
-        let (Some(length), Some(kind)) = (read_u32_ne(rest, 0), read_u16_ne(rest, 4)) else {
-            return;
-        };
-        let length = length as usize;
-        if length < NLMSG_HDRLEN || length > rest.len() {
-            return;
-        }
-        if let Some(payload) = rest.get(NLMSG_HDRLEN..length) {
-            parse_message(kind, payload, events);
-        }
-        rest = rest.get(align4(length)..).unwrap_or(&[]);
+    for message in Messages(bytes) {
+        parse_message(message.kind, message.payload, events);
     }
 }
 
@@ -465,88 +394,37 @@ fn table_name(attributes: &[u8]) -> Option<Cow<'_, str>> {
     (!name.is_empty()).then_some(name)
 }
 
-/// Bytes up to the first NUL (or all of them), as text.
-fn c_string(value: &[u8]) -> Cow<'_, str> {
-    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-    String::from_utf8_lossy(&value[..end])
-}
-
-/// Iterates the top-level attributes of a message: (type without flags,
-/// payload). Stops at the first malformed attribute.
-struct Attributes<'a>(&'a [u8]);
-
-impl<'a> Iterator for Attributes<'a> {
-    type Item = (u16, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let rest = self.0;
-        let (Some(length), Some(kind)) = (read_u16_ne(rest, 0), read_u16_ne(rest, 2)) else {
-            self.0 = &[];
-            return None;
-        };
-        let length = usize::from(length);
-        let Some(value) = rest.get(NLA_HDRLEN..length) else {
-            // Shorter than its header, or longer than what is left.
-            self.0 = &[];
-            return None;
-        };
-        self.0 = rest.get(align4(length)..).unwrap_or(&[]);
-        Some((kind & NLA_TYPE_MASK, value))
-    }
-}
-
-fn align4(length: usize) -> usize {
-    length.saturating_add(3) & !3
-}
-
-fn read_u16_ne(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn read_u32_ne(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn read_u32_be(bytes: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::netlink::{MessageBuilder, NLMSG_HDRLEN, align4};
     use super::*;
 
     const INET: u8 = 1;
     const IPV4: u8 = 2;
 
-    fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
-        let length = u16::try_from(NLA_HDRLEN + value.len()).expect("small attribute");
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&length.to_ne_bytes());
-        bytes.extend_from_slice(&kind.to_ne_bytes());
-        bytes.extend_from_slice(value);
-        bytes.resize(align4(bytes.len()), 0);
-        bytes
+    /// One attribute of a hand-built test message.
+    enum Attr<'a> {
+        Bytes(u16, &'a [u8]),
+        Text(u16, &'a str),
     }
 
-    fn string(kind: u16, text: &str) -> Vec<u8> {
-        let mut value = text.as_bytes().to_vec();
-        value.push(0);
-        attribute(kind, &value)
+    fn attribute(kind: u16, value: &[u8]) -> Attr<'_> {
+        Attr::Bytes(kind, value)
     }
 
-    fn message(msg: u16, family: u8, attributes: &[Vec<u8>]) -> Vec<u8> {
-        let body: Vec<u8> = attributes.concat();
-        let length = u32::try_from(NLMSG_HDRLEN + NFGENMSG_LEN + body.len()).expect("small");
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&length.to_ne_bytes());
-        bytes.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | msg).to_ne_bytes());
-        bytes.extend_from_slice(&0u16.to_ne_bytes()); // flags
-        bytes.extend_from_slice(&7u32.to_ne_bytes()); // seq
-        bytes.extend_from_slice(&0u32.to_ne_bytes()); // pid
-        bytes.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg
-        bytes.extend_from_slice(&body);
-        bytes.resize(align4(bytes.len()), 0);
-        bytes
+    fn string(kind: u16, text: &str) -> Attr<'_> {
+        Attr::Text(kind, text)
+    }
+
+    fn message(msg: u16, family: u8, attributes: &[Attr]) -> Vec<u8> {
+        let mut builder = MessageBuilder::new(msg, 0, 7, family);
+        for attr in attributes {
+            match attr {
+                Attr::Bytes(kind, value) => builder.attribute(*kind, value),
+                Attr::Text(kind, text) => builder.string(*kind, text),
+            };
+        }
+        builder.finish()
     }
 
     /// A table-scoped message: attribute 1 is the table, plus a second

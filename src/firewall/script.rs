@@ -71,6 +71,14 @@ impl Protocol {
             Protocol::Udp => "udp",
         }
     }
+
+    /// The IP protocol number, as `meta l4proto` matches it.
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
 }
 
 /// The ports a jail's bans cover, when not every port: elements of the
@@ -163,6 +171,59 @@ impl TimedElement {
             timeout_secs,
             scope: None,
         }
+    }
+}
+
+/// What the self-check expects to find in the kernel (see
+/// [`TableLayout::intact_check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntactCheck {
+    pub table: String,
+    /// Each chain of the table and how many rules it holds.
+    pub chains: Vec<(&'static str, usize)>,
+    pub elements: Vec<SampleElement>,
+}
+
+/// One ban element to look up: its set, its key as the kernel stores it,
+/// and how nft would show it (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleElement {
+    pub set: &'static str,
+    pub key: Vec<u8>,
+    pub shown: String,
+}
+
+impl SampleElement {
+    /// The element `ban` puts in the kernel: the address (a prefix's
+    /// network address), then for a port ban the protocol and port, each
+    /// field padded to 4 bytes as in nftables' registers. `None` for a port
+    /// scope without protocols or ports (it puts nothing in the kernel).
+    fn of(ban: &TimedElement) -> Option<SampleElement> {
+        let mut key = match ban.net.network() {
+            std::net::IpAddr::V4(addr) => addr.octets().to_vec(),
+            std::net::IpAddr::V6(addr) => addr.octets().to_vec(),
+        };
+        let addr = element_text(&ban.net);
+        let Some(scope) = &ban.scope else {
+            return Some(SampleElement {
+                set: ban_set_for(&ban.net),
+                key,
+                shown: addr,
+            });
+        };
+        let (protocol, port) = (scope.protocols.first()?, scope.ports.first()?);
+        key.extend_from_slice(&[protocol.number(), 0, 0, 0]);
+        key.extend_from_slice(&port.to_be_bytes());
+        key.extend_from_slice(&[0, 0]);
+        let set = match ban.net {
+            IpNet::V4(_) => sets::PORTBAN4,
+            IpNet::V6(_) => sets::PORTBAN6,
+        };
+        Some(SampleElement {
+            set,
+            key,
+            shown: format!("{addr} . {} . {port}", protocol.as_str()),
+        })
     }
 }
 
@@ -349,22 +410,21 @@ impl TableLayout {
         out.push_str("  }\n");
     }
 
-    /// Read-only commands that each fail unless the table, its chains and
-    /// the given ban elements are in the kernel: the cheap self-check (it
-    /// never lists the big sets). Run them one by one.
-    pub fn check_commands(&self, sample_bans: &[TimedElement]) -> Vec<String> {
-        let table = &self.table;
-        let mut commands: Vec<String> = std::iter::once("filter")
-            .chain(self.base_chains())
-            .map(|chain| format!("list chain inet {table} {chain}"))
-            .collect();
-        let by_set = group_by_ban_set(sample_bans.iter(), false);
-        commands.extend(
-            self.element_commands("get", &by_set)
-                .lines()
-                .map(str::to_string),
-        );
-        commands
+    /// What the self-check looks for in the kernel: the table, each chain
+    /// with as many rules as this layout writes, and the given ban
+    /// elements (a port ban by its first protocol and port).
+    pub fn intact_check(&self, sample_bans: &[TimedElement]) -> IntactCheck {
+        let mut filter_chain = String::new();
+        self.write_filter_chain(&mut filter_chain);
+        // Every line but the chain's opening and closing ones is a rule.
+        let filter_rules = filter_chain.lines().count().saturating_sub(2);
+        IntactCheck {
+            table: self.table.clone(),
+            chains: std::iter::once(("filter", filter_rules))
+                .chain(self.base_chains().into_iter().map(|hook| (hook, 1)))
+                .collect(),
+            elements: sample_bans.iter().filter_map(SampleElement::of).collect(),
+        }
     }
 
     /// Removes the table if it exists, in one transaction.
@@ -579,19 +639,45 @@ mod tests {
     }
 
     #[test]
-    fn check_script_reads_chains_and_samples_only() {
-        let commands = layout(true).check_commands(&[
+    fn the_intact_check_names_every_chain_and_the_sampled_elements() {
+        let web = std::sync::Arc::new(PortScope {
+            protocols: vec![Protocol::Tcp],
+            ports: vec![443, 80],
+        });
+        let check = layout(true).intact_check(&[
             TimedElement::every_port(net("192.0.2.1/32"), 60),
             TimedElement::every_port(net("198.51.100.0/24"), 60),
+            TimedElement {
+                scope: Some(web),
+                ..TimedElement::every_port(net("2001:db8::1/128"), 60)
+            },
         ]);
+        let filter_rules = layout(true)
+            .full_table(Ownership::Owned, &TableContents::default())
+            .lines()
+            .skip_while(|line| !line.contains("chain filter"))
+            .skip(1)
+            .take_while(|line| line.trim() != "}")
+            .count();
         assert_eq!(
-            commands,
+            check.chains,
+            [("filter", filter_rules), ("input", 1), ("forward", 1)]
+        );
+        assert_eq!(check.table, "orch");
+        let found: Vec<(&str, &[u8], &str)> = check
+            .elements
+            .iter()
+            .map(|e| (e.set, e.key.as_slice(), e.shown.as_str()))
+            .collect();
+        let mut port_key = vec![0x20, 0x01, 0x0d, 0xb8];
+        port_key.extend([0; 11]);
+        port_key.extend([1, 6, 0, 0, 0, 1, 0xbb, 0, 0]);
+        assert_eq!(
+            found,
             [
-                "list chain inet orch filter",
-                "list chain inet orch input",
-                "list chain inet orch forward",
-                "get element inet orch ban4 { 192.0.2.1 }",
-                "get element inet orch bannet4 { 198.51.100.0/24 }",
+                ("ban4", &[192, 0, 2, 1][..], "192.0.2.1"),
+                ("bannet4", &[198, 51, 100, 0][..], "198.51.100.0/24"),
+                ("portban6", &port_key[..], "2001:db8::1 . tcp . 443"),
             ]
         );
     }

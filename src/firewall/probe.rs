@@ -1,0 +1,257 @@
+//! The self-check's look at orch's table: asks the kernel directly, over
+//! nfnetlink, whether the table is there, whether each chain holds its
+//! rules, and whether a few sampled ban elements are in their sets.
+//!
+//! Why not `nft list chain` / `nft get element`: nftables 1.0.6 fetches
+//! every element of every set into its cache before either command. With
+//! 100k bans that is about a second of CPU and 35 MB per command, and a
+//! long-lived libnftables context keeps the cache until the next change.
+//! Here each question is one small request: a lookup by key, or a dump of
+//! the table's rules (rules only, never set elements).
+//!
+//! This module only reads; it never changes the kernel, and it does not
+//! decide what to do about what it finds.
+
+use std::collections::HashMap;
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use super::netlink::{
+    Attributes, MessageBuilder, Messages, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFPROTO_INET,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, c_string, open_socket,
+    read_i32_ne, socklen_of,
+};
+use super::script::IntactCheck;
+
+// Request types and attributes, from <linux/netfilter/nf_tables.h>.
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// How long one answer may take before the check gives up (the kernel
+/// answers these in microseconds).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Room for one datagram of a dump (the kernel fills up to 32 KiB).
+const RECEIVE_BUFFER_BYTES: usize = 64 << 10;
+
+/// `Ok(None)` when everything `check` names is in the kernel, otherwise
+/// what is missing first, in words. `Err` when the kernel could not be
+/// asked at all.
+pub fn find_missing(check: &IntactCheck) -> io::Result<Option<String>> {
+    let mut session = Session::open()?;
+    let table = check.table.as_str();
+    let found = session.request(NFT_MSG_GETTABLE, NLM_F_ACK, |request| {
+        request.string(NFTA_TABLE_NAME, table);
+    })?;
+    if found.is_none() {
+        return Ok(Some(format!("table inet {table} is missing")));
+    }
+
+    let rules = session.rule_counts(table)?;
+    for &(chain, expected) in &check.chains {
+        let held = rules.get(chain).copied().unwrap_or(0);
+        if held != expected {
+            return Ok(Some(format!(
+                "chain {chain} holds {held} rules, not {expected}"
+            )));
+        }
+    }
+
+    for element in &check.elements {
+        let found = session.request(NFT_MSG_GETSETELEM, NLM_F_ACK, |request| {
+            request
+                .string(NFTA_SET_ELEM_LIST_TABLE, table)
+                .string(NFTA_SET_ELEM_LIST_SET, element.set)
+                .nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+                    list.nested(NFTA_LIST_ELEM, |item| {
+                        item.nested(NFTA_SET_ELEM_KEY, |key| {
+                            key.attribute(NFTA_DATA_VALUE, &element.key);
+                        });
+                    });
+                });
+        })?;
+        if found.is_none() {
+            return Ok(Some(format!(
+                "element {} is missing from set {}",
+                element.shown, element.set
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// One socket, one request at a time.
+struct Session {
+    fd: OwnedFd,
+    seq: u32,
+    buffer: Vec<u8>,
+}
+
+impl Session {
+    fn open() -> io::Result<Session> {
+        let fd = open_socket()?;
+        let timeout = libc::timeval {
+            tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: `timeout` is a valid timeval that outlives the call.
+        let set = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                socklen_of::<libc::timeval>(),
+            )
+        };
+        if set < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Session {
+            fd,
+            seq: 0,
+            buffer: vec![0; RECEIVE_BUFFER_BYTES],
+        })
+    }
+
+    /// Rules per chain of `table`, from one dump of its rules.
+    fn rule_counts(&mut self, table: &str) -> io::Result<HashMap<String, usize>> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut count_rule = |kind: u16, attributes: &[u8]| {
+            if kind != NFT_MSG_NEWRULE {
+                return;
+            }
+            if let Some((_, chain)) =
+                Attributes(attributes).find(|&(kind, _)| kind == NFTA_RULE_CHAIN)
+            {
+                *counts.entry(c_string(chain).into_owned()).or_default() += 1;
+            }
+        };
+        self.exchange(
+            NFT_MSG_GETRULE,
+            NLM_F_DUMP,
+            |request| {
+                request.string(NFTA_RULE_TABLE, table);
+            },
+            &mut count_rule,
+        )?;
+        Ok(counts)
+    }
+
+    /// Sends a lookup; `Some(())` when the kernel found the object, `None`
+    /// when it answered "no such file or directory".
+    fn request(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        fill: impl FnOnce(&mut MessageBuilder),
+    ) -> io::Result<Option<()>> {
+        match self.exchange(msg, flags, fill, &mut |_, _| {}) {
+            Ok(()) => Ok(Some(())),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Sends one request and reads until the kernel's answer ends (an ack,
+    /// an error, or the end of a dump), handing each nftables message of
+    /// the answer to `each` as (type, attributes).
+    fn exchange(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        fill: impl FnOnce(&mut MessageBuilder),
+        each: &mut dyn FnMut(u16, &[u8]),
+    ) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut request = MessageBuilder::new(msg, NLM_F_REQUEST | flags, self.seq, NFPROTO_INET);
+        fill(&mut request);
+        self.send(&request.finish())?;
+        loop {
+            let length = self.receive()?;
+            for message in Messages(&self.buffer[..length]) {
+                if message.seq != self.seq {
+                    continue;
+                }
+                match message.kind {
+                    NLMSG_ERROR | NLMSG_DONE => {
+                        let code = read_i32_ne(message.payload, 0).unwrap_or(0);
+                        return if code == 0 {
+                            Ok(())
+                        } else {
+                            Err(io::Error::from_raw_os_error(code.saturating_neg()))
+                        };
+                    }
+                    kind if kind >> 8 == NFNL_SUBSYS_NFTABLES => {
+                        if let Some(attributes) = message.payload.get(NFGENMSG_LEN..) {
+                            each(kind & 0xff, attributes);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        // SAFETY: an all-zero sockaddr_nl addresses the kernel (port id 0).
+        let mut kernel: libc::sockaddr_nl = unsafe { mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: the buffer and address are valid for the lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&raw const kernel).cast::<libc::sockaddr>(),
+                socklen_of::<libc::sockaddr_nl>(),
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reads one datagram; its length, cut to the buffer.
+    fn receive(&mut self) -> io::Result<usize> {
+        loop {
+            // SAFETY: the buffer is valid for its length.
+            let received = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buffer.as_mut_ptr().cast(),
+                    self.buffer.len(),
+                    0,
+                )
+            };
+            if received >= 0 {
+                return Ok(received.unsigned_abs().min(self.buffer.len()));
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the kernel did not answer an nftables query",
+                    ));
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+}

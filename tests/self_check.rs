@@ -1,0 +1,213 @@
+//! The firewall's self-check against real kernel nftables (needs root):
+//! it must say "intact" for a table orch just wrote, and "not intact" for
+//! each thing an admin's hand (or a crash of nftables) can take away: a ban
+//! element of each kind, a rule, a whole chain's rules, the table.
+//!
+//! Each test runs on a thread that moved into a fresh network namespace
+//! (`unshare(CLONE_NEWNET)` moves only that thread); `nft` children started
+//! from that thread live in the same namespace. The host's ruleset is
+//! never touched.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use orch::config::{FirewallConfig, OwnerMode, Verdict};
+use orch::firewall::script::{PortScope, Protocol};
+use orch::firewall::{DnsElements, Firewall, TableContents, TimedElement};
+
+fn net(text: &str) -> IpNet {
+    text.parse().expect("test literal")
+}
+
+/// Runs `body` on a thread inside a fresh network namespace.
+fn in_fresh_netns(body: impl FnOnce() + Send + 'static) {
+    let thread = std::thread::spawn(move || {
+        // SAFETY: plain syscall; affects only this thread.
+        let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            unshared,
+            0,
+            "unshare(CLONE_NEWNET): {} (run as root)",
+            std::io::Error::last_os_error()
+        );
+        body();
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// `nft <args>` in the calling thread's namespace; panics on failure.
+fn nft(args: &[&str]) -> String {
+    let output = Command::new("nft").args(args).output().expect("run nft");
+    assert!(
+        output.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn config(owner: OwnerMode, forward: bool) -> FirewallConfig {
+    FirewallConfig {
+        table: "orch".into(),
+        priority: -10,
+        verdict: Verdict::Drop,
+        forward,
+        owner,
+    }
+}
+
+/// A thousand single-address bans, a prefix, and a port ban in each family.
+fn bans() -> Vec<TimedElement> {
+    let ssh = Arc::new(PortScope {
+        protocols: vec![Protocol::Tcp, Protocol::Udp],
+        ports: vec![22, 2222],
+    });
+    let mut bans: Vec<TimedElement> = (0..1000u32)
+        .map(|i| {
+            let addr = std::net::Ipv4Addr::from(0xc633_0000 | i); // 198.51.0.0/16
+            TimedElement::every_port(IpNet::from(std::net::IpAddr::V4(addr)), 3600)
+        })
+        .collect();
+    bans.push(TimedElement::every_port(net("192.0.2.0/25"), 3600));
+    bans.push(TimedElement::every_port(net("2001:db8::7/128"), 3600));
+    for addr in ["192.0.2.200/32", "2001:db8::9/128"] {
+        bans.push(TimedElement {
+            scope: Some(ssh.clone()),
+            ..TimedElement::every_port(net(addr), 3600)
+        });
+    }
+    bans
+}
+
+/// A firewall holding `bans`, written in one full apply.
+fn written(owner: OwnerMode, forward: bool, bans: &[TimedElement]) -> Firewall {
+    let mut firewall = Firewall::open(&config(owner, forward)).expect("open firewall");
+    apply(&mut firewall, bans);
+    firewall
+}
+
+fn apply(firewall: &mut Firewall, bans: &[TimedElement]) {
+    let no_dns = DnsElements::default();
+    let contents = TableContents {
+        allows: &[],
+        dns_allows: &no_dns,
+        bans,
+    };
+    firewall.apply_full(&contents).expect("full apply");
+}
+
+/// The sample the tests look up: one ban of each kind.
+fn samples(bans: &[TimedElement]) -> Vec<TimedElement> {
+    vec![
+        bans[500].clone(),
+        bans[1000].clone(),
+        bans[1001].clone(),
+        bans[1002].clone(),
+        bans[1003].clone(),
+    ]
+}
+
+#[test]
+fn a_freshly_written_table_is_intact_with_either_backend() {
+    in_fresh_netns(|| {
+        let bans = bans();
+        for (owner, forward) in [(OwnerMode::On, true), (OwnerMode::Off, false)] {
+            let mut firewall = written(owner, forward, &bans);
+            assert!(firewall.is_intact(&samples(&bans)), "{owner:?}");
+            assert!(firewall.is_intact(&[]), "{owner:?}, no samples");
+            drop(firewall);
+            if owner == OwnerMode::Off {
+                nft(&["delete", "table", "inet", "orch"]);
+            }
+        }
+    });
+}
+
+#[test]
+fn a_ban_that_is_not_in_the_kernel_is_noticed() {
+    in_fresh_netns(|| {
+        let bans = bans();
+        let mut firewall = written(OwnerMode::On, false, &bans);
+        for never_banned in ["198.51.100.1/32", "203.0.113.0/24", "2001:db8::1/128"] {
+            let element = TimedElement::every_port(net(never_banned), 60);
+            assert!(!firewall.is_intact(&[element]), "{never_banned}");
+        }
+        let wrong_port = TimedElement {
+            scope: Some(Arc::new(PortScope {
+                protocols: vec![Protocol::Tcp],
+                ports: vec![80],
+            })),
+            ..bans[1002].clone()
+        };
+        assert!(!firewall.is_intact(&[wrong_port]));
+    });
+}
+
+#[test]
+fn each_element_kind_deleted_by_hand_is_noticed() {
+    in_fresh_netns(|| {
+        let bans = bans();
+        let mut firewall = written(OwnerMode::Off, false, &bans);
+        for (set, element) in [
+            ("ban4", "198.51.1.244"),
+            ("bannet4", "192.0.2.0/25"),
+            ("ban6", "2001:db8::7"),
+            ("portban4", "192.0.2.200 . tcp . 22"),
+            ("portban6", "2001:db8::9 . tcp . 22"),
+        ] {
+            assert!(
+                firewall.is_intact(&samples(&bans)),
+                "before deleting {element}"
+            );
+            nft(&[
+                "delete",
+                "element",
+                "inet",
+                "orch",
+                set,
+                &format!("{{ {element} }}"),
+            ]);
+            assert!(
+                !firewall.is_intact(&samples(&bans)),
+                "after deleting {element}"
+            );
+            apply(&mut firewall, &bans);
+        }
+    });
+}
+
+#[test]
+fn missing_rules_chains_and_tables_are_noticed() {
+    in_fresh_netns(|| {
+        let bans = bans();
+        let mut firewall = written(OwnerMode::Off, true, &bans);
+
+        nft(&["flush", "chain", "inet", "orch", "forward"]);
+        assert!(!firewall.is_intact(&[]), "forward chain flushed");
+        apply(&mut firewall, &bans);
+
+        // One rule of the filter chain, found by its handle.
+        let listing = nft(&["-a", "list", "chain", "inet", "orch", "filter"]);
+        let handle = listing
+            .lines()
+            .find(|line| line.contains("@bannet6"))
+            .and_then(|line| line.rsplit("# handle ").next())
+            .map(str::trim)
+            .expect("the bannet6 rule and its handle")
+            .to_string();
+        assert!(firewall.is_intact(&[]));
+        nft(&[
+            "delete", "rule", "inet", "orch", "filter", "handle", &handle,
+        ]);
+        assert!(!firewall.is_intact(&[]), "one filter rule deleted");
+        apply(&mut firewall, &bans);
+
+        nft(&["delete", "table", "inet", "orch"]);
+        assert!(!firewall.is_intact(&[]), "table deleted");
+        apply(&mut firewall, &bans);
+        assert!(firewall.is_intact(&samples(&bans)));
+    });
+}
