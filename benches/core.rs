@@ -93,6 +93,8 @@ fn bench_start(count: usize) {
         "store open with {count} bans: {:.3} s (read, CRC-check and index every record)",
         load_elapsed.as_secs_f64()
     );
+    // A million elements take several seconds in nftables alone.
+    daemon.set_ready_timeout(std::time::Duration::from_secs(120));
     let started = Instant::now();
     daemon.restart(&netns, &bus);
     let elapsed = started.elapsed();

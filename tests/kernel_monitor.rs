@@ -335,3 +335,25 @@ fn dropped_events_are_reported_as_overrun_and_monitoring_goes_on() {
     let events = until_nft_transaction_end(&mut monitor, "after overrun");
     assert_eq!(events.first(), Some(&changed(INET, "t2")), "{events:?}");
 }
+
+#[test]
+fn a_paused_monitor_misses_changes_and_hears_again_once_resumed() {
+    let (netns, mut monitor) = Netns::with_monitor();
+    let switch = monitor.switch().expect("switch");
+
+    switch.pause().expect("pause");
+    netns.nft(&["add", "table", "inet", "unheard"]);
+    switch.resume().expect("resume");
+    netns.nft(&["add", "table", "inet", "heard"]);
+
+    // Everything up to the second transaction's end: the first table never
+    // shows up, the second does.
+    let events = until_nft_transaction_end(&mut monitor, "add table after resume");
+    assert!(events.contains(&changed(INET, "heard")), "{events:?}");
+    assert!(!events.contains(&changed(INET, "unheard")), "{events:?}");
+    let ends = events
+        .iter()
+        .filter(|event| matches!(event, KernelEvent::TransactionEnd { .. }))
+        .count();
+    assert_eq!(ends, 1, "only the transaction after resume: {events:?}");
+}

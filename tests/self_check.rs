@@ -1,7 +1,8 @@
 //! The firewall's self-check against real kernel nftables (needs root):
 //! it must say "intact" for a table orch just wrote, and "not intact" for
 //! each thing an admin's hand (or a crash of nftables) can take away: a ban
-//! element of each kind, a rule, a whole chain's rules, the table.
+//! element of each kind, a rule, a whole chain's rules, the table. Also
+//! that a bulk change pauses the kernel monitor and resumes it after.
 //!
 //! Each test runs on a thread that moved into a fresh network namespace
 //! (`unshare(CLONE_NEWNET)` moves only that thread); `nft` children started
@@ -209,5 +210,48 @@ fn missing_rules_chains_and_tables_are_noticed() {
         assert!(!firewall.is_intact(&[]), "table deleted");
         apply(&mut firewall, &bans);
         assert!(firewall.is_intact(&samples(&bans)));
+    });
+}
+
+#[test]
+fn a_bulk_change_with_the_monitor_paused_reports_no_unseen_changes_when_alone() {
+    use orch::firewall::monitor::{KernelEvent, KernelMonitor};
+    in_fresh_netns(|| {
+        let mut monitor = KernelMonitor::open().expect("monitor");
+        let mut firewall = Firewall::open(&config(OwnerMode::On, false)).expect("open");
+        firewall.set_notification_switch(Some(monitor.switch().expect("switch")));
+        let bans = bans();
+        apply(&mut firewall, &bans);
+        assert!(firewall.is_intact(&samples(&bans)));
+        assert!(
+            !firewall.take_unseen_changes(),
+            "nobody else committed during the bulk apply"
+        );
+        // The monitor heard nothing of the paused bulk apply (only the
+        // small probe of table flags before it), and hears the next small
+        // change again.
+        let about_orch = |events: &[KernelEvent]| {
+            events.iter().any(|event| {
+                matches!(event, KernelEvent::TableChanged { table, .. }
+                    | KernelEvent::TableDeleted { table, .. } if table == "orch")
+            })
+        };
+        let heard = monitor
+            .next_events(Some(std::time::Duration::ZERO))
+            .expect("receive");
+        assert!(
+            !about_orch(&heard),
+            "paused during the bulk apply: {heard:?}"
+        );
+        firewall
+            .add_bans(&[TimedElement::every_port(net("203.0.113.9/32"), 60)])
+            .expect("one more ban");
+        let heard = monitor
+            .next_events(Some(std::time::Duration::from_secs(5)))
+            .expect("receive");
+        assert!(
+            about_orch(&heard),
+            "a single ban is heard as before: {heard:?}"
+        );
     });
 }

@@ -795,6 +795,7 @@ impl Core {
                     if std::mem::take(&mut self.trim_after_job) {
                         release_freed_memory();
                     }
+                    self.check_after_unseen_changes();
                     if self.stop_requested {
                         break;
                     }
@@ -808,6 +809,18 @@ impl Core {
             }
         }
         tracing::debug!("core stopped");
+    }
+
+    /// A bulk change pauses the kernel monitor; if another process
+    /// committed meanwhile, what it did went unseen, so check the table as
+    /// lost notifications would.
+    fn check_after_unseen_changes(&mut self) {
+        if self.reconciler.take_unseen_changes()
+            && let Err(err) =
+                self.repair_if_needed("nftables changed while a bulk change paused orch's monitor")
+        {
+            tracing::error!("could not repair the table: {err}");
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::bus::service::OrchService;
 use crate::bus::{BUS_NAME, OBJECT_PATH};
 use crate::config::{self, Config};
-use crate::firewall::monitor::KernelMonitor;
+use crate::firewall::monitor::{KernelMonitor, NotificationSwitch};
 use crate::firewall::{Firewall, FirewallError};
 use crate::hooks::HookSettings;
 use crate::store::{Store, StoreError};
@@ -70,7 +70,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
             None
         }
     };
-    start_kernel_monitor(&config.firewall.table, event_sender.clone());
+    let notification_switch = start_kernel_monitor(&config.firewall.table, event_sender.clone());
     let hook_runs = start_hook_runs(&config, &connection);
     let dns_settings = config.dns.clone();
     let running_config = config.clone();
@@ -81,7 +81,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let core = tokio::task::spawn_blocking(move || -> Result<Core, DaemonError> {
         let store = Store::open(&config.state_dir, now_unix())?;
         tracing::info!(bans = store.ban_count(), dir = %config.state_dir.display(), "ban store loaded");
-        let firewall = Firewall::open(&config.firewall)?;
+        let mut firewall = Firewall::open(&config.firewall)?;
+        firewall.set_notification_switch(notification_switch);
         Ok(Core::start(config, store, Reconciler::new(firewall))?)
     })
     .await
@@ -288,16 +289,23 @@ async fn forward_unit_events(watcher: UnitWatcher, events: EventSender, core: Co
 
 /// Listens to the kernel's nftables notifications on a thread of its own
 /// and turns them into firewall events (see [`events::from_kernel`]).
-fn start_kernel_monitor(table: &str, sender: EventSender) {
+/// Returns the switch that pauses it during bulk changes.
+fn start_kernel_monitor(table: &str, sender: EventSender) -> Option<NotificationSwitch> {
     let mut monitor = match KernelMonitor::open() {
         Ok(monitor) => monitor,
         Err(err) => {
             tracing::warn!(
                 "cannot follow nftables events ({err}); relying on the periodic self-check"
             );
-            return;
+            return None;
         }
     };
+    let switch = monitor
+        .switch()
+        .inspect_err(|err| {
+            tracing::warn!("cannot pause nftables events for bulk changes: {err}");
+        })
+        .ok();
     let table = table.to_string();
     let spawned = std::thread::Builder::new()
         .name("orch-kernel".into())
@@ -317,8 +325,12 @@ fn start_kernel_monitor(table: &str, sender: EventSender) {
                 }
             }
         });
-    if let Err(err) = spawned {
-        tracing::warn!("cannot start the nftables event thread: {err}");
+    match spawned {
+        Ok(_) => switch,
+        Err(err) => {
+            tracing::warn!("cannot start the nftables event thread: {err}");
+            None
+        }
     }
 }
 

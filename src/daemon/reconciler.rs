@@ -205,7 +205,14 @@ impl Reconciler {
                 self.firewall.table()
             );
         }
+        let switch = self.firewall.take_notification_switch();
         self.firewall = firewall;
+        self.firewall.set_notification_switch(switch);
+    }
+
+    /// See [`Firewall::take_unseen_changes`].
+    pub fn take_unseen_changes(&mut self) -> bool {
+        self.firewall.take_unseen_changes()
     }
 
     /// Takes these stored bans out of the kernel.

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 
 use crate::config::{FirewallConfig, OwnerMode};
 pub use libnft::LibNftExecutor;
+use monitor::NotificationSwitch;
 pub use nft_cli::NftCliExecutor;
 pub use script::{DnsElements, Ownership, TableContents, TableLayout, TimedElement};
 
@@ -57,7 +58,15 @@ pub struct Firewall {
     ownership_candidates: Vec<Ownership>,
     /// The flags in force since the last successful full apply.
     ownership: Option<Ownership>,
+    /// Pauses the daemon's kernel monitor during bulk changes.
+    notifications: Option<NotificationSwitch>,
+    /// Another process committed while notifications were paused.
+    unseen_changes: bool,
 }
+
+/// Changes of at least this many elements run with the kernel monitor's
+/// notifications paused (below it, notifying costs less than a pause).
+const PAUSE_NOTIFICATIONS_FROM: usize = 1_000;
 
 impl Firewall {
     /// Picks the executor for `config.owner`: libnftables for an owned
@@ -95,7 +104,55 @@ impl Firewall {
             layout,
             ownership_candidates,
             ownership: None,
+            notifications: None,
+            unseen_changes: false,
         }
+    }
+
+    /// Lets bulk changes pause the kernel monitor (see
+    /// [`NotificationSwitch`]).
+    pub fn set_notification_switch(&mut self, switch: Option<NotificationSwitch>) {
+        self.notifications = switch;
+    }
+
+    pub fn take_notification_switch(&mut self) -> Option<NotificationSwitch> {
+        self.notifications.take()
+    }
+
+    /// True once after another process changed nftables while the kernel
+    /// monitor was paused: what it did went unseen, so the caller should
+    /// check the table.
+    pub fn take_unseen_changes(&mut self) -> bool {
+        std::mem::take(&mut self.unseen_changes)
+    }
+
+    /// Runs one script changing `elements` set elements, with the kernel
+    /// monitor paused when that is many.
+    fn run(&mut self, script: &str, elements: usize) -> Result<(), FirewallError> {
+        let Some(switch) = self
+            .notifications
+            .as_ref()
+            .filter(|_| elements >= PAUSE_NOTIFICATIONS_FROM)
+        else {
+            return self.executor.run(script);
+        };
+        // Read before pausing and after resuming: a commit in between that
+        // is not ours may have gone unseen. Our own adds one.
+        let before = probe::generation();
+        if let Err(err) = switch.pause() {
+            tracing::debug!("cannot pause nftables notifications: {err}");
+            return self.executor.run(script);
+        }
+        let result = self.executor.run(script);
+        if let Err(err) = switch.resume() {
+            tracing::error!("cannot resume nftables notifications: {err}");
+        }
+        let after = probe::generation();
+        match (before, after) {
+            (Ok(before), Ok(after)) if after.wrapping_sub(before) <= 1 => {}
+            _ => self.unseen_changes = true,
+        }
+        result
     }
 
     /// Replaces the whole table, in one transaction, with these contents.
@@ -104,7 +161,7 @@ impl Firewall {
     pub fn apply_full(&mut self, contents: &TableContents<'_>) -> Result<(), FirewallError> {
         let ownership = self.settle_ownership()?;
         let script = self.layout.full_table(ownership, contents);
-        self.executor.run(&script)
+        self.run(&script, contents.bans.len())
     }
 
     /// Replaces the DNS allow sets in one transaction.
@@ -146,7 +203,7 @@ impl Firewall {
         if bans.is_empty() {
             return Ok(());
         }
-        self.executor.run(&self.layout.add_bans(bans))
+        self.run(&self.layout.add_bans(bans), bans.len())
     }
 
     /// Replaces existing ban elements: removes them and adds them back with
@@ -158,7 +215,7 @@ impl Firewall {
         }
         let mut script = self.layout.remove_bans(bans);
         script.push_str(&self.layout.add_bans(bans));
-        self.executor.run(&script)
+        self.run(&script, bans.len())
     }
 
     /// Removes ban elements; elements the kernel already expired are fine.
@@ -166,7 +223,7 @@ impl Firewall {
         if bans.is_empty() {
             return Ok(());
         }
-        self.executor.run(&self.layout.remove_bans(bans))
+        self.run(&self.layout.remove_bans(bans), bans.len())
     }
 
     /// Replaces the allow sets with `allows`.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::netlink::{
     Attributes, MessageBuilder, Messages, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFPROTO_INET,
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, c_string, open_socket,
-    read_i32_ne, socklen_of,
+    read_i32_ne, read_u32_be, socklen_of,
 };
 use super::script::IntactCheck;
 
@@ -30,6 +30,9 @@ const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
@@ -90,6 +93,26 @@ pub fn find_missing(check: &IntactCheck) -> io::Result<Option<String>> {
         }
     }
     Ok(None)
+}
+
+/// The kernel's nftables generation: it goes up by one with every
+/// committed transaction, whoever made it.
+pub fn generation() -> io::Result<u32> {
+    let mut session = Session::open()?;
+    let mut generation = None;
+    session.exchange(
+        NFT_MSG_GETGEN,
+        NLM_F_ACK,
+        |_| {},
+        &mut |kind, attributes| {
+            if kind == NFT_MSG_NEWGEN {
+                generation = Attributes(attributes)
+                    .find(|&(kind, _)| kind == NFTA_GEN_ID)
+                    .and_then(|(_, value)| read_u32_be(value));
+            }
+        },
+    )?;
+    generation.ok_or_else(|| io::Error::other("the kernel sent no nftables generation"))
 }
 
 /// One socket, one request at a time.

@@ -957,6 +957,8 @@ pub struct Daemon {
     program: PathBuf,
     bus_address: String,
     starts: u32,
+    /// How long a (re)start may take to answer Ping.
+    ready_timeout: Duration,
     /// Set once a panic message already carried the log tail.
     log_reported: bool,
     dir: TempDir,
@@ -1014,6 +1016,7 @@ impl Daemon {
             program: program.into(),
             bus_address: bus.address().to_owned(),
             starts: 0,
+            ready_timeout: DAEMON_READY_TIMEOUT,
             log_reported: false,
             dir,
         };
@@ -1025,6 +1028,12 @@ impl Daemon {
     /// (after [`Daemon::kill9`] or [`Daemon::stop`]; if it is still running it
     /// is stopped first). Waits for readiness like [`Daemon::start`].
     #[track_caller]
+    /// Lets later restarts take up to `timeout` to answer Ping (benches
+    /// load stores far bigger than any test's).
+    pub fn set_ready_timeout(&mut self, timeout: Duration) {
+        self.ready_timeout = timeout;
+    }
+
     pub fn restart(&mut self, netns: &NetNs, bus: &TestBus) {
         if self.child.is_some() {
             self.stop();
@@ -1069,7 +1078,7 @@ impl Daemon {
         self.child = Some(child);
 
         let mut exited = None;
-        let ready = poll_until(DAEMON_READY_TIMEOUT, || {
+        let ready = poll_until(self.ready_timeout, || {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
@@ -1092,9 +1101,10 @@ impl Daemon {
             }
             self.log_reported = true;
             panic!(
-                "orch daemon did not answer Ping on {} within {DAEMON_READY_TIMEOUT:?}\n\
+                "orch daemon did not answer Ping on {} within {:?}\n\
                  --- daemon log tail ---\n{}",
                 self.bus_address,
+                self.ready_timeout,
                 tail(&self.log(), LOG_TAIL_LINES)
             );
         }
