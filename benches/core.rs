@@ -51,10 +51,10 @@ fn bench_ban_many(count: usize) {
     let in_kernel = kernel_ban_count(&netns);
     assert_eq!(in_kernel, count, "all bans in the kernel");
     println!(
-        "BanMany {count}: {:.3} s, {:.0} bans/s (call to reply: validated, fsynced, in the kernel); daemon RSS after: {} KiB",
+        "BanMany {count}: {:.3} s, {:.0} bans/s (call to reply: validated, fsynced, in the kernel); daemon RSS after: {}",
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64(),
-        daemon.rss_kib()
+        daemon.rss_text()
     );
 }
 
@@ -101,9 +101,9 @@ fn bench_start(count: usize) {
     let in_kernel = kernel_ban_count(&netns);
     assert_eq!(in_kernel, count, "all stored bans in the kernel");
     println!(
-        "start with {count} stored bans: {:.3} s until serving D-Bus with all {in_kernel} in the kernel; daemon RSS: {} KiB",
+        "start with {count} stored bans: {:.3} s until serving D-Bus with all {in_kernel} in the kernel; daemon RSS: {}",
         elapsed.as_secs_f64(),
-        daemon.rss_kib()
+        daemon.rss_text()
     );
 }
 

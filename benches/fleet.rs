@@ -192,6 +192,17 @@ fn main() {
     let many = addresses(0x0C00_0001, MANY);
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
     let expected = (SINGLE_BANS + MANY) as u32;
+    let nats_pid = nats
+        .server
+        .as_ref()
+        .and_then(|server| server.pid())
+        .unwrap_or(0);
+    let pids = [
+        ("srv1", srv1.daemon().pid()),
+        ("srv2", srv2.daemon().pid()),
+        ("nats-server", nats_pid),
+    ];
+    let cpu_before = pids.map(|(_, pid)| common::cpu_seconds(pid));
     let (call, total) = runtime.block_on(async {
         let srv1_proxy = proxy(srv1).await;
         let srv2_proxy = proxy(srv2).await;
@@ -211,10 +222,16 @@ fn main() {
         }
         (call, started.elapsed())
     });
+    let cpu_used: Vec<String> = pids
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| format!("{name} {:.2} s", common::cpu_seconds(*pid) - before))
+        .collect();
     println!(
-        "BanMany {MANY} on srv1: call {:.2} s; all applied on srv2 after {:.2} s",
+        "BanMany {MANY} on srv1: call {:.2} s; all applied on srv2 after {:.2} s; CPU used meanwhile: {}",
         call.as_secs_f64(),
-        total.as_secs_f64()
+        total.as_secs_f64(),
+        cpu_used.join(", ")
     );
 
     if std::env::var_os("ORCH_BENCH_LOGS").is_some() {
@@ -240,11 +257,11 @@ fn main() {
         started.elapsed()
     });
     println!(
-        "fresh host joining a fleet holding {} bans: all applied {:.2} s after its start (daemon start included); RSS {} KiB (srv2, which got them live: {} KiB; srv1, which made and published them: {} KiB)",
+        "fresh host joining a fleet holding {} bans: all applied {:.2} s after its start (daemon start included); RSS {} (srv2, which got them live: {}; srv1, which made and published them: {})",
         expected,
         joined.as_secs_f64(),
-        gw.daemon().rss_kib(),
-        topo.host("srv2").daemon().rss_kib(),
-        topo.host("srv1").daemon().rss_kib()
+        gw.daemon().rss_text(),
+        topo.host("srv2").daemon().rss_text(),
+        topo.host("srv1").daemon().rss_text()
     );
 }

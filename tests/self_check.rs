@@ -214,7 +214,7 @@ fn missing_rules_chains_and_tables_are_noticed() {
 }
 
 #[test]
-fn a_bulk_change_with_the_monitor_paused_reports_no_unseen_changes_when_alone() {
+fn a_bulk_change_pauses_the_monitor_and_hears_nothing_unheard_when_alone() {
     use orch::firewall::monitor::{KernelEvent, KernelMonitor};
     in_fresh_netns(|| {
         let mut monitor = KernelMonitor::open().expect("monitor");
@@ -223,8 +223,9 @@ fn a_bulk_change_with_the_monitor_paused_reports_no_unseen_changes_when_alone() 
         let bans = bans();
         apply(&mut firewall, &bans);
         assert!(firewall.is_intact(&samples(&bans)));
-        assert!(
-            !firewall.take_unseen_changes(),
+        assert_eq!(
+            firewall.take_unheard(),
+            vec![],
             "nobody else committed during the bulk apply"
         );
         // The monitor heard nothing of the paused bulk apply (only the
@@ -252,6 +253,46 @@ fn a_bulk_change_with_the_monitor_paused_reports_no_unseen_changes_when_alone() 
         assert!(
             about_orch(&heard),
             "a single ban is heard as before: {heard:?}"
+        );
+    });
+}
+
+#[test]
+fn snapshots_tell_a_flush_by_someone_else_from_our_own_commit() {
+    use orch::firewall::monitor::KernelEvent;
+    use orch::firewall::probe::Snapshot;
+    in_fresh_netns(|| {
+        nft(&["add", "table", "ip", "filter"]);
+        let mut firewall = written(OwnerMode::On, false, &bans());
+
+        // Our own full apply alone: nothing unheard.
+        let before = Snapshot::take().expect("snapshot");
+        apply(&mut firewall, &bans());
+        let after = Snapshot::take().expect("snapshot");
+        assert_eq!(after.unheard_since(&before, "orch"), vec![]);
+
+        // Someone else flushes the ruleset (our owned table stays) and
+        // loads a table again.
+        let before = Snapshot::take().expect("snapshot");
+        nft(&["flush", "ruleset"]);
+        nft(&["add", "table", "ip", "filter"]);
+        let after = Snapshot::take().expect("snapshot");
+        assert_eq!(
+            after.unheard_since(&before, "orch"),
+            vec![KernelEvent::TableDeleted {
+                family: 2,
+                table: "filter".into()
+            }]
+        );
+
+        // Our commit and someone else's that deletes nothing.
+        let before = Snapshot::take().expect("snapshot");
+        apply(&mut firewall, &bans());
+        nft(&["add", "table", "inet", "other"]);
+        let after = Snapshot::take().expect("snapshot");
+        assert_eq!(
+            after.unheard_since(&before, "orch"),
+            vec![KernelEvent::Unheard]
         );
     });
 }

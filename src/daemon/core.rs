@@ -20,7 +20,7 @@ use crate::config::Config;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::{JailConfig, JailSource};
-use crate::daemon::events::{EventKind, FirewallEvent};
+use crate::daemon::events::{self, EventKind, EventSender, FirewallEvent};
 use crate::daemon::reconciler::{
     DnsAllows, Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS, release_freed_memory,
 };
@@ -82,6 +82,9 @@ pub struct CoreStatus {
 
 /// The state the core's thread owns.
 pub struct Core {
+    /// The daemon's event stream, for kernel changes a paused monitor
+    /// missed (`None` in unit tests).
+    kernel_events: Option<EventSender>,
     config: Config,
     store: Store,
     reconciler: Reconciler,
@@ -151,6 +154,7 @@ impl Core {
             recidive: Vec::new(),
             ticks: 0,
             fleet: Default::default(),
+            kernel_events: None,
         };
         core.reconciler
             .set_port_scopes(port_scopes(&core.config.jails));
@@ -787,6 +791,8 @@ impl Core {
 
     fn run(mut self, jobs: mpsc::Receiver<Job>) {
         let mut next_tick = Instant::now() + TICK;
+        // Whatever the start's full apply missed.
+        self.pass_on_unheard_changes();
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match jobs.recv_timeout(wait) {
@@ -795,7 +801,7 @@ impl Core {
                     if std::mem::take(&mut self.trim_after_job) {
                         release_freed_memory();
                     }
-                    self.check_after_unseen_changes();
+                    self.pass_on_unheard_changes();
                     if self.stop_requested {
                         break;
                     }
@@ -805,22 +811,38 @@ impl Core {
             }
             if Instant::now() >= next_tick {
                 self.tick();
+                self.pass_on_unheard_changes();
                 next_tick = Instant::now() + TICK;
             }
         }
         tracing::debug!("core stopped");
     }
 
-    /// A bulk change pauses the kernel monitor; if another process
-    /// committed meanwhile, what it did went unseen, so check the table as
-    /// lost notifications would.
-    fn check_after_unseen_changes(&mut self) {
-        if self.reconciler.take_unseen_changes()
-            && let Err(err) =
-                self.repair_if_needed("nftables changed while a bulk change paused orch's monitor")
-        {
-            tracing::error!("could not repair the table: {err}");
+    /// A bulk change pauses the kernel monitor; what other processes did
+    /// meanwhile joins the event stream as the monitor would have reported
+    /// it (a flush re-runs hooks, anything else calls for a check).
+    fn pass_on_unheard_changes(&mut self) {
+        let unheard = self.reconciler.take_unheard();
+        if unheard.is_empty() {
+            return;
         }
+        let event = events::from_kernel(&unheard, self.reconciler.table());
+        match (&self.kernel_events, event) {
+            (Some(sender), Some(event)) => {
+                let _ = sender.send(event);
+            }
+            _ => {
+                if let Err(err) = self.repair_if_needed("nftables changed during a bulk change") {
+                    tracing::error!("could not repair the table: {err}");
+                }
+            }
+        }
+    }
+
+    /// Where [`Core::pass_on_unheard_changes`] sends what the kernel
+    /// monitor missed.
+    pub fn set_kernel_events(&mut self, sender: EventSender) {
+        self.kernel_events = Some(sender);
     }
 }
 

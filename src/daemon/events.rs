@@ -97,6 +97,7 @@ pub fn from_kernel(batch: &[KernelEvent], own_table: &str) -> Option<FirewallEve
     const NFPROTO_INET: u8 = 1;
     let mut own_deleted = false;
     let mut lost = false;
+    let mut unheard = false;
     let mut others_deleted: Vec<&str> = Vec::new();
     for event in batch {
         match event {
@@ -107,6 +108,7 @@ pub fn from_kernel(batch: &[KernelEvent], own_table: &str) -> Option<FirewallEve
             }
             KernelEvent::TableDeleted { table, .. } => others_deleted.push(table),
             KernelEvent::Overrun => lost = true,
+            KernelEvent::Unheard => unheard = true,
             _ => {}
         }
     }
@@ -121,13 +123,12 @@ pub fn from_kernel(batch: &[KernelEvent], own_table: &str) -> Option<FirewallEve
         let cause = format!("table inet {own_table} deleted in the kernel");
         return Some(FirewallEvent::new(EventKind::Check, None, cause));
     }
-    lost.then(|| {
-        FirewallEvent::new(
-            EventKind::Check,
-            None,
-            "nftables events lost (ENOBUFS)".into(),
-        )
-    })
+    let cause = match (lost, unheard) {
+        (true, _) => "nftables events lost (ENOBUFS)",
+        (false, true) => "nftables changed while a bulk change paused orch's monitor",
+        (false, false) => return None,
+    };
+    Some(FirewallEvent::new(EventKind::Check, None, cause.into()))
 }
 
 /// Merges a burst: the strongest kind, its unit, and every distinct cause.
@@ -239,6 +240,10 @@ mod tests {
         assert!(flush.cause.contains("filter"), "{}", flush.cause);
         assert_eq!(
             from_kernel(&[KernelEvent::Overrun], "orch").map(|e| e.kind),
+            Some(EventKind::Check)
+        );
+        assert_eq!(
+            from_kernel(&[KernelEvent::Unheard], "orch").map(|e| e.kind),
             Some(EventKind::Check)
         );
         let changed = KernelEvent::TableChanged {

@@ -78,7 +78,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let jail_config = config.clone();
     let fleet_config = config.clone();
 
-    let core = tokio::task::spawn_blocking(move || -> Result<Core, DaemonError> {
+    let mut core = tokio::task::spawn_blocking(move || -> Result<Core, DaemonError> {
         let store = Store::open(&config.state_dir, now_unix())?;
         tracing::info!(bans = store.ban_count(), dir = %config.state_dir.display(), "ban store loaded");
         let mut firewall = Firewall::open(&config.firewall)?;
@@ -87,6 +87,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     })
     .await
     .map_err(|e| DaemonError::Io(std::io::Error::other(e)))??;
+    core.set_kernel_events(event_sender.clone());
     let (handle, core_thread) = core.spawn();
 
     if let Some(watcher) = unit_watcher {

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::firewall::monitor::KernelEvent;
 use crate::firewall::script::PortScope;
 use crate::firewall::{
     DnsElements, Firewall, FirewallError, FirewallStatus, TableContents, TimedElement,
@@ -210,9 +211,9 @@ impl Reconciler {
         self.firewall.set_notification_switch(switch);
     }
 
-    /// See [`Firewall::take_unseen_changes`].
-    pub fn take_unseen_changes(&mut self) -> bool {
-        self.firewall.take_unseen_changes()
+    /// See [`Firewall::take_unheard`].
+    pub fn take_unheard(&mut self) -> Vec<KernelEvent> {
+        self.firewall.take_unheard()
     }
 
     /// Takes these stored bans out of the kernel.

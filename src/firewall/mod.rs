@@ -9,15 +9,16 @@ mod libnft;
 pub mod monitor;
 mod netlink;
 mod nft_cli;
-mod probe;
+pub mod probe;
 pub mod script;
 
 use ipnet::IpNet;
 
 use crate::config::{FirewallConfig, OwnerMode};
 pub use libnft::LibNftExecutor;
-use monitor::NotificationSwitch;
+use monitor::{KernelEvent, NotificationSwitch};
 pub use nft_cli::NftCliExecutor;
+use probe::Snapshot;
 pub use script::{DnsElements, Ownership, TableContents, TableLayout, TimedElement};
 
 /// What can go wrong getting a script into the kernel.
@@ -60,13 +61,16 @@ pub struct Firewall {
     ownership: Option<Ownership>,
     /// Pauses the daemon's kernel monitor during bulk changes.
     notifications: Option<NotificationSwitch>,
-    /// Another process committed while notifications were paused.
-    unseen_changes: bool,
+    /// What the kernel monitor would have reported about other processes'
+    /// commits while it was paused.
+    unheard: Vec<KernelEvent>,
 }
 
 /// Changes of at least this many elements run with the kernel monitor's
-/// notifications paused (below it, notifying costs less than a pause).
-const PAUSE_NOTIFICATIONS_FROM: usize = 1_000;
+/// notifications paused. A pause costs two setsockopt calls and two small
+/// netlink queries (well under a millisecond); notifying costs the kernel
+/// a message per element, some microseconds each.
+const PAUSE_NOTIFICATIONS_FROM: usize = 100;
 
 impl Firewall {
     /// Picks the executor for `config.owner`: libnftables for an owned
@@ -105,7 +109,7 @@ impl Firewall {
             ownership_candidates,
             ownership: None,
             notifications: None,
-            unseen_changes: false,
+            unheard: Vec::new(),
         }
     }
 
@@ -119,11 +123,11 @@ impl Firewall {
         self.notifications.take()
     }
 
-    /// True once after another process changed nftables while the kernel
-    /// monitor was paused: what it did went unseen, so the caller should
-    /// check the table.
-    pub fn take_unseen_changes(&mut self) -> bool {
-        std::mem::take(&mut self.unseen_changes)
+    /// The events the kernel monitor missed while a bulk change paused it
+    /// (empty when no other process committed meanwhile). Taking them
+    /// clears them.
+    pub fn take_unheard(&mut self) -> Vec<KernelEvent> {
+        std::mem::take(&mut self.unheard)
     }
 
     /// Runs one script changing `elements` set elements, with the kernel
@@ -136,9 +140,9 @@ impl Firewall {
         else {
             return self.executor.run(script);
         };
-        // Read before pausing and after resuming: a commit in between that
-        // is not ours may have gone unseen. Our own adds one.
-        let before = probe::generation();
+        // Look before pausing and after resuming: a commit in between that
+        // is not ours went unheard. Our own adds one to the generation.
+        let before = Snapshot::take();
         if let Err(err) = switch.pause() {
             tracing::debug!("cannot pause nftables notifications: {err}");
             return self.executor.run(script);
@@ -147,10 +151,14 @@ impl Firewall {
         if let Err(err) = switch.resume() {
             tracing::error!("cannot resume nftables notifications: {err}");
         }
-        let after = probe::generation();
-        match (before, after) {
-            (Ok(before), Ok(after)) if after.wrapping_sub(before) <= 1 => {}
-            _ => self.unseen_changes = true,
+        match (before, Snapshot::take()) {
+            (Ok(before), Ok(after)) => self
+                .unheard
+                .extend(after.unheard_since(&before, &self.layout.table)),
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::debug!("cannot compare nftables before and after a bulk change: {err}");
+                self.unheard.push(KernelEvent::Unheard);
+            }
         }
         result
     }

@@ -46,6 +46,9 @@ pub enum KernelEvent {
     },
     /// The kernel dropped events (ENOBUFS): state must be verified.
     Overrun,
+    /// Changes were committed while the monitor was paused (see
+    /// [`NotificationSwitch`]): state must be verified.
+    Unheard,
 }
 
 /// What can go wrong opening or reading the monitor socket.

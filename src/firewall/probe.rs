@@ -18,10 +18,11 @@ use std::mem;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
+use super::monitor::KernelEvent;
 use super::netlink::{
     Attributes, MessageBuilder, Messages, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFPROTO_INET,
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, c_string, open_socket,
-    read_i32_ne, read_u32_be, socklen_of,
+    read_i32_ne, read_u32_be, read_u64_be, socklen_of,
 };
 use super::script::IntactCheck;
 
@@ -29,11 +30,15 @@ use super::script::IntactCheck;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_HANDLE: u16 = 4;
+/// Every family, for dumps.
+const NFPROTO_UNSPEC: u8 = 0;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -95,24 +100,86 @@ pub fn find_missing(check: &IntactCheck) -> io::Result<Option<String>> {
     Ok(None)
 }
 
-/// The kernel's nftables generation: it goes up by one with every
-/// committed transaction, whoever made it.
-pub fn generation() -> io::Result<u32> {
-    let mut session = Session::open()?;
-    let mut generation = None;
-    session.exchange(
-        NFT_MSG_GETGEN,
-        NLM_F_ACK,
-        |_| {},
-        &mut |kind, attributes| {
-            if kind == NFT_MSG_NEWGEN {
-                generation = Attributes(attributes)
-                    .find(|&(kind, _)| kind == NFTA_GEN_ID)
-                    .and_then(|(_, value)| read_u32_be(value));
-            }
-        },
-    )?;
-    generation.ok_or_else(|| io::Error::other("the kernel sent no nftables generation"))
+/// The kernel's nftables state at one moment, in outline: its generation
+/// (up by one with every committed transaction, whoever made it) and every
+/// table as (family, name, handle). A table deleted and created again gets
+/// a new handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub generation: u32,
+    pub tables: Vec<(u8, String, u64)>,
+}
+
+impl Snapshot {
+    /// Takes one: the generation first, then the tables, so a commit in
+    /// between counts as a change rather than going unnoticed.
+    pub fn take() -> io::Result<Snapshot> {
+        let mut session = Session::open()?;
+        let mut generation = None;
+        session.exchange(
+            NFT_MSG_GETGEN,
+            NLM_F_ACK,
+            |_| {},
+            &mut |kind, _, attributes| {
+                if kind == NFT_MSG_NEWGEN {
+                    generation = Attributes(attributes)
+                        .find(|&(kind, _)| kind == NFTA_GEN_ID)
+                        .and_then(|(_, value)| read_u32_be(value));
+                }
+            },
+        )?;
+        let mut tables = Vec::new();
+        session.exchange_in(
+            NFPROTO_UNSPEC,
+            NFT_MSG_GETTABLE,
+            NLM_F_DUMP,
+            |_| {},
+            &mut |kind, family, attributes| {
+                if kind != NFT_MSG_NEWTABLE {
+                    return;
+                }
+                let (mut name, mut handle) = (None, 0);
+                for (kind, value) in Attributes(attributes) {
+                    match kind {
+                        NFTA_TABLE_NAME => name = Some(c_string(value).into_owned()),
+                        NFTA_TABLE_HANDLE => handle = read_u64_be(value).unwrap_or(0),
+                        _ => {}
+                    }
+                }
+                if let Some(name) = name {
+                    tables.push((family, name, handle));
+                }
+            },
+        )?;
+        let generation =
+            generation.ok_or_else(|| io::Error::other("the kernel sent no nftables generation"))?;
+        Ok(Snapshot { generation, tables })
+    }
+
+    /// What the kernel monitor would have reported between `before` and
+    /// `self`, taken around one transaction of orch's own while the
+    /// monitor was paused: nothing if that was the only commit; otherwise
+    /// each table other than `own_table` that was deleted (or deleted and
+    /// created again), or, if none was, that changes went unheard.
+    pub fn unheard_since(&self, before: &Snapshot, own_table: &str) -> Vec<KernelEvent> {
+        if self.generation.wrapping_sub(before.generation) <= 1 {
+            return Vec::new();
+        }
+        let mut events: Vec<KernelEvent> = before
+            .tables
+            .iter()
+            .filter(|table| !self.tables.contains(table))
+            .filter(|(family, name, _)| !(*family == NFPROTO_INET && name == own_table))
+            .map(|(family, name, _)| KernelEvent::TableDeleted {
+                family: *family,
+                table: name.clone(),
+            })
+            .collect();
+        if events.is_empty() {
+            events.push(KernelEvent::Unheard);
+        }
+        events
+    }
 }
 
 /// One socket, one request at a time.
@@ -152,7 +219,7 @@ impl Session {
     /// Rules per chain of `table`, from one dump of its rules.
     fn rule_counts(&mut self, table: &str) -> io::Result<HashMap<String, usize>> {
         let mut counts: HashMap<String, usize> = HashMap::new();
-        let mut count_rule = |kind: u16, attributes: &[u8]| {
+        let mut count_rule = |kind: u16, _family: u8, attributes: &[u8]| {
             if kind != NFT_MSG_NEWRULE {
                 return;
             }
@@ -181,7 +248,7 @@ impl Session {
         flags: u16,
         fill: impl FnOnce(&mut MessageBuilder),
     ) -> io::Result<Option<()>> {
-        match self.exchange(msg, flags, fill, &mut |_, _| {}) {
+        match self.exchange(msg, flags, fill, &mut |_, _, _| {}) {
             Ok(()) => Ok(Some(())),
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(err) => Err(err),
@@ -190,16 +257,28 @@ impl Session {
 
     /// Sends one request and reads until the kernel's answer ends (an ack,
     /// an error, or the end of a dump), handing each nftables message of
-    /// the answer to `each` as (type, attributes).
+    /// the answer to `each` as (type, family, attributes).
     fn exchange(
         &mut self,
         msg: u16,
         flags: u16,
         fill: impl FnOnce(&mut MessageBuilder),
-        each: &mut dyn FnMut(u16, &[u8]),
+        each: &mut dyn FnMut(u16, u8, &[u8]),
+    ) -> io::Result<()> {
+        self.exchange_in(NFPROTO_INET, msg, flags, fill, each)
+    }
+
+    /// [`Session::exchange`] about `family` (`NFPROTO_UNSPEC`: all).
+    fn exchange_in(
+        &mut self,
+        family: u8,
+        msg: u16,
+        flags: u16,
+        fill: impl FnOnce(&mut MessageBuilder),
+        each: &mut dyn FnMut(u16, u8, &[u8]),
     ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let mut request = MessageBuilder::new(msg, NLM_F_REQUEST | flags, self.seq, NFPROTO_INET);
+        let mut request = MessageBuilder::new(msg, NLM_F_REQUEST | flags, self.seq, family);
         fill(&mut request);
         self.send(&request.finish())?;
         loop {
@@ -218,8 +297,10 @@ impl Session {
                         };
                     }
                     kind if kind >> 8 == NFNL_SUBSYS_NFTABLES => {
-                        if let Some(attributes) = message.payload.get(NFGENMSG_LEN..) {
-                            each(kind & 0xff, attributes);
+                        if let (Some(&family), Some(attributes)) =
+                            (message.payload.first(), message.payload.get(NFGENMSG_LEN..))
+                        {
+                            each(kind & 0xff, family, attributes);
                         }
                     }
                     _ => {}
@@ -276,5 +357,56 @@ impl Session {
                 _ => return Err(err),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(generation: u32, tables: &[(u8, &str, u64)]) -> Snapshot {
+        Snapshot {
+            generation,
+            tables: tables
+                .iter()
+                .map(|&(family, name, handle)| (family, name.to_string(), handle))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_our_own_commit_leaves_nothing_unheard() {
+        let before = snapshot(7, &[(1, "orch", 3), (1, "filter", 4)]);
+        let after = snapshot(8, &[(1, "orch", 9), (1, "filter", 4)]);
+        assert_eq!(after.unheard_since(&before, "orch"), vec![]);
+    }
+
+    #[test]
+    fn a_table_deleted_or_recreated_meanwhile_is_reported() {
+        let before = snapshot(7, &[(1, "orch", 3), (1, "filter", 4), (2, "nat", 5)]);
+        let after = snapshot(10, &[(1, "orch", 9), (1, "filter", 12)]);
+        assert_eq!(
+            after.unheard_since(&before, "orch"),
+            vec![
+                KernelEvent::TableDeleted {
+                    family: 1,
+                    table: "filter".into()
+                },
+                KernelEvent::TableDeleted {
+                    family: 2,
+                    table: "nat".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn other_commits_without_a_deleted_table_are_unheard_changes() {
+        let before = snapshot(u32::MAX, &[(1, "orch", 3)]);
+        let after = snapshot(2, &[(1, "orch", 3), (1, "new", 4)]);
+        assert_eq!(
+            after.unheard_since(&before, "orch"),
+            vec![KernelEvent::Unheard]
+        );
     }
 }

@@ -220,6 +220,24 @@ pub fn pid_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// CPU time (user + system) process `pid` has used so far, in seconds;
+/// 0 if unknown. For benches: read before and after a phase.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are the 12th and 13th of those.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|field| field.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / per_second as f64
+}
+
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -1199,10 +1217,26 @@ impl Daemon {
     /// Resident memory of the daemon now, in KiB (`VmRSS`), 0 if unknown.
     #[track_caller]
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// `VmRSS` with its split into anonymous memory (heap, stacks) and
+    /// file pages (the binary and libraries), for benches to print.
+    pub fn rss_text(&self) -> String {
+        format!(
+            "{} KiB (anonymous {} KiB, file {} KiB)",
+            self.status_kib("VmRSS:"),
+            self.status_kib("RssAnon:"),
+            self.status_kib("RssFile:")
+        )
+    }
+
+    /// One `… kB` field of `/proc/<pid>/status`, 0 if unknown.
+    fn status_kib(&self, field: &str) -> u64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
