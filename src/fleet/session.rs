@@ -197,7 +197,7 @@ impl FleetTask {
         // not leave the watch unread (its own echoes would overflow it).
         // The watch is read and decoded while the core applies the batch
         // before (one more may wait between them).
-        let (batches, mut to_apply) = tokio::sync::mpsc::channel(1);
+        let (batches, mut to_apply) = mpsc::channel(1);
         tokio::select! {
             result = self.publish_changes(&publisher, &own_keys) => result,
             result = self.follow(&mut watch, connected, &own_keys, batches) => result,
