@@ -63,6 +63,7 @@ fn run_daemon(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    orch::daemon::memory::tune_allocator();
     let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(orch::daemon::run(loaded, cli.config.clone()))
             .map_err(anyhow::Error::from)

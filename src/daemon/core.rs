@@ -21,9 +21,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::{JailConfig, JailSource};
 use crate::daemon::events::{self, EventKind, EventSender, FirewallEvent};
-use crate::daemon::reconciler::{
-    DnsAllows, Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS, release_freed_memory,
-};
+use crate::daemon::memory::release_freed_memory;
+use crate::daemon::reconciler::{DnsAllows, Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS};
 use crate::firewall::Firewall;
 use crate::firewall::{FirewallError, FirewallStatus};
 use crate::jail::counter::FailureCounter;

@@ -12,6 +12,7 @@ pub mod events;
 pub mod fleet_apply;
 pub mod hook_runs;
 pub mod jails;
+pub mod memory;
 pub mod reconciler;
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::memory::release_freed_memory;
 use crate::firewall::monitor::KernelEvent;
 use crate::firewall::script::PortScope;
 use crate::firewall::{
@@ -245,15 +246,5 @@ impl Reconciler {
 
     pub fn table(&self) -> &str {
         self.firewall.table()
-    }
-}
-
-/// Returns freed heap pages to the kernel so RSS reflects what orch holds,
-/// not the peak of the last big transaction.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -182,7 +182,7 @@ impl FleetTask {
         publisher
             .publish_all(changes, &self.outbox, &own_keys)
             .await?;
-        crate::daemon::reconciler::release_freed_memory();
+        crate::daemon::memory::release_freed_memory();
         self.status.clear_error();
         self.status.set_phase("connected", true);
         tracing::info!(
@@ -413,7 +413,7 @@ impl Publisher {
         if count >= LARGE_BATCH {
             // The batch's transient copies were made on the runtime's
             // threads; hand their memory back now.
-            crate::daemon::reconciler::release_freed_memory();
+            crate::daemon::memory::release_freed_memory();
         }
         tracing::debug!(
             count,
