@@ -590,6 +590,81 @@ fn fleet_wide_unban_with_admin_credentials() {
         || !topo.gw.kernel_has(ATTACKER_BANNED),
         ctx,
     );
+    // srv1 made the ban; the deletion of its key lifts it there too, so
+    // it is lifted everywhere and srv1 never publishes it again.
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "the fleet-wide unban on srv1, the ban's origin",
+        || !topo.srv1.kernel_has(ATTACKER_BANNED),
+        ctx,
+    );
+    assert_eq!(topo.srv1.listed_source(ATTACKER_BANNED), None);
+    assert!(
+        topo.srv1
+            .log()
+            .contains(&format!("lifting {ATTACKER_BANNED}/32 here too")),
+        "{}",
+        topo.srv1.log_tail(20)
+    );
+    // A ban made after the fleet-wide unban is shared again.
+    topo.srv1.ban(&[ATTACKER_BANNED]);
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "a new ban after the fleet-wide unban on gw",
+        || topo.gw.kernel_has(ATTACKER_BANNED),
+        ctx,
+    );
+}
+
+/// The origin host was down during the fleet-wide unban: its catch-up
+/// reads the deletion of its key from the bucket's history, lifts its own
+/// ban, and does not publish it again.
+#[test]
+fn a_fleet_wide_unban_made_while_the_origin_was_down_holds_when_it_returns() {
+    let mut lab = Lab::new(NatsVersion::Current);
+    lab.start("srv1", &[], false, &FleetOpts::default());
+    lab.start(
+        "srv2",
+        &[],
+        false,
+        &FleetOpts {
+            admin: true,
+            ..FleetOpts::default()
+        },
+    );
+    lab.wait_connected("srv1");
+    lab.wait_connected("srv2");
+    lab.topo.srv1.ban(&[ATTACKER_BANNED]);
+    let banned_in = orch::timefmt::now_unix();
+    let ctx = |lab: &Lab| lab.context(&["srv1", "srv2"]);
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "srv1's ban on srv2",
+        || lab.topo.srv2.kernel_has(ATTACKER_BANNED),
+        || ctx(&lab),
+    );
+    // Ban and deletion a second apart: the catch-up lifts only bans made
+    // before the deletion's second.
+    wait_until(Duration::from_secs(3), "the next second", || {
+        orch::timefmt::now_unix() > banned_in
+    });
+    assert_eq!(lab.topo.srv1.stop(), 0, "srv1 stops cleanly");
+    let out = lab.topo.srv2.cli(&["unban", "--fleet", ATTACKER_BANNED]);
+    assert!(out.ok(), "orch unban --fleet on srv2\n{out}");
+
+    lab.topo.srv1.restart();
+    lab.wait_connected("srv1");
+    assert!(!lab.topo.srv1.kernel_has(ATTACKER_BANNED), "{}", ctx(&lab));
+    assert_eq!(lab.topo.srv1.listed_source(ATTACKER_BANNED), None);
+    let key = fleet_key("srv1", ATTACKER_BANNED);
+    assert!(
+        !lab.nats.keys(&lab.topo).contains(&key),
+        "srv1 published {key} again: {}",
+        ctx(&lab)
+    );
 }
 
 // ---------------------------------------------------------------------------

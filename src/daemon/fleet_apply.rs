@@ -22,7 +22,8 @@ use crate::timefmt::now_unix;
 /// Prefix of the source of a ban that came from another host.
 pub const FLEET_SOURCE_PREFIX: &str = "fleet:";
 
-/// A change to another host's key, as read from the bucket.
+/// A change read from the bucket: to another host's key, or this host's
+/// key removed by someone else.
 #[derive(Debug, Clone)]
 pub enum RemoteChange {
     /// `origin` bans `net` (a new key, or a new value for it).
@@ -33,6 +34,11 @@ pub enum RemoteChange {
     },
     /// `origin` lifted its ban of `net` (deleted, purged or expired key).
     Delete { origin: Arc<str>, net: IpNet },
+    /// Someone else deleted or purged this host's key for `net`: a
+    /// fleet-wide unban, which lifts this host's ban too if it was made
+    /// before `made_before` (Unix seconds). A ban made since stays (its key
+    /// is put back).
+    OwnKeyRemoved { net: IpNet, made_before: u64 },
 }
 
 /// Refusals logged one by one per batch; the rest are counted in one line,
@@ -212,6 +218,9 @@ impl Core {
                 RemoteChange::Delete { origin, net } => {
                     self.lift_remote(&origin, net, now, &mut pending, &mut lift);
                 }
+                RemoteChange::OwnKeyRemoved { net, made_before } => {
+                    self.lift_own(net, made_before, now, &mut pending, &mut lift);
+                }
             }
         }
         if outcome.refused > LOGGED_REFUSALS {
@@ -250,6 +259,49 @@ impl Core {
         else {
             return;
         };
+        self.fall_back_or_lift(net, created, now, pending, lift);
+    }
+
+    /// Someone else deleted this host's key for `net`: this host's shared
+    /// ban of it, if made before `made_before`, is lifted here too
+    /// (another host's ban of `net`, if any, takes its place).
+    fn lift_own(
+        &mut self,
+        net: IpNet,
+        made_before: u64,
+        now: u64,
+        pending: &mut HashMap<IpNet, BanRecord>,
+        lift: &mut HashSet<IpNet>,
+    ) {
+        let own_ban_created = {
+            let jail_names = self.jail_names();
+            let fleet = &self.config().fleet;
+            self.store()
+                .get_ban(&net)
+                .filter(|record| {
+                    record.created < made_before && fleet.shares(&record.source, &jail_names)
+                })
+                .map(|record| record.created)
+        };
+        let Some(created) = own_ban_created else {
+            return;
+        };
+        tracing::info!(
+            "fleet: lifting {net} here too: this host's key was deleted by a fleet-wide unban"
+        );
+        self.fall_back_or_lift(net, created, now, pending, lift);
+    }
+
+    /// The ban of `net` in force here ends: the longest other origin's
+    /// ban takes its place, or the ban is lifted.
+    fn fall_back_or_lift(
+        &mut self,
+        net: IpNet,
+        created: u64,
+        now: u64,
+        pending: &mut HashMap<IpNet, BanRecord>,
+        lift: &mut HashSet<IpNet>,
+    ) {
         match self.fleet().holdings.longest(&net, now).cloned() {
             Some(next) => {
                 pending.insert(

@@ -34,12 +34,20 @@ const PUBLISH_CONCURRENCY: usize = 512;
 /// Longest wait for the next entry while catching up.
 const CATCH_UP_STALL: Duration = Duration::from_secs(15);
 
-/// This host's keys in the bucket and their expiry, as last written or
-/// read: shared by the publisher and the watch (locked only briefly,
-/// never across an await).
-type OwnKeys = Mutex<HashMap<IpNet, u64>>;
+/// This host's keys in the bucket: shared by the publisher and the watch
+/// (locked only briefly, never across an await).
+#[derive(Debug, Default)]
+struct OwnKeyState {
+    /// Each key's expiry, as last written or read.
+    expires: HashMap<IpNet, u64>,
+    /// Keys this host is deleting: the deletions the watch reads back for
+    /// them are its own, any other deletion of its keys is someone else's.
+    deleting: HashSet<IpNet>,
+}
 
-fn lock(own_keys: &OwnKeys) -> std::sync::MutexGuard<'_, HashMap<IpNet, u64>> {
+type OwnKeys = Mutex<OwnKeyState>;
+
+fn lock(own_keys: &OwnKeys) -> std::sync::MutexGuard<'_, OwnKeyState> {
     own_keys
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -167,12 +175,15 @@ impl FleetTask {
             let own = lock(&own_keys);
             let mut changes: Vec<SharedBan> = shared
                 .into_iter()
-                .filter(|(net, ban)| ban.as_ref().map(|b| b.expires) != own.get(net).copied())
+                .filter(|(net, ban)| {
+                    ban.as_ref().map(|b| b.expires) != own.expires.get(net).copied()
+                })
                 .collect();
             // Keys of bans no longer here go. A ban still here but now held
             // by another host's longer ban keeps its key until it ends.
             changes.extend(
-                own.keys()
+                own.expires
+                    .keys()
                     .filter(|net| !shared_nets.contains(net) && !banned.contains(net))
                     .map(|net| (*net, None)),
             );
@@ -275,8 +286,9 @@ impl FleetTask {
         }
     }
 
-    /// Reads one bucket entry: this host's own keys update `own_keys`;
-    /// other hosts' become changes for the core. Malformed entries are
+    /// Reads one bucket entry: this host's own keys update `own_keys`, and
+    /// a deletion of one by someone else (a fleet-wide unban) becomes a
+    /// change for the core, as do other hosts' keys. Malformed entries are
     /// logged and skipped.
     /// `live`: after the catch-up, when this host's own puts are only
     /// echoes of what the publisher wrote and need no decoding.
@@ -311,11 +323,31 @@ impl FleetTask {
         };
         if key.origin == self.config.name {
             let mut own_keys = lock(own_keys);
-            match ban {
-                Some(ban) => own_keys.insert(key.net, ban.expires_at),
-                None => own_keys.remove(&key.net),
+            return match ban {
+                Some(ban) => {
+                    own_keys.expires.insert(key.net, ban.expires_at);
+                    None
+                }
+                None => {
+                    own_keys.expires.remove(&key.net);
+                    // Ours, or a purge: the server purges a key whose TTL
+                    // ran out (the ban ended here as well).
+                    if own_keys.deleting.remove(&key.net)
+                        || !matches!(entry.operation, kv::Operation::Delete)
+                    {
+                        return None;
+                    }
+                    // Someone else deleted it. Live, the deletion is
+                    // happening now: a ban made up to its second went with
+                    // it. Read from history, only a ban made before it.
+                    let at = u64::try_from(entry.created.unix_timestamp()).unwrap_or(0);
+                    let made_before = if live { at.saturating_add(1) } else { at };
+                    Some(RemoteChange::OwnKeyRemoved {
+                        net: key.net,
+                        made_before,
+                    })
+                }
             };
-            return None;
         }
         let origin: Arc<str> = Arc::from(key.origin);
         Some(match ban {
@@ -376,11 +408,18 @@ impl Publisher {
         own_keys: &OwnKeys,
     ) -> Result<(), FleetError> {
         let changes: Vec<SharedBan> = {
-            let own_keys = lock(own_keys);
-            changes
+            let mut own_keys = lock(own_keys);
+            let changes: Vec<SharedBan> = changes
                 .into_iter()
-                .filter(|(net, ban)| ban.is_some() || own_keys.contains_key(net))
-                .collect()
+                .filter(|(net, ban)| ban.is_some() || own_keys.expires.contains_key(net))
+                .collect();
+            own_keys.deleting.extend(
+                changes
+                    .iter()
+                    .filter(|(_, ban)| ban.is_none())
+                    .map(|(net, _)| *net),
+            );
+            changes
         };
         let (count, started) = (changes.len(), std::time::Instant::now());
         let results: Vec<(SharedBan, Result<(), String>)> = futures_util::stream::iter(changes)
@@ -397,14 +436,15 @@ impl Publisher {
         for (change, result) in results {
             match (result, &change.1) {
                 (Err(error), _) => {
+                    own_keys.deleting.remove(&change.0);
                     failed.push(change);
                     first_error.get_or_insert(error);
                 }
                 (Ok(()), Some(ban)) => {
-                    own_keys.insert(change.0, ban.expires);
+                    own_keys.expires.insert(change.0, ban.expires);
                 }
                 (Ok(()), None) => {
-                    own_keys.remove(&change.0);
+                    own_keys.expires.remove(&change.0);
                 }
             }
         }
