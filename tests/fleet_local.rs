@@ -3,7 +3,8 @@
 //! nats-server over TLS with per-host users: a ban on one host reaches the
 //! other's kernel set, an unban lifts it, and bans made while NATS is down
 //! (even by a daemon killed meanwhile) arrive once it is back. Hosts log in
-//! with passwords, an nkey, or `.creds` files (operator mode).
+//! with passwords, an nkey, or `.creds` files (operator mode, on one server
+//! and on a three-node cluster).
 //!
 //! The multi-namespace topology with packets and a gateway is in
 //! `tests/fleet.rs`; this file keeps the quick checks.
@@ -378,4 +379,57 @@ fn remote_bans_are_capped_in_number_and_length() {
         "srv2 lifts the unbanned one",
         || !srv2.banned(&netns, &lifted),
     );
+}
+
+/// Operator mode on a three-node cluster: every node trusts the same
+/// operator, hosts log in with `.creds` files, the admin's `.creds` create
+/// an R3 bucket, and bans still travel after the node srv1 uses is killed.
+#[test]
+fn creds_hosts_on_a_cluster_keep_sharing_after_a_node_dies() {
+    use common::fleet_hosts::cluster_fleet_config;
+    use common::nats::{NatsCluster, NatsOptions};
+    let netns = NetNs::new();
+    let mut opts = NatsOptions::new(NatsVersion::Current);
+    opts.hosts = vec!["srv1".into(), "srv2".into()];
+    opts.auth = NatsAuth::Operator;
+    let mut cluster = NatsCluster::start(Some(&netns), opts);
+    let admin_dir = tempfile::tempdir().expect("tempdir");
+    let admin = admin_line(&cluster.nodes[0], admin_dir.path());
+    let start = |name: &str, fleet_keys: &str| {
+        let (config, secrets) = cluster_fleet_config(&cluster, name, fleet_keys);
+        Host::start(&netns, name, &config, secrets)
+    };
+    let srv1 = start("srv1", &format!("replicas = 3\n{admin}"));
+    let srv2 = start("srv2", "");
+    wait_until(Duration::from_secs(20), "both hosts connected", || {
+        srv1.connected() && srv2.connected()
+    });
+    srv1.daemon
+        .cli(&["ban", "198.51.100.71"])
+        .expect_ok("ban on srv1");
+    wait_until(Duration::from_secs(5), "srv2 applies srv1's ban", || {
+        srv2.banned(&netns, "198.51.100.71")
+    });
+
+    // The node srv1 is connected to, from `orch status` ("server: …:PORT").
+    let status = srv1
+        .daemon
+        .cli(&["status"])
+        .expect_ok("status on srv1")
+        .stdout;
+    let used = cluster
+        .nodes
+        .iter()
+        .position(|node| status.contains(&format!(":{} (", node.port())))
+        .unwrap_or_else(|| panic!("no node's port in srv1's status:\n{status}"));
+    cluster.nodes[used].kill();
+    srv1.daemon
+        .cli(&["ban", "198.51.100.72"])
+        .expect_ok("ban on srv1 after the node died");
+    wait_until(
+        Duration::from_secs(20),
+        "srv2 applies the ban made after the node died",
+        || srv2.banned(&netns, "198.51.100.72"),
+    );
+    assert!(srv2.banned(&netns, "198.51.100.71"), "the first ban stays");
 }

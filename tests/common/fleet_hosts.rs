@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use super::nats::{ADMIN, NatsAuth, NatsOptions, NatsServer, NatsVersion};
+use super::nats::{ADMIN, NatsAuth, NatsCluster, NatsOptions, NatsServer, NatsVersion};
 use super::{Daemon, NetNs, TestBus};
 
 /// A host: its daemon, bus and table.
@@ -46,10 +46,54 @@ pub fn fleet_config_with_login(
     login: &str,
     fleet_keys: &str,
 ) -> String {
+    fleet_config_for(
+        &[server.url()],
+        server,
+        name,
+        table,
+        extra,
+        login,
+        fleet_keys,
+    )
+}
+
+/// A host's config for a cluster: every node's URL, the host's login
+/// from the first node (in operator mode any node's `.creds` work on all).
+pub fn cluster_fleet_config(
+    cluster: &NatsCluster,
+    name: &str,
+    fleet_keys: &str,
+) -> (String, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().expect("secrets dir");
+    let first = &cluster.nodes[0];
+    let login = login_keys(first, name, secrets.path()).join("\n");
+    let config = fleet_config_for(
+        &cluster.urls(),
+        first,
+        name,
+        &table_of(name),
+        "",
+        &login,
+        fleet_keys,
+    );
+    (config, secrets)
+}
+
+/// The config text: `servers` in `[fleet]`, `server`'s CA.
+fn fleet_config_for(
+    servers: &[String],
+    server: &NatsServer,
+    name: &str,
+    table: &str,
+    extra: &str,
+    login: &str,
+    fleet_keys: &str,
+) -> String {
     let ca = server.ca_path().expect("TLS server");
+    let servers: Vec<String> = servers.iter().map(|url| format!("\"{url}\"")).collect();
     format!(
-        "{extra}\n[firewall]\ntable = \"{table}\"\n\n[fleet]\nservers = [\"{}\"]\nname = \"{name}\"\n{login}\ntls = {{ ca = \"{}\" }}\n{fleet_keys}",
-        server.url(),
+        "{extra}\n[firewall]\ntable = \"{table}\"\n\n[fleet]\nservers = [{}]\nname = \"{name}\"\n{login}\ntls = {{ ca = \"{}\" }}\n{fleet_keys}",
+        servers.join(", "),
         ca.display()
     )
 }

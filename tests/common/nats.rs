@@ -553,13 +553,20 @@ impl NatsServer {
     /// until it is ready. Panics with the server log on failure.
     #[track_caller]
     pub fn start(ns: Option<&NetNs>, opts: NatsOptions) -> NatsServer {
-        let mut server = Self::prepare(ns, opts, None);
+        let mut server = Self::prepare(ns, opts, None, None);
         server.spawn();
         server.wait_ready();
         server
     }
 
-    fn prepare(ns: Option<&NetNs>, opts: NatsOptions, cluster: Option<ClusterNode>) -> Self {
+    /// A server's dir and config, not started. In operator mode it trusts
+    /// `trust` (a cluster's nodes must share one), or a fresh operator.
+    fn prepare(
+        ns: Option<&NetNs>,
+        opts: NatsOptions,
+        cluster: Option<ClusterNode>,
+        trust: Option<&OperatorTrust>,
+    ) -> Self {
         let ns_path = ns.map(NetNs::path);
         let dir = tempfile::Builder::new()
             .prefix("orch-test-nats-")
@@ -633,7 +640,14 @@ impl NatsServer {
                     opts.nkey_hosts.is_empty(),
                     "nkey_hosts need NatsAuth::Passwords"
                 );
-                let trust = OperatorTrust::new();
+                let fresh;
+                let trust = match trust {
+                    Some(shared) => shared,
+                    None => {
+                        fresh = OperatorTrust::new();
+                        &fresh
+                    }
+                };
                 let operator_jwt = dir.path().join("operator.jwt");
                 fs::write(&operator_jwt, trust.operator_jwt()).expect("write operator JWT");
                 config.push_str(&trust.server_config(&operator_jwt));
@@ -924,15 +938,13 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts the three nodes (sharing one CA and the same users' passwords)
-    /// and waits until each is healthy. Password mode only.
+    /// Starts the three nodes (sharing one CA, and the same users'
+    /// passwords or, in operator mode, one operator) and waits until each
+    /// is healthy.
     #[track_caller]
     pub fn start(ns: Option<&NetNs>, opts: NatsOptions) -> NatsCluster {
-        assert_eq!(
-            opts.auth,
-            NatsAuth::Passwords,
-            "a cluster's nodes would each make their own operator"
-        );
+        // In operator mode every node trusts the same operator and accounts.
+        let trust = (opts.auth == NatsAuth::Operator).then(OperatorTrust::new);
         let ns_path = ns.map(NetNs::path);
         let route_ports: Vec<u16> = (0..3)
             .map(|_| free_port(ns_path.as_deref(), opts.addr))
@@ -948,7 +960,7 @@ impl NatsCluster {
                 port: 0,
                 ..opts.clone()
             };
-            let mut server = NatsServer::prepare(ns, node_opts, Some(node));
+            let mut server = NatsServer::prepare(ns, node_opts, Some(node), trust.as_ref());
             if let Some(first) = nodes.first() {
                 server.passwords = first.passwords.clone();
             }
