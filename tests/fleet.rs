@@ -548,15 +548,7 @@ fn remote_bans_obey_local_safety_rules() {
 fn fleet_wide_unban_with_admin_credentials() {
     let mut lab = Lab::new(NatsVersion::Current);
     lab.start("srv1", &[], false, &FleetOpts::default());
-    lab.start(
-        "srv2",
-        &[],
-        false,
-        &FleetOpts {
-            admin: true,
-            ..FleetOpts::default()
-        },
-    );
+    lab.start("srv2", &[], false, &FleetOpts::admin());
     lab.start("gw", &[], false, &FleetOpts::default());
     for host in ["srv1", "srv2", "gw"] {
         lab.wait_connected(host);
@@ -625,15 +617,7 @@ fn fleet_wide_unban_with_admin_credentials() {
 fn a_fleet_wide_unban_made_while_the_origin_was_down_holds_when_it_returns() {
     let mut lab = Lab::new(NatsVersion::Current);
     lab.start("srv1", &[], false, &FleetOpts::default());
-    lab.start(
-        "srv2",
-        &[],
-        false,
-        &FleetOpts {
-            admin: true,
-            ..FleetOpts::default()
-        },
-    );
+    lab.start("srv2", &[], false, &FleetOpts::admin());
     lab.wait_connected("srv1");
     lab.wait_connected("srv2");
     lab.topo.srv1.ban(&[ATTACKER_BANNED]);
@@ -891,15 +875,7 @@ fn status_and_property_show_a_connected_host() {
 fn daemon_creates_the_missing_bucket_with_admin_credentials() {
     let mut lab = Lab::without_bucket(NatsVersion::Current);
     assert!(!lab.nats.bucket_exists(&lab.topo));
-    lab.start(
-        "srv1",
-        &[],
-        false,
-        &FleetOpts {
-            admin: true,
-            ..FleetOpts::default()
-        },
-    );
+    lab.start("srv1", &[], false, &FleetOpts::admin());
     measure_until(
         Instant::now(),
         RECONNECT,

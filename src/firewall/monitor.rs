@@ -22,8 +22,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::netlink::{
-    Attributes, Messages, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, c_string, open_socket, read_u32_be,
-    set_int_option, socklen_of,
+    Attributes, Messages, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, NFT_MSG_NEWRULE,
+    NFT_MSG_NEWTABLE, NFTA_GEN_ID, NFTA_TABLE, c_string, open_socket, read_u32_be, set_int_option,
+    socklen_of,
 };
 
 /// One thing the kernel reported about nftables.
@@ -65,18 +66,16 @@ pub enum MonitorError {
 /// `NFNLGRP_NFTABLES`: the multicast group of nftables notifications.
 const NFNLGRP_NFTABLES: libc::c_int = 7;
 
-// nftables message types (the low byte), from <linux/netfilter/nf_tables.h>.
-const NFT_MSG_NEWTABLE: u16 = 0;
+// More nftables message types (the low byte), from
+// <linux/netfilter/nf_tables.h>.
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
-const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_NEWOBJ: u16 = 18;
 const NFT_MSG_DELOBJ: u16 = 20;
 const NFT_MSG_NEWFLOWTABLE: u16 = 22;
@@ -88,10 +87,6 @@ const NFT_MSG_DESTROYTABLE: u16 = 26;
 const NFT_MSG_DESTROYCHAIN: u16 = 27;
 const NFT_MSG_DESTROYFLOWTABLE: u16 = 32;
 
-/// `NFTA_TABLE_NAME`, and `NFTA_{CHAIN,RULE,SET,SET_ELEM_LIST,OBJ,
-/// FLOWTABLE}_TABLE`: all attribute 1.
-const NFTA_TABLE: u16 = 1;
-const NFTA_GEN_ID: u16 = 1;
 const NFTA_GEN_PROC_PID: u16 = 2;
 const NFTA_GEN_PROC_NAME: u16 = 3;
 
@@ -135,13 +130,7 @@ impl KernelMonitor {
             );
         }
 
-        set_int_option(
-            &fd,
-            libc::SOL_NETLINK,
-            libc::NETLINK_ADD_MEMBERSHIP,
-            NFNLGRP_NFTABLES,
-        )
-        .map_err(MonitorError::Subscribe)?;
+        set_membership(&fd, libc::NETLINK_ADD_MEMBERSHIP).map_err(MonitorError::Subscribe)?;
 
         Ok(KernelMonitor {
             fd,
@@ -290,23 +279,19 @@ impl NotificationSwitch {
     /// Stops notifications to the monitor (the kernel stops building them
     /// when no one else listens).
     pub fn pause(&self) -> io::Result<()> {
-        set_int_option(
-            &self.fd,
-            libc::SOL_NETLINK,
-            libc::NETLINK_DROP_MEMBERSHIP,
-            NFNLGRP_NFTABLES,
-        )
+        set_membership(&self.fd, libc::NETLINK_DROP_MEMBERSHIP)
     }
 
     /// Subscribes the monitor again.
     pub fn resume(&self) -> io::Result<()> {
-        set_int_option(
-            &self.fd,
-            libc::SOL_NETLINK,
-            libc::NETLINK_ADD_MEMBERSHIP,
-            NFNLGRP_NFTABLES,
-        )
+        set_membership(&self.fd, libc::NETLINK_ADD_MEMBERSHIP)
     }
+}
+
+/// Joins (`NETLINK_ADD_MEMBERSHIP`) or leaves (`NETLINK_DROP_MEMBERSHIP`)
+/// the nftables notification group.
+fn set_membership(fd: &OwnedFd, option: libc::c_int) -> io::Result<()> {
+    set_int_option(fd, libc::SOL_NETLINK, option, NFNLGRP_NFTABLES)
 }
 
 impl AsFd for KernelMonitor {

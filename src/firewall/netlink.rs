@@ -24,6 +24,17 @@ pub const NLA_TYPE_MASK: u16 = 0x3fff;
 /// Marks an attribute whose value is more attributes.
 pub const NLA_F_NESTED: u16 = 0x8000;
 
+// nftables message types (the low byte) and attributes both the monitor and
+// the probe read, from <linux/netfilter/nf_tables.h>.
+pub const NFT_MSG_NEWTABLE: u16 = 0;
+pub const NFT_MSG_NEWRULE: u16 = 6;
+pub const NFT_MSG_NEWGEN: u16 = 15;
+/// `NFTA_TABLE_NAME`, and `NFTA_{CHAIN,RULE,SET,SET_ELEM_LIST,OBJ,
+/// FLOWTABLE}_TABLE`: all attribute 1.
+pub const NFTA_TABLE: u16 = 1;
+/// The generation id in a NEWGEN message.
+pub const NFTA_GEN_ID: u16 = 1;
+
 // Netlink's own message types and header flags, from <linux/netlink.h>.
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;

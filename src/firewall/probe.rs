@@ -21,27 +21,22 @@ use std::time::Duration;
 use super::monitor::KernelEvent;
 use super::netlink::{
     Attributes, MessageBuilder, Messages, NFGENMSG_LEN, NFNL_SUBSYS_NFTABLES, NFPROTO_INET,
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, c_string, open_socket,
-    read_i32_ne, read_u32_be, read_u64_be, socklen_of,
+    NFT_MSG_NEWGEN, NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE, NFTA_GEN_ID, NFTA_TABLE, NLM_F_ACK,
+    NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, c_string, open_socket, read_i32_ne,
+    read_u32_be, read_u64_be, socklen_of,
 };
 use super::script::IntactCheck;
 
-// Request types and attributes, from <linux/netfilter/nf_tables.h>.
+// Request types and attributes, from <linux/netfilter/nf_tables.h> (the
+// ones the monitor reads too are in `netlink`).
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSETELEM: u16 = 13;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
-const NFTA_GEN_ID: u16 = 1;
-const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_HANDLE: u16 = 4;
 /// Every family, for dumps.
 const NFPROTO_UNSPEC: u8 = 0;
-const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
@@ -61,7 +56,7 @@ pub fn find_missing(check: &IntactCheck) -> io::Result<Option<String>> {
     let mut session = Session::open()?;
     let table = check.table.as_str();
     let found = session.request(NFT_MSG_GETTABLE, NLM_F_ACK, |request| {
-        request.string(NFTA_TABLE_NAME, table);
+        request.string(NFTA_TABLE, table);
     })?;
     if found.is_none() {
         return Ok(Some(format!("table inet {table} is missing")));
@@ -80,7 +75,7 @@ pub fn find_missing(check: &IntactCheck) -> io::Result<Option<String>> {
     for element in &check.elements {
         let found = session.request(NFT_MSG_GETSETELEM, NLM_F_ACK, |request| {
             request
-                .string(NFTA_SET_ELEM_LIST_TABLE, table)
+                .string(NFTA_TABLE, table)
                 .string(NFTA_SET_ELEM_LIST_SET, element.set)
                 .nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
                     list.nested(NFTA_LIST_ELEM, |item| {
@@ -141,7 +136,7 @@ impl Snapshot {
                 let (mut name, mut handle) = (None, 0);
                 for (kind, value) in Attributes(attributes) {
                     match kind {
-                        NFTA_TABLE_NAME => name = Some(c_string(value).into_owned()),
+                        NFTA_TABLE => name = Some(c_string(value).into_owned()),
                         NFTA_TABLE_HANDLE => handle = read_u64_be(value).unwrap_or(0),
                         _ => {}
                     }
@@ -233,7 +228,7 @@ impl Session {
             NFT_MSG_GETRULE,
             NLM_F_DUMP,
             |request| {
-                request.string(NFTA_RULE_TABLE, table);
+                request.string(NFTA_TABLE, table);
             },
             &mut count_rule,
         )?;

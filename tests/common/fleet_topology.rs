@@ -607,6 +607,16 @@ pub struct FleetOpts {
     pub extra: String,
 }
 
+impl FleetOpts {
+    /// The defaults plus the admin's credentials.
+    pub fn admin() -> FleetOpts {
+        FleetOpts {
+            admin: true,
+            ..FleetOpts::default()
+        }
+    }
+}
+
 /// The TOML string literal for `s`.
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
