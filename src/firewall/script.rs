@@ -215,12 +215,8 @@ impl SampleElement {
         key.extend_from_slice(&[protocol.number(), 0, 0, 0]);
         key.extend_from_slice(&port.to_be_bytes());
         key.extend_from_slice(&[0, 0]);
-        let set = match ban.net {
-            IpNet::V4(_) => sets::PORTBAN4,
-            IpNet::V6(_) => sets::PORTBAN6,
-        };
         Some(SampleElement {
-            set,
+            set: port_ban_set_for(&ban.net),
             key,
             shown: format!("{addr} . {} . {port}", protocol.as_str()),
         })
@@ -235,6 +231,14 @@ pub fn ban_set_for(net: &IpNet) -> &'static str {
         (IpNet::V4(_), false) => sets::BANNET4,
         (IpNet::V6(_), true) => sets::BAN6,
         (IpNet::V6(_), false) => sets::BANNET6,
+    }
+}
+
+/// The set of a port-scoped ban (address . protocol . port).
+fn port_ban_set_for(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => sets::PORTBAN4,
+        IpNet::V6(_) => sets::PORTBAN6,
     }
 }
 
@@ -308,10 +312,7 @@ fn group_by_ban_set<'a>(
         match &ban.scope {
             None => push(ban_set_for(&ban.net), format!("{addr}{timeout}")),
             Some(scope) => {
-                let set = match ban.net {
-                    IpNet::V4(_) => sets::PORTBAN4,
-                    IpNet::V6(_) => sets::PORTBAN6,
-                };
+                let set = port_ban_set_for(&ban.net);
                 for protocol in &scope.protocols {
                     for port in &scope.ports {
                         push(
