@@ -15,6 +15,7 @@ use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::connect::{FleetError, connect, open_bucket};
 use super::outbox::{Outbox, SharedBan};
@@ -29,6 +30,12 @@ use crate::timefmt::now_unix;
 const APPLY_BATCH: usize = 5_000;
 /// A publish or apply this large is followed by handing freed memory back.
 const LARGE_BATCH: usize = 1_000;
+/// A batch handed on with at least this many changes means a burst is
+/// under way: the next batch then waits up to [`BURST_LINGER`] to fill.
+const BURST_BATCH: usize = 16;
+/// How long a batch may wait to fill during a burst. Outside a burst a
+/// change is handed on at once.
+const BURST_LINGER: Duration = Duration::from_millis(10);
 /// Publishes in flight at once.
 const PUBLISH_CONCURRENCY: usize = 512;
 /// Longest wait for the next entry while catching up.
@@ -256,12 +263,16 @@ impl FleetTask {
         let failed =
             |e: &dyn std::fmt::Display| FleetError::Session(format!("reading the bucket: {e}"));
         let ended = || FleetError::Session("the bucket watch ended".into());
-        // Changes read but not yet handed on. They are handed on as soon as
-        // the core can take them, so a lone ban goes at once, while in a
-        // burst the batch grows as long as the core is busy with the one
-        // before: thousands at once instead of a few at a time.
+        // Changes read but not yet handed on. A lone ban goes as soon as the
+        // core can take it. In a burst (the batch before was large) a batch
+        // also waits up to BURST_LINGER to fill, and it grows as long as the
+        // core is busy with the one before: hundreds or thousands at once
+        // instead of a few at a time, each with its own transaction.
         let mut batch: Vec<RemoteChange> = Vec::new();
+        let mut pacing = BatchPacing::default();
         loop {
+            let due = pacing.due();
+            let ready = !batch.is_empty() && (batch.len() >= APPLY_BATCH || Instant::now() >= due);
             tokio::select! {
                 biased;
                 changed = connected.changed() => {
@@ -269,15 +280,22 @@ impl FleetTask {
                         return Err(FleetError::Session("disconnected from NATS".into()));
                     }
                 }
-                permit = batches.reserve(), if !batch.is_empty() => {
+                permit = batches.reserve(), if ready => {
                     let permit = permit
                         .map_err(|_| FleetError::Session("applying remote bans stopped".into()))?;
                     self.status.note_event();
+                    pacing.handed_on(batch.len());
                     permit.send(std::mem::take(&mut batch));
                 }
+                () = tokio::time::sleep_until(due), if !batch.is_empty() && !ready => {}
                 entry = watch.next(), if batch.len() < APPLY_BATCH => {
                     match entry {
-                        Some(Ok(entry)) => batch.extend(self.read_entry(&entry, own_keys, true)),
+                        Some(Ok(entry)) => {
+                            if batch.is_empty() {
+                                pacing.started(Instant::now());
+                            }
+                            batch.extend(self.read_entry(&entry, own_keys, true));
+                        }
                         Some(Err(e)) => return Err(failed(&e)),
                         None => return Err(ended()),
                     }
@@ -386,6 +404,44 @@ impl FleetTask {
     }
 }
 
+/// When a batch of remote changes is due to go to the core: at once,
+/// unless the batch before was large (a burst), then up to
+/// [`BURST_LINGER`] after its first change was read.
+#[derive(Debug, Clone, Copy)]
+struct BatchPacing {
+    /// When the first change of the batch being filled was read.
+    started: Instant,
+    /// How many changes the batch before held.
+    last_len: usize,
+}
+
+impl Default for BatchPacing {
+    fn default() -> Self {
+        BatchPacing {
+            started: Instant::now(),
+            last_len: 0,
+        }
+    }
+}
+
+impl BatchPacing {
+    fn started(&mut self, at: Instant) {
+        self.started = at;
+    }
+
+    fn handed_on(&mut self, len: usize) {
+        self.last_len = len;
+    }
+
+    fn due(&self) -> Instant {
+        if self.last_len >= BURST_BATCH {
+            self.started + BURST_LINGER
+        } else {
+            self.started
+        }
+    }
+}
+
 /// Writes this host's keys.
 struct Publisher {
     js: jetstream::Context,
@@ -490,5 +546,27 @@ impl Publisher {
                 .await
                 .map_err(|e| format!("deleting {key}: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_change_goes_at_once_and_a_burst_lingers_until_it_ends() {
+        let start = Instant::now();
+        let mut pacing = BatchPacing::default();
+        pacing.started(start);
+        assert_eq!(pacing.due(), start, "nothing before it: at once");
+        pacing.handed_on(1);
+        pacing.started(start);
+        assert_eq!(pacing.due(), start, "after a lone change: at once");
+        pacing.handed_on(BURST_BATCH);
+        pacing.started(start);
+        assert_eq!(pacing.due(), start + BURST_LINGER, "in a burst: lingers");
+        pacing.handed_on(BURST_BATCH - 1);
+        pacing.started(start);
+        assert_eq!(pacing.due(), start, "the burst is over: at once again");
     }
 }
