@@ -4,11 +4,15 @@
 //! [`record`] is the key and value format; [`holdings`] the other hosts'
 //! bans as last read; [`outbox`] this host's changes waiting to go out;
 //! [`connect`] turns `[fleet]` into a NATS connection; [`session`] runs
-//! the connection: catch up, publish, watch. The core's side (applying
+//! the connection: catch up, then publish (through [`publisher`]) and
+//! watch, handing remote changes to the core in batches paced by
+//! [`pacing`]. The core's side (applying
 //! remote bans under the local rules) is `daemon::fleet_apply`.
 pub mod connect;
 pub mod holdings;
 pub mod outbox;
+mod pacing;
+mod publisher;
 pub mod record;
 pub mod session;
 pub mod status;

@@ -7,7 +7,7 @@
 //! moves data between NATS and the core. It must not touch the store or
 //! the kernel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,46 +19,18 @@ use tokio::time::Instant;
 
 use super::connect::{FleetError, connect, open_bucket};
 use super::outbox::{Outbox, SharedBan};
-use super::record::{self, FleetBan};
+use super::pacing::BatchPacing;
+use super::publisher::{OwnKeys, Publisher, lock};
+use super::record;
 use super::status::FleetStatus;
 use crate::config::FleetConfig;
 use crate::daemon::core::CoreHandle;
 use crate::daemon::fleet_apply::RemoteChange;
-use crate::timefmt::now_unix;
 
 /// Remote changes handed to the core at once, at most.
 const APPLY_BATCH: usize = 5_000;
-/// A publish or apply this large is followed by handing freed memory back.
-const LARGE_BATCH: usize = 1_000;
-/// A batch handed on with at least this many changes means a burst is
-/// under way: the next batch then waits up to [`BURST_LINGER`] to fill.
-const BURST_BATCH: usize = 16;
-/// How long a batch may wait to fill during a burst. Outside a burst a
-/// change is handed on at once.
-const BURST_LINGER: Duration = Duration::from_millis(10);
-/// Publishes in flight at once.
-const PUBLISH_CONCURRENCY: usize = 512;
 /// Longest wait for the next entry while catching up.
 const CATCH_UP_STALL: Duration = Duration::from_secs(15);
-
-/// This host's keys in the bucket: shared by the publisher and the watch
-/// (locked only briefly, never across an await).
-#[derive(Debug, Default)]
-struct OwnKeyState {
-    /// Each key's expiry, as last written or read.
-    expires: HashMap<IpNet, u64>,
-    /// Keys this host is deleting: the deletions the watch reads back for
-    /// them are its own, any other deletion of its keys is someone else's.
-    deleting: HashSet<IpNet>,
-}
-
-type OwnKeys = Mutex<OwnKeyState>;
-
-fn lock(own_keys: &OwnKeys) -> std::sync::MutexGuard<'_, OwnKeyState> {
-    own_keys
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Everything the session needs, cloned into its task.
 pub struct FleetTask {
@@ -401,172 +373,5 @@ impl FleetTask {
             "fleet: remote changes"
         );
         Ok(())
-    }
-}
-
-/// When a batch of remote changes is due to go to the core: at once,
-/// unless the batch before was large (a burst), then up to
-/// [`BURST_LINGER`] after its first change was read.
-#[derive(Debug, Clone, Copy)]
-struct BatchPacing {
-    /// When the first change of the batch being filled was read.
-    started: Instant,
-    /// How many changes the batch before held.
-    last_len: usize,
-}
-
-impl Default for BatchPacing {
-    fn default() -> Self {
-        BatchPacing {
-            started: Instant::now(),
-            last_len: 0,
-        }
-    }
-}
-
-impl BatchPacing {
-    fn started(&mut self, at: Instant) {
-        self.started = at;
-    }
-
-    fn handed_on(&mut self, len: usize) {
-        self.last_len = len;
-    }
-
-    fn due(&self) -> Instant {
-        if self.last_len >= BURST_BATCH {
-            self.started + BURST_LINGER
-        } else {
-            self.started
-        }
-    }
-}
-
-/// Writes this host's keys.
-struct Publisher {
-    js: jetstream::Context,
-    store: kv::Store,
-    bucket: String,
-    name: String,
-    key_ttl: bool,
-}
-
-impl Publisher {
-    /// Puts or deletes this host's key for each network, many at once;
-    /// a delete only where this host has a key (`own_keys`, kept current
-    /// here and by the watch). Networks whose write failed go back to the
-    /// outbox, and the first error ends the session (the next one
-    /// publishes the difference).
-    async fn publish_all(
-        &self,
-        changes: Vec<SharedBan>,
-        outbox: &Outbox,
-        own_keys: &OwnKeys,
-    ) -> Result<(), FleetError> {
-        let changes: Vec<SharedBan> = {
-            let mut own_keys = lock(own_keys);
-            let changes: Vec<SharedBan> = changes
-                .into_iter()
-                .filter(|(net, ban)| ban.is_some() || own_keys.expires.contains_key(net))
-                .collect();
-            own_keys.deleting.extend(
-                changes
-                    .iter()
-                    .filter(|(_, ban)| ban.is_none())
-                    .map(|(net, _)| *net),
-            );
-            changes
-        };
-        let (count, started) = (changes.len(), std::time::Instant::now());
-        let results: Vec<(SharedBan, Result<(), String>)> = futures_util::stream::iter(changes)
-            .map(|change| async move {
-                let result = self.publish(&change).await;
-                (change, result)
-            })
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .collect()
-            .await;
-        let mut first_error = None;
-        let mut failed = Vec::new();
-        let mut own_keys = lock(own_keys);
-        for (change, result) in results {
-            match (result, &change.1) {
-                (Err(error), _) => {
-                    own_keys.deleting.remove(&change.0);
-                    failed.push(change);
-                    first_error.get_or_insert(error);
-                }
-                (Ok(()), Some(ban)) => {
-                    own_keys.expires.insert(change.0, ban.expires);
-                }
-                (Ok(()), None) => {
-                    own_keys.expires.remove(&change.0);
-                }
-            }
-        }
-        drop(own_keys);
-        outbox.put_back(failed);
-        if count >= LARGE_BATCH {
-            // The batch's transient copies were made on the runtime's
-            // threads; hand their memory back now.
-            crate::daemon::memory::release_freed_memory();
-        }
-        tracing::debug!(
-            count,
-            seconds = started.elapsed().as_secs_f64(),
-            "fleet: published"
-        );
-        match first_error {
-            Some(error) => Err(FleetError::Session(format!("publishing: {error}"))),
-            None => Ok(()),
-        }
-    }
-
-    async fn publish(&self, (net, ban): &SharedBan) -> Result<(), String> {
-        let key = record::key(&self.name, net);
-        match ban {
-            Some(ban) => {
-                let mut message = jetstream::message::PublishMessage::build()
-                    .payload(record::encode_value(&FleetBan::from_record(ban)).into());
-                if self.key_ttl {
-                    let left = ban.expires.saturating_sub(now_unix()).max(1);
-                    message = message.ttl(Duration::from_secs(left));
-                }
-                self.js
-                    .send_publish(format!("$KV.{}.{key}", self.bucket), message)
-                    .await
-                    .map_err(|e| format!("{key}: {e}"))?
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("{key}: {e}"))
-            }
-            None => self
-                .store
-                .delete(&key)
-                .await
-                .map_err(|e| format!("deleting {key}: {e}")),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lone_change_goes_at_once_and_a_burst_lingers_until_it_ends() {
-        let start = Instant::now();
-        let mut pacing = BatchPacing::default();
-        pacing.started(start);
-        assert_eq!(pacing.due(), start, "nothing before it: at once");
-        pacing.handed_on(1);
-        pacing.started(start);
-        assert_eq!(pacing.due(), start, "after a lone change: at once");
-        pacing.handed_on(BURST_BATCH);
-        pacing.started(start);
-        assert_eq!(pacing.due(), start + BURST_LINGER, "in a burst: lingers");
-        pacing.handed_on(BURST_BATCH - 1);
-        pacing.started(start);
-        assert_eq!(pacing.due(), start, "the burst is over: at once again");
     }
 }
