@@ -39,6 +39,8 @@ pub const SAMPLE_HOSTS: [&str; 3] = ["srv1", "srv2", "gw"];
 pub const ADMIN: &str = "admin";
 /// The account that holds the bucket and all users.
 pub const ACCOUNT: &str = "ORCH";
+/// Deadline for creating the bucket's stream (see [`create_bucket`]).
+const BUCKET_CREATE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Deadline for a server to answer `/healthz` after being spawned.
 pub const NATS_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Markers around the rendered block in `examples/nats-server.conf`.
@@ -215,13 +217,23 @@ pub fn sample_accounts_block(sample: &str) -> Option<String> {
 /// ([`orch::fleet::connect::bucket_stream`]: no rollups, so no host can
 /// wipe the bucket with `Nats-Rollup: all` on one of its own keys). `ttl`
 /// enables per-message TTL (server ≥ 2.11; 2.9 ignores the field). Panics
-/// if the admin cannot create or open it.
+/// if the admin cannot create or open it within [`BUCKET_CREATE_TIMEOUT`]:
+/// a cluster whose nodes all answer `/healthz` may still count a peer as
+/// offline for a moment ("no suitable peers for placement"), so failures
+/// are retried until then.
 pub async fn create_bucket(admin: &Context, bucket: &str, replicas: usize, ttl: bool) -> kv::Store {
     let config = orch::fleet::connect::bucket_stream(bucket, replicas, ttl, Duration::ZERO);
-    admin
-        .create_stream(config)
-        .await
-        .unwrap_or_else(|e| panic!("admin creates the bucket stream: {e}"));
+    let deadline = std::time::Instant::now() + BUCKET_CREATE_TIMEOUT;
+    loop {
+        match admin.create_stream(config.clone()).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("bucket stream not created yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("admin creates the bucket stream: {e}"),
+        }
+    }
     admin
         .get_key_value(bucket)
         .await
