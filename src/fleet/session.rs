@@ -259,7 +259,6 @@ impl FleetTask {
                     pacing.handed_on(batch.len());
                     permit.send(std::mem::take(&mut batch));
                 }
-                () = tokio::time::sleep_until(due), if !batch.is_empty() && !ready => {}
                 entry = watch.next(), if batch.len() < APPLY_BATCH => {
                     match entry {
                         Some(Ok(entry)) => {
@@ -272,6 +271,9 @@ impl FleetTask {
                         None => return Err(ended()),
                     }
                 }
+                // Last: while entries keep coming this timer is never set
+                // (the loop's `ready` sees the time pass).
+                () = tokio::time::sleep_until(due), if !batch.is_empty() && !ready => {}
             }
         }
     }
