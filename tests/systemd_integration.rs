@@ -72,8 +72,44 @@ fn assert_all_bans(sandbox: &SystemdSandbox, when: &str) {
 /// What the sampler saw while a command ran.
 struct Samples {
     taken: usize,
+    /// Samples where nft said the element (or its set or table) is not
+    /// there: "No such file or directory".
     missing: usize,
     longest_gap: Duration,
+    /// Samples that said neither yes nor no (nsenter or nft failed some
+    /// other way), and what was said (distinct messages, in order). They
+    /// are not counted as missing, and do not end a gap.
+    unknown: usize,
+    unknown_said: Vec<String>,
+}
+
+/// One look at the kernel: is the element there?
+enum Sample {
+    Present,
+    Absent,
+    Unknown(String),
+}
+
+/// Asks `nft get element` inside the sandbox's network namespace.
+fn sample_element(pid: &str) -> Sample {
+    let output = Command::new("nsenter")
+        .args([
+            "-t", pid, "-n", "--", "nft", "get", "element", "inet", "orch", "ban4",
+        ])
+        .arg(format!("{{ {} }}", SINGLE_V4[0]))
+        .output();
+    match output {
+        Ok(out) if out.status.success() => Sample::Present,
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("No such file or directory") {
+                Sample::Absent
+            } else {
+                Sample::Unknown(format!("{}: {}", out.status, stderr.trim()))
+            }
+        }
+        Err(e) => Sample::Unknown(format!("cannot run nsenter: {e}")),
+    }
 }
 
 /// Runs `action` while another thread checks, as fast as it can, that a
@@ -90,25 +126,28 @@ fn sample_during(
                 taken: 0,
                 missing: 0,
                 longest_gap: Duration::ZERO,
+                unknown: 0,
+                unknown_said: Vec::new(),
             };
             let mut gap_started: Option<Instant> = None;
             while !done.load(Ordering::Relaxed) {
-                let present = Command::new("nsenter")
-                    .args([
-                        "-t", &pid, "-n", "--", "nft", "get", "element", "inet", "orch", "ban4",
-                    ])
-                    .arg(format!("{{ {} }}", SINGLE_V4[0]))
-                    .output()
-                    .map(|out| out.status.success())
-                    .unwrap_or(false);
                 samples.taken += 1;
-                if present {
-                    if let Some(started) = gap_started.take() {
-                        samples.longest_gap = samples.longest_gap.max(started.elapsed());
+                match sample_element(&pid) {
+                    Sample::Present => {
+                        if let Some(started) = gap_started.take() {
+                            samples.longest_gap = samples.longest_gap.max(started.elapsed());
+                        }
                     }
-                } else {
-                    samples.missing += 1;
-                    gap_started.get_or_insert_with(Instant::now);
+                    Sample::Absent => {
+                        samples.missing += 1;
+                        gap_started.get_or_insert_with(Instant::now);
+                    }
+                    Sample::Unknown(said) => {
+                        samples.unknown += 1;
+                        if !samples.unknown_said.contains(&said) {
+                            samples.unknown_said.push(said);
+                        }
+                    }
                 }
             }
             if let Some(started) = gap_started {
@@ -153,15 +192,26 @@ fn owned_table_keeps_every_ban_through_everything_done_to_nftables() {
         output.expect_ok(action);
         assert_all_bans(&sandbox, &format!("after systemctl {action} nftables"));
         eprintln!(
-            "owned, systemctl {action} nftables: {} samples, {} missing, longest gap {:?}",
-            samples.taken, samples.missing, samples.longest_gap
+            "owned, systemctl {action} nftables: {} samples, {} missing, longest gap {:?}; {} unknown: {:?}",
+            samples.taken,
+            samples.missing,
+            samples.longest_gap,
+            samples.unknown,
+            samples.unknown_said
         );
         assert!(
-            samples.taken >= 3,
-            "the sampler barely ran ({} samples)",
-            samples.taken
+            samples.taken - samples.unknown >= 3,
+            "the sampler barely saw anything ({} samples, {} unknown: {:?})",
+            samples.taken,
+            samples.unknown,
+            samples.unknown_said
         );
-        assert_eq!(samples.missing, 0, "a ban was missing during {action}");
+        assert_eq!(
+            samples.missing,
+            0,
+            "a ban was missing during {action}\n{}",
+            sandbox.journal("orch.service")
+        );
     }
 
     sandbox
@@ -224,8 +274,12 @@ fn unowned_table_is_back_when_each_systemctl_command_returns() {
             &format!("after systemctl {action} nftables (unowned)"),
         );
         eprintln!(
-            "unowned, systemctl {action} nftables: {} samples, {} missing, longest gap {:?}",
-            samples.taken, samples.missing, samples.longest_gap
+            "unowned, systemctl {action} nftables: {} samples, {} missing, longest gap {:?}; {} unknown: {:?}",
+            samples.taken,
+            samples.missing,
+            samples.longest_gap,
+            samples.unknown,
+            samples.unknown_said
         );
     }
     sandbox
