@@ -296,3 +296,51 @@ fn snapshots_tell_a_flush_by_someone_else_from_our_own_commit() {
         );
     });
 }
+
+/// Other processes committing all the time (here: a table of their own
+/// replaced over and over, as `systemctl reload nftables` does) must not
+/// make the check call an intact table broken. (`nft get element` itself
+/// fails now and then with "Interrupted system call" in that situation;
+/// the check's own netlink lookups must not be misled by such races.)
+#[test]
+fn the_check_stays_right_while_another_process_commits() {
+    in_fresh_netns(|| {
+        let bans = bans();
+        let mut firewall = written(OwnerMode::Auto, false, &bans);
+        let script = "table inet other {\n}\n\
+                      delete table inet other\n\
+                      table inet other {\n\
+                      set s {\n type ipv4_addr\n elements = { 10.0.0.1 }\n }\n\
+                      chain input {\n type filter hook input priority 0; policy accept;\n\
+                      ip saddr @s accept\n }\n\
+                      }\n";
+        let path = std::env::temp_dir().join(format!("orch-other-{}.nft", std::process::id()));
+        std::fs::write(&path, script).expect("write script");
+        let mut committer = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while :; do nft -f {} || exit 1; done",
+                path.display()
+            ))
+            .spawn()
+            .expect("start committer");
+        let sample = samples(&bans);
+        let (mut checks, mut misjudged) = (0, 0);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < until {
+            checks += 1;
+            if !firewall.is_intact(&sample) {
+                misjudged += 1;
+            }
+        }
+        let still_committing = matches!(committer.try_wait(), Ok(None));
+        let _ = committer.kill();
+        let _ = committer.wait();
+        let _ = std::fs::remove_file(&path);
+        assert!(still_committing, "the other process's nft -f failed");
+        eprintln!("{checks} checks while the other process committed, {misjudged} misjudged");
+        let generation = nft(&["list", "ruleset"]);
+        assert!(generation.contains("table inet other"), "{generation}");
+        assert_eq!(misjudged, 0, "of {checks} checks during others' commits");
+    });
+}
