@@ -75,10 +75,18 @@ impl Lab {
     /// Starts orch with the default fleet settings on each of `hosts` and
     /// waits until each is connected.
     fn start_connected(&mut self, hosts: &[&str]) {
-        for host in hosts {
-            self.start(host, &[], false, &FleetOpts::default());
+        let defaults = FleetOpts::default();
+        let hosts: Vec<(&str, &FleetOpts)> = hosts.iter().map(|host| (*host, &defaults)).collect();
+        self.start_connected_with(&hosts);
+    }
+
+    /// Starts orch on each host with its fleet settings (no allowlist, no
+    /// forwarding), then waits until each is connected.
+    fn start_connected_with(&mut self, hosts: &[(&str, &FleetOpts)]) {
+        for (host, opts) in hosts {
+            self.start(host, &[], false, opts);
         }
-        for host in hosts {
+        for (host, _) in hosts {
             self.wait_connected(host);
         }
     }
@@ -547,12 +555,8 @@ fn remote_bans_obey_local_safety_rules() {
 #[test]
 fn fleet_wide_unban_with_admin_credentials() {
     let mut lab = Lab::new(NatsVersion::Current);
-    lab.start("srv1", &[], false, &FleetOpts::default());
-    lab.start("srv2", &[], false, &FleetOpts::admin());
-    lab.start("gw", &[], false, &FleetOpts::default());
-    for host in ["srv1", "srv2", "gw"] {
-        lab.wait_connected(host);
-    }
+    let (defaults, admin) = (FleetOpts::default(), FleetOpts::admin());
+    lab.start_connected_with(&[("srv1", &defaults), ("srv2", &admin), ("gw", &defaults)]);
     let topo = &lab.topo;
     let ctx = || lab.context(&["srv1", "srv2", "gw"]);
     topo.srv1.ban(&[ATTACKER_BANNED]);
@@ -616,10 +620,8 @@ fn fleet_wide_unban_with_admin_credentials() {
 #[test]
 fn a_fleet_wide_unban_made_while_the_origin_was_down_holds_when_it_returns() {
     let mut lab = Lab::new(NatsVersion::Current);
-    lab.start("srv1", &[], false, &FleetOpts::default());
-    lab.start("srv2", &[], false, &FleetOpts::admin());
-    lab.wait_connected("srv1");
-    lab.wait_connected("srv2");
+    let (defaults, admin) = (FleetOpts::default(), FleetOpts::admin());
+    lab.start_connected_with(&[("srv1", &defaults), ("srv2", &admin)]);
     lab.topo.srv1.ban(&[ATTACKER_BANNED]);
     let banned_in = orch::timefmt::now_unix();
     let ctx = |lab: &Lab| lab.context(&["srv1", "srv2"]);
@@ -967,10 +969,7 @@ fn cluster_node_loss_during_a_large_ban_loses_nothing() {
         replicas: Some(3),
         ..FleetOpts::default()
     };
-    lab.start("srv1", &[], false, &r3);
-    lab.start("srv2", &[], false, &r3);
-    lab.wait_connected("srv1");
-    lab.wait_connected("srv2");
+    lab.start_connected_with(&[("srv1", &r3), ("srv2", &r3)]);
     let port = connected_nats_port(&lab.topo.srv1).expect("srv1's NATS connection");
     let cluster = lab.nats.cluster.as_mut().expect("cluster");
     let victim = cluster

@@ -30,10 +30,17 @@ pub fn fleet_config(
     extra: &str,
     fleet_keys: &str,
 ) -> (String, tempfile::TempDir) {
-    let secrets = tempfile::tempdir().expect("secrets dir");
-    let login = login_keys(server, name, secrets.path()).join("\n");
+    let (login, secrets) = host_login(server, name);
     let config = fleet_config_with_login(server, name, table, extra, &login, fleet_keys);
     (config, secrets)
+}
+
+/// Host `name`'s login lines for `server` ([`login_keys`]), with the
+/// directory its secrets were written into (keep it while the host runs).
+fn host_login(server: &NatsServer, name: &str) -> (String, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().expect("secrets dir");
+    let login = login_keys(server, name, secrets.path()).join("\n");
+    (login, secrets)
 }
 
 /// [`fleet_config`] with the given `login` lines (e.g. `nkey_file = …`)
@@ -64,9 +71,8 @@ pub fn cluster_fleet_config(
     name: &str,
     fleet_keys: &str,
 ) -> (String, tempfile::TempDir) {
-    let secrets = tempfile::tempdir().expect("secrets dir");
     let first = &cluster.nodes[0];
-    let login = login_keys(first, name, secrets.path()).join("\n");
+    let (login, secrets) = host_login(first, name);
     let config = fleet_config_for(
         &cluster.urls(),
         first,
