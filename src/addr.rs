@@ -11,7 +11,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 /// Why an address or prefix was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
-    #[error("{input:?} is not an IP address or CIDR prefix")]
+    #[error("{input} is not an IP address or CIDR prefix")]
     Invalid { input: String },
     #[error("{input} has host bits set; did you mean {network}?")]
     HostBits { input: String, network: IpNet },
@@ -32,7 +32,7 @@ pub enum AddrError {
 pub fn parse_net(input: &str) -> Result<IpNet, AddrError> {
     let text = input.trim();
     let invalid = || AddrError::Invalid {
-        input: input.to_string(),
+        input: crate::quote::quote_input(input),
     };
     let net = if text.contains('/') {
         let parsed: IpNet = text.parse().map_err(|_| invalid())?;

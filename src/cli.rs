@@ -296,15 +296,33 @@ async fn run_sync(hook_event: Option<&str>, unit: Option<&str>) -> Result<(), Fa
             }
         }
         Err(ClientError::NotRunning) => {
-            eprintln!("orch: daemon not running; nothing to sync");
+            warn(
+                "the orch daemon is not running (nothing owns org.orch.Orch1 on the system bus): \
+                 orch's table and hooks were not re-applied; start it with `systemctl start orch`",
+            );
             Ok(())
         }
         Err(ClientError::NoBus(err)) => {
-            eprintln!("orch: no system bus ({err}); nothing to sync");
+            warn(&format!(
+                "no system bus ({err}): orch's table and hooks were not re-applied; \
+                 the daemon applies everything when it starts"
+            ));
             Ok(())
         }
         Err(other) => Err(other.into()),
     }
+}
+
+/// A warning on stderr. Under systemd (stderr is a journal stream) it
+/// carries the `<4>` prefix, so the journal files it at priority warning,
+/// where `journalctl -p warning` shows it.
+fn warn(message: &str) {
+    let prefix = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        "<4>"
+    } else {
+        ""
+    };
+    eprintln!("{prefix}orch: warning: {message}");
 }
 
 async fn print_list(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {

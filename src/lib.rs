@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod hooks;
 pub mod jail;
 pub mod logging;
+pub mod quote;
 pub mod store;
 pub mod systemd;
 pub mod timefmt;

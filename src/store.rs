@@ -20,8 +20,13 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// Longest `reason` or `source` kept, in bytes; longer text is cut at a char
-/// boundary on insert.
+/// Longest `reason` or `source` of a ban kept, in bytes; longer text is cut
+/// at a char boundary on insert and on replay. Every ban's text is returned
+/// by every listing, so it is kept short whoever sent it (a D-Bus caller, a
+/// jail, another fleet host).
+pub const MAX_BAN_TEXT_BYTES: usize = 256;
+
+/// Longest key or value of a cursor record (log positions), in bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// History of a network with no active ban is forgotten once its last ban is
@@ -48,7 +53,7 @@ const HEADER_GENERATION_OFFSET: usize = 12;
 const FILE_HEADER_CRC_OFFSET: usize = 20;
 /// payload length (4) + crc32 over length and payload (4).
 const RECORD_HEADER_LEN: usize = 8;
-/// Largest well-formed payload is a Ban with two maximal strings (~2.1 KiB);
+/// Largest well-formed payload is a cursor with two maximal strings (~2.1 KiB);
 /// anything claiming more is damage, not data.
 const MAX_PAYLOAD_LEN: usize = 4096;
 
@@ -205,7 +210,7 @@ impl Store {
     /// Inserts or replaces (latest wins) the bans, updates each net's history
     /// (count+1, last_banned=created), writes them with ONE append and ONE
     /// fdatasync before returning. Empty slice = no I/O. `reason` and
-    /// `source` longer than [`MAX_TEXT_BYTES`] are cut at a char boundary.
+    /// `source` longer than [`MAX_BAN_TEXT_BYTES`] are cut at a char boundary.
     /// On error nothing changed, in memory or (after a crash) on disk.
     pub fn insert_bans(&mut self, bans: &[BanRecord]) -> Result<(), StoreError> {
         if bans.is_empty() {
@@ -702,8 +707,12 @@ impl MemState {
                     net,
                     created,
                     expires,
-                    reason: self.interner.intern(reason),
-                    source: self.interner.intern(source),
+                    reason: self
+                        .interner
+                        .intern(truncate_at_char_boundary(reason, MAX_BAN_TEXT_BYTES)),
+                    source: self
+                        .interner
+                        .intern(truncate_at_char_boundary(source, MAX_BAN_TEXT_BYTES)),
                 };
                 NetChange::Ban {
                     record,
@@ -803,10 +812,10 @@ impl Interner {
         shared
     }
 
-    /// Like `intern` after cutting to [`MAX_TEXT_BYTES`], reusing the
+    /// Like `intern` after cutting to [`MAX_BAN_TEXT_BYTES`], reusing the
     /// caller's allocation when the text is new and short enough.
     fn intern_shared(&mut self, text: &Arc<str>) -> Arc<str> {
-        let kept = truncate_at_char_boundary(text, MAX_TEXT_BYTES);
+        let kept = truncate_at_char_boundary(text, MAX_BAN_TEXT_BYTES);
         if kept.len() < text.len() || self.strings.contains(kept) {
             return self.intern(kept);
         }
@@ -939,8 +948,8 @@ fn encode_payload(out: &mut Vec<u8>, record: &Record<'_>) {
             out.extend_from_slice(&created.to_le_bytes());
             out.extend_from_slice(&expires.to_le_bytes());
             out.extend_from_slice(&history_count.to_le_bytes());
-            encode_text(out, reason);
-            encode_text(out, source);
+            encode_text(out, reason, MAX_BAN_TEXT_BYTES);
+            encode_text(out, source, MAX_BAN_TEXT_BYTES);
         }
         Record::Unban { net } => encode_net_record(out, KIND_UNBAN, net),
         Record::Allow { net } => encode_net_record(out, KIND_ALLOW, net),
@@ -957,8 +966,8 @@ fn encode_payload(out: &mut Vec<u8>, record: &Record<'_>) {
         }
         Record::Cursor { key, value } => {
             out.push(KIND_CURSOR);
-            encode_text(out, key);
-            encode_text(out, value);
+            encode_text(out, key, MAX_TEXT_BYTES);
+            encode_text(out, value, MAX_TEXT_BYTES);
         }
         Record::SnapshotEnd { record_count } => {
             out.push(KIND_SNAPSHOT_END);
@@ -986,8 +995,8 @@ fn encode_net(out: &mut Vec<u8>, net: &IpNet) {
     out.push(net.prefix_len());
 }
 
-fn encode_text(out: &mut Vec<u8>, text: &str) {
-    let kept = truncate_at_char_boundary(text, MAX_TEXT_BYTES);
+fn encode_text(out: &mut Vec<u8>, text: &str, limit: usize) {
+    let kept = truncate_at_char_boundary(text, limit);
     out.extend_from_slice(&(kept.len() as u16).to_le_bytes());
     out.extend_from_slice(kept.as_bytes());
 }
@@ -2199,14 +2208,14 @@ mod tests {
             let mut store = open(dir.path());
             store.insert_bans(&[record]).unwrap();
             let stored = store.get_ban(&net("192.0.2.1/32")).unwrap();
-            assert_eq!(stored.reason.len(), 1024);
-            assert_eq!(&*stored.reason, "é".repeat(512));
-            assert_eq!(stored.source.len(), MAX_TEXT_BYTES);
+            assert_eq!(stored.reason.len(), MAX_BAN_TEXT_BYTES);
+            assert_eq!(&*stored.reason, "é".repeat(128));
+            assert_eq!(stored.source.len(), MAX_BAN_TEXT_BYTES);
         }
         let store = open(dir.path());
         let stored = store.get_ban(&net("192.0.2.1/32")).unwrap();
-        assert_eq!(&*stored.reason, "é".repeat(512));
-        assert_eq!(stored.source.len(), MAX_TEXT_BYTES);
+        assert_eq!(&*stored.reason, "é".repeat(128));
+        assert_eq!(stored.source.len(), MAX_BAN_TEXT_BYTES);
         assert_eq!(truncate_at_char_boundary("aé", 2), "a");
     }
 

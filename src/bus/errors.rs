@@ -23,8 +23,10 @@ pub enum OrchError {
     InvalidDuration(String),
     /// The thing to remove is not there.
     NotFound(String),
-    /// The caller may not change state (only uid 0 may).
+    /// The caller may not do this (the message names the action).
     AccessDenied(String),
+    /// The caller already has as many reads running as it may.
+    Busy(String),
     /// nftables refused a change.
     Firewall(String),
     /// The ban store could not persist.

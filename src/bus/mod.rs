@@ -4,8 +4,10 @@
 //! Names and paths live here once; the service must not change state
 //! itself (it hands every request to the core).
 
+pub mod access;
 pub mod client;
 pub mod errors;
+pub mod guard;
 pub mod service;
 
 /// Well-known bus name the daemon owns.

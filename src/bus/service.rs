@@ -1,12 +1,11 @@
-//! The daemon side of `org.orch.Orch1`: checks who is calling, hands the
-//! request to the core, emits signals.
+//! The daemon side of `org.orch.Orch1`: hands each request to the core
+//! and emits signals. Who may call what is decided before a call gets
+//! here, by `guard.rs`, which wraps this service on the bus.
 //!
 //! It must not touch the store or the firewall directly; the core does.
 
-use zbus::fdo::DBusProxy;
-use zbus::message::Header;
+use zbus::interface;
 use zbus::object_server::SignalEmitter;
-use zbus::{Connection, interface};
 
 use super::errors::OrchError;
 use crate::daemon::core::{Core, CoreError, CoreHandle};
@@ -19,6 +18,9 @@ use crate::timefmt::rfc3339;
 /// BanMany emits one `Banned` signal per address up to this many; larger
 /// batches (bulk imports) emit none, so they cannot flood the bus.
 pub const MAX_SIGNALS_PER_CALL: usize = 1000;
+
+/// Longest unit name `SyncEvent` takes (systemd's own limit).
+const MAX_UNIT_NAME_BYTES: usize = 256;
 
 /// One row of `ListBans`: address, banned_at, expires_at, reason, source.
 pub type BanRow = (String, u64, u64, String, String);
@@ -66,35 +68,13 @@ impl OrchService {
         }
     }
 
-    /// Runs a changing request on the core, once the caller is known to be
-    /// root. Every mutating method goes through here.
-    async fn call_as_root<R: Send + 'static>(
+    /// Runs a request on the core. The guard has authorised the caller.
+    async fn run<R: Send + 'static>(
         &self,
-        header: &Header<'_>,
-        connection: &Connection,
         job: impl FnOnce(&mut Core) -> Result<R, CoreError> + Send + 'static,
     ) -> Result<R, OrchError> {
-        require_root(header, connection).await?;
         Ok(self.core.call(job).await??)
     }
-}
-
-/// Only uid 0 may change state; the bus tells us the caller's uid.
-async fn require_root(header: &Header<'_>, connection: &Connection) -> Result<(), OrchError> {
-    let sender = header
-        .sender()
-        .ok_or_else(|| OrchError::AccessDenied("the call has no sender".into()))?;
-    let uid = DBusProxy::new(connection)
-        .await?
-        .get_connection_unix_user(sender.clone().into())
-        .await
-        .map_err(|e| OrchError::AccessDenied(format!("cannot tell who is calling: {e}")))?;
-    if uid != 0 {
-        return Err(OrchError::AccessDenied(format!(
-            "uid {uid} may not change orch's state; only root may"
-        )));
-    }
-    Ok(())
 }
 
 fn display_net(record: &BanRecord) -> String {
@@ -128,17 +108,13 @@ impl OrchService {
     /// Ban an address or prefix for `seconds` (0 = bans.default_time).
     async fn ban(
         &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         address: String,
         seconds: u64,
         reason: String,
     ) -> Result<(), OrchError> {
         let records = self
-            .call_as_root(&header, connection, move |core| {
-                core.ban(&[address], seconds, &reason, "manual")
-            })
+            .run(move |core| core.ban(&[address], seconds, &reason, "manual"))
             .await?;
         emit_banned(&emitter, &records).await;
         Ok(())
@@ -148,17 +124,13 @@ impl OrchService {
     /// Returns how many distinct addresses were banned.
     async fn ban_many(
         &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         addresses: Vec<String>,
         seconds: u64,
         reason: String,
     ) -> Result<u32, OrchError> {
         let records = self
-            .call_as_root(&header, connection, move |core| {
-                core.ban(&addresses, seconds, &reason, "manual")
-            })
+            .run(move |core| core.ban(&addresses, seconds, &reason, "manual"))
             .await?;
         emit_banned(&emitter, &records).await;
         Ok(u32::try_from(records.len()).unwrap_or(u32::MAX))
@@ -167,14 +139,10 @@ impl OrchService {
     /// Lift a ban. Returns whether it was banned.
     async fn unban(
         &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         address: String,
     ) -> Result<bool, OrchError> {
-        let removed = self
-            .call_as_root(&header, connection, move |core| core.unban(&address))
-            .await?;
+        let removed = self.run(move |core| core.unban(&address)).await?;
         if let Some(record) = &removed
             && let Err(err) = OrchService::unbanned(&emitter, &display_net(record)).await
         {
@@ -188,12 +156,9 @@ impl OrchService {
     /// Returns how many hosts' keys were deleted.
     async fn unban_fleet(
         &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         address: String,
     ) -> Result<u32, OrchError> {
-        require_root(&header, connection).await?;
         let Some(fleet) = &self.fleet else {
             return Err(OrchError::Fleet(
                 "no fleet is configured ([fleet] servers is empty)".into(),
@@ -261,36 +226,19 @@ impl OrchService {
     }
 
     /// Add a runtime allowlist entry (persisted).
-    async fn allow(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-        cidr: String,
-    ) -> Result<(), OrchError> {
-        self.call_as_root(&header, connection, move |core| core.allow(&cidr))
-            .await?;
+    async fn allow(&self, cidr: String) -> Result<(), OrchError> {
+        self.run(move |core| core.allow(&cidr)).await?;
         Ok(())
     }
 
     /// Remove a runtime allowlist entry.
-    async fn disallow(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-        cidr: String,
-    ) -> Result<(), OrchError> {
-        self.call_as_root(&header, connection, move |core| core.disallow(&cidr))
-            .await
+    async fn disallow(&self, cidr: String) -> Result<(), OrchError> {
+        self.run(move |core| core.disallow(&cidr)).await
     }
 
     /// Re-apply the whole table from the store, returning when done.
-    async fn sync(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-    ) -> Result<(), OrchError> {
-        self.call_as_root(&header, connection, |core| core.sync("Sync() over D-Bus"))
-            .await?;
+    async fn sync(&self) -> Result<(), OrchError> {
+        self.run(|core| core.sync("Sync() over D-Bus")).await?;
         Ok(())
     }
 
@@ -298,34 +246,33 @@ impl OrchService {
     /// (start, restart, reload, flush or manual) and ORCH_UNIT=`unit`;
     /// returns each hook's status (0 = success) when all are done. This is
     /// what nftables.service's drop-in calls after a start or reload.
-    async fn sync_event(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-        event: String,
-        unit: String,
-    ) -> Result<Vec<HookRow>, OrchError> {
+    async fn sync_event(&self, event: String, unit: String) -> Result<Vec<HookRow>, OrchError> {
         const EVENTS: [&str; 5] = ["start", "restart", "reload", "flush", "manual"];
         if !EVENTS.contains(&event.as_str()) {
             return Err(OrchError::InvalidArgument(format!(
-                "event {event:?} is not one of {}",
+                "event {} is not one of {}",
+                crate::quote::quote_input(&event),
                 EVENTS.join(", ")
             )));
         }
+        if unit.len() > MAX_UNIT_NAME_BYTES
+            || !unit
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ":_.\\@-".contains(c))
+        {
+            return Err(OrchError::InvalidArgument(format!(
+                "unit {} is not a systemd unit name",
+                crate::quote::quote_input(&unit)
+            )));
+        }
         let cause = format!("SyncEvent({event}) over D-Bus");
-        self.call_as_root(&header, connection, move |core| core.sync(&cause))
-            .await?;
+        self.run(move |core| core.sync(&cause)).await?;
         let unit = (!unit.is_empty()).then_some(unit);
         Ok(hook_rows(&self.hooks.run_and_wait(&event, unit).await))
     }
 
     /// Run the hooks now (ORCH_EVENT=manual); returns each hook's status.
-    async fn run_hooks(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-    ) -> Result<Vec<HookRow>, OrchError> {
-        require_root(&header, connection).await?;
+    async fn run_hooks(&self) -> Result<Vec<HookRow>, OrchError> {
         Ok(hook_rows(&self.hooks.run_and_wait("manual", None).await))
     }
 

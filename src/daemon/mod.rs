@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::bus::access::Access;
+use crate::bus::guard::Guarded;
 use crate::bus::service::OrchService;
 use crate::bus::{BUS_NAME, OBJECT_PATH};
 use crate::config::{self, Config};
@@ -127,12 +129,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .object_server()
         .at(
             OBJECT_PATH,
-            OrchService::new(
-                handle.clone(),
-                hook_runs.clone(),
-                dns_reports.clone(),
-                jails.clone(),
-                fleet,
+            Guarded::new(
+                OrchService::new(
+                    handle.clone(),
+                    hook_runs.clone(),
+                    dns_reports.clone(),
+                    jails.clone(),
+                    fleet,
+                ),
+                Access::default(),
             ),
         )
         .await?;

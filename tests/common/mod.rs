@@ -942,6 +942,21 @@ impl TestBus {
         )
     }
 
+    /// `busctl call` of `method` on orch's object and interface, as root.
+    #[track_caller]
+    pub fn call_orch(&self, method: &str, signature: &str, args: &[&str]) -> CmdOutput {
+        let mut full = vec![
+            "call",
+            "org.orch.Orch1",
+            "/org/orch/Orch1",
+            "org.orch.Orch1",
+            method,
+            signature,
+        ];
+        full.extend_from_slice(args);
+        self.busctl(&full)
+    }
+
     /// Like [`TestBus::busctl`], as uid/gid 65534 with no supplementary groups.
     #[track_caller]
     pub fn busctl_as_nobody(&self, args: &[&str]) -> CmdOutput {
