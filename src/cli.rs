@@ -76,10 +76,28 @@ loopback or own address refuses the whole command. Banning an address again rese
     },
 
     /// List active bans
+    #[command(
+        long_about = "List the active bans in address order, with their expiry, remaining time, \
+source and reason. The daemon sends them a page at a time (at most 10,000 bans per reply) and \
+orch prints each page as it arrives, so a million bans list in constant memory. Anyone may list.",
+        after_help = "Examples:\n  orch list\n  orch list --jail sshd --limit 20\n  orch list --prefix 203.0.113.0/24 --json\n  orch list --source fleet:web2 | wc -l"
+    )]
     List {
         /// One JSON array of {address, banned_at, expires_at, reason, source} (Unix seconds)
         #[arg(long)]
         json: bool,
+        /// Print at most N bans
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Only bans from this source: a jail name, "manual", or "fleet:<host>"
+        #[arg(long, value_name = "SOURCE", conflicts_with = "jail")]
+        source: Option<String>,
+        /// Only bans made by this jail (the same as --source JAIL)
+        #[arg(long, value_name = "JAIL")]
+        jail: Option<String>,
+        /// Only bans of addresses or prefixes inside CIDR
+        #[arg(long, value_name = "CIDR")]
+        prefix: Option<String>,
     },
 
     /// Add a runtime allowlist entry (never banned; persisted), or `list` it
@@ -246,7 +264,20 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
                 });
             }
         }
-        Command::List { json } => print_list(&proxy, *json).await.map_err(classify)?,
+        Command::List {
+            json,
+            limit,
+            source,
+            jail,
+            prefix,
+        } => {
+            let filter = ListFilter {
+                limit: *limit,
+                source: source.as_deref().or(jail.as_deref()).unwrap_or(""),
+                within: prefix.as_deref().unwrap_or(""),
+            };
+            print_list(&proxy, *json, &filter).await.map_err(classify)?
+        }
         Command::Allow { cidr, json } if cidr == "list" => {
             print_allows(&proxy, *json).await.map_err(classify)?
         }
@@ -325,42 +356,83 @@ fn warn(message: &str) {
     eprintln!("{prefix}orch: warning: {message}");
 }
 
-async fn print_list(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
-    let bans = proxy.list_bans().await?;
+/// What `orch list` asks for.
+struct ListFilter<'a> {
+    limit: Option<u64>,
+    source: &'a str,
+    within: &'a str,
+}
+
+/// `orch list`: asks for one page at a time and prints it before asking
+/// for the next, so memory stays the same for 100 bans or a million.
+async fn print_list(
+    proxy: &Orch1Proxy<'_>,
+    json: bool,
+    filter: &ListFilter<'_>,
+) -> zbus::Result<()> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut left = filter.limit.unwrap_or(u64::MAX);
+    let mut after = String::new();
+    let mut printed = 0u64;
+    let now = now_unix();
     if json {
-        let rows: Vec<serde_json::Value> = bans
-            .iter()
-            .map(|(address, banned_at, expires_at, reason, source)| {
-                serde_json::json!({
+        let _ = write!(out, "[");
+    }
+    while left > 0 {
+        let page_limit = u32::try_from(left.min(10_000)).unwrap_or(10_000);
+        let (rows, next) = proxy
+            .list_bans_page(&after, page_limit, filter.source, filter.within)
+            .await?;
+        for (address, banned_at, expires_at, reason, source) in rows.iter().take(left as usize) {
+            let written = if json {
+                let row = serde_json::json!({
                     "address": address,
                     "banned_at": banned_at,
                     "expires_at": expires_at,
                     "reason": reason,
                     "source": source,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(rows));
-        return Ok(());
+                });
+                let comma = if printed == 0 { "" } else { "," };
+                write!(out, "{comma}{row}")
+            } else {
+                if printed == 0 {
+                    let _ = writeln!(
+                        out,
+                        "{:<40} {:<21} {:>10}  {:<10} REASON",
+                        "ADDRESS", "EXPIRES", "REMAINING", "SOURCE"
+                    );
+                }
+                let remaining =
+                    humantime::format_duration(Duration::from_secs(expires_at.saturating_sub(now)));
+                writeln!(
+                    out,
+                    "{address:<40} {:<21} {:>10}  {source:<10} {reason}",
+                    rfc3339(*expires_at),
+                    remaining.to_string()
+                )
+            };
+            if written.is_err() {
+                // The reader went away (`orch list | head`): stop quietly.
+                return Ok(());
+            }
+            printed += 1;
+        }
+        left = left.saturating_sub(rows.len() as u64);
+        if next.is_empty() {
+            break;
+        }
+        after = next;
     }
-    if bans.is_empty() {
-        println!("no active bans");
-        return Ok(());
+    if json {
+        let _ = writeln!(out, "]");
+    } else if printed == 0 && filter.source.is_empty() && filter.within.is_empty() {
+        let _ = writeln!(out, "no active bans");
+    } else if printed == 0 {
+        let _ = writeln!(out, "no active bans match");
     }
-    let now = now_unix();
-    println!(
-        "{:<40} {:<21} {:>10}  {:<10} REASON",
-        "ADDRESS", "EXPIRES", "REMAINING", "SOURCE"
-    );
-    for (address, _banned_at, expires_at, reason, source) in &bans {
-        let remaining =
-            humantime::format_duration(Duration::from_secs(expires_at.saturating_sub(now)));
-        println!(
-            "{address:<40} {:<21} {:>10}  {source:<10} {reason}",
-            rfc3339(*expires_at),
-            remaining.to_string()
-        );
-    }
+    let _ = out.flush();
     Ok(())
 }
 

@@ -14,11 +14,23 @@ pub fn quote_input(input: &str) -> String {
     if input.len() <= MAX_QUOTED_BYTES {
         return format!("{input:?}");
     }
-    let mut end = MAX_QUOTED_BYTES;
-    while !input.is_char_boundary(end) {
+    format!(
+        "{:?}... ({} bytes)",
+        cut(input, MAX_QUOTED_BYTES),
+        input.len()
+    )
+}
+
+/// `text` cut to at most `max` bytes, at a char boundary.
+pub fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{:?}... ({} bytes)", &input[..end], input.len())
+    &text[..end]
 }
 
 #[cfg(test)]

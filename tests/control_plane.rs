@@ -10,11 +10,17 @@ use std::time::Duration;
 
 use common::{Daemon, NetNs, TestBus, nobody_command, run_command, wait_until};
 
-/// Runs tests/fixtures/big_call.py as uid 65534 and returns its JSON line.
-fn big_call_as_nobody(bus: &TestBus, mode: &str, size: usize) -> serde_json::Value {
+/// Runs tests/fixtures/big_call.py (as uid 65534, or as root) and returns
+/// its JSON line.
+fn big_call(bus: &TestBus, as_nobody: bool, mode: &str, size: usize) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/big_call.py");
-    let out = run_command(
+    let mut command = if as_nobody {
         nobody_command("/usr/bin/python3")
+    } else {
+        Command::new("/usr/bin/python3")
+    };
+    let out = run_command(
+        command
             .arg(script)
             .arg(bus.address())
             .arg(mode)
@@ -23,6 +29,10 @@ fn big_call_as_nobody(bus: &TestBus, mode: &str, size: usize) -> serde_json::Val
     .expect_ok("big_call.py");
     serde_json::from_str(out.stdout.trim())
         .unwrap_or_else(|e| panic!("big_call.py printed {:?}: {e}", out.stdout))
+}
+
+fn big_call_as_nobody(bus: &TestBus, mode: &str, size: usize) -> serde_json::Value {
+    big_call(bus, true, mode, size)
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -198,4 +208,121 @@ fn reads_beyond_a_uids_cap_get_busy_and_root_is_never_held_up() {
         .trim()
             == "u 2"
     });
+}
+
+#[test]
+fn bans_are_listed_a_bounded_page_at_a_time_by_anyone() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, "");
+    let count = 25_000;
+    let banned = big_call(&bus, false, "ban-many-distinct", count);
+    assert_eq!(banned["answer"], serde_json::json!([count]), "{banned}");
+    daemon
+        .cli(&["ban", "198.51.100.0/24", "--reason", "the prefix"])
+        .expect_ok("ban a prefix");
+
+    // One reply cannot carry them all: ListBans says so and how to page.
+    let whole = bus.call_orch("ListBans", "", &[]);
+    assert!(
+        whole.stderr.contains("ListBansPage"),
+        "ListBans refuses more than a page: {whole}"
+    );
+
+    // Paged by nobody: every ban once, no reply over the cap.
+    let paged = big_call(&bus, true, "page-all", 0);
+    assert_eq!(paged["rows"], count + 1, "{paged}");
+    assert_eq!(paged["pages"], 3, "{paged}");
+    let largest = paged["largest_reply_bytes"].as_u64().expect("largest");
+    assert!(largest <= 8 * 1024 * 1024, "{paged}");
+
+    // orch list prints them all, as root and as nobody.
+    for list in [daemon.cli(&["list"]), daemon.cli_as_nobody(&["list"])] {
+        let list = list.expect_ok("orch list");
+        assert_eq!(
+            list.stdout.lines().count(),
+            count + 2,
+            "a header and every ban"
+        );
+    }
+    let json = daemon.cli(&["list", "--json"]).expect_ok("list --json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json.stdout).expect("one JSON array");
+    assert_eq!(rows.len(), count + 1);
+    assert_eq!(rows[0]["address"], "10.0.0.0");
+
+    // Filters and a limit.
+    let limited = daemon.cli(&["list", "--limit", "5"]).expect_ok("--limit");
+    assert_eq!(limited.stdout.lines().count(), 6, "{limited}");
+    let within = daemon
+        .cli(&["list", "--prefix", "10.0.1.0/24", "--json"])
+        .expect_ok("--prefix");
+    let within: Vec<serde_json::Value> = serde_json::from_str(&within.stdout).expect("JSON");
+    assert_eq!(within.len(), 256);
+    let manual = daemon
+        .cli(&["list", "--source", "manual", "--prefix", "198.51.0.0/16"])
+        .expect_ok("--source");
+    assert!(manual.stdout.contains("198.51.100.0/24"), "{manual}");
+    assert!(manual.stdout.contains("the prefix"), "{manual}");
+    let none = daemon.cli(&["list", "--jail", "sshd"]).expect_ok("--jail");
+    assert_eq!(none.stdout.trim(), "no active bans match");
+    let bad = daemon.cli(&["list", "--prefix", "not-a-prefix"]);
+    assert_eq!(bad.status, 1);
+    assert!(bad.stderr.contains("within"), "{bad}");
+}
+
+#[test]
+fn orch_gets_back_on_a_restarted_bus_within_seconds_with_every_ban_kept() {
+    let netns = NetNs::new();
+    let mut bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, "");
+    daemon
+        .cli(&["ban", "192.0.2.31", "192.0.2.32", "--for", "1h"])
+        .expect_ok("ban");
+    for round in 1..=2 {
+        bus.restart();
+        let restarted = std::time::Instant::now();
+        wait_until(
+            Duration::from_secs(5),
+            "orch to serve org.orch.Orch1 again on the restarted bus",
+            || daemon.ping(),
+        );
+        eprintln!(
+            "round {round}: serving again after {:?}",
+            restarted.elapsed()
+        );
+        let elements = netns.set_elements("orch", "ban4");
+        assert_eq!(elements, ["192.0.2.31", "192.0.2.32"], "round {round}");
+    }
+    daemon
+        .cli(&["ban", "192.0.2.33", "--for", "1h"])
+        .expect_ok("a ban after the reconnects");
+    assert_eq!(netns.set_elements("orch", "ban4").len(), 3);
+    let log = daemon.log();
+    assert!(
+        log.contains("ERROR") && log.contains("reconnecting"),
+        "losing the bus is logged as an error"
+    );
+}
+
+#[test]
+fn orch_exits_non_zero_when_the_bus_stays_gone() {
+    let netns = NetNs::new();
+    let mut bus = TestBus::start();
+    let mut daemon = Daemon::start(&netns, &bus, "");
+    bus.kill();
+    let mut status = None;
+    wait_until(
+        Duration::from_secs(45),
+        "orch to give up on the bus and exit",
+        || {
+            status = daemon.try_exit_status();
+            status.is_some()
+        },
+    );
+    assert_ne!(status, Some(0), "a non-zero exit, so systemd restarts it");
+    assert!(
+        daemon
+            .log()
+            .contains("could not get back on the system bus")
+    );
 }

@@ -21,6 +21,13 @@ pub trait Orch1 {
     fn unban(&self, address: &str) -> zbus::Result<bool>;
     fn unban_fleet(&self, address: &str) -> zbus::Result<u32>;
     fn list_bans(&self) -> zbus::Result<Vec<BanRow>>;
+    fn list_bans_page(
+        &self,
+        after: &str,
+        limit: u32,
+        source: &str,
+        within: &str,
+    ) -> zbus::Result<(Vec<BanRow>, String)>;
     fn allow(&self, cidr: &str) -> zbus::Result<()>;
     fn list_allows(&self) -> zbus::Result<Vec<AllowRow>>;
     fn disallow(&self, cidr: &str) -> zbus::Result<()>;

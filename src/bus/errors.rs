@@ -25,8 +25,11 @@ pub enum OrchError {
     NotFound(String),
     /// The caller may not do this (the message names the action).
     AccessDenied(String),
-    /// The caller already has as many reads running as it may.
+    /// The caller already has as many reads running as it may, or the
+    /// daemon's read queue is full.
     Busy(String),
+    /// The answer would be larger than one reply may carry; page instead.
+    TooMany(String),
     /// nftables refused a change.
     Firewall(String),
     /// The ban store could not persist.
@@ -58,6 +61,7 @@ impl From<CoreError> for OrchError {
             CoreError::NotFound(_) => OrchError::NotFound(message),
             CoreError::Firewall(_) => OrchError::Firewall(message),
             CoreError::Store(_) => OrchError::Store(message),
+            CoreError::Busy(_) => OrchError::Busy(message),
             _ => OrchError::Failed(message),
         }
     }

@@ -12,6 +12,7 @@ use crate::daemon::core::{Core, CoreError, CoreHandle};
 use crate::daemon::dns_refresh::DnsReports;
 use crate::daemon::hook_runs::HookRuns;
 use crate::daemon::jails::JailSupervisor;
+use crate::daemon::listing::{BanQuery, MAX_PAGE_ROWS};
 use crate::store::BanRecord;
 use crate::timefmt::rfc3339;
 
@@ -68,6 +69,16 @@ impl OrchService {
         }
     }
 
+    /// What the core last published: every property is read from it, so
+    /// reads never wait for the core.
+    fn published(
+        &self,
+    ) -> Result<std::sync::Arc<crate::daemon::read_view::Published>, zbus::fdo::Error> {
+        self.core
+            .view()
+            .ok_or_else(|| zbus::fdo::Error::Failed("the daemon is still starting".into()))
+    }
+
     /// Runs a request on the core. The guard has authorised the caller.
     async fn run<R: Send + 'static>(
         &self,
@@ -75,6 +86,16 @@ impl OrchService {
     ) -> Result<R, OrchError> {
         Ok(self.core.call(job).await??)
     }
+}
+
+fn ban_row(record: &BanRecord) -> BanRow {
+    (
+        display_net(record),
+        record.created,
+        record.expires,
+        record.reason.to_string(),
+        record.source.to_string(),
+    )
 }
 
 fn display_net(record: &BanRecord) -> String {
@@ -179,28 +200,68 @@ impl OrchService {
         Ok(u32::try_from(deleted).unwrap_or(u32::MAX))
     }
 
-    /// Every active ban: address, banned_at, expires_at, reason, source.
+    /// Every active ban: address, banned_at, expires_at, reason, source,
+    /// in network order. Refused with `.TooMany` above 10,000 bans: page
+    /// through them with `ListBansPage`.
     async fn list_bans(&self) -> Result<Vec<BanRow>, OrchError> {
-        let bans = self.core.call(|core| core.list()).await?;
-        Ok(bans
-            .iter()
-            .map(|r| {
-                (
-                    display_net(r),
-                    r.created,
-                    r.expires,
-                    r.reason.to_string(),
-                    r.source.to_string(),
-                )
-            })
-            .collect())
+        let query = BanQuery {
+            limit: MAX_PAGE_ROWS,
+            ..Default::default()
+        };
+        let page = self.core.read(move |core| core.list_page(&query)).await?;
+        if page.more {
+            return Err(OrchError::TooMany(format!(
+                "more than {MAX_PAGE_ROWS} bans, more than one reply may carry; \
+                 page through them with ListBansPage (`orch list` does)"
+            )));
+        }
+        Ok(page.rows.iter().map(ban_row).collect())
+    }
+
+    /// One page of the active bans, in network order: those after `after`
+    /// (an address or prefix; "" = from the start), from `source` ("" =
+    /// any; a jail's bans have its name as source), inside `within` (a
+    /// prefix; "" = anywhere), at most `limit` (0 or above 10,000 =
+    /// 10,000). Returns the rows and the `after` of the next page, "" when
+    /// this was the last.
+    #[zbus(out_args("rows", "next"))]
+    async fn list_bans_page(
+        &self,
+        after: String,
+        limit: u32,
+        source: String,
+        within: String,
+    ) -> Result<(Vec<BanRow>, String), OrchError> {
+        let parse = |what: &str, text: &str| -> Result<Option<ipnet::IpNet>, OrchError> {
+            if text.is_empty() {
+                return Ok(None);
+            }
+            crate::addr::parse_net(text)
+                .map(Some)
+                .map_err(|e| OrchError::InvalidArgument(format!("{what}: {e}")))
+        };
+        let query = BanQuery {
+            after: parse("after", &after)?,
+            limit: match limit {
+                0 => MAX_PAGE_ROWS,
+                n => n as usize,
+            },
+            source: (!source.is_empty()).then(|| crate::quote::cut(&source, 256).to_string()),
+            within: parse("within", &within)?,
+        };
+        let page = self.core.read(move |core| core.list_page(&query)).await?;
+        let next = match (page.more, page.rows.last()) {
+            (true, Some(last)) => last.net.to_string(),
+            _ => String::new(),
+        };
+        Ok((page.rows.iter().map(ban_row).collect(), next))
     }
 
     /// The whole allowlist: static (config), runtime (Allow), and the
     /// addresses of each DNS allow name with their expiry. A DNS name with
     /// no address yet is listed with an empty entry.
     async fn list_allows(&self) -> Result<Vec<AllowRow>, OrchError> {
-        let (static_allows, runtime_allows) = self.core.call(|core| core.allow_entries()).await?;
+        let (static_allows, runtime_allows) = self.core.read(|core| core.allow_entries()).await?;
         let mut rows: Vec<AllowRow> = Vec::new();
         for (kind, nets) in [("static", static_allows), ("runtime", runtime_allows)] {
             rows.extend(
@@ -221,6 +282,12 @@ impl OrchService {
                     *expires,
                 ));
             }
+        }
+        if rows.len() > MAX_PAGE_ROWS {
+            return Err(OrchError::TooMany(format!(
+                "{} allowlist entries, more than one reply may carry ({MAX_PAGE_ROWS})",
+                rows.len()
+            )));
         }
         Ok(rows)
     }
@@ -279,11 +346,7 @@ impl OrchService {
     /// Number of stored bans.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn ban_count(&self) -> Result<u32, zbus::fdo::Error> {
-        let count = self
-            .core
-            .call(|core| core.ban_count())
-            .await
-            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        let count = self.published()?.status.ban_count;
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
@@ -300,11 +363,8 @@ impl OrchService {
     async fn firewall(
         &self,
     ) -> Result<std::collections::HashMap<String, String>, zbus::fdo::Error> {
-        let status = self
-            .core
-            .call(|core| core.status())
-            .await
-            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        let published = self.published()?;
+        let status = &published.status;
         let mut facts = std::collections::HashMap::new();
         facts.insert("table".into(), format!("inet {}", status.table));
         facts.insert("backend".into(), status.firewall.backend.to_string());
@@ -343,7 +403,7 @@ impl OrchService {
                 format!("{} ({event}), {} runs", rfc3339(*at), hooks.runs),
             );
         }
-        if let Some(sync) = status.last_sync {
+        if let Some(sync) = &status.last_sync {
             facts.insert(
                 "last_sync".into(),
                 format!(
@@ -389,11 +449,7 @@ impl OrchService {
         if let Some(at) = state.last_event {
             facts.insert("last_event".into(), at.to_string());
         }
-        let by_origin = self
-            .core
-            .call(|core| core.remote_bans_by_origin())
-            .await
-            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        let by_origin = crate::daemon::read_view::by_origin(&self.published()?.by_source);
         for (origin, count) in by_origin {
             facts.insert(format!("origin:{origin}"), count.to_string());
         }
@@ -404,11 +460,8 @@ impl OrchService {
     #[zbus(property(emits_changed_signal = "false"))]
     async fn jails(&self) -> Result<Vec<JailRow>, zbus::fdo::Error> {
         use std::sync::atomic::Ordering::Relaxed;
-        let by_source = self
-            .core
-            .call(|core| core.bans_by_source())
-            .await
-            .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+        let published = self.published()?;
+        let by_source = &published.by_source;
         Ok(self
             .jails
             .views()

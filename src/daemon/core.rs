@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::{JailConfig, JailSource};
 use crate::daemon::events::{self, EventKind, EventSender, FirewallEvent};
+use crate::daemon::lanes::{self, Job, LaneReceiver, LaneSenders, Liveness, Next, QueueError};
+use crate::daemon::listing::{BanPage, BanQuery, select_page};
 use crate::daemon::memory::release_freed_memory;
+use crate::daemon::read_view::{Published, ReadView, SourceCounts};
 use crate::daemon::reconciler::{DnsAllows, Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS};
 use crate::firewall::Firewall;
 use crate::firewall::{FirewallError, FirewallStatus};
@@ -52,6 +54,8 @@ pub enum CoreError {
     Config(String),
     #[error("the daemon's core has stopped")]
     Stopped,
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl CoreError {
@@ -108,6 +112,12 @@ pub struct Core {
     ticks: u64,
     /// Other hosts' bans and this host's outbox, with a fleet.
     fleet: super::fleet_apply::FleetSide,
+    /// Stored bans per source, kept as the store changes.
+    counts: SourceCounts,
+    /// What readers see: published after every job.
+    view: ReadView,
+    /// When the core last showed it was alive (for the watchdog).
+    liveness: Liveness,
 }
 
 /// Bans just stored, split by whether they replace a stored ban, for the
@@ -128,6 +138,8 @@ struct RecidiveJail {
 
 /// How often the core purges expired bans and compacts the store.
 const TICK: Duration = Duration::from_secs(30);
+/// How often an idle core shows it is alive, at most.
+const IDLE_BEAT: Duration = Duration::from_secs(1);
 /// Per-jail ban history is pruned every this many ticks (an hour).
 const JAIL_HISTORY_PRUNE_TICKS: u64 = 120;
 
@@ -139,7 +151,11 @@ impl Core {
             .map(|record| record.net)
             .filter(|net| !addr::is_single_address(net))
             .collect();
+        let counts = SourceCounts::of(store.bans());
         let mut core = Core {
+            counts,
+            view: ReadView::default(),
+            liveness: Liveness::default(),
             config,
             store,
             reconciler,
@@ -310,6 +326,7 @@ impl Core {
             }
         }
         self.store.insert_bans(records)?;
+        self.count_stored(&stored, records);
         self.banned_prefixes.extend(
             records
                 .iter()
@@ -317,6 +334,25 @@ impl Core {
                 .filter(|net| !addr::is_single_address(net)),
         );
         Ok(stored)
+    }
+
+    /// Updates the counts by source after `records` were stored: each
+    /// distinct network is counted once, as the store now holds it.
+    fn count_stored(&mut self, stored: &StoredBans, records: &[BanRecord]) {
+        let mut uncounted = HashSet::with_capacity(stored.replaced.len());
+        for (previous, _) in &stored.replaced {
+            if uncounted.insert(previous.net) {
+                self.counts.remove(previous);
+            }
+        }
+        let mut counted = HashSet::with_capacity(records.len());
+        for record in records {
+            if counted.insert(record.net)
+                && let Some(now_stored) = self.store.get_ban(&record.net)
+            {
+                self.counts.add(now_stored);
+            }
+        }
     }
 
     /// The second half: puts stored bans in the kernel.
@@ -511,16 +547,6 @@ impl Core {
         Ok(self.store.set_cursors(cursors)?)
     }
 
-    /// Active bans per source (jail name, "manual", ...), for status.
-    pub fn bans_by_source(&self) -> std::collections::BTreeMap<String, usize> {
-        let now = now_unix();
-        let mut counts = std::collections::BTreeMap::new();
-        for record in self.store.bans().filter(|r| r.expires > now) {
-            *counts.entry(record.source.to_string()).or_insert(0) += 1;
-        }
-        counts
-    }
-
     /// Refuses a prefix that overlaps a different banned prefix, already
     /// stored or earlier in the same request. The same prefix again is a
     /// re-ban and fine.
@@ -559,6 +585,7 @@ impl Core {
         }
         for record in &removed {
             self.banned_prefixes.remove(&record.net);
+            self.counts.remove(record);
         }
         if let Err(err) = self.reconciler.remove_bans(&removed, now_unix()) {
             tracing::warn!("incremental unban failed ({err}); re-applying the whole table");
@@ -567,17 +594,10 @@ impl Core {
         Ok(removed)
     }
 
-    /// Every active ban, sorted by network.
-    pub fn list(&self) -> Vec<BanRecord> {
-        let now = now_unix();
-        let mut bans: Vec<BanRecord> = self
-            .store
-            .bans()
-            .filter(|r| r.expires > now)
-            .cloned()
-            .collect();
-        bans.sort_by_key(|record| record.net);
-        bans
+    /// One page of the active bans, in network order (a bounded job for
+    /// the read lane).
+    pub fn list_page(&self, query: &BanQuery) -> BanPage {
+        select_page(self.store.bans(), query, now_unix())
     }
 
     /// Adds a runtime allowlist entry (persisted) and applies it.
@@ -743,11 +763,10 @@ impl Core {
         Ok(())
     }
 
-    /// Bans not yet expired (the store may still hold a few expired ones
-    /// until the next tick purges them).
+    /// Stored bans (including any that expired since the last tick's
+    /// purge, at most 30 s ago).
     pub fn ban_count(&self) -> usize {
-        let now = now_unix();
-        self.store.bans().filter(|r| r.expires > now).count()
+        self.counts.total()
     }
 
     /// Housekeeping: drops expired bans (the kernel already dropped them)
@@ -757,6 +776,7 @@ impl Core {
         let expired = self.store.purge_expired(now);
         for record in &expired {
             self.banned_prefixes.remove(&record.net);
+            self.counts.remove(record);
         }
         // Expired shared bans: the publisher deletes their keys.
         self.note_local_changes(&expired);
@@ -780,22 +800,36 @@ impl Core {
     /// Moves the core onto its own thread and returns the handle that
     /// feeds it.
     pub fn spawn(self) -> (CoreHandle, JoinHandle<()>) {
-        let (sender, receiver) = mpsc::channel::<Job>();
+        let (senders, receiver) = lanes::lanes::<Core>();
+        let handle = CoreHandle {
+            lanes: senders,
+            view: self.view.clone(),
+            liveness: self.liveness.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("orch-core".into())
             .spawn(move || self.run(receiver))
             .expect("spawning the core thread");
-        (CoreHandle { sender }, thread)
+        (handle, thread)
     }
 
-    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+    fn run(mut self, jobs: LaneReceiver<Core>) {
         let mut next_tick = Instant::now() + TICK;
         // Whatever the start's full apply missed.
         self.pass_on_unheard_changes();
+        self.publish();
+        // Often enough for the watchdog to see an idle core as alive
+        // (it wants a beat within half of WatchdogSec).
+        let idle_beat = crate::systemd::notify::watchdog_interval().map_or(IDLE_BEAT, |interval| {
+            (interval / 4).clamp(Duration::from_millis(50), IDLE_BEAT)
+        });
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match jobs.recv_timeout(wait) {
-                Ok(job) => {
+            self.liveness.beat();
+            let wait = next_tick
+                .saturating_duration_since(Instant::now())
+                .min(idle_beat);
+            match jobs.next(wait) {
+                Next::Job(job) => {
                     job(&mut self);
                     if std::mem::take(&mut self.trim_after_job) {
                         release_freed_memory();
@@ -805,16 +839,28 @@ impl Core {
                         break;
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Next::Idle => {}
+                Next::Closed => break,
             }
             if Instant::now() >= next_tick {
                 self.tick();
                 self.pass_on_unheard_changes();
                 next_tick = Instant::now() + TICK;
+                self.publish();
             }
         }
         tracing::debug!("core stopped");
+    }
+
+    /// Publishes the status and counts for readers ([`ReadView`]). Every
+    /// job that changes anything ends with this, before its caller hears
+    /// back, so a read after a reply sees the change.
+    pub(super) fn publish(&mut self) {
+        let published = Published {
+            status: self.status(),
+            by_source: self.counts.by_source(),
+        };
+        self.view.publish(published);
     }
 
     /// A bulk change pauses the kernel monitor; what other processes did
@@ -844,8 +890,6 @@ impl Core {
         self.kernel_events = Some(sender);
     }
 }
-
-type Job = Box<dyn FnOnce(&mut Core) + Send>;
 
 /// Store keys of per-jail ban counts (`increment.overall = false`):
 /// `jailhist/<jail>/<net>` -> `<count>:<last banned, Unix seconds>`.
@@ -895,10 +939,13 @@ fn random_below(limit: u64) -> u64 {
     hasher.finish() % (limit + 1)
 }
 
-/// A cheap, cloneable way to run a job on the core and await its result.
+/// A cheap, cloneable way to run a job on the core and await its result,
+/// and to read what the core last published.
 #[derive(Clone)]
 pub struct CoreHandle {
-    sender: mpsc::Sender<Job>,
+    lanes: LaneSenders<Core>,
+    view: ReadView,
+    liveness: Liveness,
 }
 
 impl CoreHandle {
@@ -908,12 +955,28 @@ impl CoreHandle {
         let _ = self.call(|core| core.stop_requested = true).await;
     }
 
-    /// Runs `job` on the core thread, after every job sent before it.
+    /// Runs `job` on the core thread, after every job sent before it. The
+    /// core publishes its status before the caller hears back.
     pub async fn call<R: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Core) -> R + Send + 'static,
     ) -> Result<R, CoreError> {
-        self.send(job)?.await.map_err(|_| CoreError::Stopped)
+        self.send(job, Lane::Write)?
+            .await
+            .map_err(|_| CoreError::Stopped)
+    }
+
+    /// Runs a read-only `job` on the core's read lane: after every write
+    /// queued before it has run, and refused with [`CoreError::Busy`] when
+    /// [`lanes::MAX_QUEUED_READS`] reads already wait. Keep such jobs
+    /// bounded (one page, not every ban).
+    pub async fn read<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Core) -> R + Send + 'static,
+    ) -> Result<R, CoreError> {
+        self.send(move |core: &mut Core| job(core), Lane::Read)?
+            .await
+            .map_err(|_| CoreError::Stopped)
     }
 
     /// [`CoreHandle::call`] for plain threads (jails): blocks until the
@@ -922,22 +985,53 @@ impl CoreHandle {
         &self,
         job: impl FnOnce(&mut Core) -> R + Send + 'static,
     ) -> Result<R, CoreError> {
-        self.send(job)?
+        self.send(job, Lane::Write)?
             .blocking_recv()
             .map_err(|_| CoreError::Stopped)
+    }
+
+    /// What the core last published (status, counts); `None` only before
+    /// the core has started.
+    pub fn view(&self) -> Option<Arc<Published>> {
+        self.view.get()
+    }
+
+    /// When the core last showed it was alive.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     /// Queues `job`; its result arrives on the returned channel.
     fn send<R: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Core) -> R + Send + 'static,
+        lane: Lane,
     ) -> Result<oneshot::Receiver<R>, CoreError> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Box::new(move |core: &mut Core| {
-                let _ = reply.send(job(core));
-            }))
-            .map_err(|_| CoreError::Stopped)?;
+        let job: Job<Core> = Box::new(move |core: &mut Core| {
+            let result = job(core);
+            if lane == Lane::Write {
+                core.publish();
+            }
+            let _ = reply.send(result);
+        });
+        let queued = match lane {
+            Lane::Write => self.lanes.write(job),
+            Lane::Read => self.lanes.read(job),
+        };
+        queued.map_err(|err| match err {
+            QueueError::Stopped => CoreError::Stopped,
+            QueueError::ReadsFull => CoreError::Busy(format!(
+                "{} reads are already waiting for the daemon; try again shortly",
+                lanes::MAX_QUEUED_READS
+            )),
+        })?;
         Ok(answer)
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Write,
+    Read,
 }

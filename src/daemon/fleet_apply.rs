@@ -353,18 +353,6 @@ impl Core {
         self.apply_remote(changes)
     }
 
-    /// Active remote bans by origin host.
-    pub fn remote_bans_by_origin(&self) -> std::collections::BTreeMap<String, usize> {
-        let now = now_unix();
-        let mut counts = std::collections::BTreeMap::new();
-        for record in self.store().bans().filter(|r| r.expires > now) {
-            if let Some(origin) = record.source.strip_prefix(FLEET_SOURCE_PREFIX) {
-                *counts.entry(origin.to_string()).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
-
     /// Drops holds that have expired (the tick calls this).
     pub(super) fn forget_expired_holds(&mut self, now: u64) {
         self.fleet_mut().holdings.drop_expired(now);

@@ -6,13 +6,17 @@
 //! kernel watchers subscribe before the first apply so no change is missed,
 //! and READY=1 goes out only after the first apply and the bus name.
 
+pub mod bus_link;
 pub mod core;
 pub mod dns_refresh;
 pub mod events;
 pub mod fleet_apply;
 pub mod hook_runs;
 pub mod jails;
+pub mod lanes;
+pub mod listing;
 pub mod memory;
+pub mod read_view;
 pub mod reconciler;
 
 use std::path::PathBuf;
@@ -20,8 +24,6 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::bus::access::Access;
-use crate::bus::guard::Guarded;
 use crate::bus::service::OrchService;
 use crate::bus::{BUS_NAME, OBJECT_PATH};
 use crate::config::{self, Config};
@@ -59,22 +61,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
 
-    let connection = zbus::connection::Builder::system().build().await?;
+    let current_bus = bus_link::CurrentBus::default();
+    let mut connection = bus_link::connect(&current_bus).await?;
     let (event_sender, event_receiver) = tokio::sync::mpsc::unbounded_channel();
     let watched = config.systemd.watch_units.clone();
-    let unit_watcher = match UnitWatcher::subscribe(&connection, &watched).await {
-        Ok(Some(watcher)) => Some(watcher),
-        Ok(None) => {
-            tracing::info!("no systemd on this bus; not watching units");
-            None
-        }
-        Err(err) => {
-            tracing::warn!("cannot watch systemd units: {err}");
-            None
-        }
-    };
+    let unit_watcher = bus_link::subscribe_units(&connection, &watched).await;
     let notification_switch = start_kernel_monitor(&config.firewall.table, event_sender.clone());
-    let hook_runs = start_hook_runs(&config, &connection);
+    let hook_runs = start_hook_runs(&config, &current_bus);
     let dns_settings = config.dns.clone();
     let running_config = config.clone();
     let dns_reports = dns_refresh::DnsReports::default();
@@ -94,16 +87,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
     let (handle, core_thread) = core.spawn();
 
     if let Some(watcher) = unit_watcher {
-        for (unit, state) in watcher.current_states().await {
-            let _ = handle
-                .call(move |core| core.record_unit_state(&unit, &state))
-                .await;
-        }
-        tokio::spawn(forward_unit_events(
-            watcher,
-            event_sender.clone(),
-            handle.clone(),
-        ));
+        bus_link::follow_units(watcher, &handle, &event_sender).await;
     }
     tokio::spawn(events::run(
         event_receiver,
@@ -125,24 +109,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
 
     let fleet = crate::fleet::start(&fleet_config, &handle).await;
 
-    connection
-        .object_server()
-        .at(
-            OBJECT_PATH,
-            Guarded::new(
-                OrchService::new(
-                    handle.clone(),
-                    hook_runs.clone(),
-                    dns_reports.clone(),
-                    jails.clone(),
-                    fleet,
-                ),
-                Access::default(),
-            ),
-        )
-        .await?;
-    connection.request_name(BUS_NAME).await?;
-    tracing::info!("serving {BUS_NAME} on the system bus");
+    let service_parts = bus_link::ServiceParts {
+        core: handle.clone(),
+        hooks: hook_runs.clone(),
+        dns: dns_reports.clone(),
+        jails: jails.clone(),
+        fleet,
+    };
+    bus_link::serve(&connection, &service_parts).await?;
     let status = handle.call(|core| core.status_line()).await?;
     notify::ready(&status);
     hook_runs.trigger(HookTrigger {
@@ -151,11 +125,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         observed_at: std::time::Instant::now(),
     });
 
+    let mut bus_error = None;
     loop {
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = hangup.recv() => reload(&handle, &hook_runs, &jails, &running_config, config_path.as_deref()).await,
+            why = bus_link::lost(&connection) => {
+                match bus_link::reconnect(&why, &current_bus, &service_parts, &watched, &event_sender).await {
+                    Ok(new_connection) => connection = new_connection,
+                    Err(err) => { bus_error = Some(err); break; }
+                }
+            }
         }
     }
     notify::stopping();
@@ -169,7 +150,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         .await
         .map_err(|e| DaemonError::Io(std::io::Error::other(e)))?
         .map_err(|_| DaemonError::Io(std::io::Error::other("core thread panicked")))?;
-    Ok(())
+    match bus_error {
+        Some(err) => Err(DaemonError::Bus(err)),
+        None => Ok(()),
+    }
 }
 
 /// Hook settings and the environment every hook gets, from the config.
@@ -188,13 +172,16 @@ fn hook_setup(config: &Config) -> HookSetup {
 }
 
 /// The hook scheduler, with the environment every hook gets and a
-/// `HookFailed` signal for each failure.
-fn start_hook_runs(config: &Config, connection: &zbus::Connection) -> HookRuns {
-    let connection = connection.clone();
+/// `HookFailed` signal for each failure (on the bus connection of the
+/// moment; none while orch is off the bus).
+fn start_hook_runs(config: &Config, current_bus: &bus_link::CurrentBus) -> HookRuns {
+    let current_bus = current_bus.clone();
     HookRuns::start(
         hook_setup(config),
         Box::new(move |result| {
-            let connection = connection.clone();
+            let Some(connection) = current_bus.get() else {
+                return;
+            };
             let (name, status) = (result.name.clone(), result.outcome.status_code());
             tokio::spawn(async move {
                 if let Ok(emitter) =
@@ -341,21 +328,29 @@ fn start_kernel_monitor(table: &str, sender: EventSender) -> Option<Notification
     }
 }
 
-/// Pings systemd's watchdog while the core answers; a hung core stops the
-/// pings and systemd restarts the daemon.
+/// Pings systemd's watchdog while the core shows it is alive: between
+/// jobs, at least once a second while idle, and between the steps of long
+/// work. Reads never wait in the core's queue, so they cannot starve it; a
+/// core stuck in one step longer than half the watchdog period stops the
+/// pings, and systemd restarts the daemon.
 async fn watchdog(core: CoreHandle) {
     let Some(interval) = notify::watchdog_interval() else {
         return;
     };
-    let period = (interval / 2).max(Duration::from_millis(500));
+    let period = (interval / 4).max(Duration::from_millis(250));
+    let stuck_after = interval / 2;
+    let mut warned = false;
     loop {
         tokio::time::sleep(period).await;
-        match tokio::time::timeout(period, core.call(|_| ())).await {
-            Ok(Ok(())) => notify::watchdog(),
-            Ok(Err(_)) => return,
-            Err(_) => {
-                tracing::warn!("core did not answer within {period:?}; not pinging the watchdog")
-            }
+        let quiet = core.liveness().since_last_beat();
+        if quiet < stuck_after {
+            notify::watchdog();
+            warned = false;
+        } else if !warned {
+            tracing::warn!(
+                "the core has shown no sign of life for {quiet:?}; not pinging the watchdog"
+            );
+            warned = true;
         }
     }
 }

@@ -862,53 +862,25 @@ impl TestBus {
             template.replace(BUS_CONF_PLACEHOLDER, &address),
         )
         .expect("write bus config");
-        let log_path = dir.path().join("dbus-daemon.log");
-        let log = File::create(&log_path).expect("create dbus-daemon log");
-
-        let mut cmd = Command::new("dbus-daemon");
-        cmd.arg(format!("--config-file={}", config_path.display()))
-            .args(["--nofork", "--nopidfile", "--print-address"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-
-        // dbus-daemon prints its address once it is listening.
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep draining so dbus-daemon never writes to a closed pipe.
-            let _ = io::copy(&mut reader, &mut io::sink());
-        });
-        let fail = |child: &mut Child, why: String| -> ! {
-            kill_and_reap(child);
-            let log = fs::read_to_string(&log_path).unwrap_or_default();
-            panic!("private dbus-daemon failed to start: {why}\n--- dbus-daemon log ---\n{log}");
-        };
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) if line.starts_with("unix:") => {}
-            Ok(line) => fail(&mut child, format!("unexpected address line {line:?}")),
-            Err(_) => fail(&mut child, "no address printed within 10s".into()),
-        }
-        if !poll_until(Duration::from_secs(5), || {
-            UnixStream::connect(&socket).is_ok()
-        }) {
-            fail(
-                &mut child,
-                format!("{} does not accept connections", socket.display()),
-            );
-        }
+        let child = spawn_bus_daemon(dir.path());
         TestBus {
             child,
             address,
             dir,
         }
+    }
+
+    /// Kills the dbus-daemon and starts a new one at the same address, as
+    /// a restart of dbus.service would: every connection to it breaks.
+    pub fn restart(&mut self) {
+        kill_and_reap(&mut self.child);
+        let _ = fs::remove_file(self.dir.path().join("bus"));
+        self.child = spawn_bus_daemon(self.dir.path());
+    }
+
+    /// Kills the dbus-daemon and leaves the bus down.
+    pub fn kill(&mut self) {
+        kill_and_reap(&mut self.child);
     }
 
     /// The bus address, `unix:path=/tmp/orch-test-bus-XXXX/bus`. Set it as
@@ -966,6 +938,61 @@ impl TestBus {
                 .args(args),
         )
     }
+}
+
+/// Spawns `dbus-daemon --nofork --print-address` on `<dir>/bus.conf`
+/// (stderr appended to `<dir>/dbus-daemon.log`) and returns once it is
+/// listening on `<dir>/bus` and accepting; panics with the log otherwise.
+fn spawn_bus_daemon(dir: &Path) -> Child {
+    let config_path = dir.join("bus.conf");
+    let socket = dir.join("bus");
+    let log_path = dir.join("dbus-daemon.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("open dbus-daemon log");
+
+    let mut cmd = Command::new("dbus-daemon");
+    cmd.arg(format!("--config-file={}", config_path.display()))
+        .args(["--nofork", "--nopidfile", "--print-address"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+
+    // dbus-daemon prints its address once it is listening.
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so dbus-daemon never writes to a closed pipe.
+        let _ = io::copy(&mut reader, &mut io::sink());
+    });
+    let fail = |child: &mut Child, why: String| -> ! {
+        kill_and_reap(child);
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        panic!("private dbus-daemon failed to start: {why}\n--- dbus-daemon log ---\n{log}");
+    };
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(line) if line.starts_with("unix:") => {}
+        Ok(line) => fail(&mut child, format!("unexpected address line {line:?}")),
+        Err(_) => fail(&mut child, "no address printed within 10s".into()),
+    }
+    if !poll_until(Duration::from_secs(5), || {
+        UnixStream::connect(&socket).is_ok()
+    }) {
+        fail(
+            &mut child,
+            format!("{} does not accept connections", socket.display()),
+        );
+    }
+    child
 }
 
 impl Drop for TestBus {
