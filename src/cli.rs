@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::bus::access::Action;
 use crate::bus::client::{self, CALL_TIMEOUT, ClientError, Orch1Proxy};
 use crate::timefmt::{now_unix, rfc3339};
 
@@ -215,6 +216,33 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// A changing command's failure: a refusal says which polkit action the
+/// command needs and what grants it.
+fn changing(action: Action) -> impl Fn(zbus::Error) -> Failure {
+    move |err| {
+        let err = client::classify(err, CALL_TIMEOUT);
+        let denied = matches!(
+            err.error_name(),
+            Some("org.orch.Orch1.Error.AccessDenied" | "org.freedesktop.DBus.Error.AccessDenied")
+        );
+        let mut failure = Failure::from(err);
+        if denied {
+            failure.message.push_str(&format!(
+                "\nthis needs the polkit action {}.{ACCESS_HINT}",
+                action.id()
+            ));
+        }
+        failure
+    }
+}
+
+/// What grants a refused change, said after the refusal.
+const ACCESS_HINT: &str = "\nhint: run it as root (sudo orch ...). To let someone ban and unban \
+without root, add them to the group orch-admin (`usermod -aG orch-admin USER`): the polkit rule \
+/etc/polkit-1/rules.d/50-orch.rules and the bus policy /etc/dbus-1/system.d/org.orch.Orch1.conf \
+that `orch install-units` writes grant that group the actions org.orch.Orch1.ban and .unban; the \
+allowlist and sync stay root's (or an administrator's, through polkit).";
+
 /// Runs a client command (anything but `daemon` and `check-config`).
 pub async fn run_client(command: &Command) -> Result<(), Failure> {
     if let Command::Sync { hooks, event, unit } = command {
@@ -238,7 +266,7 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
             let count = proxy
                 .ban_many(&refs, seconds, reason)
                 .await
-                .map_err(classify)?;
+                .map_err(changing(Action::Ban))?;
             println!("banned {count}");
         }
         Command::Unban {
@@ -246,14 +274,21 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
             fleet: true,
         } => {
             for address in addresses {
-                let hosts = proxy.unban_fleet(address).await.map_err(classify)?;
+                let hosts = proxy
+                    .unban_fleet(address)
+                    .await
+                    .map_err(changing(Action::Manage))?;
                 println!("{address}: lifted here and deleted from {hosts} host(s) of the fleet");
             }
         }
         Command::Unban { addresses, .. } => {
             let mut missing = Vec::new();
             for address in addresses {
-                if !proxy.unban(address).await.map_err(classify)? {
+                if !proxy
+                    .unban(address)
+                    .await
+                    .map_err(changing(Action::Unban))?
+                {
                     missing.push(address.as_str());
                 }
             }
@@ -281,8 +316,11 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
         Command::Allow { cidr, json } if cidr == "list" => {
             print_allows(&proxy, *json).await.map_err(classify)?
         }
-        Command::Allow { cidr, .. } => proxy.allow(cidr).await.map_err(classify)?,
-        Command::Disallow { cidr } => proxy.disallow(cidr).await.map_err(classify)?,
+        Command::Allow { cidr, .. } => proxy.allow(cidr).await.map_err(changing(Action::Allow))?,
+        Command::Disallow { cidr } => proxy
+            .disallow(cidr)
+            .await
+            .map_err(changing(Action::Allow))?,
         Command::Status => print_status(&proxy).await.map_err(classify)?,
         Command::Sync { .. }
         | Command::Daemon

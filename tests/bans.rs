@@ -308,9 +308,17 @@ fn unowned_mode_uses_the_nft_binary_and_sync_restores_a_flushed_table() {
     let daemon = Daemon::start(&netns, &bus, "[firewall]\nowner = \"off\"\n");
     daemon.cli(&["ban", "192.0.2.55"]).expect_ok("ban");
     netns.nft(&["flush", "ruleset"]).expect_ok("flush");
-    assert!(
-        netns.set_elements("orch", "ban4").is_empty(),
-        "unowned table should be flushable"
+    // The flush removes an unowned table. The daemon sees that and puts it
+    // back on its own within milliseconds, so looking at the set races with
+    // the repair (a loaded CI run lost that race): its log is the evidence.
+    wait_until(
+        Duration::from_secs(5),
+        "the daemon to see its unowned table deleted by the flush",
+        || {
+            daemon
+                .log()
+                .contains("table inet orch deleted in the kernel")
+        },
     );
     daemon.cli(&["sync"]).expect_ok("sync");
     assert!(has(&netns.set_elements("orch", "ban4"), "192.0.2.55"));

@@ -120,3 +120,85 @@ fn the_shipped_policy_drops_changing_calls_from_nobody_and_lets_them_read() {
     assert!(elements.iter().any(|e| e == "192.0.2.11"), "{elements:?}");
     sandbox.shutdown();
 }
+
+/// Runs the installed orch CLI inside the sandbox as `user` (with the
+/// user's groups).
+fn orch_as(sandbox: &SystemdSandbox, user: &str, args: &[&str]) -> common::CmdOutput {
+    let reuid = format!("--reuid={user}");
+    let regid = format!("--regid={user}");
+    let mut full = vec![
+        reuid.as_str(),
+        regid.as_str(),
+        "--init-groups",
+        "--",
+        ORCH_IN_SANDBOX,
+    ];
+    full.extend_from_slice(args);
+    sandbox.run("setpriv", &full)
+}
+
+#[test]
+fn polkit_lets_the_orch_admin_group_ban_and_unban_but_not_change_the_allowlist() {
+    assert!(
+        std::path::Path::new(
+            "/usr/share/dbus-1/system-services/org.freedesktop.PolicyKit1.service"
+        )
+        .exists(),
+        "this test needs Debian's polkitd (.ci/run installs it)"
+    );
+    let sandbox = SystemdSandbox::boot();
+    sandbox.install_and_start_orch(None);
+    sandbox
+        .sh("groupadd --system orch-admin && useradd -M -G orch-admin alice && useradd -M bob")
+        .expect_ok("users");
+    // The bus policy names orch-admin, which did not exist when the bus
+    // read it.
+    sandbox
+        .busctl(&[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "ReloadConfig",
+        ])
+        .expect_ok("reload the bus config");
+
+    orch_as(&sandbox, "alice", &["ban", "192.0.2.50", "--for", "1h"])
+        .expect_ok("alice (orch-admin) bans without a password");
+    let elements = sandbox.set_elements("orch", "ban4");
+    assert!(elements.iter().any(|e| e == "192.0.2.50"), "{elements:?}");
+    orch_as(&sandbox, "alice", &["unban", "192.0.2.50"]).expect_ok("alice unbans");
+    let refused = orch_as(&sandbox, "alice", &["allow", "192.0.2.0/24"]);
+    assert!(
+        !refused.ok(),
+        "alice may not change the allowlist: {refused}"
+    );
+    assert!(refused.stderr.contains("org.orch.Orch1.allow"), "{refused}");
+
+    let refused = orch_as(&sandbox, "bob", &["ban", "192.0.2.51"]);
+    assert!(!refused.ok(), "bob is not in orch-admin: {refused}");
+    assert!(refused.stderr.contains("org.orch.Orch1.ban"), "{refused}");
+    assert!(
+        refused.stderr.contains("orch-admin"),
+        "says what grants it: {refused}"
+    );
+
+    sandbox
+        .run(ORCH_IN_SANDBOX, &["ban", "192.0.2.52", "--for", "1h"])
+        .expect_ok("root is unaffected");
+
+    // Without polkitd, only root.
+    sandbox
+        .systemctl(&["mask", "--now", "polkit.service"])
+        .expect_ok("mask polkit");
+    let refused = orch_as(&sandbox, "alice", &["ban", "192.0.2.53"]);
+    assert!(!refused.ok(), "without polkit alice may not ban: {refused}");
+    assert!(
+        refused.stderr.contains("polkit is not available"),
+        "{refused}"
+    );
+    sandbox
+        .run(ORCH_IN_SANDBOX, &["unban", "192.0.2.52"])
+        .expect_ok("root still may");
+    sandbox.shutdown();
+}

@@ -348,6 +348,8 @@ fn install_units_is_idempotent_hardened_and_uninstall_leaves_nothing() {
         "/etc/systemd/system/orch.service",
         "/etc/systemd/system/nftables.service.d/orch.conf",
         "/etc/dbus-1/system.d/org.orch.Orch1.conf",
+        "/usr/share/polkit-1/actions/org.orch.Orch1.policy",
+        "/etc/polkit-1/rules.d/50-orch.rules",
         "/var/lib/orch/installed-units",
     ] {
         assert_eq!(sandbox.read_file(path), None, "{path} left behind");

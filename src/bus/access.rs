@@ -14,6 +14,7 @@ use zbus::fdo::DBusProxy;
 use zbus::names::UniqueName;
 
 use super::errors::OrchError;
+use super::polkit::Verdict;
 
 /// What a method does, for deciding who may call it. The names of the
 /// changing actions are the polkit action ids they map to.
@@ -66,6 +67,22 @@ impl Action {
             Action::Read => "read",
         }
     }
+}
+
+/// Root may do everything and anyone may read; `None` when polkit has to
+/// decide.
+fn decided_without_polkit(uid: u32, action: Action) -> Option<Result<(), OrchError>> {
+    (uid == 0 || action == Action::Read).then_some(Ok(()))
+}
+
+/// The `.AccessDenied` for `uid` and `action`, saying why and what would
+/// grant it.
+fn refusal(uid: u32, action: Action, why: &str) -> OrchError {
+    OrchError::AccessDenied(format!(
+        "uid {uid} may not {} (polkit action {}): {why}",
+        action.verb(),
+        action.id()
+    ))
 }
 
 /// Reads one uid may have running at once; more get `.Busy`. Root is not
@@ -139,18 +156,43 @@ impl Access {
         Ok(uid)
     }
 
-    /// Whether `uid` may do `action`. Root may do everything; anyone may
-    /// read; everything else is refused with `.AccessDenied` naming the
-    /// action.
-    pub fn authorize(&self, uid: u32, action: Action) -> Result<(), OrchError> {
-        if uid == 0 || action == Action::Read {
-            return Ok(());
+    /// Whether the caller (`uid`, bus name `sender`) may do `action`. Root
+    /// may do everything and anyone may read; for the rest polkit decides
+    /// (`interactive`: the caller allows a password prompt). Without
+    /// polkitd on the system, only root may change anything. A refusal is
+    /// `.AccessDenied` naming the action.
+    pub async fn authorize(
+        &self,
+        connection: &Connection,
+        sender: Option<&UniqueName<'_>>,
+        uid: u32,
+        action: Action,
+        interactive: bool,
+    ) -> Result<(), OrchError> {
+        if let Some(decided) = decided_without_polkit(uid, action) {
+            return decided;
         }
-        Err(OrchError::AccessDenied(format!(
-            "uid {uid} may not {} (action {}); only root may",
-            action.verb(),
-            action.id()
-        )))
+        let Some(sender) = sender else {
+            return Err(refusal(uid, action, "the call has no sender"));
+        };
+        match super::polkit::check(connection, sender, action.id(), interactive).await {
+            Ok(Verdict::Allowed) => Ok(()),
+            Ok(Verdict::Denied { challenge: true }) => Err(refusal(
+                uid,
+                action,
+                "polkit requires authentication, which did not happen (run it on a terminal, \
+                 with a polkit agent, or as root)",
+            )),
+            Ok(Verdict::Denied { challenge: false }) => {
+                Err(refusal(uid, action, "polkit does not allow it"))
+            }
+            Ok(Verdict::Unavailable) => Err(refusal(
+                uid,
+                action,
+                "polkit is not available on this system, so only root may",
+            )),
+            Err(err) => Err(refusal(uid, action, &format!("polkit failed: {err}"))),
+        }
     }
 
     /// A slot for one read by `uid`, or `.Busy` when that uid already has
@@ -183,7 +225,6 @@ mod tests {
 
     #[test]
     fn every_changing_member_needs_its_action_and_reads_are_open() {
-        let access = Access::default();
         for (member, action) in [
             ("Ban", Action::Ban),
             ("BanMany", Action::Ban),
@@ -196,12 +237,19 @@ mod tests {
             ("UnbanFleet", Action::Manage),
         ] {
             assert_eq!(Action::of_member(member), Some(action), "{member}");
-            assert!(access.authorize(0, action).is_ok());
-            let refused = access.authorize(1000, action).unwrap_err().to_string();
+            assert!(matches!(decided_without_polkit(0, action), Some(Ok(()))));
+            assert!(
+                decided_without_polkit(1000, action).is_none(),
+                "polkit decides"
+            );
+            let refused = refusal(1000, action, "no").to_string();
             assert!(refused.contains(action.id()), "{refused}");
         }
         assert_eq!(Action::of_member("ListBans"), Some(Action::Read));
-        assert!(access.authorize(65534, Action::Read).is_ok());
+        assert!(matches!(
+            decided_without_polkit(65534, Action::Read),
+            Some(Ok(()))
+        ));
         assert_eq!(Action::of_member("Frobnicate"), None);
     }
 

@@ -10,15 +10,22 @@ use zbus::{Connection, proxy};
 
 use super::service::{AllowRow, BanRow, HookRow};
 
+/// The changing methods allow interactive authorisation: polkit may ask
+/// the user's authentication agent for a password where its policy says
+/// `auth_admin`.
 #[proxy(
     interface = "org.orch.Orch1",
     default_service = "org.orch.Orch1",
     default_path = "/org/orch/Orch1"
 )]
 pub trait Orch1 {
+    #[zbus(allow_interactive_auth)]
     fn ban(&self, address: &str, seconds: u64, reason: &str) -> zbus::Result<()>;
+    #[zbus(allow_interactive_auth)]
     fn ban_many(&self, addresses: &[&str], seconds: u64, reason: &str) -> zbus::Result<u32>;
+    #[zbus(allow_interactive_auth)]
     fn unban(&self, address: &str) -> zbus::Result<bool>;
+    #[zbus(allow_interactive_auth)]
     fn unban_fleet(&self, address: &str) -> zbus::Result<u32>;
     fn list_bans(&self) -> zbus::Result<Vec<BanRow>>;
     fn list_bans_page(
@@ -28,11 +35,16 @@ pub trait Orch1 {
         source: &str,
         within: &str,
     ) -> zbus::Result<(Vec<BanRow>, String)>;
+    #[zbus(allow_interactive_auth)]
     fn allow(&self, cidr: &str) -> zbus::Result<()>;
     fn list_allows(&self) -> zbus::Result<Vec<AllowRow>>;
+    #[zbus(allow_interactive_auth)]
     fn disallow(&self, cidr: &str) -> zbus::Result<()>;
+    #[zbus(allow_interactive_auth)]
     fn sync(&self) -> zbus::Result<()>;
+    #[zbus(allow_interactive_auth)]
     fn sync_event(&self, event: &str, unit: &str) -> zbus::Result<Vec<HookRow>>;
+    #[zbus(allow_interactive_auth)]
     fn run_hooks(&self) -> zbus::Result<Vec<HookRow>>;
     #[zbus(property)]
     fn ban_count(&self) -> zbus::Result<u32>;
@@ -118,6 +130,10 @@ pub fn classify(err: zbus::Error, timeout: Duration) -> ClientError {
             zbus::fdo::Error::NoReply(_) | zbus::fdo::Error::Timeout(_) => {
                 ClientError::Timeout(timeout)
             }
+            zbus::fdo::Error::AccessDenied(message) => ClientError::Refused {
+                name: "org.freedesktop.DBus.Error.AccessDenied".into(),
+                message,
+            },
             other => ClientError::Bus(zbus::Error::FDO(Box::new(other))),
         },
         zbus::Error::InputOutput(io) if io.kind() == std::io::ErrorKind::TimedOut => {

@@ -44,7 +44,13 @@ impl<I> Guarded<I> {
         action: Action,
     ) -> Result<Option<ReadPermit>, OrchError> {
         let uid = self.access.caller_uid(connection, header.sender()).await?;
-        self.access.authorize(uid, action)?;
+        let interactive = header
+            .primary()
+            .flags()
+            .contains(zbus::message::Flags::ALLOW_INTERACTIVE_AUTH);
+        self.access
+            .authorize(connection, header.sender(), uid, action, interactive)
+            .await?;
         if action == Action::Read {
             return self.access.start_read(uid);
         }

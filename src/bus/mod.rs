@@ -8,6 +8,7 @@ pub mod access;
 pub mod client;
 pub mod errors;
 pub mod guard;
+pub mod polkit;
 pub mod service;
 
 /// Well-known bus name the daemon owns.

@@ -28,6 +28,8 @@ use std::time::Duration;
 const ORCH_SERVICE_TEMPLATE: &str = include_str!("../../units/orch.service.in");
 const NFTABLES_DROPIN_TEMPLATE: &str = include_str!("../../units/orch-nftables.conf.in");
 const DBUS_POLICY_TEMPLATE: &str = include_str!("../../units/org.orch.Orch1.conf");
+const POLKIT_ACTIONS_TEMPLATE: &str = include_str!("../../units/org.orch.Orch1.policy");
+const POLKIT_RULES_TEMPLATE: &str = include_str!("../../units/50-orch.rules");
 const FAIL2BAN_DROPIN_TEMPLATE: &str = include_str!("../../units/fail2ban-orch.conf.in");
 const FAIL2BAN_ACTION_TEMPLATE: &str = include_str!("../../units/fail2ban-action-orch.conf.in");
 
@@ -38,6 +40,10 @@ pub const NFTABLES_DROPIN: &str = "/etc/systemd/system/nftables.service.d/orch.c
 /// The bus policy for org.orch.Orch1 (the admin's config directory; packages
 /// use /usr/share/dbus-1/system.d).
 pub const DBUS_POLICY: &str = "/etc/dbus-1/system.d/org.orch.Orch1.conf";
+/// orch's polkit actions (polkitd reads actions only from /usr/share).
+pub const POLKIT_ACTIONS: &str = "/usr/share/polkit-1/actions/org.orch.Orch1.policy";
+/// The polkit rule that lets the group orch-admin ban and unban.
+pub const POLKIT_RULES: &str = "/etc/polkit-1/rules.d/50-orch.rules";
 /// Drop-in binding fail2ban.service to nftables.service (`--bind-fail2ban`).
 pub const FAIL2BAN_DROPIN: &str = "/etc/systemd/system/fail2ban.service.d/orch.conf";
 /// The fail2ban action `orch` (`--bind-fail2ban`).
@@ -49,10 +55,12 @@ pub const MANIFEST: &str = "/var/lib/orch/installed-units";
 /// ban store.
 const STATE_DIR: &str = "/var/lib/orch";
 /// Every file install may write; uninstall removes nothing else.
-const KNOWN_FILES: [&str; 5] = [
+const KNOWN_FILES: [&str; 7] = [
     ORCH_SERVICE,
     NFTABLES_DROPIN,
     DBUS_POLICY,
+    POLKIT_ACTIONS,
+    POLKIT_RULES,
     FAIL2BAN_DROPIN,
     FAIL2BAN_ACTION,
 ];
@@ -73,6 +81,8 @@ Install orch's systemd units, pointing at this orch binary (or --bin):
   /etc/systemd/system/orch.service                    the daemon (Type=notify, watchdog, hardened)
   /etc/systemd/system/nftables.service.d/orch.conf    `orch sync` after nftables.service starts or reloads
   /etc/dbus-1/system.d/org.orch.Orch1.conf            the bus policy for org.orch.Orch1
+  /usr/share/polkit-1/actions/org.orch.Orch1.policy   polkit actions: ban, unban, allow, manage
+  /etc/polkit-1/rules.d/50-orch.rules                 group orch-admin may ban and unban (polkit)
 and with --bind-fail2ban also
   /etc/systemd/system/fail2ban.service.d/orch.conf    fail2ban follows nftables.service, starts after orch
   /etc/fail2ban/action.d/orch.conf                    the fail2ban action `orch`, which bans through orch
@@ -566,6 +576,14 @@ fn plan(bin: &str, bind_fail2ban: bool) -> Vec<Planned> {
         Planned {
             path: DBUS_POLICY,
             content: render(DBUS_POLICY_TEMPLATE),
+        },
+        Planned {
+            path: POLKIT_ACTIONS,
+            content: render(POLKIT_ACTIONS_TEMPLATE),
+        },
+        Planned {
+            path: POLKIT_RULES,
+            content: render(POLKIT_RULES_TEMPLATE),
         },
     ];
     if bind_fail2ban {
@@ -1196,7 +1214,8 @@ mod tests {
                 !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
             });
             assert!(!leftover, "{} keeps a placeholder", file.path);
-            let takes_bin = ![DBUS_POLICY, FAIL2BAN_DROPIN].contains(&file.path);
+            let takes_bin =
+                ![DBUS_POLICY, POLKIT_ACTIONS, POLKIT_RULES, FAIL2BAN_DROPIN].contains(&file.path);
             assert_eq!(
                 file.content.contains("/usr/local/bin/orch"),
                 takes_bin,
