@@ -292,10 +292,14 @@ impl Core {
                 source: source.clone(),
             });
         }
+        // Each phase of a big call shows the watchdog the core is alive:
+        // a million bans take seconds to check, to store and to apply.
+        self.liveness.beat();
         // Durable first; then the fleet publisher may start (it needs no
         // more from the core) while the kernel takes the bans.
         let stored = self.store_bans(&records)?;
         self.note_local_changes(&records);
+        self.liveness.beat();
         self.apply_stored(stored, now)?;
         Ok(records)
     }
@@ -646,6 +650,7 @@ impl Core {
 
     /// Re-applies the whole table from the store.
     pub fn sync(&mut self, cause: &str) -> Result<SyncInfo, CoreError> {
+        self.liveness.beat();
         let allows = self.allowlist();
         Ok(self
             .reconciler
