@@ -20,20 +20,7 @@ use common::{Daemon, NetNs, TestBus, nobody_command, poll_until, run_command};
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/big_call.py");
 
 fn big_call(bus: &TestBus, as_nobody: bool, mode: &str, size: usize) -> serde_json::Value {
-    let mut command = if as_nobody {
-        nobody_command("/usr/bin/python3")
-    } else {
-        Command::new("/usr/bin/python3")
-    };
-    let out = run_command(
-        command
-            .arg(SCRIPT)
-            .arg(bus.address())
-            .arg(mode)
-            .arg(size.to_string()),
-    )
-    .expect_ok("big_call.py");
-    serde_json::from_str(out.stdout.trim()).expect("big_call.py prints JSON")
+    bus.big_call(as_nobody, mode, size)
 }
 
 /// Runs `orch list` against the bus, counting its lines; returns the line

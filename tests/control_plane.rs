@@ -10,29 +10,12 @@ use std::time::Duration;
 
 use common::{Daemon, NetNs, TestBus, nobody_command, run_command, wait_until};
 
-/// Runs tests/fixtures/big_call.py (as uid 65534, or as root) and returns
-/// its JSON line.
 fn big_call(bus: &TestBus, as_nobody: bool, mode: &str, size: usize) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/big_call.py");
-    let mut command = if as_nobody {
-        nobody_command("/usr/bin/python3")
-    } else {
-        Command::new("/usr/bin/python3")
-    };
-    let out = run_command(
-        command
-            .arg(script)
-            .arg(bus.address())
-            .arg(mode)
-            .arg(size.to_string()),
-    )
-    .expect_ok("big_call.py");
-    serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("big_call.py printed {:?}: {e}", out.stdout))
+    bus.big_call(as_nobody, mode, size)
 }
 
 fn big_call_as_nobody(bus: &TestBus, mode: &str, size: usize) -> serde_json::Value {
-    big_call(bus, true, mode, size)
+    bus.big_call(true, mode, size)
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {

@@ -929,6 +929,30 @@ impl TestBus {
         self.busctl(&full)
     }
 
+    /// Runs tests/fixtures/big_call.py against this bus (as uid 65534, or
+    /// as root) for calls busctl cannot make (arguments of megabytes, a
+    /// million addresses, thousands of concurrent reads) and returns the
+    /// JSON line it prints.
+    #[track_caller]
+    pub fn big_call(&self, as_nobody: bool, mode: &str, size: usize) -> Value {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/big_call.py");
+        let mut command = if as_nobody {
+            nobody_command("/usr/bin/python3")
+        } else {
+            Command::new("/usr/bin/python3")
+        };
+        let out = run_command(
+            command
+                .arg(script)
+                .arg(&self.address)
+                .arg(mode)
+                .arg(size.to_string()),
+        )
+        .expect_ok("big_call.py");
+        serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("big_call.py printed {:?}: {e}", out.stdout))
+    }
+
     /// Like [`TestBus::busctl`], as uid/gid 65534 with no supplementary groups.
     #[track_caller]
     pub fn busctl_as_nobody(&self, args: &[&str]) -> CmdOutput {
