@@ -21,7 +21,8 @@ use crate::timefmt::{now_unix, rfc3339};
     long_about = "orch keeps a persistent set of IP bans in its own nftables table (inet orch) and \
 re-applies them whenever the firewall is reloaded, restarted or flushed.\n\n\
 `orch daemon` runs the service; every other command talks to it over the system D-Bus \
-(org.orch.Orch1). Changing commands need root; reading commands do not.",
+(org.orch.Orch1). Reading commands need nothing; changing commands need root, or a polkit grant: \
+the rule that `orch install-units` writes lets members of the group orch-admin ban and unban.",
     after_help = "Configuration: /etc/orch/orch.toml, then /etc/orch/conf.d/*.toml in lexical order; \
 with neither, the embedded default (see `orch check-config --help`)."
 )]
