@@ -10,6 +10,8 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+
+use crate::store::MAX_BAN_TEXT_BYTES;
 use serde::{Deserialize, Serialize};
 
 use crate::store::BanRecord;
@@ -84,6 +86,14 @@ pub fn parse_key(key: &str) -> Result<FleetKey, RecordError> {
     if net.trunc() != net {
         return Err(bad());
     }
+    // `::ffff:a.b.c.d` is an IPv4 address written as IPv6: as a key it
+    // would dodge every IPv4 rule (minimum prefix, allowlist, own
+    // addresses), and `key` never writes it, so it is refused.
+    if let IpNet::V6(v6) = net
+        && v6.addr().to_ipv4_mapped().is_some()
+    {
+        return Err(bad());
+    }
     Ok(FleetKey {
         origin: origin.to_string(),
         net,
@@ -105,7 +115,12 @@ pub fn decode_value(key: &FleetKey, raw_key: &str, bytes: &[u8]) -> Result<Fleet
     if bytes.len() > MAX_VALUE_BYTES {
         return Err(bad(format!("{} bytes is too large", bytes.len())));
     }
-    let ban: FleetBan = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    let mut ban: FleetBan = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    // Another host's text is kept no longer than a local ban's.
+    for text in [&mut ban.reason, &mut ban.source] {
+        let kept = crate::quote::cut(text, MAX_BAN_TEXT_BYTES).len();
+        text.truncate(kept);
+    }
     let named: Result<IpNet, _> = ban
         .addr
         .parse::<IpNet>()
@@ -159,6 +174,10 @@ mod tests {
             "srv1.not-an-address",
             "srv1.192.0.2.7/24",
             "srv1.192.0.2.0/33",
+            // IPv4 written as IPv6 would dodge the IPv4 safety rules.
+            "srv1.__ffff_192.0.2.7/128",
+            "srv1.__ffff_c000_207/128",
+            "srv1.__ffff_0.0.0.0/96",
         ] {
             assert!(parse_key(bad).is_err(), "{bad} accepted");
         }
@@ -185,6 +204,15 @@ mod tests {
             decode_value(&fleet_key, key_text, &encode_value(&other)).expect_err("mismatch");
         assert!(error.to_string().contains("the key names 192.0.2.7/32"));
         assert!(decode_value(&fleet_key, key_text, b"{not json").is_err());
+        let wordy = FleetBan {
+            addr: "192.0.2.7/32".into(),
+            reason: "é".repeat(1000),
+            source: "s".repeat(1000),
+            ..other
+        };
+        let decoded = decode_value(&fleet_key, key_text, &encode_value(&wordy)).expect("decoded");
+        assert_eq!(decoded.reason, "é".repeat(MAX_BAN_TEXT_BYTES / 2));
+        assert_eq!(decoded.source.len(), MAX_BAN_TEXT_BYTES);
         assert!(decode_value(&fleet_key, key_text, &vec![b' '; 5000]).is_err());
     }
 }
