@@ -96,6 +96,9 @@ pub struct FleetConfig {
     pub max_remote_time: Duration,
     /// Credentials for `orch unban --fleet` (deleting every host's key).
     pub admin: FleetAuth,
+    /// Accept a plain (unencrypted) connection to a server on another
+    /// host; refused by default.
+    pub insecure: bool,
 }
 
 impl Default for FleetConfig {
@@ -113,6 +116,7 @@ impl Default for FleetConfig {
             max_remote_bans: DEFAULT_MAX_REMOTE_BANS,
             max_remote_time: DEFAULT_MAX_REMOTE_TIME,
             admin: FleetAuth::None,
+            insecure: false,
         }
     }
 }
@@ -121,6 +125,11 @@ impl FleetConfig {
     /// Whether the fleet is configured at all.
     pub fn enabled(&self) -> bool {
         !self.servers.is_empty()
+    }
+
+    /// Whether the connection is TLS: a `tls://` server or any TLS setting.
+    pub fn uses_tls(&self) -> bool {
+        uses_tls(&self.tls, &self.servers)
     }
 
     /// Whether a ban with this source is shared with the fleet.
@@ -180,6 +189,7 @@ pub(super) struct RawFleet {
     max_remote_bans: Option<Spanned<i64>>,
     max_remote_time: Option<Spanned<String>>,
     admin: Option<RawAuth>,
+    insecure: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +229,7 @@ pub(super) struct FleetDraft {
     max_remote_bans: Located<usize>,
     max_remote_time: Located<Duration>,
     admin: Located<FleetAuth>,
+    insecure: Located<bool>,
 }
 
 impl FleetDraft {
@@ -326,6 +337,14 @@ impl FleetDraft {
             |rules| rules.into_iter().map(check_share_rule).collect(),
         );
         set(&mut self.apply, raw.apply, doc, issues, "fleet.apply", Ok);
+        set(
+            &mut self.insecure,
+            raw.insecure,
+            doc,
+            issues,
+            "fleet.insecure",
+            Ok,
+        );
         set(
             &mut self.max_remote_bans,
             raw.max_remote_bans,
@@ -451,15 +470,32 @@ impl FleetDraft {
         if let (Some((_, at)), None) | (None, Some((_, at))) = (&self.tls_cert, &self.tls_key) {
             issues.push(at.issue("fleet.tls: set both `cert` and `key`, or neither".to_string()));
         }
+        let tls = FleetTls {
+            ca: self.tls_ca.map(|(v, _)| v),
+            cert: self.tls_cert.map(|(v, _)| v),
+            key: self.tls_key.map(|(v, _)| v),
+        };
+        let insecure = self.insecure.map_or(defaults.insecure, |(v, _)| v);
+        if let Some((servers, at)) = &self.servers
+            && !insecure
+            && !uses_tls(&tls, servers)
+            && let Some(remote) = servers.iter().find(|url| !is_loopback_url(url))
+        {
+            let exposed = if auth == FleetAuth::None {
+                "with no authentication: anyone who reaches that server could write the fleet's bans"
+            } else {
+                "so the login crosses the network readable, and anyone on the path could change the bans"
+            };
+            issues.push(at.issue(format!(
+                "fleet.servers: {remote:?} is on another host and reached over plain nats://, {exposed}; \
+                 use tls:// with tls.ca (and a login), or set `insecure = true` to accept it"
+            )));
+        }
         FleetConfig {
             servers: self.servers.map_or(defaults.servers, |(v, _)| v),
             name: self.name.map_or(defaults.name, |(v, _)| v),
             auth,
-            tls: FleetTls {
-                ca: self.tls_ca.map(|(v, _)| v),
-                cert: self.tls_cert.map(|(v, _)| v),
-                key: self.tls_key.map(|(v, _)| v),
-            },
+            tls,
             bucket: self.bucket.map_or(defaults.bucket, |(v, _)| v),
             replicas: self.replicas.map_or(defaults.replicas, |(v, _)| v),
             publish: self.publish.map_or(defaults.publish, |(v, _)| v),
@@ -472,8 +508,28 @@ impl FleetDraft {
                 .max_remote_time
                 .map_or(defaults.max_remote_time, |(v, _)| v),
             admin: self.admin.map_or(FleetAuth::None, |(v, _)| v),
+            insecure,
         }
     }
+}
+
+/// Whether connections use TLS: a `tls://` server, or a CA or client
+/// certificate configured (async-nats then requires TLS for every server).
+fn uses_tls(tls: &FleetTls, servers: &[String]) -> bool {
+    tls.ca.is_some() || tls.cert.is_some() || servers.iter().any(|url| url.starts_with("tls://"))
+}
+
+/// Whether `url` (`scheme://host[:port]`) names this host.
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host = match rest.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => rest.rsplit_once(':').map_or(rest, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|addr| addr.is_loopback())
 }
 
 fn check_server_url(url: String) -> Result<String, String> {
@@ -618,6 +674,37 @@ admin = { user = "admin", password_file = "/etc/orch/admin.password" }
         assert!(!fleet.shares("web", &["sshd", "web"]));
         assert!(!fleet.shares("fleet:srv2", &["sshd"]));
         assert!(matches!(fleet.admin, FleetAuth::UserPassword { .. }));
+    }
+
+    #[test]
+    fn a_plain_connection_to_another_host_needs_insecure() {
+        for (auth, refused_because) in [
+            (
+                "user = \"srv1\"\npassword_file = \"/etc/orch/p\"\n",
+                "the login crosses",
+            ),
+            ("", "with no authentication"),
+        ] {
+            let text = format!("[fleet]\nservers = [\"nats://192.0.2.1:4222\"]\n{auth}");
+            let found = parse(&text).expect_err("refused").to_string();
+            assert!(
+                found.contains("orch.toml:2:11: fleet.servers:")
+                    && found.contains(refused_because)
+                    && found.contains("insecure = true"),
+                "{found}"
+            );
+            parse(&format!("{text}insecure = true\n")).expect("accepted with insecure");
+            parse(&format!("{text}tls = {{ ca = \"/etc/orch/ca.pem\" }}\n"))
+                .expect("accepted over TLS");
+        }
+        for local in [
+            "nats://127.0.0.1:4222",
+            "nats://localhost",
+            "nats://[::1]:4222",
+        ] {
+            parse(&format!("[fleet]\nservers = [\"{local}\"]\n"))
+                .unwrap_or_else(|e| panic!("{local} is this host: {e}"));
+        }
     }
 
     #[test]

@@ -73,11 +73,8 @@ async fn options(config: &FleetConfig, auth: &FleetAuth) -> Result<ConnectOption
     if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
-    let wants_tls = config.tls.ca.is_some()
-        || config.tls.cert.is_some()
-        || config.servers.iter().any(|url| url.starts_with("tls://"));
     Ok(options
-        .require_tls(wants_tls)
+        .require_tls(config.uses_tls())
         .name(format!("orch {}", config.name))
         .connection_timeout(REQUEST_TIMEOUT)
         .request_timeout(Some(REQUEST_TIMEOUT))
