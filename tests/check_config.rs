@@ -88,3 +88,23 @@ fn every_command_has_help() {
         );
     }
 }
+
+#[test]
+fn a_password_over_plain_nats_to_another_host_is_refused_unless_insecure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("orch.toml");
+    let fleet = "[fleet]\nservers = [\"nats://198.51.100.4:4222\"]\nuser = \"web1\"\npassword_file = \"/etc/orch/fleet.password\"\n";
+    std::fs::write(&path, fleet).expect("write config");
+    let file = path.display().to_string();
+    let (code, _stdout, stderr) = orch(&["check-config", "--config", &file]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:2:11: fleet.servers:"))
+            && stderr.contains("plain nats://")
+            && stderr.contains("insecure = true"),
+        "{stderr}"
+    );
+    std::fs::write(&path, format!("{fleet}insecure = true\n")).expect("write config");
+    let (code, _stdout, stderr) = orch(&["check-config", "--config", &file]);
+    assert_eq!(code, 0, "accepted with insecure = true: {stderr}");
+}
