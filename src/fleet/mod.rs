@@ -15,6 +15,7 @@ mod pacing;
 mod publisher;
 pub mod record;
 pub mod session;
+pub mod skip_log;
 pub mod status;
 
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub async fn start(config: &Config, core: &CoreHandle) -> Option<FleetLink> {
         core: core.clone(),
         outbox: link.outbox.clone(),
         status: link.status.clone(),
+        skips: Default::default(),
     };
     tokio::spawn(task.run());
     Some(link)

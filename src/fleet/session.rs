@@ -41,6 +41,8 @@ pub struct FleetTask {
     pub core: CoreHandle,
     pub outbox: Arc<Outbox>,
     pub status: Arc<FleetStatus>,
+    /// Malformed entries: a few logged, the rest counted.
+    pub skips: super::skip_log::SkipLog,
 }
 
 impl FleetTask {
@@ -281,7 +283,7 @@ impl FleetTask {
     /// Reads one bucket entry: this host's own keys update `own_keys`, and
     /// a deletion of one by someone else (a fleet-wide unban) becomes a
     /// change for the core, as do other hosts' keys. Malformed entries are
-    /// logged and skipped.
+    /// skipped, and logged within bounds ([`super::skip_log::SkipLog`]).
     /// `live`: after the catch-up, when this host's own puts are only
     /// echoes of what the publisher wrote and need no decoding.
     fn read_entry(
@@ -293,7 +295,7 @@ impl FleetTask {
         let key = match record::parse_key(&entry.key) {
             Ok(key) => key,
             Err(error) => {
-                tracing::warn!("fleet: skipping {error}");
+                self.skips.note(&error);
                 return None;
             }
         };
@@ -308,7 +310,7 @@ impl FleetTask {
             match record::decode_value(&key, &entry.key, &entry.value) {
                 Ok(ban) => Some(ban),
                 Err(error) => {
-                    tracing::warn!("fleet: skipping {error}");
+                    self.skips.note(&error);
                     return None;
                 }
             }
