@@ -843,16 +843,9 @@ impl Interner {
     }
 }
 
-fn truncate_at_char_boundary(text: &str, max_bytes: usize) -> &str {
-    if text.len() <= max_bytes {
-        return text;
-    }
-    let mut end = max_bytes;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
+/// Texts are cut at a char boundary by the one helper that cuts untrusted
+/// text everywhere.
+use crate::quote::cut as truncate_at_char_boundary;
 
 // ---------------------------------------------------------------------------
 // Records: encoding and decoding
