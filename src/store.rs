@@ -64,6 +64,8 @@ const KIND_DISALLOW: u8 = 4;
 const KIND_HISTORY: u8 = 5;
 const KIND_SNAPSHOT_END: u8 = 6;
 const KIND_CURSOR: u8 = 7;
+const KIND_SHADOW: u8 = 8;
+const KIND_UNSHADOW: u8 = 9;
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
@@ -300,6 +302,76 @@ impl Store {
         Ok(true)
     }
 
+    /// This host's own ban of `net` kept under another host's longer ban,
+    /// if any (see [`Store::set_shadowed`]).
+    pub fn shadowed(&self, net: &IpNet) -> Option<&BanRecord> {
+        self.state.shadows.get(net)
+    }
+
+    /// Every shadowed own ban, in no particular order.
+    pub fn shadowed_bans(&self) -> impl Iterator<Item = &BanRecord> {
+        self.state.shadows.values()
+    }
+
+    /// Keeps (`Some`) or forgets (`None`) the own ban of a network that is
+    /// shadowed: while another host's longer ban is the active ban of the
+    /// network, this host's own ban waits here, so that it is in force
+    /// again when the other ends early. The store keeps it and nothing
+    /// else: which ban is in force is the caller's decision. All changes
+    /// with one append and one fdatasync; unchanged ones cost nothing.
+    pub fn set_shadowed(
+        &mut self,
+        changes: &[(IpNet, Option<BanRecord>)],
+    ) -> Result<(), StoreError> {
+        let mut encoded = Vec::new();
+        let mut changed = Vec::new();
+        for (net, shadow) in changes {
+            match shadow {
+                Some(record) if self.state.shadows.get(net) != Some(record) => {
+                    encode_record(&mut encoded, &shadow_record(record));
+                }
+                None if self.state.shadows.contains_key(net) => {
+                    encode_record(&mut encoded, &Record::Unshadow { net: *net });
+                }
+                _ => continue,
+            }
+            changed.push((*net, shadow));
+        }
+        if encoded.is_empty() {
+            return Ok(());
+        }
+        self.append_durably(&encoded)?;
+        for (net, shadow) in changed {
+            match shadow {
+                Some(record) => {
+                    let record = BanRecord {
+                        reason: self.state.interner.intern_shared(&record.reason),
+                        source: self.state.interner.intern_shared(&record.source),
+                        ..record.clone()
+                    };
+                    self.state.shadows.insert(net, record);
+                }
+                None => {
+                    self.state.shadows.remove(&net);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops from memory every shadowed ban with `expires <= now` and
+    /// returns them. No I/O, as for [`Store::purge_expired`].
+    pub fn purge_expired_shadows(&mut self, now: u64) -> Vec<BanRecord> {
+        if self.state.shadows.is_empty() {
+            return Vec::new();
+        }
+        self.state
+            .shadows
+            .extract_if(|_, shadow| shadow.expires <= now)
+            .map(|(_, shadow)| shadow)
+            .collect()
+    }
+
     /// Where the log reader `key` stopped, as saved by [`Store::set_cursors`].
     pub fn cursor(&self, key: &str) -> Option<&str> {
         self.state.cursors.get(key).map(String::as_str)
@@ -524,6 +596,9 @@ struct MemState {
     allows: BTreeSet<IpNet>,
     /// Log readers' positions, by key (see [`Store::set_cursors`]).
     cursors: std::collections::BTreeMap<String, String>,
+    /// This host's own bans kept under a longer ban of another host (see
+    /// [`Store::set_shadowed`]); few, so a plain map.
+    shadows: HashMap<IpNet, BanRecord>,
     interner: Interner,
     /// Lower bound of every active ban's `expires` (lets purge skip scans).
     earliest_expiry: u64,
@@ -537,6 +612,7 @@ impl Default for MemState {
             idle_history: HashMap::new(),
             allows: BTreeSet::new(),
             cursors: Default::default(),
+            shadows: HashMap::new(),
             interner: Interner::default(),
             earliest_expiry: u64::MAX,
         }
@@ -660,11 +736,52 @@ impl MemState {
         }
     }
 
+    /// A ban read back from disk, its texts cut and interned.
+    #[inline]
+    fn decoded_ban(
+        &mut self,
+        net: IpNet,
+        created: u64,
+        expires: u64,
+        reason: &str,
+        source: &str,
+    ) -> BanRecord {
+        BanRecord {
+            net,
+            created,
+            expires,
+            reason: self
+                .interner
+                .intern(truncate_at_char_boundary(reason, MAX_BAN_TEXT_BYTES)),
+            source: self
+                .interner
+                .intern(truncate_at_char_boundary(source, MAX_BAN_TEXT_BYTES)),
+        }
+    }
+
     /// Applies a record read back from disk that is not about one net's
-    /// bans (allowlist changes, reader cursors); see `net_change` for the
-    /// others.
-    fn apply_allow_record(&mut self, record: &Record<'_>) {
+    /// active ban (allowlist changes, reader cursors, shadowed own bans);
+    /// see `net_change` for the others. A shadowed ban already over by
+    /// `now` is not kept.
+    fn apply_side_record(&mut self, record: &Record<'_>, now: u64) {
         match *record {
+            Record::Shadow {
+                net,
+                created,
+                expires,
+                reason,
+                source,
+            } => {
+                if expires > now {
+                    let record = self.decoded_ban(net, created, expires, reason, source);
+                    self.shadows.insert(net, record);
+                } else {
+                    self.shadows.remove(&net);
+                }
+            }
+            Record::Unshadow { net } => {
+                self.shadows.remove(&net);
+            }
             Record::Allow { net } => {
                 self.allows.insert(net);
             }
@@ -703,17 +820,7 @@ impl MemState {
                     };
                     return Some(NetChange::BanEnded { net, history });
                 }
-                let record = BanRecord {
-                    net,
-                    created,
-                    expires,
-                    reason: self
-                        .interner
-                        .intern(truncate_at_char_boundary(reason, MAX_BAN_TEXT_BYTES)),
-                    source: self
-                        .interner
-                        .intern(truncate_at_char_boundary(source, MAX_BAN_TEXT_BYTES)),
-                };
+                let record = self.decoded_ban(net, created, expires, reason, source);
                 NetChange::Ban {
                     record,
                     history_count,
@@ -731,6 +838,8 @@ impl MemState {
             Record::Allow { .. }
             | Record::Disallow { .. }
             | Record::Cursor { .. }
+            | Record::Shadow { .. }
+            | Record::Unshadow { .. }
             | Record::SnapshotEnd { .. } => {
                 return None;
             }
@@ -884,6 +993,19 @@ enum Record<'a> {
         key: &'a str,
         value: &'a str,
     },
+    /// This host's own ban of `net`, kept while a longer ban of another
+    /// host is the one in force (the active ban).
+    Shadow {
+        net: IpNet,
+        created: u64,
+        expires: u64,
+        reason: &'a str,
+        source: &'a str,
+    },
+    /// The shadowed own ban of `net` is gone (in force again, or lifted).
+    Unshadow {
+        net: IpNet,
+    },
     /// Last record of a snapshot: proves the file is complete.
     SnapshotEnd {
         record_count: u64,
@@ -957,6 +1079,21 @@ fn encode_payload(out: &mut Vec<u8>, record: &Record<'_>) {
             out.extend_from_slice(&count.to_le_bytes());
             out.extend_from_slice(&last_banned.to_le_bytes());
         }
+        Record::Shadow {
+            net,
+            created,
+            expires,
+            reason,
+            source,
+        } => {
+            out.push(KIND_SHADOW);
+            encode_net(out, net);
+            out.extend_from_slice(&created.to_le_bytes());
+            out.extend_from_slice(&expires.to_le_bytes());
+            encode_text(out, reason, MAX_BAN_TEXT_BYTES);
+            encode_text(out, source, MAX_BAN_TEXT_BYTES);
+        }
+        Record::Unshadow { net } => encode_net_record(out, KIND_UNSHADOW, net),
         Record::Cursor { key, value } => {
             out.push(KIND_CURSOR);
             encode_text(out, key, MAX_TEXT_BYTES);
@@ -1110,6 +1247,14 @@ fn decode_payload(payload: &[u8]) -> Result<Record<'_>, String> {
             key: reader.text()?,
             value: reader.text()?,
         },
+        KIND_SHADOW => Record::Shadow {
+            net: reader.net()?,
+            created: reader.u64()?,
+            expires: reader.u64()?,
+            reason: reader.text()?,
+            source: reader.text()?,
+        },
+        KIND_UNSHADOW => Record::Unshadow { net: reader.net()? },
         KIND_SNAPSHOT_END => Record::SnapshotEnd {
             record_count: reader.u64()?,
         },
@@ -1294,7 +1439,7 @@ fn replay_file(
     let torn = walk_records(bytes, role, path, |_, record| {
         match state.net_change(&record, now) {
             Some(change) => staging.stage(change)?,
-            None => state.apply_allow_record(&record),
+            None => state.apply_side_record(&record, now),
         }
         Ok(())
     })?;
@@ -1637,9 +1782,24 @@ fn write_snapshot_records(
     for (key, value) in &state.cursors {
         emit(out, &Record::Cursor { key, value })?;
     }
+    for shadow in state.shadows.values() {
+        if shadow.expires > now {
+            emit(out, &shadow_record(shadow))?;
+        }
+    }
     let mut end = Vec::with_capacity(32);
     encode_record(&mut end, &Record::SnapshotEnd { record_count });
     out.write_all(&end)
+}
+
+fn shadow_record(record: &BanRecord) -> Record<'_> {
+    Record::Shadow {
+        net: record.net,
+        created: record.created,
+        expires: record.expires,
+        reason: &record.reason,
+        source: &record.source,
+    }
 }
 
 fn history_record(net: IpNet, history: BanHistory) -> Record<'static> {
@@ -1897,6 +2057,50 @@ mod tests {
         assert_eq!(v6.expires, NOW + 3 * HOUR);
         assert_eq!(&*v6.reason, "scanner");
         assert_eq!(&*v6.source, "manual");
+    }
+
+    #[test]
+    fn shadowed_bans_survive_reopen_and_compaction_until_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = ban("192.0.2.7/32", NOW - 10, NOW + HOUR, "jail sshd");
+        let ended_soon = ban("192.0.2.8/32", NOW - 10, NOW + 5, "short");
+        let forgotten = ban("2001:db8::1/128", NOW - 10, NOW + HOUR, "gone");
+        {
+            let mut store = open(dir.path());
+            store
+                .set_shadowed(&[
+                    (own.net, Some(own.clone())),
+                    (ended_soon.net, Some(ended_soon.clone())),
+                    (forgotten.net, Some(forgotten.clone())),
+                ])
+                .unwrap();
+            let before = file_len(&log_path(dir.path()));
+            // Unchanged shadows and absent ones cost no I/O.
+            store
+                .set_shadowed(&[(own.net, Some(own.clone())), (net("10.0.0.1/32"), None)])
+                .unwrap();
+            assert_eq!(file_len(&log_path(dir.path())), before);
+            store.set_shadowed(&[(forgotten.net, None)]).unwrap();
+            // Shadows are not active bans.
+            assert_eq!(store.ban_count(), 0);
+        }
+        let mut store = open(dir.path());
+        assert_eq!(store.shadowed(&own.net), Some(&own));
+        assert_eq!(store.shadowed(&ended_soon.net), Some(&ended_soon));
+        assert_eq!(store.shadowed(&forgotten.net), None);
+        assert_eq!(
+            store.purge_expired_shadows(NOW + 5),
+            vec![ended_soon.clone()]
+        );
+        store.compact().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        let kept: Vec<&BanRecord> = store.shadowed_bans().collect();
+        assert_eq!(kept, vec![&own]);
+        drop(store);
+        // Once over, a shadow is not loaded again.
+        let store = Store::open(dir.path(), NOW + HOUR).expect("store opens");
+        assert_eq!(store.shadowed_bans().count(), 0);
     }
 
     #[test]

@@ -23,109 +23,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::fleet_lab::{Lab, PATIENCE, RECONNECT, ban_value};
 use common::fleet_topology::{
     ATTACKER_ADDRS, ATTACKER_BANNED, ATTACKER_NEIGHBOUR, CONNECT_TIMEOUT, FleetNats, FleetOpts,
     Host, NATS_ADDR, SERVICE_PORT, SRV1_ADDR, SRV2_ADDR, SRV3_ADDR, Topology, fleet_key,
-    host_config, measure_until,
+    measure_until,
 };
 use common::nats::{ADMIN, NatsVersion};
 use common::{poll_until, wait_until};
 
 /// The fleet's propagation bound (issue requirement).
 const PROPAGATION: Duration = Duration::from_secs(1);
-/// How long the tests poll before they give up (longer than any bound, so a
-/// slow result is reported with its time instead of as a time-out).
-const PATIENCE: Duration = Duration::from_secs(10);
 /// The bound for a partitioned host to catch up once its link is back.
 const CONVERGENCE: Duration = Duration::from_secs(5);
-/// How long a host may take to (re)connect to NATS, including the client's
-/// reconnect back-off after a server restart.
-const RECONNECT: Duration = Duration::from_secs(30);
-
-/// A topology with NATS running and (optionally) the bucket made.
-struct Lab {
-    topo: Topology,
-    nats: FleetNats,
-}
-
-impl Lab {
-    /// The network, one NATS server of `version`, and the bucket created
-    /// by the admin (one replica).
-    fn new(version: NatsVersion) -> Lab {
-        let lab = Lab::without_bucket(version);
-        lab.nats.create_bucket(&lab.topo, 1);
-        lab
-    }
-
-    /// The network and one NATS server, no bucket.
-    fn without_bucket(version: NatsVersion) -> Lab {
-        let topo = Topology::new();
-        let nats = FleetNats::start(&topo, version);
-        Lab { topo, nats }
-    }
-
-    /// Starts orch on `host` with the given allowlist, forward setting and
-    /// fleet options.
-    fn start(&mut self, host: &str, allow: &[&str], forward: bool, opts: &FleetOpts) {
-        let fleet = self.nats.fleet_section(host, opts);
-        let config = host_config(allow, forward, &fleet);
-        self.topo.host_mut(host).start_daemon(&config);
-    }
-
-    /// Starts orch with the default fleet settings on each of `hosts` and
-    /// waits until each is connected.
-    fn start_connected(&mut self, hosts: &[&str]) {
-        let defaults = FleetOpts::default();
-        let hosts: Vec<(&str, &FleetOpts)> = hosts.iter().map(|host| (*host, &defaults)).collect();
-        self.start_connected_with(&hosts);
-    }
-
-    /// Starts orch on each host with its fleet settings (no allowlist, no
-    /// forwarding), then waits until each is connected.
-    fn start_connected_with(&mut self, hosts: &[(&str, &FleetOpts)]) {
-        for (host, opts) in hosts {
-            self.start(host, &[], false, opts);
-        }
-        for (host, _) in hosts {
-            self.wait_connected(host);
-        }
-    }
-
-    /// Waits until `host` reports itself connected to the fleet, through
-    /// the `FleetConnected` property or the `fleet:` line of `orch status`.
-    #[track_caller]
-    fn wait_connected(&self, host: &str) {
-        let h = self.topo.host(host);
-        let ok = poll_until(RECONNECT, || {
-            h.fleet_connected_property() == "b true"
-                || h.status_fleet_line()
-                    .is_some_and(|l| l.contains("connected") && !l.contains("disconnected"))
-        });
-        if !ok {
-            panic!(
-                "{host} not connected to the fleet within {RECONNECT:?}\n\
-                 FleetConnected: {}\nstatus fleet line: {:?}\n{}",
-                h.fleet_connected_property(),
-                h.status_fleet_line(),
-                self.context(&[host])
-            );
-        }
-    }
-
-    /// Log tails of the given hosts and of the (first) NATS server.
-    fn context(&self, hosts: &[&str]) -> String {
-        let mut out = String::new();
-        for host in hosts {
-            out.push_str(&self.topo.host(host).log_tail(40));
-            out.push('\n');
-        }
-        let log = self.nats.first().log();
-        let lines: Vec<&str> = log.lines().collect();
-        out.push_str("--- nats-server log (last 20 lines) ---\n");
-        out.push_str(&lines[lines.len().saturating_sub(20)..].join("\n"));
-        out
-    }
-}
 
 /// `198.18.a.b` test addresses (RFC 2544 benchmarking range), `n` of them.
 fn bench_addrs(n: usize) -> Vec<String> {
@@ -144,22 +54,6 @@ fn bench_bans(host: &Host) -> BTreeSet<String> {
         .into_iter()
         .filter(|e| e.starts_with("198.18.") || e.starts_with("198.19."))
         .collect()
-}
-
-/// A fleet ban value as the spec writes it.
-fn ban_value(addr: &str, reason: &str) -> Bytes {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let value = serde_json::json!({
-        "addr": addr,
-        "expires_at": now + 3600,
-        "created": now,
-        "reason": reason,
-        "source": "manual",
-    });
-    Bytes::from(value.to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -1095,9 +989,21 @@ fn lifting_the_longest_origin_falls_back_to_the_next() {
     wait_until(PATIENCE, "srv2 holds srv1's longer ban", || {
         topo.srv2.listed_source(addr).as_deref() == Some("fleet:srv1")
     });
+    wait_until(PATIENCE, "gw holds srv1's longer ban", || {
+        topo.gw.listed_source(addr).as_deref() == Some("fleet:srv1")
+    });
     topo.srv1.unban(&[addr]);
     wait_until(PATIENCE, "gw's ban takes over on srv2", || {
         topo.srv2.listed_source(addr).as_deref() == Some("fleet:gw")
     });
     assert!(topo.srv2.kernel_has(addr), "never free in between");
+    // gw's own ban was waiting under srv1's: it is in force again there.
+    wait_until(PATIENCE, "gw's own ban back in force on gw", || {
+        topo.gw.listed_source(addr).as_deref() == Some("manual")
+    });
+    assert!(topo.gw.kernel_has(addr), "gw lost its own ban");
+    assert!(
+        lab.nats.keys(topo).contains(&fleet_key("gw", addr)),
+        "gw's key left the bucket"
+    );
 }

@@ -173,6 +173,7 @@ impl Core {
         };
         core.reconciler
             .set_port_scopes(port_scopes(&core.config.jails));
+        core.drop_stale_shadows()?;
         core.sync("daemon start")?;
         Ok(core)
     }
@@ -205,6 +206,14 @@ impl Core {
 
     pub(super) fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub(super) fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    pub(super) fn counts(&self) -> &SourceCounts {
+        &self.counts
     }
 
     pub(super) fn fleet(&self) -> &super::fleet_apply::FleetSide {
@@ -296,8 +305,12 @@ impl Core {
         // a million bans take seconds to check, to store and to apply.
         self.liveness.beat();
         // Durable first; then the fleet publisher may start (it needs no
-        // more from the core) while the kernel takes the bans.
-        let stored = self.store_bans(&records)?;
+        // more from the core) while the kernel takes the bans. A ban shorter
+        // than another host's active one waits under it.
+        let stored = match self.keep_longer_remote_bans(&records)? {
+            None => self.store_bans(&records)?,
+            Some(active) => self.store_bans(&active)?,
+        };
         self.note_local_changes(&records);
         self.liveness.beat();
         self.apply_stored(stored, now)?;
@@ -575,6 +588,7 @@ impl Core {
     /// Removes a ban (store first, then kernel). Returns whether it existed.
     pub fn unban(&mut self, input: &str) -> Result<Option<BanRecord>, CoreError> {
         let net = addr::parse_net(input)?;
+        self.forget_shadowed(&[net])?;
         let removed = self.unban_many(&[net])?;
         self.note_local_unbans(&removed);
         Ok(removed.into_iter().next())

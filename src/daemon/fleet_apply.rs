@@ -2,6 +2,13 @@
 //! the same rules as every other ban, and this host's shared bans go out
 //! from here (as networks noted in the [`Outbox`]).
 //!
+//! A network's active ban (the store's, the kernel's) is the longest of
+//! its holds: this host's own ban and each origin's. This host's own ban
+//! is never replaced by another's: while a longer remote ban is active, the
+//! own ban waits in the store as a shadowed ban, and is in force again if
+//! the remote one is lifted first. Only a local unban, or a fleet-wide
+//! unban deleting this host's key, ends the own ban.
+//!
 //! Runs on the core thread like every job; it must not talk to NATS (that
 //! is `fleet::session`) and must not change the kernel except through the
 //! reconciler.
@@ -16,7 +23,7 @@ use crate::addr;
 use crate::fleet::holdings::{Hold, Holdings};
 use crate::fleet::outbox::{Outbox, SharedBan};
 use crate::fleet::record::FleetBan;
-use crate::store::BanRecord;
+use crate::store::{BanRecord, StoreError};
 use crate::timefmt::now_unix;
 
 /// Prefix of the source of a ban that came from another host.
@@ -55,6 +62,14 @@ pub struct RemoteOutcome {
     pub applied: usize,
     pub lifted: usize,
     pub refused: usize,
+}
+
+/// Shadowed own bans changed in one batch: `Some` kept, `None` forgotten.
+type ShadowChanges = HashMap<IpNet, Option<BanRecord>>;
+
+/// Whether `record` is another host's ban (not this host's own).
+fn is_remote(record: &BanRecord) -> bool {
+    record.source.starts_with(FLEET_SOURCE_PREFIX)
 }
 
 /// The fleet state the core keeps.
@@ -131,9 +146,68 @@ impl Core {
         let fleet = &self.config().fleet;
         self.store()
             .bans()
+            .chain(self.store().shadowed_bans())
             .filter(|record| record.expires > now && fleet.shares(&record.source, &jail_names))
             .map(|record| (record.net, Some(record.clone())))
             .collect()
+    }
+
+    /// Sorts this host's new bans: a ban shorter than another host's
+    /// active ban of the same network waits under it (shadowed, stored
+    /// here), the rest become active, and shadowed own bans they replace
+    /// are forgotten. Returns the bans to make active, or `None` when all
+    /// of them are (no remote ban is active here: nothing to look up).
+    pub(super) fn keep_longer_remote_bans(
+        &mut self,
+        records: &[BanRecord],
+    ) -> Result<Option<Vec<BanRecord>>, StoreError> {
+        if !self.counts().any_from(FLEET_SOURCE_PREFIX) {
+            return Ok(None);
+        }
+        let mut shadows = Vec::new();
+        let mut active = Vec::with_capacity(records.len());
+        for record in records {
+            match self.store().get_ban(&record.net) {
+                Some(current) if is_remote(current) && current.expires > record.expires => {
+                    shadows.push((record.net, Some(record.clone())));
+                }
+                Some(current) if is_remote(current) => {
+                    shadows.push((record.net, None));
+                    active.push(record.clone());
+                }
+                _ => active.push(record.clone()),
+            }
+        }
+        self.store_mut().set_shadowed(&shadows)?;
+        Ok(Some(active))
+    }
+
+    /// A local unban ends this host's own bans of `nets`, shadowed ones
+    /// included.
+    pub(super) fn forget_shadowed(&mut self, nets: &[IpNet]) -> Result<(), StoreError> {
+        let forgotten: Vec<(IpNet, Option<BanRecord>)> = nets
+            .iter()
+            .filter(|net| self.store().shadowed(net).is_some())
+            .map(|net| (*net, None))
+            .collect();
+        self.store_mut().set_shadowed(&forgotten)
+    }
+
+    /// At start: forgets shadowed bans that no longer sit under a longer
+    /// remote ban (a crash between the two writes of a change leaves one).
+    pub(super) fn drop_stale_shadows(&mut self) -> Result<(), StoreError> {
+        let stale: Vec<(IpNet, Option<BanRecord>)> = self
+            .store()
+            .shadowed_bans()
+            .filter(|shadow| {
+                !self
+                    .store()
+                    .get_ban(&shadow.net)
+                    .is_some_and(|active| is_remote(active) && active.expires > shadow.expires)
+            })
+            .map(|shadow| (shadow.net, None))
+            .collect();
+        self.store_mut().set_shadowed(&stale)
     }
 
     /// Applies other hosts' changes: every local rule decides whether a
@@ -153,12 +227,13 @@ impl Core {
         let max_bans = self.config().fleet.max_remote_bans;
         let mut pending: HashMap<IpNet, BanRecord> = HashMap::new();
         let mut lift: HashSet<IpNet> = HashSet::new();
+        let mut shadows = ShadowChanges::new();
         let mut new_prefixes: Vec<IpNet> = Vec::new();
         for change in changes {
             match change {
                 RemoteChange::Put { origin, net, ban } => {
                     if ban.expires_at <= now {
-                        self.lift_remote(&origin, net, now, &mut pending, &mut lift);
+                        self.lift_remote(&origin, net, now, &mut pending, &mut lift, &mut shadows);
                         continue;
                     }
                     let refusal = policy.check(&net).err().map(|e| e.to_string()).or_else(|| {
@@ -201,6 +276,10 @@ impl Core {
                     if current.is_some_and(|current| current.expires >= expires) {
                         continue;
                     }
+                    // This host's own ban waits under the longer one.
+                    if let Some(own) = current.filter(|current| !is_remote(current)) {
+                        shadows.insert(net, Some(own.clone()));
+                    }
                     if !addr::is_single_address(&net) {
                         new_prefixes.push(net);
                     }
@@ -216,10 +295,10 @@ impl Core {
                     );
                 }
                 RemoteChange::Delete { origin, net } => {
-                    self.lift_remote(&origin, net, now, &mut pending, &mut lift);
+                    self.lift_remote(&origin, net, now, &mut pending, &mut lift, &mut shadows);
                 }
                 RemoteChange::OwnKeyRemoved { net, made_before } => {
-                    self.lift_own(net, made_before, now, &mut pending, &mut lift);
+                    self.lift_own(net, made_before, now, &mut pending, &mut lift, &mut shadows);
                 }
             }
         }
@@ -231,10 +310,19 @@ impl Core {
         }
         outcome.applied = pending.len();
         outcome.lifted = lift.len();
+        // Own bans are kept as shadows before a remote ban replaces them,
+        // and forgotten only once they are active again or lifted: a crash
+        // in between leaves a stale shadow (dropped at start), never a lost
+        // own ban.
+        let (kept, forgotten): (Vec<_>, Vec<_>) = shadows
+            .into_iter()
+            .partition(|(_, shadow)| shadow.is_some());
+        self.store_mut().set_shadowed(&kept)?;
         let records: Vec<BanRecord> = pending.into_values().collect();
         self.store_and_apply(&records, now)?;
         let lift: Vec<IpNet> = lift.into_iter().collect();
         self.unban_many(&lift)?;
+        self.store_mut().set_shadowed(&forgotten)?;
         Ok(outcome)
     }
 
@@ -247,6 +335,7 @@ impl Core {
         now: u64,
         pending: &mut HashMap<IpNet, BanRecord>,
         lift: &mut HashSet<IpNet>,
+        shadows: &mut ShadowChanges,
     ) {
         self.fleet_mut().holdings.remove(&net, origin);
         let source = format!("{FLEET_SOURCE_PREFIX}{origin}");
@@ -259,12 +348,13 @@ impl Core {
         else {
             return;
         };
-        self.fall_back_or_lift(net, created, now, pending, lift);
+        self.fall_back_or_lift(net, created, now, pending, lift, shadows);
     }
 
     /// Someone else deleted this host's key for `net`: this host's shared
     /// ban of it, if made before `made_before`, is lifted here too
-    /// (another host's ban of `net`, if any, takes its place).
+    /// (another host's ban of `net`, if any, takes its place). A shadowed
+    /// own ban is simply forgotten.
     fn lift_own(
         &mut self,
         net: IpNet,
@@ -272,28 +362,49 @@ impl Core {
         now: u64,
         pending: &mut HashMap<IpNet, BanRecord>,
         lift: &mut HashSet<IpNet>,
+        shadows: &mut ShadowChanges,
     ) {
-        let own_ban_created = {
-            let jail_names = self.jail_names();
-            let fleet = &self.config().fleet;
-            self.store()
-                .get_ban(&net)
-                .filter(|record| {
-                    record.created < made_before && fleet.shares(&record.source, &jail_names)
-                })
-                .map(|record| record.created)
+        let jail_names = self.jail_names();
+        let fleet = &self.config().fleet;
+        let lifted_by_unban = |record: &BanRecord| {
+            record.created < made_before && fleet.shares(&record.source, &jail_names)
         };
-        let Some(created) = own_ban_created else {
+        let active_created = self
+            .store()
+            .get_ban(&net)
+            .filter(|record| !is_remote(record) && lifted_by_unban(record))
+            .map(|record| record.created);
+        let shadow_lifted = Self::shadow_in_batch(self.store(), shadows, &net)
+            .is_some_and(|shadow| lifted_by_unban(&shadow));
+        if active_created.is_none() && !shadow_lifted {
             return;
-        };
+        }
         tracing::info!(
             "fleet: lifting {net} here too: this host's key was deleted by a fleet-wide unban"
         );
-        self.fall_back_or_lift(net, created, now, pending, lift);
+        if shadow_lifted {
+            shadows.insert(net, None);
+        }
+        if let Some(created) = active_created {
+            self.fall_back_or_lift(net, created, now, pending, lift, shadows);
+        }
     }
 
-    /// The ban of `net` in force here ends: the longest other origin's
-    /// ban takes its place, or the ban is lifted.
+    /// The shadowed own ban of `net` as this batch left it.
+    fn shadow_in_batch(
+        store: &crate::store::Store,
+        shadows: &ShadowChanges,
+        net: &IpNet,
+    ) -> Option<BanRecord> {
+        match shadows.get(net) {
+            Some(changed) => changed.clone(),
+            None => store.shadowed(net).cloned(),
+        }
+    }
+
+    /// The ban of `net` in force here ends: the longest remaining hold
+    /// takes its place (this host's shadowed own ban, or another origin's
+    /// ban), or the ban is lifted.
     fn fall_back_or_lift(
         &mut self,
         net: IpNet,
@@ -301,8 +412,30 @@ impl Core {
         now: u64,
         pending: &mut HashMap<IpNet, BanRecord>,
         lift: &mut HashSet<IpNet>,
+        shadows: &mut ShadowChanges,
     ) {
-        match self.fleet().holdings.longest(&net, now).cloned() {
+        let own = Self::shadow_in_batch(self.store(), shadows, &net)
+            .filter(|shadow| shadow.expires > now);
+        let remote = self.fleet().holdings.longest(&net, now).cloned();
+        let own_is_longest = own.as_ref().is_some_and(|own| {
+            remote
+                .as_ref()
+                .is_none_or(|remote| own.expires >= remote.expires)
+        });
+        match own {
+            Some(own) if own_is_longest => {
+                shadows.insert(net, None);
+                pending.insert(net, own);
+                return;
+            }
+            Some(_) => {}
+            None => {
+                if self.store().shadowed(&net).is_some() {
+                    shadows.insert(net, None);
+                }
+            }
+        }
+        match remote {
             Some(next) => {
                 pending.insert(
                     net,
@@ -353,8 +486,11 @@ impl Core {
         self.apply_remote(changes)
     }
 
-    /// Drops holds that have expired (the tick calls this).
+    /// Drops holds that have expired (the tick calls this), and own bans
+    /// that ended while shadowed: their keys are deleted.
     pub(super) fn forget_expired_holds(&mut self, now: u64) {
         self.fleet_mut().holdings.drop_expired(now);
+        let ended = self.store_mut().purge_expired_shadows(now);
+        self.note_local_changes(&ended);
     }
 }

@@ -79,6 +79,12 @@ impl SourceCounts {
         self.total
     }
 
+    /// Whether any stored ban has a source starting with `prefix` (a
+    /// handful of sources: jails, manual, one per fleet origin).
+    pub fn any_from(&self, prefix: &str) -> bool {
+        self.counts.keys().any(|source| source.starts_with(prefix))
+    }
+
     /// Stored bans per source, sorted by source.
     pub fn by_source(&self) -> BTreeMap<String, usize> {
         self.counts

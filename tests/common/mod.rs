@@ -13,6 +13,7 @@
 //! allowance.
 #![allow(dead_code)]
 pub mod fleet_hosts;
+pub mod fleet_lab;
 pub mod fleet_topology;
 pub mod nats;
 pub mod nats_jwt;
