@@ -132,9 +132,10 @@ fn main() {
     let mut topo = Topology::new();
     let nats = FleetNats::start(&topo, NatsVersion::Current);
     nats.create_bucket(&topo, 1);
-    // Above the default cap of 100,000 remote bans.
+    // Above the default caps of 100,000 remote bans, and of 10,000 from
+    // one origin.
     let opts = FleetOpts {
-        extra: "max_remote_bans = 1000000\n".into(),
+        extra: "max_remote_bans = 1000000\nmax_remote_bans_per_origin = 1000000\n".into(),
         ..FleetOpts::default()
     };
     for name in ["srv1", "srv2"] {

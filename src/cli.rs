@@ -543,6 +543,25 @@ fn print_fleet(facts: &std::collections::HashMap<String, String>) {
     for (origin, count) in origins {
         println!("  bans from {origin}: {count}");
     }
+    let mut refused: std::collections::BTreeMap<&str, Vec<(&str, u64)>> = Default::default();
+    for (key, count) in facts {
+        if let Some((origin, why)) = key
+            .strip_prefix("refused:")
+            .and_then(|rest| rest.rsplit_once(':'))
+        {
+            let count = count.parse().unwrap_or(0);
+            refused.entry(origin).or_default().push((why, count));
+        }
+    }
+    for (origin, mut kinds) in refused {
+        kinds.sort();
+        let total: u64 = kinds.iter().map(|(_, count)| count).sum();
+        let detail: Vec<String> = kinds
+            .iter()
+            .map(|(why, count)| format!("{why} {count}"))
+            .collect();
+        println!("  refused from {origin}: {total} ({})", detail.join(", "));
+    }
 }
 
 async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {

@@ -23,7 +23,7 @@ use toml::Spanned;
 
 mod fleet;
 mod jails;
-pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule};
+pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule, url_host};
 pub use jails::{IncrementConfig, JailConfig, JailSource, JailsConfig, RECIDIVE};
 
 /// The main system configuration file.

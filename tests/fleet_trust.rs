@@ -10,9 +10,15 @@ mod common;
 
 use std::time::Instant;
 
-use common::fleet_lab::{Lab, PATIENCE, ban_value_for};
-use common::fleet_topology::{fleet_key, measure_until};
+use common::fleet_lab::{Lab, PATIENCE, ban_value, ban_value_for};
+use common::fleet_topology::{
+    FleetOpts, GW_INSIDE, NATS_ADDR, fleet_key, host_config, measure_until,
+};
 use common::nats::NatsVersion;
+
+/// The resolver srv2 is configured with (no server answers there; it
+/// only has to be protected).
+const SRV2_RESOLVER: &str = "10.77.0.53";
 
 /// With srv2's credentials, longer bans are put over srv1's own bans and
 /// then deleted: srv1 keeps its own bans in force, and its keys stay in
@@ -104,4 +110,125 @@ fn another_hosts_longer_bans_neither_replace_nor_lift_own_bans() {
     lab.topo.srv1.restart();
     lab.wait_connected("srv1");
     check_kept(&lab, "after srv1's restart");
+}
+
+/// With srv1's credentials: bans of the fleet's plumbing (link-local, the
+/// cloud metadata address, the NATS server, srv2's resolver and gateway,
+/// NAT64) are applied nowhere; 256 distinct /16s are refused by the
+/// remote minimum prefix on gw, and on srv2 (which accepts /16s from
+/// other hosts) only the per-origin space cap's worth is applied. Every
+/// refusal is counted in `orch status`, and logged one line per batch.
+#[test]
+fn one_hosts_credentials_cannot_ban_the_plumbing_or_half_the_internet() {
+    let mut lab = Lab::new(NatsVersion::Current);
+    let lenient = FleetOpts {
+        extra: "remote_min_prefix_v4 = 16".to_string(),
+        ..FleetOpts::default()
+    };
+    let fleet = lab.nats.fleet_section("srv2", &lenient);
+    let dns = format!("[dns]\nservers = [\"{SRV2_RESOLVER}:53\"]\n");
+    let config = host_config(&[], false, &format!("{fleet}\n{dns}"));
+    lab.topo.srv2.start_daemon(&config);
+    lab.start_connected(&["srv1", "gw"]);
+    lab.wait_connected("srv2");
+    let ctx = |lab: &Lab| lab.context(&["srv2", "gw"]);
+    let topo = &lab.topo;
+
+    let plumbing = [
+        "fe80::1",
+        "169.254.169.254",
+        NATS_ADDR,
+        SRV2_RESOLVER,
+        GW_INSIDE,
+        "64:ff9b::/96",
+    ];
+    let broad: Vec<String> = (0..256).map(|i| format!("11.{i}.0.0/16")).collect();
+    lab.nats.with_kv(topo, "srv1", async |kv| {
+        for net in plumbing
+            .iter()
+            .copied()
+            .chain(broad.iter().map(String::as_str))
+        {
+            kv.put(fleet_key("srv1", net), ban_value(net, "forged"))
+                .await
+                .unwrap_or_else(|e| panic!("srv1's user puts {net}: {e}"));
+        }
+    });
+    // A normal ban after them arrives on gw: the stream goes on. On srv2,
+    // srv1 has used up its space, so that is refused too (a cap per origin
+    // costs only the origin that fills it).
+    let later = "198.51.100.71";
+    topo.srv1.ban(&[later]);
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "srv1's later ban on gw, and srv2 counting it refused",
+        || {
+            topo.gw.kernel_has(later)
+                && topo
+                    .srv2
+                    .status_fleet_block()
+                    .is_some_and(|block| block.contains("origin-space 241"))
+        },
+        || ctx(&lab),
+    );
+    assert!(!topo.srv2.kernel_has(later));
+    // srv2's resolver is srv2's business only: gw may ban it.
+    for net in plumbing {
+        let hosts = if net == SRV2_RESOLVER {
+            vec![&topo.srv2]
+        } else {
+            vec![&topo.srv2, &topo.gw]
+        };
+        for host in hosts {
+            assert!(
+                !host.kernel_has(net),
+                "{} applied srv1's ban of {net}\n{}",
+                host.name,
+                ctx(&lab)
+            );
+        }
+    }
+    let applied_broad = |set: Vec<String>| set.iter().filter(|e| e.starts_with("11.")).count();
+    assert_eq!(
+        applied_broad(topo.gw.set("bannet4")),
+        0,
+        "gw applied /16s\n{}",
+        ctx(&lab)
+    );
+    // One /12's worth of IPv4 per origin: sixteen /16s.
+    assert_eq!(
+        applied_broad(topo.srv2.set("bannet4")),
+        16,
+        "srv2's /16s from srv1\n{}",
+        ctx(&lab)
+    );
+
+    let refused = |host: &common::fleet_topology::Host| {
+        host.cli(&["status"])
+            .stdout
+            .lines()
+            .find(|l| l.contains("refused from srv1"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let srv2_refused = refused(&topo.srv2);
+    assert!(
+        srv2_refused.contains("origin-space 241") && srv2_refused.contains("protected 6"),
+        "srv2's status: {srv2_refused:?}\n{}",
+        ctx(&lab)
+    );
+    let gw_refused = refused(&topo.gw);
+    assert!(
+        gw_refused.contains("prefix 256"),
+        "gw's status: {gw_refused:?}\n{}",
+        ctx(&lab)
+    );
+    let log = topo.srv2.log();
+    let summary_lines = log.lines().filter(|l| l.contains("not applying")).count();
+    assert!(
+        (1..=5).contains(&summary_lines),
+        "{summary_lines} refusal lines in srv2's log\n{}",
+        topo.srv2.log_tail(30)
+    );
 }

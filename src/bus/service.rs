@@ -428,8 +428,11 @@ impl OrchService {
     }
 
     /// Fleet facts as key/value strings: name, bucket, state, server,
-    /// last_error, last_event (Unix seconds), outbox, key_ttl, and
-    /// `origin:<host>` = active bans from that host. Empty without a fleet.
+    /// last_error, last_event (Unix seconds), outbox, key_ttl,
+    /// `origin:<host>` = active bans from that host, and
+    /// `refused:<host>:<why>` = that host's bans not applied here since
+    /// start (why: local-rule, prefix, protected, overlap, origin-count,
+    /// origin-space, total). Empty without a fleet.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn fleet(&self) -> Result<std::collections::HashMap<String, String>, zbus::fdo::Error> {
         let mut facts = std::collections::HashMap::new();
@@ -448,6 +451,11 @@ impl OrchService {
         }
         if let Some(at) = state.last_event {
             facts.insert("last_event".into(), at.to_string());
+        }
+        for (origin, kinds) in &state.refused {
+            for (kind, count) in kinds {
+                facts.insert(format!("refused:{origin}:{kind}"), count.to_string());
+            }
         }
         let by_origin = crate::daemon::read_view::by_origin(&self.published()?.by_source);
         for (origin, count) in by_origin {

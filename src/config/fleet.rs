@@ -15,6 +15,11 @@
 //! apply = true
 //! max_remote_bans = 100000
 //! max_remote_time = "1w"
+//! remote_min_prefix_v4 = 24            # other hosts' bans: no broader than this
+//! remote_min_prefix_v6 = 48
+//! max_remote_bans_per_origin = 10000
+//! max_remote_space_v4 = 12             # one origin covers at most a /12's worth
+//! max_remote_space_v6 = 32
 //! admin = { user = "admin", password_file = "/etc/orch/fleet-admin.password" }
 //! ```
 //!
@@ -28,12 +33,19 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigIssue, Document, Located, check_duration, set};
+use super::{ConfigIssue, Document, Located, check_duration, check_prefix, in_range, set};
 
 /// Default bucket name.
 pub const DEFAULT_BUCKET: &str = "orch-bans";
 /// Default cap on bans other hosts may hold on this one.
 pub const DEFAULT_MAX_REMOTE_BANS: usize = 100_000;
+/// Default narrowest prefix another host may ban here (IPv4, IPv6).
+pub const DEFAULT_REMOTE_MIN_PREFIX: (u8, u8) = (24, 48);
+/// Default cap on the networks one other host may ban here.
+pub const DEFAULT_MAX_REMOTE_BANS_PER_ORIGIN: usize = 10_000;
+/// Default cap on the space one other host's bans may cover here, as a
+/// prefix length (IPv4, IPv6): a /12's worth of addresses, a /32's of /64s.
+pub const DEFAULT_MAX_REMOTE_SPACE: (u8, u8) = (12, 32);
 /// Default cap on how long another host's ban lasts here.
 pub const DEFAULT_MAX_REMOTE_TIME: Duration = Duration::from_secs(7 * 86_400);
 /// Longest host name kept; it is one token of every key the host writes.
@@ -94,6 +106,16 @@ pub struct FleetConfig {
     pub apply: bool,
     pub max_remote_bans: usize,
     pub max_remote_time: Duration,
+    /// Other hosts' bans may be no broader than these prefixes here (on
+    /// top of `bans.min_prefix_v4/_v6`).
+    pub remote_min_prefix_v4: u8,
+    pub remote_min_prefix_v6: u8,
+    /// How many networks one other host may ban here.
+    pub max_remote_bans_per_origin: usize,
+    /// How much space one other host's bans may cover here, as a prefix
+    /// length: IPv4 addresses of one such prefix, IPv6 /64s of one.
+    pub max_remote_space_v4: u8,
+    pub max_remote_space_v6: u8,
     /// Credentials for `orch unban --fleet` (deleting every host's key).
     pub admin: FleetAuth,
     /// Accept a plain (unencrypted) connection to a server on another
@@ -115,6 +137,11 @@ impl Default for FleetConfig {
             apply: true,
             max_remote_bans: DEFAULT_MAX_REMOTE_BANS,
             max_remote_time: DEFAULT_MAX_REMOTE_TIME,
+            remote_min_prefix_v4: DEFAULT_REMOTE_MIN_PREFIX.0,
+            remote_min_prefix_v6: DEFAULT_REMOTE_MIN_PREFIX.1,
+            max_remote_bans_per_origin: DEFAULT_MAX_REMOTE_BANS_PER_ORIGIN,
+            max_remote_space_v4: DEFAULT_MAX_REMOTE_SPACE.0,
+            max_remote_space_v6: DEFAULT_MAX_REMOTE_SPACE.1,
             admin: FleetAuth::None,
             insecure: false,
         }
@@ -188,6 +215,11 @@ pub(super) struct RawFleet {
     apply: Option<Spanned<bool>>,
     max_remote_bans: Option<Spanned<i64>>,
     max_remote_time: Option<Spanned<String>>,
+    remote_min_prefix_v4: Option<Spanned<i64>>,
+    remote_min_prefix_v6: Option<Spanned<i64>>,
+    max_remote_bans_per_origin: Option<Spanned<i64>>,
+    max_remote_space_v4: Option<Spanned<i64>>,
+    max_remote_space_v6: Option<Spanned<i64>>,
     admin: Option<RawAuth>,
     insecure: Option<Spanned<bool>>,
 }
@@ -228,6 +260,11 @@ pub(super) struct FleetDraft {
     apply: Located<bool>,
     max_remote_bans: Located<usize>,
     max_remote_time: Located<Duration>,
+    remote_min_prefix_v4: Located<u8>,
+    remote_min_prefix_v6: Located<u8>,
+    max_remote_bans_per_origin: Located<usize>,
+    max_remote_space_v4: Located<u8>,
+    max_remote_space_v6: Located<u8>,
     admin: Located<FleetAuth>,
     insecure: Located<bool>,
 }
@@ -351,14 +388,44 @@ impl FleetDraft {
             doc,
             issues,
             "fleet.max_remote_bans",
-            |n| {
-                if (0..=10_000_000).contains(&n) {
-                    usize::try_from(n).map_err(|e| e.to_string())
-                } else {
-                    Err(format!("{n} is out of range; expected 0 to 10000000"))
-                }
-            },
+            check_ban_count,
         );
+        set(
+            &mut self.max_remote_bans_per_origin,
+            raw.max_remote_bans_per_origin,
+            doc,
+            issues,
+            "fleet.max_remote_bans_per_origin",
+            check_ban_count,
+        );
+        for (slot, raw, key, max) in [
+            (
+                &mut self.remote_min_prefix_v4,
+                raw.remote_min_prefix_v4,
+                "fleet.remote_min_prefix_v4",
+                32,
+            ),
+            (
+                &mut self.remote_min_prefix_v6,
+                raw.remote_min_prefix_v6,
+                "fleet.remote_min_prefix_v6",
+                128,
+            ),
+            (
+                &mut self.max_remote_space_v4,
+                raw.max_remote_space_v4,
+                "fleet.max_remote_space_v4",
+                32,
+            ),
+            (
+                &mut self.max_remote_space_v6,
+                raw.max_remote_space_v6,
+                "fleet.max_remote_space_v6",
+                64,
+            ),
+        ] {
+            set(slot, raw, doc, issues, key, |n| check_prefix(n, max));
+        }
         set(
             &mut self.max_remote_time,
             raw.max_remote_time,
@@ -507,10 +574,30 @@ impl FleetDraft {
             max_remote_time: self
                 .max_remote_time
                 .map_or(defaults.max_remote_time, |(v, _)| v),
+            remote_min_prefix_v4: self
+                .remote_min_prefix_v4
+                .map_or(defaults.remote_min_prefix_v4, |(v, _)| v),
+            remote_min_prefix_v6: self
+                .remote_min_prefix_v6
+                .map_or(defaults.remote_min_prefix_v6, |(v, _)| v),
+            max_remote_bans_per_origin: self
+                .max_remote_bans_per_origin
+                .map_or(defaults.max_remote_bans_per_origin, |(v, _)| v),
+            max_remote_space_v4: self
+                .max_remote_space_v4
+                .map_or(defaults.max_remote_space_v4, |(v, _)| v),
+            max_remote_space_v6: self
+                .max_remote_space_v6
+                .map_or(defaults.max_remote_space_v6, |(v, _)| v),
             admin: self.admin.map_or(FleetAuth::None, |(v, _)| v),
             insecure,
         }
     }
+}
+
+/// A cap on a number of bans: 0 to ten million.
+fn check_ban_count(n: i64) -> Result<usize, String> {
+    in_range(n, 0..=10_000_000).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
 }
 
 /// Whether connections use TLS: a `tls://` server, or a CA or client
@@ -519,13 +606,19 @@ fn uses_tls(tls: &FleetTls, servers: &[String]) -> bool {
     tls.ca.is_some() || tls.cert.is_some() || servers.iter().any(|url| url.starts_with("tls://"))
 }
 
-/// Whether `url` (`scheme://host[:port]`) names this host.
-fn is_loopback_url(url: &str) -> bool {
+/// The host of a server URL (`scheme://host[:port]`, or `host[:port]` as
+/// servers announce their cluster peers), without brackets.
+pub fn url_host(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let host = match rest.strip_prefix('[') {
+    match rest.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
         None => rest.rsplit_once(':').map_or(rest, |(host, _)| host),
-    };
+    }
+}
+
+/// Whether `url` (`scheme://host[:port]`) names this host.
+fn is_loopback_url(url: &str) -> bool {
+    let host = url_host(url);
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()

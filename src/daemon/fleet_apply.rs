@@ -23,6 +23,7 @@ use crate::addr;
 use crate::fleet::holdings::{Hold, Holdings};
 use crate::fleet::outbox::{Outbox, SharedBan};
 use crate::fleet::record::FleetBan;
+use crate::fleet::remote_policy::{Refusal, RefusalKind, Refusals, RemotePolicy};
 use crate::store::{BanRecord, StoreError};
 use crate::timefmt::now_unix;
 
@@ -48,10 +49,6 @@ pub enum RemoteChange {
     OwnKeyRemoved { net: IpNet, made_before: u64 },
 }
 
-/// Refusals logged one by one per batch; the rest are counted in one line,
-/// so a flood of unwanted bans cannot flood the log.
-const LOGGED_REFUSALS: usize = 10;
-
 /// A batch of remote changes this large hands freed memory back afterwards
 /// (catch-ups and bursts come in batches of thousands).
 const TRIM_AFTER_CHANGES: usize = 1_000;
@@ -61,7 +58,8 @@ const TRIM_AFTER_CHANGES: usize = 1_000;
 pub struct RemoteOutcome {
     pub applied: usize,
     pub lifted: usize,
-    pub refused: usize,
+    /// Bans not applied, per origin and why (logged as one line).
+    pub refusals: Refusals,
 }
 
 /// Shadowed own bans changed in one batch: `Some` kept, `None` forgotten.
@@ -80,6 +78,12 @@ pub struct FleetSide {
     outbox: Option<Arc<Outbox>>,
     /// Every other host's bans, as last read.
     holdings: Holdings,
+    /// The NATS servers' addresses, as the session last resolved them: no
+    /// remote ban may cover them.
+    nats_servers: Vec<std::net::IpAddr>,
+    /// Refusals: a few batches' summaries a minute are logged, the rest
+    /// counted (all of them are in `orch status`).
+    refusal_log: crate::fleet::log_window::LogWindow,
 }
 
 impl Core {
@@ -87,6 +91,63 @@ impl Core {
     /// shared bans are noted in `outbox`.
     pub fn attach_fleet(&mut self, outbox: Arc<Outbox>) {
         self.fleet_mut().outbox = Some(outbox);
+    }
+
+    /// Remembers the NATS servers' addresses (the session resolves them on
+    /// every connect), which no remote ban may cover.
+    pub fn set_fleet_servers(&mut self, addresses: Vec<std::net::IpAddr>) {
+        self.fleet_mut().nats_servers = addresses;
+    }
+
+    /// The remote rules for one batch, with what this host protects now.
+    fn remote_policy(&self) -> RemotePolicy {
+        let fleet = &self.config().fleet;
+        RemotePolicy {
+            min_prefix_v4: fleet.remote_min_prefix_v4,
+            min_prefix_v6: fleet.remote_min_prefix_v6,
+            max_bans_per_origin: fleet.max_remote_bans_per_origin,
+            max_space_v4: fleet.max_remote_space_v4,
+            max_space_v6: fleet.max_remote_space_v6,
+            protected: crate::fleet::protected::gather(
+                &self.config().dns.servers,
+                &self.fleet().nats_servers,
+            ),
+        }
+    }
+
+    /// Why `origin`'s ban of `net` may not be applied here, if it may not:
+    /// the local rules, the remote ones, overlaps, then the caps.
+    fn refuse_remote(
+        &self,
+        origin: &str,
+        net: &IpNet,
+        local: &crate::addr::BanPolicy,
+        remote: &RemotePolicy,
+        new_prefixes: &[IpNet],
+    ) -> Result<(), Refusal> {
+        local
+            .check(net)
+            .map_err(|e| Refusal::new(RefusalKind::Local, e.to_string()))?;
+        remote.check_net(net)?;
+        if !addr::is_single_address(net) {
+            self.refuse_prefix_overlap(net, new_prefixes)
+                .map_err(|e| Refusal::new(RefusalKind::Overlap, e.to_string()))?;
+        }
+        let holdings = &self.fleet().holdings;
+        if holdings.holds(net, origin) {
+            return Ok(());
+        }
+        remote.check_origin_caps(net, &holdings.usage(origin))?;
+        // The total counts networks other hosts ban here (held), whichever
+        // ban is in force.
+        let max_bans = self.config().fleet.max_remote_bans;
+        if !holdings.holds_net(net) && holdings.len() >= max_bans {
+            return Err(Refusal::new(
+                RefusalKind::Total,
+                format!("fleet.max_remote_bans ({max_bans}) reached"),
+            ));
+        }
+        Ok(())
     }
 
     /// Notes locally made changes to these bans for the publisher, when
@@ -223,8 +284,11 @@ impl Core {
             return Ok(outcome);
         }
         let policy = self.policy();
+        let has_puts = changes
+            .iter()
+            .any(|change| matches!(change, RemoteChange::Put { .. }));
+        let remote_policy = has_puts.then(|| self.remote_policy());
         let max_until = now.saturating_add(self.config().fleet.max_remote_time.as_secs());
-        let max_bans = self.config().fleet.max_remote_bans;
         let mut pending: HashMap<IpNet, BanRecord> = HashMap::new();
         let mut lift: HashSet<IpNet> = HashSet::new();
         let mut shadows = ShadowChanges::new();
@@ -236,29 +300,13 @@ impl Core {
                         self.lift_remote(&origin, net, now, &mut pending, &mut lift, &mut shadows);
                         continue;
                     }
-                    let refusal = policy.check(&net).err().map(|e| e.to_string()).or_else(|| {
-                        (!addr::is_single_address(&net))
-                            .then(|| self.refuse_prefix_overlap(&net, &new_prefixes).err())
-                            .flatten()
-                            .map(|e| e.to_string())
-                    });
-                    if let Some(why) = refusal {
-                        if outcome.refused < LOGGED_REFUSALS {
-                            tracing::warn!("fleet: not applying {origin}'s ban of {net}: {why}");
-                        }
-                        outcome.refused += 1;
+                    let Some(remote_policy) = &remote_policy else {
                         continue;
-                    }
-                    // The cap counts networks other hosts ban here (held),
-                    // whichever ban is in force.
-                    let holdings = &self.fleet().holdings;
-                    if !holdings.holds_net(&net) && holdings.len() >= max_bans {
-                        if outcome.refused < LOGGED_REFUSALS {
-                            tracing::warn!(
-                                "fleet: not applying {origin}'s ban of {net}: fleet.max_remote_bans ({max_bans}) reached"
-                            );
-                        }
-                        outcome.refused += 1;
+                    };
+                    if let Err(refusal) =
+                        self.refuse_remote(&origin, &net, &policy, remote_policy, &new_prefixes)
+                    {
+                        outcome.refusals.note(&origin, &net, refusal);
                         continue;
                     }
                     let expires = ban.expires_at.min(max_until);
@@ -302,10 +350,12 @@ impl Core {
                 }
             }
         }
-        if outcome.refused > LOGGED_REFUSALS {
-            tracing::warn!(
-                "fleet: not applying {} more remote bans of this batch (reasons as above)",
-                outcome.refused - LOGGED_REFUSALS
+        if let Some(line) = outcome.refusals.summary() {
+            let count = outcome.refusals.total() as u64;
+            self.fleet().refusal_log.note(
+                || line,
+                count,
+                "remote bans not applied (counted in orch status)",
             );
         }
         outcome.applied = pending.len();

@@ -256,6 +256,38 @@ async fn connect_as(
         })
 }
 
+/// The addresses of the fleet's NATS servers: the configured ones and the
+/// cluster peers the server announced, resolved now (a name that does not
+/// resolve within two seconds is skipped). No remote ban may cover them:
+/// a host that banned its servers could never hear the ban lifted.
+pub async fn server_addresses(
+    config: &FleetConfig,
+    info: &async_nats::ServerInfo,
+) -> Vec<std::net::IpAddr> {
+    let mut addresses = Vec::new();
+    let urls = config
+        .servers
+        .iter()
+        .chain(info.connect_urls.iter())
+        .map(String::as_str)
+        .chain(std::iter::once(info.host.as_str()));
+    for url in urls {
+        let host = crate::config::url_host(url);
+        if let Ok(address) = host.parse::<std::net::IpAddr>() {
+            addresses.push(address);
+            continue;
+        }
+        let lookup = tokio::net::lookup_host((host, 0));
+        if let Ok(Ok(found)) = tokio::time::timeout(Duration::from_secs(2), lookup).await {
+            addresses.extend(found.map(|socket| socket.ip()));
+        }
+    }
+    addresses.retain(|address| !address.is_unspecified());
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::remote_policy::OriginUsage;
+
 /// One origin's ban of a network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
@@ -37,7 +39,7 @@ impl Holds {
     }
 
     /// Keeps the holds `keep` accepts; false when none is left.
-    fn retain(&mut self, keep: impl Fn(&Hold) -> bool) -> bool {
+    fn retain(&mut self, mut keep: impl FnMut(&Hold) -> bool) -> bool {
         match self {
             Holds::One(hold) => keep(hold),
             Holds::Many(holds) => {
@@ -62,6 +64,8 @@ impl Holds {
 pub struct Holdings {
     by_net: HashMap<IpNet, Holds>,
     strings: HashSet<Arc<str>>,
+    /// What each origin holds here, for the per-origin caps.
+    usage: HashMap<Arc<str>, OriginUsage>,
 }
 
 impl Holdings {
@@ -72,6 +76,9 @@ impl Holdings {
             expires: hold.expires,
             reason: self.intern(&hold.reason),
         };
+        if !self.holds(&net, &hold.origin) {
+            count_usage(&mut self.usage, &hold.origin, &net, true);
+        }
         match self.by_net.get_mut(&net) {
             None => {
                 self.by_net.insert(net, Holds::One(hold));
@@ -108,7 +115,22 @@ impl Holdings {
         if !left {
             self.by_net.remove(net);
         }
+        if removed {
+            count_usage(&mut self.usage, origin, net, false);
+        }
         removed
+    }
+
+    /// Whether `origin` holds `net`.
+    pub fn holds(&self, net: &IpNet, origin: &str) -> bool {
+        self.by_net
+            .get(net)
+            .is_some_and(|holds| holds.as_slice().iter().any(|h| &*h.origin == origin))
+    }
+
+    /// What `origin` holds here.
+    pub fn usage(&self, origin: &str) -> OriginUsage {
+        self.usage.get(origin).copied().unwrap_or_default()
     }
 
     /// The hold of `net` that lasts longest and is still running at `now`.
@@ -133,8 +155,16 @@ impl Holdings {
 
     /// Drops holds that ended before `now`, and strings no hold uses.
     pub fn drop_expired(&mut self, now: u64) {
-        self.by_net
-            .retain(|_, holds| holds.retain(|h| h.expires > now));
+        let usage = &mut self.usage;
+        self.by_net.retain(|net, holds| {
+            holds.retain(|h| {
+                let live = h.expires > now;
+                if !live {
+                    count_usage(usage, &h.origin, net, false);
+                }
+                live
+            })
+        });
         // An interned string is used by holds when more than the set
         // holds a reference to it.
         self.strings.retain(|text| Arc::strong_count(text) > 1);
@@ -152,6 +182,25 @@ impl Holdings {
 
     pub fn is_empty(&self) -> bool {
         self.by_net.is_empty()
+    }
+}
+
+/// Adds `net` to (or takes it from) `origin`'s usage; an origin holding
+/// nothing is forgotten.
+fn count_usage(usage: &mut HashMap<Arc<str>, OriginUsage>, origin: &str, net: &IpNet, add: bool) {
+    match usage.get_mut(origin) {
+        Some(counted) => {
+            counted.count(net, add);
+            if counted.nets == 0 {
+                usage.remove(origin);
+            }
+        }
+        None if add => {
+            let mut counted = OriginUsage::default();
+            counted.count(net, true);
+            usage.insert(Arc::from(origin), counted);
+        }
+        None => {}
     }
 }
 
@@ -216,5 +265,29 @@ mod tests {
         holdings.drop_expired(20);
         assert_eq!(holdings.len(), 1);
         assert_eq!(holdings.pairs().count(), 1);
+        assert_eq!(holdings.usage("srv1").nets, 1);
+    }
+
+    #[test]
+    fn usage_follows_puts_removals_and_expiry_per_origin() {
+        let a: IpNet = "192.0.2.0/24".parse().expect("literal");
+        let b: IpNet = "198.51.100.7/32".parse().expect("literal");
+        let mut holdings = Holdings::default();
+        holdings.put(a, hold("srv1", 10));
+        holdings.put(a, hold("srv1", 30));
+        holdings.put(b, hold("srv1", 50));
+        holdings.put(b, hold("srv2", 50));
+        let srv1 = holdings.usage("srv1");
+        assert_eq!(
+            (srv1.nets, srv1.v4_addresses),
+            (2, 257),
+            "a refresh counts once"
+        );
+        assert_eq!(holdings.usage("srv2").nets, 1);
+        assert!(holdings.remove(&b, "srv2"));
+        assert_eq!(holdings.usage("srv2"), OriginUsage::default());
+        holdings.drop_expired(40);
+        assert_eq!(holdings.usage("srv1").v4_addresses, 1);
+        assert!(holdings.holds(&b, "srv1") && !holdings.holds(&a, "srv1"));
     }
 }

@@ -6,16 +6,20 @@
 //! [`connect`] turns `[fleet]` into a NATS connection; [`session`] runs
 //! the connection: catch up, then publish (through [`publisher`]) and
 //! watch, handing remote changes to the core in batches paced by
-//! [`pacing`]. The core's side (applying
-//! remote bans under the local rules) is `daemon::fleet_apply`.
+//! [`pacing`]. [`remote_policy`] is what another host's ban must pass on
+//! top of the local rules, and [`protected`] what on this host it may
+//! never cover. The core's side (applying remote bans under those rules)
+//! is `daemon::fleet_apply`.
 pub mod connect;
 pub mod holdings;
+pub mod log_window;
 pub mod outbox;
 mod pacing;
+pub mod protected;
 mod publisher;
 pub mod record;
+pub mod remote_policy;
 pub mod session;
-pub mod skip_log;
 pub mod status;
 
 use std::sync::Arc;

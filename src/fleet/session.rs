@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::connect::{FleetError, connect, open_bucket};
+use super::connect::{FleetError, connect, open_bucket, server_addresses};
 use super::outbox::{Outbox, SharedBan};
 use super::pacing::BatchPacing;
 use super::publisher::{OwnKeys, Publisher, lock};
@@ -29,6 +29,8 @@ use crate::daemon::fleet_apply::RemoteChange;
 
 /// Remote changes handed to the core at once, at most.
 const APPLY_BATCH: usize = 5_000;
+/// What the skip log's summary line counts.
+const SKIPPED: &str = "malformed entries skipped";
 /// Longest wait for the next entry while catching up.
 const CATCH_UP_STALL: Duration = Duration::from_secs(15);
 
@@ -42,7 +44,7 @@ pub struct FleetTask {
     pub outbox: Arc<Outbox>,
     pub status: Arc<FleetStatus>,
     /// Malformed entries: a few logged, the rest counted.
-    pub skips: super::skip_log::SkipLog,
+    pub skips: super::log_window::LogWindow,
 }
 
 impl FleetTask {
@@ -93,6 +95,11 @@ impl FleetTask {
             format!("{}:{} ({})", server.host, server.port, server.version),
             key_ttl,
         );
+        let servers = server_addresses(&self.config, &server).await;
+        self.core
+            .call(move |core| core.set_fleet_servers(servers))
+            .await
+            .map_err(|e| failed("noting the servers' addresses", &e))?;
         let publisher = Publisher {
             js: jetstream::new(client.clone()),
             store: store.clone(),
@@ -283,7 +290,7 @@ impl FleetTask {
     /// Reads one bucket entry: this host's own keys update `own_keys`, and
     /// a deletion of one by someone else (a fleet-wide unban) becomes a
     /// change for the core, as do other hosts' keys. Malformed entries are
-    /// skipped, and logged within bounds ([`super::skip_log::SkipLog`]).
+    /// skipped, and logged within bounds ([`super::log_window::LogWindow`]).
     /// `live`: after the catch-up, when this host's own puts are only
     /// echoes of what the publisher wrote and need no decoding.
     fn read_entry(
@@ -295,7 +302,8 @@ impl FleetTask {
         let key = match record::parse_key(&entry.key) {
             Ok(key) => key,
             Err(error) => {
-                self.skips.note(&error);
+                self.skips
+                    .note(|| format!("fleet: skipping {error}"), 1, SKIPPED);
                 return None;
             }
         };
@@ -310,7 +318,8 @@ impl FleetTask {
             match record::decode_value(&key, &entry.key, &entry.value) {
                 Ok(ban) => Some(ban),
                 Err(error) => {
-                    self.skips.note(&error);
+                    self.skips
+                        .note(|| format!("fleet: skipping {error}"), 1, SKIPPED);
                     return None;
                 }
             }
@@ -368,12 +377,13 @@ impl FleetTask {
             .await
             .map_err(|e| FleetError::Session(format!("applying remote bans: {e}")))?
             .map_err(|e| FleetError::Session(format!("applying remote bans: {e}")))?;
+        self.status.add_refusals(&outcome.refusals);
         tracing::debug!(
             count,
             seconds = started.elapsed().as_secs_f64(),
             applied = outcome.applied,
             lifted = outcome.lifted,
-            refused = outcome.refused,
+            refused = outcome.refusals.total(),
             "fleet: remote changes"
         );
         Ok(())

@@ -4,9 +4,18 @@
 //! Written by the session and the NATS client's event callback, read by the
 //! bus service; it must not drive the connection.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use super::remote_policy::Refusals;
 use crate::timefmt::now_unix;
+
+/// Origins whose refusals are counted by name; refusals from any further
+/// origin are counted under [`OTHER_ORIGINS`] (origins are whatever names
+/// appear in the bucket).
+const COUNTED_ORIGINS: usize = 64;
+/// Where refusals from origins beyond [`COUNTED_ORIGINS`] are counted.
+pub const OTHER_ORIGINS: &str = "(other hosts)";
 
 /// A snapshot of the fleet connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +33,9 @@ pub struct FleetState {
     /// Whether keys expire on their own (per-message TTL, nats-server
     /// ≥ 2.11 with a bucket that allows it).
     pub key_ttl: bool,
+    /// Other hosts' bans not applied since the daemon started, by origin
+    /// and by why (`RefusalKind::label`).
+    pub refused: BTreeMap<String, BTreeMap<&'static str, u64>>,
 }
 
 /// Shared, lock-protected [`FleetState`].
@@ -60,6 +72,28 @@ impl FleetStatus {
         self.lock().last_error = None;
     }
 
+    /// Adds one batch's refusals to the totals.
+    pub fn add_refusals(&self, refusals: &Refusals) {
+        if refusals.counts.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        for ((origin, kind), count) in &refusals.counts {
+            let known = state.refused.contains_key(&**origin);
+            let origin = if known || state.refused.len() < COUNTED_ORIGINS {
+                origin.to_string()
+            } else {
+                OTHER_ORIGINS.to_string()
+            };
+            *state
+                .refused
+                .entry(origin)
+                .or_default()
+                .entry(kind.label())
+                .or_insert(0) += *count as u64;
+        }
+    }
+
     pub fn note_event(&self) {
         self.lock().last_event = Some(now_unix());
     }
@@ -68,5 +102,32 @@ impl FleetStatus {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::remote_policy::{Refusal, RefusalKind};
+    use std::sync::Arc;
+
+    #[test]
+    fn refusals_add_up_per_origin_and_kind_within_bounds() {
+        let status = FleetStatus::default();
+        let net: ipnet::IpNet = "10.0.0.0/16".parse().expect("literal");
+        let mut batch = Refusals::default();
+        for i in 0..100 {
+            let origin: Arc<str> = Arc::from(format!("host{i}"));
+            batch.note(&origin, &net, Refusal::new(RefusalKind::Prefix, "broad"));
+        }
+        status.add_refusals(&batch);
+        status.add_refusals(&batch);
+        let refused = status.snapshot().refused;
+        assert_eq!(refused.len(), COUNTED_ORIGINS + 1);
+        assert_eq!(refused["host0"]["prefix"], 2);
+        assert_eq!(
+            refused[OTHER_ORIGINS]["prefix"],
+            2 * (100 - COUNTED_ORIGINS as u64)
+        );
     }
 }
