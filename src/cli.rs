@@ -543,6 +543,9 @@ fn print_fleet(facts: &std::collections::HashMap<String, String>) {
     for (origin, count) in origins {
         println!("  bans from {origin}: {count}");
     }
+    if let Some(skipped) = facts.get("skipped").filter(|n| *n != "0") {
+        println!("  malformed bucket entries skipped: {skipped}");
+    }
     let mut refused: std::collections::BTreeMap<&str, Vec<(&str, u64)>> = Default::default();
     for (key, count) in facts {
         if let Some((origin, why)) = key

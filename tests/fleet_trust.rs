@@ -232,3 +232,110 @@ fn one_hosts_credentials_cannot_ban_the_plumbing_or_half_the_internet() {
         topo.srv2.log_tail(30)
     );
 }
+
+/// With srv1's credentials: a value over the bucket's size limit is
+/// refused by the server; then 20,000 keys with the largest reasons the
+/// bucket takes, 10,000 keys that are not keys and 10,000 values that are
+/// not values. srv2 applies srv1's cap's worth, stays within 50 MB more
+/// memory, and logs fewer than 100 lines above debug level.
+#[test]
+fn a_flood_of_big_and_malformed_keys_costs_bounded_memory_and_log() {
+    let mut lab = Lab::new(NatsVersion::Current);
+    lab.start_connected(&["srv1", "srv2"]);
+    let ctx = |lab: &Lab| lab.context(&["srv2"]);
+    let topo = &lab.topo;
+    let huge_reason = "x".repeat(4_000);
+    let refused = lab.nats.with_kv(topo, "srv1", async |kv| {
+        kv.put(
+            fleet_key("srv1", "198.51.100.90"),
+            ban_value_for("198.51.100.90", &huge_reason, 3600),
+        )
+        .await
+        .err()
+        .map(|e| e.to_string())
+    });
+    assert!(
+        refused.is_some(),
+        "the server stored a value with a 4,000-byte reason"
+    );
+
+    let rss_before = topo.srv2.daemon().rss_kib();
+    let log_before = topo.srv2.log().lines().count();
+    let reason = "r".repeat(1_700);
+    let good: Vec<(String, bytes::Bytes)> = (0..20_000u32)
+        .map(|i| {
+            let addr = std::net::Ipv4Addr::from(0x0B00_0001 + i).to_string();
+            (
+                fleet_key("srv1", &addr),
+                ban_value_for(&addr, &reason, 3600),
+            )
+        })
+        .collect();
+    let bad_keys = (0..10_000).map(|i| {
+        (
+            format!("srv1.not-an-address-{i}"),
+            bytes::Bytes::from_static(b"{}"),
+        )
+    });
+    let bad_values = (0..10_000u32).map(|i| {
+        let addr = std::net::Ipv4Addr::from(0x0C00_0001 + i).to_string();
+        (
+            fleet_key("srv1", &addr),
+            bytes::Bytes::from(format!("not json {}", "y".repeat(1_000))),
+        )
+    });
+    let entries: Vec<(String, bytes::Bytes)> =
+        good.into_iter().chain(bad_keys).chain(bad_values).collect();
+    lab.nats.with_js(topo, "srv1", async |js| {
+        for chunk in entries.chunks(1_000) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for (key, value) in chunk {
+                let subject = format!("$KV.orch-bans.{key}");
+                acks.push(
+                    js.publish(subject, value.clone())
+                        .await
+                        .unwrap_or_else(|e| panic!("srv1's user publishes {key}: {e}")),
+                );
+            }
+            for ack in acks {
+                ack.await.unwrap_or_else(|e| panic!("ack: {e}"));
+            }
+        }
+    });
+    measure_until(
+        Instant::now(),
+        std::time::Duration::from_secs(60),
+        "srv2 to apply srv1's cap's worth and count the rest",
+        || {
+            topo.srv2.status_fleet_block().is_some_and(|block| {
+                block.contains("bans from srv1: 10000")
+                    && block.contains("origin-count 10000")
+                    && block.contains("malformed bucket entries skipped: 20000")
+            })
+        },
+        || ctx(&lab),
+    );
+    let rss_after = topo.srv2.daemon().rss_kib();
+    let grown_mib = rss_after.saturating_sub(rss_before) / 1024;
+    assert!(
+        grown_mib < 50,
+        "srv2's RSS grew by {grown_mib} MiB ({rss_before} -> {rss_after} KiB)\n{}",
+        ctx(&lab)
+    );
+    let log = topo.srv2.log();
+    let new_lines: Vec<&str> = log
+        .lines()
+        .skip(log_before)
+        .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+        .collect();
+    assert!(
+        new_lines.len() < 100,
+        "{} log lines during the flood:\n{}",
+        new_lines.len(),
+        new_lines[..new_lines.len().min(40)].join("\n")
+    );
+    eprintln!(
+        "flood: srv2 RSS {rss_before} -> {rss_after} KiB (+{grown_mib} MiB), {} log lines above debug",
+        new_lines.len()
+    );
+}

@@ -430,6 +430,7 @@ impl OrchService {
     /// Fleet facts as key/value strings: name, bucket, state, server,
     /// last_error, last_event (Unix seconds), outbox, key_ttl,
     /// `origin:<host>` = active bans from that host, and
+    /// `skipped` = malformed bucket entries skipped since start,
     /// `refused:<host>:<why>` = that host's bans not applied here since
     /// start (why: local-rule, prefix, protected, overlap, origin-count,
     /// origin-space, total). Empty without a fleet.
@@ -452,6 +453,7 @@ impl OrchService {
         if let Some(at) = state.last_event {
             facts.insert("last_event".into(), at.to_string());
         }
+        facts.insert("skipped".into(), state.skipped.to_string());
         for (origin, kinds) in &state.refused {
             for (kind, count) in kinds {
                 facts.insert(format!("refused:{origin}:{kind}"), count.to_string());

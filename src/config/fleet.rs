@@ -10,6 +10,7 @@
 //! tls = { ca = "/etc/orch/nats-ca.pem" }       # cert/key for client certificates
 //! bucket = "orch-bans"
 //! replicas = 1
+//! bucket_max_keys = 500000             # used only when orch creates the bucket
 //! publish = true
 //! share = ["manual", "jails"]          # which bans go out: manual, jails, or jail names
 //! apply = true
@@ -41,6 +42,8 @@ pub const DEFAULT_BUCKET: &str = "orch-bans";
 pub const DEFAULT_MAX_REMOTE_BANS: usize = 100_000;
 /// Default narrowest prefix another host may ban here (IPv4, IPv6).
 pub const DEFAULT_REMOTE_MIN_PREFIX: (u8, u8) = (24, 48);
+/// Default size of the bucket orch creates, in keys.
+pub const DEFAULT_BUCKET_MAX_KEYS: usize = 500_000;
 /// Default cap on the networks one other host may ban here.
 pub const DEFAULT_MAX_REMOTE_BANS_PER_ORIGIN: usize = 10_000;
 /// Default cap on the space one other host's bans may cover here, as a
@@ -101,6 +104,9 @@ pub struct FleetConfig {
     pub bucket: String,
     /// Replicas of the bucket, used only when orch creates it.
     pub replicas: usize,
+    /// Most keys the bucket holds, used only when orch creates it (its
+    /// bytes are bounded in proportion).
+    pub bucket_max_keys: usize,
     pub publish: bool,
     pub share: Vec<ShareRule>,
     pub apply: bool,
@@ -132,6 +138,7 @@ impl Default for FleetConfig {
             tls: FleetTls::default(),
             bucket: DEFAULT_BUCKET.to_string(),
             replicas: 1,
+            bucket_max_keys: DEFAULT_BUCKET_MAX_KEYS,
             publish: true,
             share: vec![ShareRule::Manual, ShareRule::Jails],
             apply: true,
@@ -210,6 +217,7 @@ pub(super) struct RawFleet {
     tls: Option<RawTls>,
     bucket: Option<Spanned<String>>,
     replicas: Option<Spanned<i64>>,
+    bucket_max_keys: Option<Spanned<i64>>,
     publish: Option<Spanned<bool>>,
     share: Option<Spanned<Vec<String>>>,
     apply: Option<Spanned<bool>>,
@@ -255,6 +263,7 @@ pub(super) struct FleetDraft {
     tls_key: Located<PathBuf>,
     bucket: Located<String>,
     replicas: Located<usize>,
+    bucket_max_keys: Located<usize>,
     publish: Located<bool>,
     share: Located<Vec<ShareRule>>,
     apply: Located<bool>,
@@ -389,6 +398,14 @@ impl FleetDraft {
             issues,
             "fleet.max_remote_bans",
             check_ban_count,
+        );
+        set(
+            &mut self.bucket_max_keys,
+            raw.bucket_max_keys,
+            doc,
+            issues,
+            "fleet.bucket_max_keys",
+            |n| in_range(n, 1_000..=100_000_000).map(|n| n as usize),
         );
         set(
             &mut self.max_remote_bans_per_origin,
@@ -565,6 +582,9 @@ impl FleetDraft {
             tls,
             bucket: self.bucket.map_or(defaults.bucket, |(v, _)| v),
             replicas: self.replicas.map_or(defaults.replicas, |(v, _)| v),
+            bucket_max_keys: self
+                .bucket_max_keys
+                .map_or(defaults.bucket_max_keys, |(v, _)| v),
             publish: self.publish.map_or(defaults.publish, |(v, _)| v),
             share: self.share.map_or(defaults.share, |(v, _)| v),
             apply: self.apply.map_or(defaults.apply, |(v, _)| v),

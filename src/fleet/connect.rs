@@ -126,6 +126,15 @@ pub async fn connect(
     Ok((client, connected_rx))
 }
 
+/// Stream bytes allowed per key on average: a key takes about 250 (subject,
+/// value, TTL header, per-message overhead), so a full bucket of ordinary
+/// keys fits with room to spare.
+pub const BYTES_PER_KEY: usize = 512;
+/// Largest message the bucket stores: a value is at most about 700 bytes
+/// (two texts of 256 bytes, an address, two times), so this only refuses
+/// what no orch writes.
+pub const MAX_VALUE_BYTES: i32 = 2048;
+
 /// The stream settings of an orch bucket (the layout async-nats' KV
 /// expects). Rollups are off: a host allowed to write its own keys could
 /// otherwise purge the whole bucket with one `Nats-Rollup: all` message,
@@ -133,17 +142,27 @@ pub async fn connect(
 /// nats-server turns rollups back on for a stream that has them. With
 /// `key_ttl` each key carries its own time to live (nats-server ≥ 2.11);
 /// otherwise `max_age` bounds every key's life.
+///
+/// Whoever holds one host's credentials can write as many keys as they
+/// like, so the stream is bounded: at most `max_keys` keys (one message
+/// each: history 1), [`BYTES_PER_KEY`] bytes per key on average, and
+/// [`MAX_VALUE_BYTES`] per value. A full bucket refuses new keys
+/// (discard new) rather than dropping other hosts' oldest ones.
 pub fn bucket_stream(
     bucket: &str,
     replicas: usize,
     key_ttl: bool,
     max_age: Duration,
+    max_keys: usize,
 ) -> stream::Config {
     stream::Config {
         name: format!("KV_{bucket}"),
         description: Some("orch fleet bans: one key per (host, network)".into()),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
+        max_messages: i64::try_from(max_keys).unwrap_or(i64::MAX),
+        max_bytes: i64::try_from(max_keys.saturating_mul(BYTES_PER_KEY)).unwrap_or(i64::MAX),
+        max_message_size: MAX_VALUE_BYTES,
         allow_rollup: false,
         deny_delete: true,
         deny_purge: false,
@@ -189,7 +208,13 @@ pub async fn open_bucket(
         return Ok((store, info.unwrap_or(false)));
     }
     let key_ttl = supports_key_ttl(&client.server_info().version);
-    let wanted = bucket_stream(&config.bucket, config.replicas, key_ttl, max_age);
+    let wanted = bucket_stream(
+        &config.bucket,
+        config.replicas,
+        key_ttl,
+        max_age,
+        config.bucket_max_keys,
+    );
     let created = js.create_stream(wanted.clone()).await;
     let created = match (created, &config.admin) {
         (Ok(_), _) => Ok(()),

@@ -302,8 +302,7 @@ impl FleetTask {
         let key = match record::parse_key(&entry.key) {
             Ok(key) => key,
             Err(error) => {
-                self.skips
-                    .note(|| format!("fleet: skipping {error}"), 1, SKIPPED);
+                self.skip(&error);
                 return None;
             }
         };
@@ -318,8 +317,7 @@ impl FleetTask {
             match record::decode_value(&key, &entry.key, &entry.value) {
                 Ok(ban) => Some(ban),
                 Err(error) => {
-                    self.skips
-                        .note(|| format!("fleet: skipping {error}"), 1, SKIPPED);
+                    self.skip(&error);
                     return None;
                 }
             }
@@ -364,6 +362,13 @@ impl FleetTask {
                 net: key.net,
             },
         })
+    }
+
+    /// Counts a malformed entry, and logs it within bounds.
+    fn skip(&self, error: &dyn std::fmt::Display) {
+        self.status.note_skipped();
+        self.skips
+            .note(|| format!("fleet: skipping {error}"), 1, SKIPPED);
     }
 
     async fn apply(&self, batch: Vec<RemoteChange>) -> Result<(), FleetError> {

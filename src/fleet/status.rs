@@ -36,6 +36,8 @@ pub struct FleetState {
     /// Other hosts' bans not applied since the daemon started, by origin
     /// and by why (`RefusalKind::label`).
     pub refused: BTreeMap<String, BTreeMap<&'static str, u64>>,
+    /// Malformed bucket entries (keys or values) skipped since start.
+    pub skipped: u64,
 }
 
 /// Shared, lock-protected [`FleetState`].
@@ -92,6 +94,10 @@ impl FleetStatus {
                 .entry(kind.label())
                 .or_insert(0) += *count as u64;
         }
+    }
+
+    pub fn note_skipped(&self) {
+        self.lock().skipped += 1;
     }
 
     pub fn note_event(&self) {

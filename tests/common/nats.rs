@@ -142,7 +142,18 @@ pub fn render_accounts_with_nkeys(
     let _ = writeln!(out, "{SAMPLE_BEGIN} (rendered by tests/common/nats.rs)");
     let _ = writeln!(out, "accounts {{");
     let _ = writeln!(out, "  {ACCOUNT} {{");
-    let _ = writeln!(out, "    jetstream: enabled");
+    let _ = writeln!(
+        out,
+        "    # The account's JetStream limits: one host's credentials cannot fill\n    \
+         # the servers' disk (the bucket itself is bounded by orch's stream\n    \
+         # settings too; docs/fleet.md sizes both)."
+    );
+    let _ = writeln!(out, "    jetstream: {{");
+    let _ = writeln!(out, "      max_mem: 64MB");
+    let _ = writeln!(out, "      max_file: 1GB");
+    let _ = writeln!(out, "      max_streams: 4");
+    let _ = writeln!(out, "      max_consumers: 1000");
+    let _ = writeln!(out, "    }}");
     let _ = writeln!(out, "    users: [");
     let logins = hosts
         .iter()
@@ -222,7 +233,13 @@ pub fn sample_accounts_block(sample: &str) -> Option<String> {
 /// offline for a moment ("no suitable peers for placement"), so failures
 /// are retried until then.
 pub async fn create_bucket(admin: &Context, bucket: &str, replicas: usize, ttl: bool) -> kv::Store {
-    let config = orch::fleet::connect::bucket_stream(bucket, replicas, ttl, Duration::ZERO);
+    let config = orch::fleet::connect::bucket_stream(
+        bucket,
+        replicas,
+        ttl,
+        Duration::ZERO,
+        orch::config::FleetConfig::default().bucket_max_keys,
+    );
     let deadline = std::time::Instant::now() + BUCKET_CREATE_TIMEOUT;
     loop {
         match admin.create_stream(config.clone()).await {
@@ -605,7 +622,7 @@ impl NatsServer {
         );
         let _ = writeln!(
             config,
-            "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}",
+            "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}",
             store.display()
         );
         if let Some(ca) = &opts.tls {
