@@ -535,6 +535,9 @@ fn print_fleet(facts: &std::collections::HashMap<String, String>) {
     if let Some(error) = facts.get("last_error") {
         println!("  last error: {error}");
     }
+    if let Some(collision) = facts.get("collision") {
+        println!("  name collision: {collision}");
+    }
     let mut origins: Vec<(&str, &String)> = facts
         .iter()
         .filter_map(|(key, count)| key.strip_prefix("origin:").map(|origin| (origin, count)))

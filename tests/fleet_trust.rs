@@ -339,3 +339,82 @@ fn a_flood_of_big_and_malformed_keys_costs_bounded_memory_and_log() {
         new_lines.len()
     );
 }
+
+/// Two daemons with one fleet name (a copied config): the second finds the
+/// name held, says so in `orch status`, and publishes and deletes nothing;
+/// the first's keys stay. The first, restarted, is still the owner.
+#[test]
+fn a_second_daemon_with_the_same_name_publishes_and_deletes_nothing() {
+    let mut lab = Lab::new(NatsVersion::Current);
+    lab.start_connected(&["srv1"]);
+    let ctx = |lab: &Lab| lab.context(&["srv1", "srv2"]);
+    let first = "198.51.100.31";
+    lab.topo.srv1.ban(&[first]);
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "srv1's key in the bucket",
+        || lab.nats.keys(&lab.topo).contains(&fleet_key("srv1", first)),
+        || ctx(&lab),
+    );
+    // srv2 runs with srv1's fleet section: same name, same credentials.
+    let fleet = lab.nats.fleet_section("srv1", &FleetOpts::default());
+    lab.topo.srv2.start_daemon(&host_config(&[], false, &fleet));
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "srv2 to report the name collision",
+        || {
+            lab.topo
+                .srv2
+                .status_fleet_block()
+                .is_some_and(|block| block.contains("name collision: fleet name srv1 is in use"))
+        },
+        || ctx(&lab),
+    );
+    let second = "198.51.100.32";
+    lab.topo.srv2.ban(&[second]);
+    lab.topo.srv1.ban(&["198.51.100.33"]);
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "srv1's next key in the bucket",
+        || {
+            lab.nats
+                .keys(&lab.topo)
+                .contains(&fleet_key("srv1", "198.51.100.33"))
+        },
+        || ctx(&lab),
+    );
+    let keys = lab.nats.keys(&lab.topo);
+    assert!(
+        keys.contains(&fleet_key("srv1", first)),
+        "srv2 deleted srv1's key: {keys:?}\n{}",
+        ctx(&lab)
+    );
+    assert!(
+        !keys.contains(&fleet_key("srv1", second)),
+        "srv2 published under srv1's name: {keys:?}\n{}",
+        ctx(&lab)
+    );
+    assert!(
+        lab.topo.srv2.kernel_has(second),
+        "srv2's own ban holds locally"
+    );
+    assert!(
+        lab.topo
+            .srv1
+            .status_fleet_block()
+            .is_some_and(|b| !b.contains("collision")),
+        "{}",
+        ctx(&lab)
+    );
+
+    // A restart of the first keeps the name: same machine, same state.
+    lab.topo.srv1.restart();
+    lab.wait_connected("srv1");
+    let block = lab.topo.srv1.status_fleet_block().unwrap_or_default();
+    assert!(!block.contains("collision"), "{block}\n{}", ctx(&lab));
+    let keys = lab.nats.keys(&lab.topo);
+    assert!(keys.contains(&fleet_key("srv1", first)), "{keys:?}");
+}

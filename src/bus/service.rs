@@ -431,6 +431,8 @@ impl OrchService {
     /// last_error, last_event (Unix seconds), outbox, key_ttl,
     /// `origin:<host>` = active bans from that host, and
     /// `skipped` = malformed bucket entries skipped since start,
+    /// `collision` = why this host publishes nothing (another daemon holds
+    /// its fleet name),
     /// `refused:<host>:<why>` = that host's bans not applied here since
     /// start (why: local-rule, prefix, protected, overlap, origin-count,
     /// origin-space, total). Empty without a fleet.
@@ -454,6 +456,9 @@ impl OrchService {
             facts.insert("last_event".into(), at.to_string());
         }
         facts.insert("skipped".into(), state.skipped.to_string());
+        if let Some(collision) = state.collision {
+            facts.insert("collision".into(), collision);
+        }
         for (origin, kinds) in &state.refused {
             for (kind, count) in kinds {
                 facts.insert(format!("refused:{origin}:{kind}"), count.to_string());

@@ -133,7 +133,7 @@ pub const BYTES_PER_KEY: usize = 512;
 /// Largest message the bucket stores: a value is at most about 700 bytes
 /// (two texts of 256 bytes, an address, two times), so this only refuses
 /// what no orch writes.
-pub const MAX_VALUE_BYTES: i32 = 2048;
+pub const STREAM_MAX_MESSAGE_BYTES: i32 = 2048;
 
 /// The stream settings of an orch bucket (the layout async-nats' KV
 /// expects). Rollups are off: a host allowed to write its own keys could
@@ -146,7 +146,7 @@ pub const MAX_VALUE_BYTES: i32 = 2048;
 /// Whoever holds one host's credentials can write as many keys as they
 /// like, so the stream is bounded: at most `max_keys` keys (one message
 /// each: history 1), [`BYTES_PER_KEY`] bytes per key on average, and
-/// [`MAX_VALUE_BYTES`] per value. A full bucket refuses new keys
+/// [`STREAM_MAX_MESSAGE_BYTES`] per message. A full bucket refuses new keys
 /// (discard new) rather than dropping other hosts' oldest ones.
 pub fn bucket_stream(
     bucket: &str,
@@ -162,7 +162,7 @@ pub fn bucket_stream(
         max_messages_per_subject: 1,
         max_messages: i64::try_from(max_keys).unwrap_or(i64::MAX),
         max_bytes: i64::try_from(max_keys.saturating_mul(BYTES_PER_KEY)).unwrap_or(i64::MAX),
-        max_message_size: MAX_VALUE_BYTES,
+        max_message_size: STREAM_MAX_MESSAGE_BYTES,
         allow_rollup: false,
         deny_delete: true,
         deny_purge: false,

@@ -8,13 +8,15 @@
 //! watch, handing remote changes to the core in batches paced by
 //! [`pacing`]. [`remote_policy`] is what another host's ban must pass on
 //! top of the local rules, and [`protected`] what on this host it may
-//! never cover. The core's side (applying remote bans under those rules)
+//! never cover. [`presence`] keeps two daemons from publishing under one
+//! name. The core's side (applying remote bans under those rules)
 //! is `daemon::fleet_apply`.
 pub mod connect;
 pub mod holdings;
 pub mod log_window;
 pub mod outbox;
 mod pacing;
+pub mod presence;
 pub mod protected;
 mod publisher;
 pub mod record;
@@ -68,6 +70,8 @@ pub async fn start(config: &Config, core: &CoreHandle) -> Option<FleetLink> {
         outbox: link.outbox.clone(),
         status: link.status.clone(),
         skips: Default::default(),
+        owner: presence::owner_id(&config.state_dir),
+        name_taken: Default::default(),
     };
     tokio::spawn(task.run());
     Some(link)

@@ -43,8 +43,8 @@ impl FleetBan {
             addr: record.net.to_string(),
             expires_at: record.expires,
             created: record.created,
-            reason: record.reason.to_string(),
-            source: record.source.to_string(),
+            reason: crate::quote::cut(&record.reason, MAX_BAN_TEXT_BYTES).to_string(),
+            source: crate::quote::cut(&record.source, MAX_BAN_TEXT_BYTES).to_string(),
         }
     }
 }

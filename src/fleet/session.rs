@@ -8,6 +8,7 @@
 //! the kernel.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio::time::Instant;
 use super::connect::{FleetError, connect, open_bucket, server_addresses};
 use super::outbox::{Outbox, SharedBan};
 use super::pacing::BatchPacing;
+use super::presence::{self, Claim};
 use super::publisher::{OwnKeys, Publisher, lock};
 use super::record;
 use super::status::FleetStatus;
@@ -45,6 +47,12 @@ pub struct FleetTask {
     pub status: Arc<FleetStatus>,
     /// Malformed entries: a few logged, the rest counted.
     pub skips: super::log_window::LogWindow,
+    /// Who this daemon is, for its name's presence key.
+    pub owner: String,
+    /// Whether another live daemon holds this host's fleet name: then
+    /// nothing is published or deleted, and keys under the name are not
+    /// this host's to track.
+    pub name_taken: AtomicBool,
 }
 
 impl FleetTask {
@@ -100,6 +108,7 @@ impl FleetTask {
             .call(move |core| core.set_fleet_servers(servers))
             .await
             .map_err(|e| failed("noting the servers' addresses", &e))?;
+        let held = self.claim_name(&store).await?;
         let publisher = Publisher {
             js: jetstream::new(client.clone()),
             store: store.clone(),
@@ -150,6 +159,17 @@ impl FleetTask {
             .await
             .map_err(|e| failed("lifting dropped bans", &e))?
             .map_err(|e| failed("lifting dropped bans", &e))?;
+        if held.is_none() {
+            // Another daemon publishes under this name: follow the bucket,
+            // publish and delete nothing, and see whether the name frees.
+            self.status.set_phase("connected", true);
+            let (batches, mut to_apply) = mpsc::channel(1);
+            return tokio::select! {
+                result = self.wait_for_name(&store) => result,
+                result = self.follow(&mut watch, connected, &own_keys, batches) => result,
+                result = self.apply_in_order(&mut to_apply) => result,
+            };
+        }
         // Publish what changed here while we were away: the difference
         // between this host's shared bans and its keys in the bucket.
         self.outbox.take();
@@ -197,10 +217,74 @@ impl FleetTask {
         // The watch is read and decoded while the core applies the batch
         // before (one more may wait between them).
         let (batches, mut to_apply) = mpsc::channel(1);
+        let revision = held.unwrap_or_default();
         tokio::select! {
             result = self.publish_changes(&publisher, &own_keys) => result,
             result = self.follow(&mut watch, connected, &own_keys, batches) => result,
             result = self.apply_in_order(&mut to_apply) => result,
+            result = self.keep_name(&store, revision) => result,
+        }
+    }
+
+    /// Claims this host's fleet name. `Some(revision)` when it is ours;
+    /// `None` (shown in the status and logged) when another live daemon
+    /// holds it.
+    async fn claim_name(&self, store: &kv::Store) -> Result<Option<u64>, FleetError> {
+        let name = &self.config.name;
+        let claim = presence::claim(store, name, &self.owner)
+            .await
+            .map_err(|e| FleetError::Session(e.to_string()))?;
+        match claim {
+            Claim::Held { revision } => {
+                if self.name_taken.swap(false, Ordering::Relaxed) {
+                    tracing::info!("fleet: the name {name} is this host's again");
+                }
+                self.status.set_collision(None);
+                Ok(Some(revision))
+            }
+            Claim::Taken(holder) => {
+                let message = format!(
+                    "fleet name {name} is in use by another daemon ({holder}); this host \
+                     publishes and deletes nothing under it: give it its own [fleet] name"
+                );
+                if !self.name_taken.swap(true, Ordering::Relaxed) {
+                    tracing::error!("fleet: {message}");
+                }
+                self.status.set_collision(Some(message));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Refreshes this host's presence until another daemon takes the name
+    /// (then the session starts over and finds it taken) or an error.
+    async fn keep_name(&self, store: &kv::Store, mut revision: u64) -> Result<(), FleetError> {
+        loop {
+            tokio::time::sleep(presence::HEARTBEAT).await;
+            match presence::refresh(store, &self.config.name, &self.owner, revision).await {
+                Ok(Some(next)) => revision = next,
+                Ok(None) => {
+                    return Err(FleetError::Session(format!(
+                        "another daemon wrote the presence of fleet name {}",
+                        self.config.name
+                    )));
+                }
+                Err(e) => return Err(FleetError::Session(e.to_string())),
+            }
+        }
+    }
+
+    /// While another daemon holds this host's name: checks every heartbeat
+    /// whether it is free, and starts the session over once it is.
+    async fn wait_for_name(&self, store: &kv::Store) -> Result<(), FleetError> {
+        loop {
+            tokio::time::sleep(presence::HEARTBEAT).await;
+            if self.claim_name(store).await?.is_some() {
+                return Err(FleetError::Session(format!(
+                    "fleet name {} is free again; starting over to publish",
+                    self.config.name
+                )));
+            }
         }
     }
 
@@ -299,6 +383,10 @@ impl FleetTask {
         own_keys: &OwnKeys,
         live: bool,
     ) -> Option<RemoteChange> {
+        if presence::presence_name(&entry.key).is_some() {
+            // Presence is claimed and refreshed by `claim_name`/`keep_name`.
+            return None;
+        }
         let key = match record::parse_key(&entry.key) {
             Ok(key) => key,
             Err(error) => {
@@ -306,6 +394,11 @@ impl FleetTask {
                 return None;
             }
         };
+        if key.origin == self.config.name && self.name_taken.load(Ordering::Relaxed) {
+            // Another daemon's keys under this host's name: not this host's
+            // to track, delete or lift by.
+            return None;
+        }
         let removed = !matches!(entry.operation, kv::Operation::Put);
         if live && !removed && key.origin == self.config.name {
             // The echo of our own put: the publisher already noted it.

@@ -38,6 +38,8 @@ pub struct FleetState {
     pub refused: BTreeMap<String, BTreeMap<&'static str, u64>>,
     /// Malformed bucket entries (keys or values) skipped since start.
     pub skipped: u64,
+    /// Set while another daemon holds this host's fleet name.
+    pub collision: Option<String>,
 }
 
 /// Shared, lock-protected [`FleetState`].
@@ -94,6 +96,10 @@ impl FleetStatus {
                 .entry(kind.label())
                 .or_insert(0) += *count as u64;
         }
+    }
+
+    pub fn set_collision(&self, collision: Option<String>) {
+        self.lock().collision = collision;
     }
 
     pub fn note_skipped(&self) {
