@@ -3,8 +3,10 @@
 //! keys written straight into the bucket with one host's NATS user, as an
 //! attacker holding that host's credentials would.
 //!
-//! Tests wait by polling with deadlines; everything is torn down on
-//! `Drop`, and a failing test prints the daemons' and the server's logs.
+//! Each check runs against the current upstream nats-server and Debian
+//! 12's 2.9 (`_debian` tests). Tests wait by polling with deadlines;
+//! everything is torn down on `Drop`, and a failing test prints the
+//! daemons' and the server's logs.
 
 mod common;
 
@@ -23,9 +25,8 @@ const SRV2_RESOLVER: &str = "10.77.0.53";
 /// With srv2's credentials, longer bans are put over srv1's own bans and
 /// then deleted: srv1 keeps its own bans in force, and its keys stay in
 /// the bucket, before and after a restart (its catch-up deletes nothing).
-#[test]
-fn another_hosts_longer_bans_neither_replace_nor_lift_own_bans() {
-    let mut lab = Lab::new(NatsVersion::Current);
+fn another_hosts_longer_bans_neither_replace_nor_lift_own_bans(version: NatsVersion) {
+    let mut lab = Lab::new(version);
     lab.start_connected(&["srv1", "srv2", "gw"]);
     let ctx = |lab: &Lab| lab.context(&["srv1", "srv2", "gw"]);
     let own = ["198.51.100.21", "198.51.100.22"];
@@ -118,9 +119,8 @@ fn another_hosts_longer_bans_neither_replace_nor_lift_own_bans() {
 /// remote minimum prefix on gw, and on srv2 (which accepts /16s from
 /// other hosts) only the per-origin space cap's worth is applied. Every
 /// refusal is counted in `orch status`, and logged one line per batch.
-#[test]
-fn one_hosts_credentials_cannot_ban_the_plumbing_or_half_the_internet() {
-    let mut lab = Lab::new(NatsVersion::Current);
+fn one_hosts_credentials_cannot_ban_the_plumbing_or_half_the_internet(version: NatsVersion) {
+    let mut lab = Lab::new(version);
     let lenient = FleetOpts {
         extra: "remote_min_prefix_v4 = 16".to_string(),
         ..FleetOpts::default()
@@ -238,9 +238,8 @@ fn one_hosts_credentials_cannot_ban_the_plumbing_or_half_the_internet() {
 /// bucket takes, 10,000 keys that are not keys and 10,000 values that are
 /// not values. srv2 applies srv1's cap's worth, stays within 50 MB more
 /// memory, and logs fewer than 100 lines above debug level.
-#[test]
-fn a_flood_of_big_and_malformed_keys_costs_bounded_memory_and_log() {
-    let mut lab = Lab::new(NatsVersion::Current);
+fn a_flood_of_big_and_malformed_keys_costs_bounded_memory_and_log(version: NatsVersion) {
+    let mut lab = Lab::new(version);
     lab.start_connected(&["srv1", "srv2"]);
     let ctx = |lab: &Lab| lab.context(&["srv2"]);
     let topo = &lab.topo;
@@ -343,9 +342,8 @@ fn a_flood_of_big_and_malformed_keys_costs_bounded_memory_and_log() {
 /// Two daemons with one fleet name (a copied config): the second finds the
 /// name held, says so in `orch status`, and publishes and deletes nothing;
 /// the first's keys stay. The first, restarted, is still the owner.
-#[test]
-fn a_second_daemon_with_the_same_name_publishes_and_deletes_nothing() {
-    let mut lab = Lab::new(NatsVersion::Current);
+fn a_second_daemon_with_the_same_name_publishes_and_deletes_nothing(version: NatsVersion) {
+    let mut lab = Lab::new(version);
     lab.start_connected(&["srv1"]);
     let ctx = |lab: &Lab| lab.context(&["srv1", "srv2"]);
     let first = "198.51.100.31";
@@ -417,4 +415,47 @@ fn a_second_daemon_with_the_same_name_publishes_and_deletes_nothing() {
     assert!(!block.contains("collision"), "{block}\n{}", ctx(&lab));
     let keys = lab.nats.keys(&lab.topo);
     assert!(keys.contains(&fleet_key("srv1", first)), "{keys:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Each check on both servers
+
+#[test]
+fn longer_bans_over_own_ones_current() {
+    another_hosts_longer_bans_neither_replace_nor_lift_own_bans(NatsVersion::Current);
+}
+
+#[test]
+fn longer_bans_over_own_ones_debian() {
+    another_hosts_longer_bans_neither_replace_nor_lift_own_bans(NatsVersion::Debian);
+}
+
+#[test]
+fn plumbing_and_caps_current() {
+    one_hosts_credentials_cannot_ban_the_plumbing_or_half_the_internet(NatsVersion::Current);
+}
+
+#[test]
+fn plumbing_and_caps_debian() {
+    one_hosts_credentials_cannot_ban_the_plumbing_or_half_the_internet(NatsVersion::Debian);
+}
+
+#[test]
+fn flood_of_big_and_malformed_keys_current() {
+    a_flood_of_big_and_malformed_keys_costs_bounded_memory_and_log(NatsVersion::Current);
+}
+
+#[test]
+fn flood_of_big_and_malformed_keys_debian() {
+    a_flood_of_big_and_malformed_keys_costs_bounded_memory_and_log(NatsVersion::Debian);
+}
+
+#[test]
+fn same_name_twice_current() {
+    a_second_daemon_with_the_same_name_publishes_and_deletes_nothing(NatsVersion::Current);
+}
+
+#[test]
+fn same_name_twice_debian() {
+    a_second_daemon_with_the_same_name_publishes_and_deletes_nothing(NatsVersion::Debian);
 }
