@@ -231,6 +231,40 @@ fn one_hosts_credentials_cannot_ban_the_plumbing_or_half_the_internet(version: N
         "{summary_lines} refusal lines in srv2's log\n{}",
         topo.srv2.log_tail(30)
     );
+
+    // srv2 tightens its rules back to the default /24: when srv1 writes
+    // those keys again, the /16s applied before are lifted.
+    let daemon = topo.srv2.daemon();
+    let config = std::fs::read_to_string(&daemon.config_path).expect("read srv2's config");
+    std::fs::write(
+        &daemon.config_path,
+        config.replace("remote_min_prefix_v4 = 16", ""),
+    )
+    .expect("write srv2's config");
+    let reloads = |log: &str| log.matches("configuration reloaded").count();
+    let before = reloads(&topo.srv2.log());
+    daemon.sighup();
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "srv2 to reload its configuration",
+        || reloads(&topo.srv2.log()) > before,
+        || ctx(&lab),
+    );
+    lab.nats.with_kv(topo, "srv1", async |kv| {
+        for net in &broad {
+            kv.put(fleet_key("srv1", net), ban_value(net, "forged again"))
+                .await
+                .unwrap_or_else(|e| panic!("srv1's user puts {net}: {e}"));
+        }
+    });
+    measure_until(
+        Instant::now(),
+        PATIENCE,
+        "srv2 to lift the /16s its rules now refuse",
+        || applied_broad(topo.srv2.set("bannet4")) == 0,
+        || ctx(&lab),
+    );
 }
 
 /// With srv1's credentials: a value over the bucket's size limit is

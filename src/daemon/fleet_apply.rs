@@ -307,6 +307,10 @@ impl Core {
                         self.refuse_remote(&origin, &net, &policy, remote_policy, &new_prefixes)
                     {
                         outcome.refusals.note(&origin, &net, refusal);
+                        // A ban this origin had here before the rules
+                        // refused it (an allowlist entry added since, an
+                        // upgrade) goes too.
+                        self.lift_remote(&origin, net, now, &mut pending, &mut lift, &mut shadows);
                         continue;
                     }
                     let expires = ban.expires_at.min(max_until);
