@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bus::access::Action;
 use crate::bus::client::{self, CALL_TIMEOUT, ClientError, Orch1Proxy};
+use crate::quote::printable;
 use crate::timefmt::{now_unix, rfc3339};
 
 #[derive(Debug, Parser)]
@@ -445,6 +446,8 @@ async fn print_list(
                 }
                 let remaining =
                     humantime::format_duration(Duration::from_secs(expires_at.saturating_sub(now)));
+                let (address, source, reason) =
+                    (printable(address), printable(source), printable(reason));
                 writeln!(
                     out,
                     "{address:<40} {:<21} {:>10}  {source:<10} {reason}",
@@ -493,6 +496,7 @@ async fn print_allows(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
     }
     println!("{:<40} {:<8} {:<30} EXPIRES", "ENTRY", "KIND", "DNS NAME");
     for (entry, kind, name, expires_at) in &rows {
+        let (entry, kind, name) = (printable(entry), printable(kind), printable(name));
         let expires = if *expires_at == 0 {
             "-".to_string()
         } else {
@@ -501,11 +505,22 @@ async fn print_allows(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
         let entry = if entry.is_empty() {
             "(no address yet)"
         } else {
-            entry.as_str()
+            &entry
         };
         println!("{entry:<40} {kind:<8} {name:<30} {expires}");
     }
     Ok(())
+}
+
+/// Facts from the daemon with every key and value made [`printable`]:
+/// they carry hook output, error texts and other hosts' names.
+fn printable_facts(
+    facts: std::collections::HashMap<String, String>,
+) -> std::collections::HashMap<String, String> {
+    facts
+        .into_iter()
+        .map(|(key, value)| (printable(&key).into_owned(), printable(&value).into_owned()))
+        .collect()
 }
 
 /// The fleet lines of `orch status`.
@@ -571,8 +586,8 @@ fn print_fleet(facts: &std::collections::HashMap<String, String>) {
 }
 
 async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
-    let version = proxy.version().await?;
-    let facts = proxy.firewall().await?;
+    let version = printable(&proxy.version().await?).into_owned();
+    let facts = printable_facts(proxy.firewall().await?);
     let fact = |key: &str| facts.get(key).map(String::as_str).unwrap_or("?");
     println!("orch {version}: daemon running");
     println!("table:      {} via {}", fact("table"), fact("backend"));
@@ -614,12 +629,18 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
     for (unit, state) in units {
         println!("watching:   {unit}: {state}");
     }
-    print_fleet(&proxy.fleet().await?);
+    print_fleet(&printable_facts(proxy.fleet().await?));
     let jails = proxy.jails().await?;
     if jails.is_empty() {
         println!("jails:      none configured");
     }
     for (name, filter, source, state, lines, failures, tracked, bans) in jails {
+        let (name, filter, source, state) = (
+            printable(&name),
+            printable(&filter),
+            printable(&source),
+            printable(&state),
+        );
         println!(
             "jail {name}: {bans} active bans, {tracked} addresses tracked, {failures} failures in {lines} lines"
         );

@@ -9,6 +9,7 @@ use clap::Parser;
 
 use orch::cli::{Cli, Command};
 use orch::config;
+use orch::quote::printable_lines;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -48,7 +49,7 @@ fn check_config(cli: &Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("{err}");
+            eprintln!("{}", printable_lines(&err.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -58,7 +59,7 @@ fn run_daemon(cli: &Cli) -> ExitCode {
     let loaded = match config::load_default_locations(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(err) => {
-            eprintln!("{err}");
+            eprintln!("{}", printable_lines(&err.to_string()));
             eprintln!("orch: refusing to start with an invalid configuration");
             return ExitCode::FAILURE;
         }
@@ -96,7 +97,7 @@ fn run_units<E: std::fmt::Display>(
             ExitCode::SUCCESS
         }
         Err(message) => {
-            eprintln!("orch: {message}");
+            eprintln!("orch: {}", printable_lines(&message));
             ExitCode::FAILURE
         }
     }
@@ -117,7 +118,7 @@ fn test_filter(spec: &str, log: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("orch: {err}");
+            eprintln!("orch: {}", printable_lines(&err.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -134,7 +135,7 @@ fn run_client(command: &Command) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("orch: {}", failure.message);
+            eprintln!("orch: {}", printable_lines(&failure.message));
             ExitCode::from(failure.code)
         }
     }

@@ -423,3 +423,34 @@ fn sync_without_a_system_bus_is_a_quiet_no_op() {
         "{stderr}"
     );
 }
+
+/// A reason carrying terminal escapes and a line break (as a jail's log
+/// line or another fleet host may send) is shown escaped by `orch list`:
+/// no raw ESC reaches the terminal and no line is forged.
+#[test]
+fn list_shows_control_characters_escaped() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, DEFAULT_CONFIG);
+    let hostile = "\u{1b}[2J\u{1b}]0;owned\u{7}\n192.0.2.99  forged line\u{9b}31m";
+    daemon
+        .cli(&["ban", "192.0.2.44", "--reason", hostile])
+        .expect_ok("ban with a hostile reason");
+    let listed = daemon.cli(&["list"]).expect_ok("list");
+    assert!(
+        !listed.stdout.contains('\u{1b}') && !listed.stdout.contains('\u{9b}'),
+        "raw escapes in: {:?}",
+        listed.stdout
+    );
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and one ban: {lines:?}");
+    assert!(
+        lines[1].contains("\\u{1b}[2J") && lines[1].contains("\\n192.0.2.99  forged line"),
+        "{:?}",
+        lines[1]
+    );
+    // JSON keeps the text itself, escaped the JSON way.
+    let json = daemon.cli(&["list", "--json"]).expect_ok("list --json");
+    let rows: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(rows[0]["reason"], hostile);
+}
