@@ -378,6 +378,7 @@ async fn spawn(path: &Path, env: &[(String, String)]) -> io::Result<Child> {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        crate::child::only_standard_fds_async(&mut command);
         match command.spawn() {
             Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) && attempt < BUSY_RETRIES => {
                 attempt += 1;

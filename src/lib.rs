@@ -5,6 +5,7 @@
 
 pub mod addr;
 pub mod bus;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -185,3 +185,51 @@ fn a_failing_hook_is_signalled_and_sighup_moves_the_hooks_dir() {
         || daemon.cli(&["sync", "--hooks"]).ok(),
     );
 }
+
+/// A hook inherits only descriptors 0, 1 and 2: above all not the netlink
+/// socket that owns orch's table (libnftables opens it without
+/// close-on-exec), with which it could edit or delete the table.
+#[test]
+fn a_hook_inherits_only_the_standard_descriptors() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listing = dir.path().join("fds.txt");
+    let hook = dir.path().join("10-list-fds");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nexec /bin/ls -l /proc/self/fd > {}\n",
+            listing.display()
+        ),
+    )
+    .expect("write hook");
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(
+        &netns,
+        &bus,
+        &format!("[hooks]\ndir = \"{}\"\n", dir.path().display()),
+    );
+    daemon
+        .cli(&["sync", "--hooks"])
+        .expect_ok("sync runs the hook");
+    let text = std::fs::read_to_string(&listing).expect("the hook wrote its listing");
+    // `ls` itself holds one more: the directory it lists.
+    let inherited: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("->"))
+        .filter(|line| {
+            let fd = line
+                .split("->")
+                .next()
+                .and_then(|left| left.split_whitespace().last())
+                .unwrap_or("");
+            !matches!(fd, "0" | "1" | "2") && !line.contains("/proc/")
+        })
+        .collect();
+    assert!(
+        inherited.is_empty(),
+        "the hook inherited {inherited:?}\n{text}"
+    );
+}

@@ -34,11 +34,13 @@ impl Executor for NftCliExecutor {
             program: self.program.clone(),
             source: e,
         };
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = crate::child::only_standard_fds(&mut command)
             .spawn()
             .map_err(spawn_error)?;
         if let Some(mut stdin) = child.stdin.take() {

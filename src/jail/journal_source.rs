@@ -13,7 +13,6 @@
 //! module reads; it must not interpret messages.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,16 +151,7 @@ fn read_after(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // Descriptors libnftables opened without close-on-exec must not leak
-    // into journalctl.
-    // SAFETY: close_range is async-signal-safe and only touches the child's
-    // descriptor table, between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
+    crate::child::only_standard_fds(&mut command);
     let mut child = command
         .spawn()
         .map_err(|err| format!("cannot run {JOURNALCTL}: {err}"))?;

@@ -9,6 +9,7 @@
 //! a restart resumes where reading stopped.
 
 use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -364,8 +365,10 @@ impl Judge {
 }
 
 /// Runs the jail's `ignore_command` with `<ip>` replaced; exit status 0
-/// means "ignore". A command that cannot start, fails or hangs (killed
-/// after [`IGNORE_COMMAND_TIMEOUT`]) does not stop the ban.
+/// means "ignore". A command that cannot start, fails or hangs (its whole
+/// process group killed after [`IGNORE_COMMAND_TIMEOUT`]) does not stop
+/// the ban. It gets a clean environment (a fixed PATH, `ORCH_JAIL`,
+/// `ORCH_IP`) and only descriptors 0-2.
 fn ignore_command_says_ignore(config: &JailConfig, addr: IpAddr) -> bool {
     let ip = addr.to_string();
     let argv: Vec<String> = config
@@ -376,13 +379,18 @@ fn ignore_command_says_ignore(config: &JailConfig, addr: IpAddr) -> bool {
     let Some((program, args)) = argv.split_first() else {
         return false;
     };
-    let child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
+        .env_clear()
+        .env("PATH", crate::child::CLEAN_PATH)
         .env("ORCH_JAIL", &config.name)
         .env("ORCH_IP", &ip)
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .spawn();
+        .process_group(0);
+    let child = crate::child::only_standard_fds(&mut command).spawn();
     let mut child = match child {
         Ok(child) => child,
         Err(err) => {
@@ -396,6 +404,14 @@ fn ignore_command_says_ignore(config: &JailConfig, addr: IpAddr) -> bool {
             Ok(Some(status)) => return status.success(),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             _ => {
+                // The group is the child's own (process_group(0)): its
+                // children go with it.
+                if let Ok(group) = libc::pid_t::try_from(child.id()) {
+                    // SAFETY: plain kill(2) of a process group we created.
+                    unsafe {
+                        libc::kill(-group, libc::SIGKILL);
+                    }
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 tracing::warn!(jail = %config.name, "ignore_command {program} did not finish in {IGNORE_COMMAND_TIMEOUT:?}; killed");
