@@ -9,6 +9,10 @@
 //! and once the hook has ended its pipes are read for at most a second
 //! before whatever it left in its process group is killed too.
 //!
+//! A hook that someone other than root could have written (the file, or a
+//! directory above it, not root's or writable by group or others) is not
+//! run; its result says why ([`crate::file_trust`]).
+//!
 //! This module only *runs* hooks; `daemon::hook_runs` decides when.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -72,16 +76,23 @@ pub enum HookOutcome {
     TimedOut { after: Duration },
     /// Could not be started (ENOEXEC, EACCES, removed meanwhile, ...).
     SpawnError { message: String },
+    /// Not run: someone other than root could have written it
+    /// ([`crate::file_trust`]).
+    Untrusted { why: String },
 }
 
 impl HookOutcome {
+    /// [`HookOutcome::status_code`] of a hook not run as untrusted.
+    pub const UNTRUSTED_CODE: i32 = -3;
+
     pub fn is_success(&self) -> bool {
         matches!(self, HookOutcome::Succeeded)
     }
 
     /// Exit-status-like code, as `HookFailed(s name, i status)` and `orch
     /// status` report it: the exit code (0 = success), 128 + signal for a
-    /// signal, -1 for a timeout, -2 when the hook could not be started.
+    /// signal, -1 for a timeout, -2 when the hook could not be started, -3
+    /// when it was not run because others than root could have written it.
     pub fn status_code(&self) -> i32 {
         match self {
             HookOutcome::Succeeded => 0,
@@ -89,6 +100,7 @@ impl HookOutcome {
             HookOutcome::Killed { signal } => 128 + signal,
             HookOutcome::TimedOut { .. } => -1,
             HookOutcome::SpawnError { .. } => -2,
+            HookOutcome::Untrusted { .. } => Self::UNTRUSTED_CODE,
         }
     }
 }
@@ -105,6 +117,7 @@ impl fmt::Display for HookOutcome {
                 humantime::format_duration(*after)
             ),
             HookOutcome::SpawnError { message } => write!(f, "could not be started: {message}"),
+            HookOutcome::Untrusted { why } => write!(f, "was not run: {why}"),
         }
     }
 }
@@ -228,10 +241,39 @@ pub async fn run_hooks(settings: &HookSettings, env: &[(String, String)]) -> Vec
     let env = hook_env(env);
     let mut results = Vec::with_capacity(names.len());
     for name in names {
+        let path = dir.join(&name);
+        if let Err(untrusted) = crate::file_trust::check_root_only(&path) {
+            let why = untrusted.to_string();
+            let outcome = HookOutcome::Untrusted { why: why.clone() };
+            tracing::warn!(hook = %name, "hook {outcome}");
+            results.push(HookResult {
+                name,
+                outcome,
+                duration: Duration::ZERO,
+                // What `orch status` shows of it.
+                stderr_tail: vec![why],
+            });
+            continue;
+        }
         let timeout = settings.timeout_for(&name);
-        results.push(run_hook(&dir.join(&name), name, timeout, &env).await);
+        results.push(run_hook(&path, name, timeout, &env).await);
     }
     results
+}
+
+/// The hooks in `dir` that would not run because others than root could
+/// have written them, with why (for `orch check-config`).
+pub fn untrusted_hooks(dir: &Path) -> Vec<(String, crate::file_trust::Untrusted)> {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    list_hooks(&dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|name| {
+            crate::file_trust::check_root_only(&dir.join(&name))
+                .err()
+                .map(|why| (name, why))
+        })
+        .collect()
 }
 
 /// The whole environment of a hook.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod file_trust;
 pub mod firewall;
 pub mod fleet;
 pub mod hooks;

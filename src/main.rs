@@ -46,6 +46,12 @@ fn check_config(cli: &Cli) -> ExitCode {
                 }
                 println!("configuration OK");
             }
+            for (hook, why) in orch::hooks::untrusted_hooks(&loaded.hooks.dir) {
+                println!(
+                    "warning: hook {hook} will not run: {}",
+                    printable_lines(&why.to_string())
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {

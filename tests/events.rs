@@ -233,3 +233,58 @@ fn a_hook_inherits_only_the_standard_descriptors() {
         "the hook inherited {inherited:?}\n{text}"
     );
 }
+
+/// A hook that others than root could have changed (writable by group or
+/// others) is not run: the log and `orch status` say why and how to fix
+/// it, `orch check-config` warns, and the other hooks still run.
+#[test]
+fn a_hook_others_could_write_is_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = dir.path().join("ran");
+    for (name, mode) in [("10-fine", 0o755), ("20-open", 0o777)] {
+        let hook = dir.path().join(name);
+        std::fs::write(
+            &hook,
+            format!("#!/bin/sh\necho {name} >> {}\n", ran.display()),
+        )
+        .expect("write hook");
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let config = format!("[hooks]\ndir = \"{}\"\n", dir.path().display());
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, &config);
+    let run = daemon.cli(&["sync", "--hooks"]);
+    assert_eq!(run.status, 1, "an unrun hook is reported: {run}");
+    assert!(run.stderr.contains("20-open"), "{run}");
+    // Hooks also ran at start: every run ran 10-fine, none 20-open.
+    let ran_hooks = std::fs::read_to_string(&ran).unwrap_or_default();
+    assert!(
+        ran_hooks.contains("10-fine") && !ran_hooks.contains("20-open"),
+        "{ran_hooks:?}"
+    );
+    let status = daemon.cli(&["status"]).expect_ok("status");
+    assert!(
+        status.stdout.contains("hook 20-open: NOT RUN:")
+            && status
+                .stdout
+                .contains("is writable by group or others (mode 0777; fix: chmod go-w"),
+        "{}",
+        status.stdout
+    );
+    let config_file = dir.path().join("orch.toml");
+    std::fs::write(&config_file, &config).expect("write config");
+    let checked = common::run_orch(&[
+        "check-config",
+        "--config",
+        &config_file.display().to_string(),
+    ]);
+    assert!(
+        checked.status == 0
+            && checked
+                .stdout
+                .contains("warning: hook 20-open will not run"),
+        "{checked}"
+    );
+}

@@ -389,6 +389,8 @@ impl OrchService {
         for (name, (code, at, stderr_tail)) in &hooks.last {
             let outcome = if *code == 0 {
                 "ok".to_string()
+            } else if *code == crate::hooks::HookOutcome::UNTRUSTED_CODE {
+                format!("NOT RUN: {}", stderr_tail.join(" | "))
             } else {
                 format!("FAILED (status {code}) {}", stderr_tail.join(" | "))
             };
