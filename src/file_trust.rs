@@ -5,6 +5,10 @@
 //! sticky bit (such as /tmp) is accepted above it: others may add entries
 //! there, but not replace the root-owned one on the path.
 //!
+//! Secrets (the fleet's password, nkey, creds and TLS key files) must
+//! moreover be regular files that only root can read, as ssh demands of
+//! private keys, and are read with a size limit.
+//!
 //! It only judges; callers decide what to skip and how to report it.
 
 use std::os::unix::fs::MetadataExt;
@@ -19,6 +23,63 @@ pub enum Untrusted {
     NotRootOwned { path: PathBuf, uid: u32 },
     #[error("{path} is writable by group or others (mode {mode:04o}; fix: chmod go-w {path})")]
     Writable { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} holds a secret but is readable by group or others (mode {mode:04o}; fix: chmod 600 {path})"
+    )]
+    Readable { path: PathBuf, mode: u32 },
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("{path} is larger than {limit} bytes: not a secret orch reads")]
+    TooLarge { path: PathBuf, limit: u64 },
+}
+
+/// Largest secret file read, in bytes (a NATS .creds file is about 1 KB).
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Checks a secret file: a regular file, root's, readable by root alone,
+/// and only root able to change the directories above it.
+pub fn check_secret(path: &Path) -> Result<(), Untrusted> {
+    check_root_only(path)?;
+    let meta = std::fs::metadata(path).map_err(|e| Untrusted::Unreadable {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if !meta.is_file() {
+        return Err(Untrusted::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(Untrusted::Readable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if meta.len() > MAX_SECRET_BYTES {
+        return Err(Untrusted::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_SECRET_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a secret after [`check_secret`], at most [`MAX_SECRET_BYTES`].
+pub fn read_secret(path: &Path) -> Result<String, Untrusted> {
+    use std::io::Read;
+    check_secret(path)?;
+    let unreadable = |e: std::io::Error| Untrusted::Unreadable {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(unreadable)?
+        .take(MAX_SECRET_BYTES)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    Ok(text)
 }
 
 /// Checks `path` (a file) and every directory above its real location.
@@ -107,5 +168,24 @@ mod tests {
             "{refused}"
         );
         assert!(check_root_only(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn secrets_must_be_root_only_regular_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("fleet.password");
+        std::fs::write(&secret, "s3cret\n").expect("write");
+        chmod(&secret, 0o600);
+        assert_eq!(read_secret(&secret).as_deref(), Ok("s3cret\n"));
+        chmod(&secret, 0o640);
+        let refused = read_secret(&secret).unwrap_err();
+        assert!(
+            refused.to_string().contains("mode 0640; fix: chmod 600"),
+            "{refused}"
+        );
+        assert!(matches!(
+            check_secret(Path::new("/dev/zero")),
+            Err(Untrusted::NotAFile { .. } | Untrusted::Writable { .. })
+        ));
     }
 }

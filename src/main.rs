@@ -36,29 +36,43 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
 }
 
 fn check_config(cli: &Cli) -> ExitCode {
-    match config::load_default_locations(cli.config.as_deref()) {
-        Ok(loaded) => {
-            if loaded.sources.is_empty() {
-                println!("configuration OK (embedded default; no config file found)");
-            } else {
-                for source in &loaded.sources {
-                    println!("read {}", source.display());
-                }
-                println!("configuration OK");
-            }
-            for (hook, why) in orch::hooks::untrusted_hooks(&loaded.hooks.dir) {
-                println!(
-                    "warning: hook {hook} will not run: {}",
-                    printable_lines(&why.to_string())
-                );
-            }
-            ExitCode::SUCCESS
-        }
+    let loaded = match config::load_default_locations(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("{}", printable_lines(&err.to_string()));
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    for source in &loaded.sources {
+        println!("read {}", source.display());
     }
+    // Secrets others could read: the fleet refuses to connect with them.
+    let secrets: Vec<String> = loaded
+        .fleet
+        .secret_files()
+        .into_iter()
+        .filter_map(|path| orch::file_trust::check_secret(path).err())
+        .map(|why| printable_lines(&why.to_string()))
+        .collect();
+    for why in &secrets {
+        eprintln!("error: {why}");
+    }
+    for (hook, why) in orch::hooks::untrusted_hooks(&loaded.hooks.dir) {
+        println!(
+            "warning: hook {hook} will not run: {}",
+            printable_lines(&why.to_string())
+        );
+    }
+    if !secrets.is_empty() {
+        eprintln!("orch: the fleet will not connect until these files are fixed");
+        return ExitCode::FAILURE;
+    }
+    if loaded.sources.is_empty() {
+        println!("configuration OK (embedded default; no config file found)");
+    } else {
+        println!("configuration OK");
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_daemon(cli: &Cli) -> ExitCode {

@@ -93,8 +93,13 @@ fn every_command_has_help() {
 fn a_password_over_plain_nats_to_another_host_is_refused_unless_insecure() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("orch.toml");
-    let fleet = "[fleet]\nservers = [\"nats://198.51.100.4:4222\"]\nuser = \"web1\"\npassword_file = \"/etc/orch/fleet.password\"\n";
-    std::fs::write(&path, fleet).expect("write config");
+    let password = dir.path().join("fleet.password");
+    common::write_secret_file(&password, "s3cret\n");
+    let fleet = format!(
+        "[fleet]\nservers = [\"nats://198.51.100.4:4222\"]\nuser = \"web1\"\npassword_file = \"{}\"\n",
+        password.display()
+    );
+    std::fs::write(&path, &fleet).expect("write config");
     let file = path.display().to_string();
     let (code, _stdout, stderr) = orch(&["check-config", "--config", &file]);
     assert_eq!(code, 1, "{stderr}");
@@ -107,4 +112,35 @@ fn a_password_over_plain_nats_to_another_host_is_refused_unless_insecure() {
     std::fs::write(&path, format!("{fleet}insecure = true\n")).expect("write config");
     let (code, _stdout, stderr) = orch(&["check-config", "--config", &file]);
     assert_eq!(code, 0, "accepted with insecure = true: {stderr}");
+}
+
+/// A fleet secret others can read is refused, as ssh refuses such keys,
+/// and the message says how to fix it.
+#[test]
+fn a_secret_others_can_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("orch.toml");
+    let password = dir.path().join("fleet.password");
+    common::write_secret_file(&password, "s3cret\n");
+    let fleet = format!(
+        "[fleet]\nservers = [\"tls://198.51.100.4:4222\"]\nuser = \"web1\"\npassword_file = \"{}\"\n",
+        password.display()
+    );
+    std::fs::write(&path, &fleet).expect("write config");
+    let file = path.display().to_string();
+    let (code, _stdout, stderr) = orch(&["check-config", "--config", &file]);
+    assert_eq!(code, 0, "a 0600 secret is fine: {stderr}");
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, stdout, stderr) = orch(&["check-config", "--config", &file]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} holds a secret but is readable by group or others (mode 0644; fix: chmod 600 {}",
+            password.display(),
+            password.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("configuration OK"), "{stdout}");
 }

@@ -247,7 +247,7 @@ fn a_host_logging_in_with_an_nkey_shares_bans() {
     let srv2 = start_host(&netns, &server, "srv2", "", &admin);
     let seed_dir = tempfile::tempdir().expect("tempdir");
     let seed_file = seed_dir.path().join("srv3.nk");
-    std::fs::write(&seed_file, nkey.seed().expect("seed") + "\n").expect("write seed");
+    common::write_secret_file(&seed_file, nkey.seed().expect("seed") + "\n");
     let login = format!("nkey_file = \"{}\"", seed_file.display());
     let srv3_config = fleet_config_with_login(&server, "srv3", &table_of("srv3"), "", &login, "");
     let srv3 = Host::start(&netns, "srv3", &srv3_config, seed_dir);
@@ -282,11 +282,10 @@ fn creds_of_an_unknown_account_are_refused(version: NatsVersion) {
     let secrets = tempfile::tempdir().expect("tempdir");
     let creds_file = secrets.path().join("srv3.creds");
     let stranger = nkeys::KeyPair::new_account();
-    std::fs::write(
+    common::write_secret_file(
         &creds_file,
         common::nats_jwt::host_creds(&stranger, BUCKET, "srv3"),
-    )
-    .expect("write .creds");
+    );
     let login = format!("credentials = \"{}\"", creds_file.display());
     let config = fleet_config_with_login(&server, "srv3", &table_of("srv3"), "", &login, "");
     let srv3 = Host::start(&netns, "srv3", &config, secrets);

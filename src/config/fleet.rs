@@ -166,6 +166,29 @@ impl FleetConfig {
         uses_tls(&self.tls, &self.servers)
     }
 
+    /// Every secret file the fleet reads (this host's and the admin's
+    /// credentials, the TLS client key), for the permission checks.
+    pub fn secret_files(&self) -> Vec<&std::path::Path> {
+        fn auth_file(auth: &FleetAuth) -> Option<&std::path::Path> {
+            match auth {
+                FleetAuth::None => None,
+                FleetAuth::Credentials(path) | FleetAuth::Nkey(path) => Some(path.as_path()),
+                FleetAuth::UserPassword { password_file, .. } => Some(password_file.as_path()),
+            }
+        }
+        if !self.enabled() {
+            return Vec::new();
+        }
+        [
+            auth_file(&self.auth),
+            auth_file(&self.admin),
+            self.tls.key.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     /// Whether a ban with this source is shared with the fleet.
     pub fn shares(&self, source: &str, jail_names: &[&str]) -> bool {
         if !self.publish || source.starts_with("fleet:") {

@@ -40,37 +40,41 @@ pub enum FleetError {
     Bucket { bucket: String, message: String },
     #[error("{0}")]
     Session(String),
+    /// A secret file others could read or change (refused, as ssh does).
+    #[error("{0}")]
+    Secret(#[from] crate::file_trust::Untrusted),
 }
 
 /// Connection options for `auth` plus the shared TLS and timeout settings.
 async fn options(config: &FleetConfig, auth: &FleetAuth) -> Result<ConnectOptions, FleetError> {
     let read = |path: &Path| {
-        std::fs::read_to_string(path)
+        crate::file_trust::read_secret(path)
             .map(|text| text.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|source| FleetError::ReadSecret {
-                path: path.display().to_string(),
-                source,
-            })
+            .map_err(FleetError::Secret)
     };
-    let mut options =
-        match auth {
-            FleetAuth::None => ConnectOptions::new(),
-            FleetAuth::UserPassword {
-                user,
-                password_file,
-            } => ConnectOptions::with_user_and_password(user.clone(), read(password_file)?),
-            FleetAuth::Nkey(path) => ConnectOptions::with_nkey(read(path)?),
-            FleetAuth::Credentials(path) => ConnectOptions::with_credentials_file(path)
+    let checked = |path: &Path| crate::file_trust::check_secret(path).map_err(FleetError::Secret);
+    let mut options = match auth {
+        FleetAuth::None => ConnectOptions::new(),
+        FleetAuth::UserPassword {
+            user,
+            password_file,
+        } => ConnectOptions::with_user_and_password(user.clone(), read(password_file)?),
+        FleetAuth::Nkey(path) => ConnectOptions::with_nkey(read(path)?),
+        FleetAuth::Credentials(path) => {
+            checked(path)?;
+            ConnectOptions::with_credentials_file(path)
                 .await
                 .map_err(|source| FleetError::ReadSecret {
                     path: path.display().to_string(),
                     source,
-                })?,
-        };
+                })?
+        }
+    };
     if let Some(ca) = &config.tls.ca {
         options = options.add_root_certificates(ca.clone());
     }
     if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        checked(key)?;
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
     Ok(options

@@ -115,8 +115,7 @@ pub fn login_keys(server: &NatsServer, user: &str, dir: &Path) -> Vec<String> {
         )],
         NatsAuth::Passwords => {
             let password_file = dir.join(format!("{user}.password"));
-            std::fs::write(&password_file, format!("{}\n", server.password(user)))
-                .expect("write password file");
+            super::write_secret_file(&password_file, format!("{}\n", server.password(user)));
             vec![
                 format!("user = \"{user}\""),
                 format!("password_file = \"{}\"", password_file.display()),

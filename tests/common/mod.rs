@@ -53,6 +53,23 @@ pub const NOBODY: u32 = 65534;
 // Small helpers
 
 /// Path of the `orch` binary built by cargo for this test run.
+/// Writes a secret (password, nkey seed, .creds) as an admin would: root's,
+/// mode 0600. orch refuses secrets others can read.
+pub fn write_secret_file(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create secret {}: {e}", path.display()));
+    file.write_all(contents.as_ref())
+        .unwrap_or_else(|e| panic!("write secret {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod secret");
+}
+
 pub fn orch_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_orch"))
 }

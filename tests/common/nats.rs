@@ -687,7 +687,7 @@ impl NatsServer {
                         trust.host_creds(&opts.bucket, user)
                     };
                     let path = dir.path().join(format!("{user}.creds"));
-                    fs::write(&path, creds).expect("write .creds file");
+                    super::write_secret_file(&path, creds);
                     creds_files.insert(user.to_string(), path);
                 }
             }
