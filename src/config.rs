@@ -24,6 +24,17 @@ use toml::Spanned;
 mod fleet;
 mod jails;
 pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule, url_host};
+
+/// The config files read that someone other than root could have changed
+/// (owner, or a writable file or directory): they can set `hooks.dir` or
+/// `ignore_command`, so the daemon and check-config warn about each.
+pub fn untrusted_sources(config: &Config) -> Vec<crate::file_trust::Untrusted> {
+    config
+        .sources
+        .iter()
+        .filter_map(|source| crate::file_trust::check_root_only(source).err())
+        .collect()
+}
 pub use jails::{IncrementConfig, JailConfig, JailSource, JailsConfig, RECIDIVE};
 
 /// The main system configuration file.

@@ -57,6 +57,12 @@ fn check_config(cli: &Cli) -> ExitCode {
     for why in &secrets {
         eprintln!("error: {why}");
     }
+    for why in config::untrusted_sources(&loaded) {
+        println!(
+            "warning: a config file others could change: {}",
+            printable_lines(&why.to_string())
+        );
+    }
     for (hook, why) in orch::hooks::untrusted_hooks(&loaded.hooks.dir) {
         println!(
             "warning: hook {hook} will not run: {}",

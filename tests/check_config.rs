@@ -144,3 +144,23 @@ fn a_secret_others_can_read_is_refused_with_the_fix() {
     );
     assert!(!stdout.contains("configuration OK"), "{stdout}");
 }
+
+/// A config file others could change (it can set hooks.dir) is warned
+/// about, with the fix; the config itself is still valid.
+#[test]
+fn a_config_file_others_can_write_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("orch.toml");
+    std::fs::write(&path, "allow = [\"192.0.2.1\"]\n").expect("write config");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let file = path.display().to_string();
+    let (code, stdout, stderr) = orch(&["check-config", "--config", &file]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "warning: a config file others could change: {file} is writable by group or others (mode 0666; fix: chmod go-w {file})"
+        )),
+        "{stdout}"
+    );
+}

@@ -57,6 +57,9 @@ pub enum DaemonError {
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is the explicit
 /// `--config` (if any), re-read on SIGHUP.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+    for why in crate::config::untrusted_sources(&config) {
+        tracing::warn!("a config file others could change: {why}");
+    }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
