@@ -427,3 +427,45 @@ fn sighup_restarts_changed_jails_where_they_stopped_reading() {
     assert_eq!(jail_counts(&daemon), (1, 1));
     assert!(!banned(&netns, "192.0.2.120"));
 }
+
+/// A FIFO at a jail's log path (or a device) neither blocks the start nor
+/// is read; `orch status` says what the path is. A regular file of the
+/// same jail is still followed.
+#[test]
+fn a_fifo_at_a_log_path_never_blocks_the_start() {
+    let log = Log::new();
+    let fifo = log.path.with_file_name("fifo.log");
+    let path = std::ffi::CString::new(fifo.display().to_string()).expect("path");
+    // SAFETY: mkfifo on a path in our own temp dir.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let config = format!(
+        "[jails.sshd]\nfiles = [\"{}\", \"{}\", \"/dev/zero\"]\nmaxretry = 1\n",
+        fifo.display(),
+        log.path.display()
+    );
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let started = Instant::now();
+    let daemon = Daemon::start(&netns, &bus, &config);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the start took {:?}",
+        started.elapsed()
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the status to name the FIFO",
+        || {
+            let status = daemon.cli(&["status"]).stdout;
+            status.contains(&format!("{} is a FIFO, not a regular file", fifo.display()))
+                && status.contains("/dev/zero is a device, not a regular file")
+        },
+    );
+    log.append(&["Invalid user x from 203.0.113.61 port 22".to_string()]);
+    wait_until(Duration::from_secs(5), "the regular file's ban", || {
+        netns
+            .set_elements("orch", "ban4")
+            .iter()
+            .any(|e| e.starts_with("203.0.113.61"))
+    });
+}

@@ -77,9 +77,19 @@ struct OpenFile {
 }
 
 impl OpenFile {
+    /// Opens a regular file without blocking: a FIFO or device at a log
+    /// path must not hold the jail (or the daemon's start) up.
     fn open(path: &Path, offset: u64) -> Option<OpenFile> {
-        let file = File::open(path).ok()?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .ok()?;
         let meta = file.metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
         Some(OpenFile {
             identity: (meta.dev(), meta.ino()),
             offset: offset.min(meta.len()),
@@ -238,6 +248,10 @@ struct Followed {
     /// Rotated-away files still drained for late writes, with the time
     /// they were last seen growing.
     retired: Vec<(OpenFile, Instant)>,
+    /// What the path is when it is not a regular file (then not read).
+    not_regular: Option<&'static str>,
+    /// Whether that was logged already.
+    warned: bool,
 }
 
 /// Follows the files of one jail.
@@ -302,12 +316,44 @@ impl FileFollower {
             .collect()
     }
 
+    /// Paths that are not regular files (a FIFO, a device, a directory),
+    /// so not read, each with what it is (for status).
+    pub fn not_read(&self) -> Vec<String> {
+        self.followed
+            .iter()
+            .filter_map(|(path, state)| {
+                state
+                    .not_regular
+                    .map(|kind| format!("{} is {kind}, not a regular file", path.display()))
+            })
+            .collect()
+    }
+
     /// How many files are open now (for status).
     pub fn open_files(&self) -> usize {
         self.followed
             .values()
             .filter(|s| s.current.is_some())
             .count()
+    }
+}
+
+/// What a path holds when it is not a regular file.
+fn not_a_regular_file(meta: &std::fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        None
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a file")
     }
 }
 
@@ -347,7 +393,20 @@ impl Followed {
             }
             now.duration_since(*last_growth) < RETIRED_GRACE
         });
-        let Some(on_disk) = std::fs::metadata(path).ok() else {
+        let on_disk = std::fs::metadata(path).ok();
+        self.not_regular = on_disk.as_ref().and_then(not_a_regular_file);
+        if self.not_regular.is_some() {
+            if !self.warned {
+                self.warned = true;
+                tracing::warn!(
+                    "{}: {}, not a regular file: not read",
+                    path.display(),
+                    self.not_regular.unwrap_or_default()
+                );
+            }
+            return;
+        }
+        let Some(on_disk) = on_disk else {
             // Gone (rotated, not yet re-created): finish the old file.
             if let Some(mut current) = self.current.take() {
                 current.drain(buffer, sink);

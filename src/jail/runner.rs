@@ -253,9 +253,16 @@ impl Worker {
             judge.handle_line(line, None);
         });
         let open = follower.open_files();
-        self.judge
-            .stats
-            .set_state(format!("following {open} file(s)"));
+        let not_read = follower.not_read();
+        let state = if not_read.is_empty() {
+            format!("following {open} file(s)")
+        } else {
+            format!(
+                "following {open} file(s); not read: {}",
+                not_read.join("; ")
+            )
+        };
+        self.judge.stats.set_state(state);
         self.dirty |= read_any;
     }
 
