@@ -590,6 +590,9 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
     let facts = printable_facts(proxy.firewall().await?);
     let fact = |key: &str| facts.get(key).map(String::as_str).unwrap_or("?");
     println!("orch {version}: daemon running");
+    if let Some(error) = facts.get("config_error") {
+        println!("config:     INVALID; {error}");
+    }
     println!("table:      {} via {}", fact("table"), fact("backend"));
     let ownership = match (fact("owned"), fact("persist")) {
         ("true", "true") => "owned by the daemon, persists if it exits",

@@ -23,6 +23,7 @@ use toml::Spanned;
 
 mod fleet;
 mod jails;
+pub mod last_good;
 pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule, url_host};
 
 /// The config files read that someone other than root could have changed

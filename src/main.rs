@@ -82,17 +82,21 @@ fn check_config(cli: &Cli) -> ExitCode {
 }
 
 fn run_daemon(cli: &Cli) -> ExitCode {
-    let loaded = match config::load_default_locations(cli.config.as_deref()) {
-        Ok(loaded) => loaded,
+    let (loaded, config_error) = match config::load_default_locations(cli.config.as_deref()) {
+        Ok(loaded) => {
+            if let Err(err) = config::last_good::save(&loaded) {
+                eprintln!("<4>orch: cannot save the configuration as the last good one: {err}");
+            }
+            (loaded, None)
+        }
         Err(err) => {
-            eprintln!("{}", printable_lines(&err.to_string()));
-            eprintln!("orch: refusing to start with an invalid configuration");
-            return ExitCode::FAILURE;
+            let (fallback, error) = fallback_config(cli, &err);
+            (fallback, Some(error))
         }
     };
     orch::daemon::memory::tune_allocator();
     let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
-        rt.block_on(orch::daemon::run(loaded, cli.config.clone()))
+        rt.block_on(orch::daemon::run(loaded, cli.config.clone(), config_error))
             .map_err(anyhow::Error::from)
     });
     match result {
@@ -102,6 +106,43 @@ fn run_daemon(cli: &Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration to run on when the one on disk is invalid: the last
+/// good one saved in the state directory, else the embedded default (with
+/// the state directory the broken file names, so the stored bans apply).
+/// A config error must never leave the host unprotected; the error goes
+/// to the journal at error priority, and into `orch status`.
+fn fallback_config(cli: &Cli, err: &config::ConfigError) -> (config::Config, String) {
+    let state_dir = config::last_good::state_dir_of(cli.config.as_deref());
+    let (fallback, what) = match config::last_good::load(&state_dir) {
+        Some(Ok(last_good)) => (last_good, "the last good configuration"),
+        _ => {
+            let embedded = config::Config {
+                state_dir: state_dir.clone(),
+                ..config::Config::default()
+            };
+            (embedded, "the embedded default configuration")
+        }
+    };
+    for line in printable_lines(&err.to_string()).lines() {
+        eprintln!("<3>{line}");
+    }
+    eprintln!(
+        "<3>orch: the configuration is invalid; running on {what} (state in {}) so every stored ban stays applied. Fix the file, then: systemctl reload orch",
+        state_dir.display()
+    );
+    let first_issue = err
+        .issues
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let summary = format!(
+        "{} ({} problem(s)); running on {what}; fix it, then systemctl reload orch",
+        printable_lines(&first_issue),
+        err.issues.len()
+    );
+    (fallback, summary)
 }
 
 fn run_units<E: std::fmt::Display>(

@@ -288,3 +288,53 @@ fn a_hook_others_could_write_is_not_run() {
         "{checked}"
     );
 }
+
+/// A config typo never drops protection: with a ban in place, an invalid
+/// `allow` entry and a restart leave the daemon running on the last good
+/// configuration, the ban in the kernel, and `orch status` naming the
+/// error; a fixed file and a reload clear it.
+#[test]
+fn an_invalid_config_at_start_runs_on_the_last_good_one() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let mut daemon = Daemon::start(&netns, &bus, "allow = [\"192.0.2.1\"]\n");
+    daemon
+        .cli(&["ban", "203.0.113.77", "--for", "1h"])
+        .expect_ok("ban");
+    let good = std::fs::read_to_string(&daemon.config_path).expect("read config");
+    std::fs::write(
+        &daemon.config_path,
+        good.replace("192.0.2.1", "192.0.2.300"),
+    )
+    .expect("break the config");
+    daemon.restart(&netns, &bus);
+    assert!(
+        has(&netns.set_elements("orch", "ban4"), "203.0.113.77"),
+        "the stored ban is applied"
+    );
+    assert!(
+        has(&netns.set_elements("orch", "allow4"), "192.0.2.1"),
+        "the last good allowlist is in force"
+    );
+    let status = daemon.cli(&["status"]).expect_ok("status");
+    assert!(
+        status.stdout.contains("config:     INVALID;")
+            && status.stdout.contains("192.0.2.300")
+            && status
+                .stdout
+                .contains("running on the last good configuration"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("<3>orch: the configuration is invalid"),
+        "the error goes to the journal at error priority"
+    );
+    std::fs::write(&daemon.config_path, &good).expect("fix the config");
+    daemon.sighup();
+    wait_until(Duration::from_secs(5), "the error to clear", || {
+        !daemon.cli(&["status"]).stdout.contains("INVALID")
+    });
+}

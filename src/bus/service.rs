@@ -357,8 +357,9 @@ impl OrchService {
     }
 
     /// Daemon facts as key/value strings: table, backend, owned, persist,
-    /// bans, allowlist sizes, last_sync, last_event, and `unit:<name>` for
-    /// each watched systemd unit.
+    /// bans, allowlist sizes, last_sync, last_event, `unit:<name>` for
+    /// each watched systemd unit, and `config_error` while the daemon runs
+    /// on a fallback because the configuration on disk is invalid.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn firewall(
         &self,
@@ -373,6 +374,9 @@ impl OrchService {
         facts.insert("bans".into(), status.ban_count.to_string());
         facts.insert("static_allows".into(), status.static_allows.to_string());
         facts.insert("runtime_allows".into(), status.runtime_allows.to_string());
+        if let Some(error) = &status.config_error {
+            facts.insert("config_error".into(), error.clone());
+        }
         if let Some((kind, cause, at)) = &status.last_event {
             facts.insert(
                 "last_event".into(),

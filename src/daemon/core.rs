@@ -81,6 +81,9 @@ pub struct CoreStatus {
     pub units: Vec<(String, String, u64)>,
     /// The last firewall event handled: (kind, cause, when).
     pub last_event: Option<(EventKind, String, u64)>,
+    /// Set while the daemon runs on a fallback because the configuration
+    /// on disk is invalid: what is wrong, and what runs instead.
+    pub config_error: Option<String>,
 }
 
 /// The state the core's thread owns.
@@ -88,6 +91,8 @@ pub struct Core {
     /// The daemon's event stream, for kernel changes a paused monitor
     /// missed (`None` in unit tests).
     kernel_events: Option<EventSender>,
+    /// See [`CoreStatus::config_error`]; cleared by a good reload.
+    config_error: Option<String>,
     config: Config,
     store: Store,
     reconciler: Reconciler,
@@ -170,6 +175,7 @@ impl Core {
             ticks: 0,
             fleet: Default::default(),
             kernel_events: None,
+            config_error: None,
         };
         core.reconciler
             .set_port_scopes(port_scopes(&core.config.jails));
@@ -696,7 +702,13 @@ impl Core {
                 .map(|(unit, (state, at))| (unit.clone(), state.clone(), *at))
                 .collect(),
             last_event: self.last_event.clone(),
+            config_error: self.config_error.clone(),
         }
+    }
+
+    /// Notes that the daemon runs on a fallback configuration, and why.
+    pub fn set_config_error(&mut self, error: Option<String>) {
+        self.config_error = error;
     }
 
     /// One line for `systemctl status`: bans, ownership, last sync.
@@ -715,7 +727,11 @@ impl Core {
             ),
             None => String::new(),
         };
-        format!("{} bans, {ownership}{sync}", status.ban_count)
+        let line = format!("{} bans, {ownership}{sync}", status.ban_count);
+        match &status.config_error {
+            Some(_) => format!("CONFIGURATION INVALID, running on a fallback; {line}"),
+            None => line,
+        }
     }
 
     /// True while a watched unit is between states (a start, reload or
@@ -778,6 +794,7 @@ impl Core {
         }
         self.reconciler.set_port_scopes(port_scopes(&config.jails));
         self.config = config;
+        self.config_error = None;
         self.sync("configuration reloaded")?;
         Ok(())
     }

@@ -56,7 +56,15 @@ pub enum DaemonError {
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is the explicit
 /// `--config` (if any), re-read on SIGHUP.
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
+/// Runs the daemon on `config`. `config_error` is set when the
+/// configuration on disk is invalid and `config` is a fallback (the last
+/// good one, or the embedded default): it is shown in `orch status` and
+/// `systemctl status` until a reload succeeds.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    config_error: Option<String>,
+) -> Result<(), DaemonError> {
     for why in crate::config::untrusted_sources(&config) {
         tracing::warn!("a config file others could change: {why}");
     }
@@ -82,7 +90,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Dae
         tracing::info!(bans = store.ban_count(), dir = %config.state_dir.display(), "ban store loaded");
         let mut firewall = Firewall::open(&config.firewall)?;
         firewall.set_notification_switch(notification_switch);
-        Ok(Core::start(config, store, Reconciler::new(firewall))?)
+        let mut core = Core::start(config, store, Reconciler::new(firewall))?;
+        core.set_config_error(config_error);
+        Ok(core)
     })
     .await
     .map_err(|e| DaemonError::Io(std::io::Error::other(e)))??;
@@ -217,6 +227,9 @@ async fn reload(
             .await
         {
             Ok(Ok(applied)) => {
+                if let Err(err) = config::last_good::save(&applied) {
+                    tracing::warn!("cannot save the configuration as the last good one: {err}");
+                }
                 hooks.set_setup(hook_setup(&applied));
                 if applied.dns != running.dns {
                     tracing::warn!("[dns] changes take effect when the daemon restarts");
