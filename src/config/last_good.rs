@@ -11,6 +11,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::{Config, ConfigError, Document, SYSTEM_CONFIG, build};
@@ -27,7 +28,12 @@ pub fn save(config: &Config) -> io::Result<()> {
     let state = &config.state_dir;
     let (dir, tmp, old) = (state.join(DIR), state.join(TMP_DIR), state.join(OLD_DIR));
     let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
+    // The state directory is private (the store makes it so too); so is
+    // the copy, which may name secret files and hooks.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&tmp)?;
     for (index, source) in config.sources.iter().enumerate() {
         let text = fs::read_to_string(source)?;
         let name = format!("{index:02}.toml");
@@ -108,5 +114,14 @@ mod tests {
         std::fs::write(&main, "allow = [\"not an address\"]\n").expect("write");
         assert_eq!(state_dir_of(Some(&main)), Config::default().state_dir);
         assert!(load(&dir.path().join("nowhere")).is_none());
+        let fresh = dir.path().join("fresh-state");
+        let moved = Config {
+            state_dir: fresh.clone(),
+            ..loaded
+        };
+        save(&moved).expect("save into a missing state dir");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&fresh).expect("made").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the state dir is private: {mode:o}");
     }
 }
