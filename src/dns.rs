@@ -229,6 +229,55 @@ pub struct NameReport {
     pub last_error: Option<String>,
 }
 
+/// Most addresses one name may allow; an answer with more keeps the first
+/// this many in address order (a DNS server, or whoever spoofs it, must not
+/// open the firewall to a whole range through one name).
+pub const MAX_ADDRESSES_PER_NAME: usize = 32;
+
+/// Whether a DNS answer's address may be allowed: never the unspecified
+/// address, loopback, link-local, multicast or broadcast (an allow entry
+/// is checked before every ban, so such an answer would exempt this host's
+/// own plumbing from the firewall).
+pub fn allowable(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 0)
+        }
+        IpAddr::V6(v6) => {
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            let mapped = v6.to_ipv4_mapped().is_some();
+            !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() || link_local || mapped)
+        }
+    }
+}
+
+/// Keeps the allowable addresses of an answer, at most
+/// [`MAX_ADDRESSES_PER_NAME`]; says what was dropped, for the log.
+fn screen_answer(answer: Vec<(IpAddr, Duration)>) -> (Vec<(IpAddr, Duration)>, Vec<IpAddr>, usize) {
+    let (kept, refused): (Vec<_>, Vec<_>) =
+        answer.into_iter().partition(|(addr, _)| allowable(addr));
+    // The first addresses in address order; an address listed twice keeps
+    // both records (their TTLs both count).
+    let distinct: std::collections::BTreeSet<IpAddr> = kept.iter().map(|(addr, _)| *addr).collect();
+    let over = distinct.len().saturating_sub(MAX_ADDRESSES_PER_NAME);
+    let chosen: std::collections::BTreeSet<IpAddr> =
+        distinct.into_iter().take(MAX_ADDRESSES_PER_NAME).collect();
+    let kept = kept
+        .into_iter()
+        .filter(|(addr, _)| chosen.contains(addr))
+        .collect();
+    (
+        kept,
+        refused.into_iter().map(|(addr, _)| addr).collect(),
+        over,
+    )
+}
+
 /// The shortest time between two resolutions of one name, whatever its TTL
 /// and `min_ttl`.
 const MIN_REFRESH_SECS: u64 = 1;
@@ -344,6 +393,26 @@ impl DnsAllowState {
         };
         match result {
             Ok(answer) => {
+                let (answer, refused, over) = screen_answer(answer);
+                if !refused.is_empty() {
+                    tracing::warn!(
+                        name,
+                        "{name}: not allowing {} address(es) no DNS name may allow: {}",
+                        refused.len(),
+                        refused
+                            .iter()
+                            .take(8)
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                if over > 0 {
+                    tracing::warn!(
+                        name,
+                        "{name}: the answer holds {over} address(es) more than the {MAX_ADDRESSES_PER_NAME} one name may allow; the rest are left out"
+                    );
+                }
                 if let Some(err) = state.last_error.take() {
                     tracing::info!(
                         name,
@@ -516,6 +585,39 @@ mod tests {
 
     fn failure() -> Result<Vec<(IpAddr, Duration)>, DnsError> {
         Err(DnsError::Failed("a.test A: request timed out".into()))
+    }
+
+    #[test]
+    fn special_addresses_are_never_allowed_and_answers_are_capped() {
+        let mut st = state(vec![entry("flood.example", 30, 3600)]);
+        let mut records: Vec<(String, u64)> = (1..=300)
+            .map(|i| (format!("198.51.{}.{}", i / 250, i % 250 + 1), 60))
+            .collect();
+        for special in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "169.254.169.254",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+        ] {
+            records.push((special.to_string(), 60));
+        }
+        let refs: Vec<(&str, u64)> = records.iter().map(|(a, t)| (a.as_str(), *t)).collect();
+        st.record("flood.example", answer(&refs), 1_000);
+        let allowed = st.elements(1_000);
+        assert_eq!(allowed.len(), MAX_ADDRESSES_PER_NAME);
+        assert!(
+            allowed.iter().all(|(addr, _)| allowable(addr)),
+            "{allowed:?}"
+        );
+        assert!(!st.allows(&ip("127.0.0.1"), 1_000));
+        assert!(!st.allows(&ip("0.0.0.0"), 1_000));
+        assert!(allowable(&ip("2001:db8::1")) && allowable(&ip("192.0.2.1")));
     }
 
     #[test]

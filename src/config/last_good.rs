@@ -121,7 +121,10 @@ mod tests {
         };
         save(&moved).expect("save into a missing state dir");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&fresh).expect("made").permissions().mode();
+        let mode = std::fs::metadata(&fresh)
+            .expect("made")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "the state dir is private: {mode:o}");
     }
 }
