@@ -221,6 +221,8 @@ impl Resolver {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NameReport {
     pub name: String,
+    /// "A" or "AAAA": each family is resolved and judged on its own.
+    pub family: &'static str,
     /// The name's allowed addresses with their expiry (Unix seconds).
     pub addresses: Vec<(IpAddr, u64)>,
     /// When the name last resolved (an empty answer counts).
@@ -288,6 +290,10 @@ const MAX_RETRY_SECS: u64 = 30;
 #[derive(Debug, Clone)]
 struct NameState {
     name: String,
+    /// The one family this state resolves (an entry for both families
+    /// has one state each, so a failing AAAA query never costs the name
+    /// its A addresses, and each keeps its own last good answer).
+    family: DnsFamily,
     min_ttl: u64,
     max_ttl: u64,
     /// Only these destination ports; empty = every port.
@@ -313,84 +319,18 @@ impl NameState {
     fn retry_after(&self) -> u64 {
         self.min_ttl.clamp(MIN_REFRESH_SECS, MAX_RETRY_SECS)
     }
-}
 
-/// The DNS allow state machine: no I/O, time passed in as Unix seconds.
-#[derive(Debug, Clone)]
-pub struct DnsAllowState {
-    names: Vec<NameState>,
-    stale_max: u64,
-    grace: u64,
-}
-
-/// Whole seconds, rounded up (config durations may carry milliseconds).
-fn secs_ceil(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-impl DnsAllowState {
-    /// All configured names, each due at once. A name listed twice keeps
-    /// its first entry.
-    pub fn new(settings: &DnsSettings) -> Self {
-        let mut names: Vec<NameState> = Vec::new();
-        for entry in &settings.entries {
-            if names.iter().any(|n| n.name == entry.name) {
-                continue;
-            }
-            names.push(NameState {
-                name: entry.name.clone(),
-                min_ttl: secs_ceil(entry.min_ttl),
-                max_ttl: secs_ceil(entry.max_ttl),
-                ports: entry.ports.clone(),
-                addresses: BTreeMap::new(),
-                next_due: 0,
-                last_success: None,
-                last_error: None,
-            });
-        }
-        DnsAllowState {
-            names,
-            stale_max: secs_ceil(settings.stale_max),
-            grace: secs_ceil(settings.grace),
-        }
-    }
-
-    /// Names due for (re)resolution at `now`, in config order (initially:
-    /// all).
-    pub fn due(&self, now: u64) -> Vec<String> {
-        self.names
-            .iter()
-            .filter(|n| n.next_due <= now)
-            .map(|n| n.name.clone())
-            .collect()
-    }
-
-    /// Seconds until the next name is due (0 if one is due now; None if no
-    /// entries).
-    pub fn next_due_in(&self, now: u64) -> Option<u64> {
-        self.names
-            .iter()
-            .map(|n| n.next_due.saturating_sub(now))
-            .min()
-    }
-
-    /// Records a resolution result for `name` (ignored for an unknown name).
-    /// Returns true if [`Self::elements`] changed (an address came or went,
-    /// or an expiry moved), so the caller should apply them again. Every
-    /// successful refresh moves the expiries, and must reach the kernel for
-    /// the elements to outlive their current timeout.
-    pub fn record(
+    /// Applies one resolution result of this name and family.
+    fn record(
         &mut self,
-        name: &str,
         result: Result<Vec<(IpAddr, Duration)>, DnsError>,
         now: u64,
-    ) -> bool {
-        let before = (self.elements(now), self.port_elements(now));
-        let (stale_max, grace) = (self.stale_max, self.grace);
-        let Some(state) = self.names.iter_mut().find(|n| n.name == name) else {
-            tracing::debug!(name, "DNS result for a name not configured; ignored");
-            return false;
-        };
+        stale_max: u64,
+        grace: u64,
+    ) {
+        let state = self;
+        let name = state.name.clone();
+        let name = name.as_str();
         match result {
             Ok(answer) => {
                 let (answer, refused, over) = screen_answer(answer);
@@ -463,6 +403,155 @@ impl DnsAllowState {
                 state.addresses.retain(|_, expiry| *expiry > now);
             }
         }
+    }
+}
+
+/// The DNS allow state machine: no I/O, time passed in as Unix seconds.
+#[derive(Debug, Clone)]
+pub struct DnsAllowState {
+    names: Vec<NameState>,
+    stale_max: u64,
+    grace: u64,
+}
+
+/// Whole seconds, rounded up (config durations may carry milliseconds).
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The single families an entry's family stands for.
+fn single_families(family: &DnsFamily) -> &'static [DnsFamily] {
+    match family {
+        DnsFamily::Any => &[DnsFamily::Ipv4, DnsFamily::Ipv6],
+        DnsFamily::Ipv4 => &[DnsFamily::Ipv4],
+        DnsFamily::Ipv6 => &[DnsFamily::Ipv6],
+    }
+}
+
+/// Whether `addr` belongs to the single family `family`.
+fn in_family(addr: &IpAddr, family: &DnsFamily) -> bool {
+    match family {
+        DnsFamily::Ipv4 => addr.is_ipv4(),
+        DnsFamily::Ipv6 => addr.is_ipv6(),
+        DnsFamily::Any => true,
+    }
+}
+
+impl DnsAllowState {
+    /// All configured names, each due at once. A name listed twice keeps
+    /// its first entry.
+    pub fn new(settings: &DnsSettings) -> Self {
+        let mut names: Vec<NameState> = Vec::new();
+        for entry in &settings.entries {
+            if names.iter().any(|n| n.name == entry.name) {
+                continue;
+            }
+            for family in single_families(&entry.family) {
+                names.push(NameState {
+                    name: entry.name.clone(),
+                    family: family.clone(),
+                    min_ttl: secs_ceil(entry.min_ttl),
+                    max_ttl: secs_ceil(entry.max_ttl),
+                    ports: entry.ports.clone(),
+                    addresses: BTreeMap::new(),
+                    next_due: 0,
+                    last_success: None,
+                    last_error: None,
+                });
+            }
+        }
+        DnsAllowState {
+            names,
+            stale_max: secs_ceil(settings.stale_max),
+            grace: secs_ceil(settings.grace),
+        }
+    }
+
+    /// Names due for (re)resolution at `now`, in config order (initially:
+    /// all).
+    pub fn due(&self, now: u64) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (name, _) in self.due_families(now) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Each (name, single family) due at `now`, in config order.
+    pub fn due_families(&self, now: u64) -> Vec<(String, DnsFamily)> {
+        self.names
+            .iter()
+            .filter(|n| n.next_due <= now)
+            .map(|n| (n.name.clone(), n.family.clone()))
+            .collect()
+    }
+
+    /// Seconds until the next name is due (0 if one is due now; None if no
+    /// entries).
+    pub fn next_due_in(&self, now: u64) -> Option<u64> {
+        self.names
+            .iter()
+            .map(|n| n.next_due.saturating_sub(now))
+            .min()
+    }
+
+    /// Records a resolution result for `name` (ignored for an unknown name).
+    /// Returns true if [`Self::elements`] changed (an address came or went,
+    /// or an expiry moved), so the caller should apply them again. Every
+    /// successful refresh moves the expiries, and must reach the kernel for
+    /// the elements to outlive their current timeout.
+    pub fn record(
+        &mut self,
+        name: &str,
+        result: Result<Vec<(IpAddr, Duration)>, DnsError>,
+        now: u64,
+    ) -> bool {
+        let families: Vec<DnsFamily> = self
+            .names
+            .iter()
+            .filter(|n| n.name == name)
+            .map(|n| n.family.clone())
+            .collect();
+        if families.is_empty() {
+            tracing::debug!(name, "DNS result for a name not configured; ignored");
+            return false;
+        }
+        let mut changed = false;
+        for family in families {
+            let of_family = result.clone().map(|answer| {
+                answer
+                    .into_iter()
+                    .filter(|(addr, _)| in_family(addr, &family))
+                    .collect()
+            });
+            changed |= self.record_family(name, &family, of_family, now);
+        }
+        changed
+    }
+
+    /// Records one family's resolution result for `name`: its own
+    /// addresses, last good answer and retry schedule. Returns true if
+    /// [`Self::elements`] changed.
+    pub fn record_family(
+        &mut self,
+        name: &str,
+        family: &DnsFamily,
+        result: Result<Vec<(IpAddr, Duration)>, DnsError>,
+        now: u64,
+    ) -> bool {
+        let before = (self.elements(now), self.port_elements(now));
+        let (stale_max, grace) = (self.stale_max, self.grace);
+        let Some(state) = self
+            .names
+            .iter_mut()
+            .find(|n| n.name == name && &n.family == family)
+        else {
+            tracing::debug!(name, "DNS result for a name not configured; ignored");
+            return false;
+        };
+        state.record(result, now, stale_max, grace);
         (self.elements(now), self.port_elements(now)) != before
     }
 
@@ -511,6 +600,10 @@ impl DnsAllowState {
             .iter()
             .map(|n| NameReport {
                 name: n.name.clone(),
+                family: match n.family {
+                    DnsFamily::Ipv6 => "AAAA",
+                    _ => "A",
+                },
                 addresses: n
                     .addresses
                     .iter()
@@ -850,7 +943,11 @@ mod tests {
 
     #[test]
     fn duplicate_addresses_in_one_answer_keep_the_longest_ttl() {
-        let mut s = state(vec![entry("a.test", 30, 3600)]);
+        // A only: an AAAA state with no records would be due after min_ttl.
+        let mut s = state(vec![DnsAllowEntry {
+            family: DnsFamily::Ipv4,
+            ..entry("a.test", 30, 3600)
+        }]);
         s.record(
             "a.test",
             answer(&[("192.0.2.1", 60), ("192.0.2.1", 120)]),
@@ -871,7 +968,7 @@ mod tests {
     }
 
     #[test]
-    fn report_lists_every_name_in_config_order() {
+    fn report_lists_every_name_and_family_in_config_order() {
         let mut s = state(vec![entry("b.test", 30, 3600), entry("a.test", 30, 3600)]);
         s.record(
             "b.test",
@@ -879,22 +976,49 @@ mod tests {
             T0,
         );
         let report = s.report(T0);
+        let row = |name: &str, family, addresses: Vec<(IpAddr, u64)>, last_success| NameReport {
+            name: name.into(),
+            family,
+            addresses,
+            last_success,
+            last_error: None,
+        };
         assert_eq!(
             report,
             vec![
-                NameReport {
-                    name: "b.test".into(),
-                    addresses: vec![(ip("192.0.2.1"), T0 + 90), (ip("2001:db8::1"), T0 + 90)],
-                    last_success: Some(T0),
-                    last_error: None,
-                },
-                NameReport {
-                    name: "a.test".into(),
-                    addresses: Vec::new(),
-                    last_success: None,
-                    last_error: None,
-                },
+                row("b.test", "A", vec![(ip("192.0.2.1"), T0 + 90)], Some(T0)),
+                row(
+                    "b.test",
+                    "AAAA",
+                    vec![(ip("2001:db8::1"), T0 + 90)],
+                    Some(T0)
+                ),
+                row("a.test", "A", Vec::new(), None),
+                row("a.test", "AAAA", Vec::new(), None),
             ]
+        );
+    }
+
+    /// A resolver that answers A but refuses AAAA (dnsmasq with a local
+    /// host-record and no upstream): the name's A addresses are allowed at
+    /// once, and a later AAAA failure never drops them.
+    #[test]
+    fn one_failing_family_never_costs_the_other_its_addresses() {
+        let mut s = state(vec![entry("a.test", 30, 3600)]);
+        assert!(s.record_family("a.test", &DnsFamily::Ipv4, answer(&[("192.0.2.1", 60)]), T0));
+        s.record_family("a.test", &DnsFamily::Ipv6, failure(), T0);
+        assert_eq!(s.elements(T0), vec![(ip("192.0.2.1"), T0 + 90)]);
+        let report = s.report(T0);
+        assert!(
+            report[1].family == "AAAA" && report[1].last_error.is_some(),
+            "{report:?}"
+        );
+        assert!(report[0].last_error.is_none(), "{report:?}");
+        // The AAAA retry comes sooner than the A refresh; only it is due.
+        let retry_at = T0 + s.next_due_in(T0).unwrap_or(0);
+        assert_eq!(
+            s.due_families(retry_at),
+            vec![("a.test".to_string(), DnsFamily::Ipv6)]
         );
     }
 

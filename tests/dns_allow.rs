@@ -24,32 +24,16 @@ impl Dnsmasq {
     fn start(netns: &NetNs, hosts: &str, ttl: u32) -> Dnsmasq {
         let file = tempfile::NamedTempFile::new().expect("hosts file");
         std::fs::write(file.path(), hosts).expect("write hosts");
-        let child = netns
-            .command("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                &format!("--port={PORT}"),
-                &format!("--local-ttl={ttl}"),
-                "--local=/test/",
-                "--cname=c.test,a.test",
-                "--pid-file=",
-                "--user=root",
-            ])
-            .arg(format!("--addn-hosts={}", file.path().display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dnsmasq");
-        let server = Dnsmasq { child, hosts: file };
-        wait_until(Duration::from_secs(5), "dnsmasq to listen", || {
-            let sockets = netns.run("ss", &["-lun"]).stdout;
-            sockets.contains(&format!("127.0.0.1:{PORT}"))
-        });
-        server
+        let child = spawn_dnsmasq(
+            netns,
+            &[
+                format!("--local-ttl={ttl}"),
+                "--local=/test/".to_string(),
+                "--cname=c.test,a.test".to_string(),
+                format!("--addn-hosts={}", file.path().display()),
+            ],
+        );
+        Dnsmasq { child, hosts: file }
     }
 
     /// Rewrites the hosts file and makes dnsmasq re-read it (SIGHUP).
@@ -72,6 +56,33 @@ impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// dnsmasq on 127.0.0.1:PORT in `netns` with no upstream and no
+/// /etc/hosts, plus `args`; returns once it listens.
+fn spawn_dnsmasq(netns: &NetNs, args: &[String]) -> Child {
+    let child = netns
+        .command("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            &format!("--port={PORT}"),
+            "--pid-file=",
+            "--user=root",
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dnsmasq");
+    wait_until(Duration::from_secs(5), "dnsmasq to listen", || {
+        let sockets = netns.run("ss", &["-lun"]).stdout;
+        sockets.contains(&format!("127.0.0.1:{PORT}"))
+    });
+    child
 }
 
 fn config(names: &[&str], grace_secs: u32) -> String {
@@ -237,4 +248,40 @@ fn a_name_limited_to_ports_is_accepted_on_those_ports_only() {
     );
     let refused = daemon.cli(&["ban", "10.98.0.2"]);
     assert!(refused.stderr.contains("Allowlisted"), "{}", refused.stderr);
+}
+
+/// A resolver that answers A but refuses AAAA (dnsmasq with a host-record
+/// and no upstream): the name's A address is allowed on the first start,
+/// and `orch allow list` shows the AAAA family failing.
+#[test]
+fn a_refused_aaaa_query_does_not_cost_the_name_its_a_address() {
+    let netns = NetNs::new();
+    let mut dnsmasq = spawn_dnsmasq(
+        &netns,
+        &["--host-record=v4only.example,192.0.2.20".to_string()],
+    );
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, &config(&["v4only.example"], 2));
+    wait_until(
+        Duration::from_secs(5),
+        "v4only.example's A address in the DNS allow set",
+        || {
+            netns
+                .set_elements("orch", "dnsallow4")
+                .contains(&"192.0.2.20".to_string())
+        },
+    );
+    let listed = daemon.cli(&["allow", "list"]).expect_ok("allow list");
+    let aaaa_row = listed
+        .stdout
+        .lines()
+        .find(|line| line.contains("dns AAAA"))
+        .unwrap_or_default();
+    assert!(
+        listed.stdout.contains("dns A ") && aaaa_row.contains("failing"),
+        "each family has its row, the AAAA one failing:\n{}",
+        listed.stdout
+    );
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
 }

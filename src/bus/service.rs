@@ -271,13 +271,20 @@ impl OrchService {
         }
         let reports = self.dns.lock().map(|r| r.clone()).unwrap_or_default();
         for report in reports {
+            // Each family's state: "dns A", "dns AAAA"; a family with no
+            // address says why when it is failing.
+            let kind = format!("dns {}", report.family);
             if report.addresses.is_empty() {
-                rows.push((String::new(), "dns".into(), report.name.clone(), 0));
+                let name = match &report.last_error {
+                    Some(error) => format!("{} (failing: {error})", report.name),
+                    None => report.name.clone(),
+                };
+                rows.push((String::new(), kind.clone(), name, 0));
             }
             for (addr, expires) in &report.addresses {
                 rows.push((
                     addr.to_string(),
-                    "dns".into(),
+                    kind.clone(),
                     report.name.clone(),
                     *expires,
                 ));

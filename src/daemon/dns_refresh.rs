@@ -38,16 +38,17 @@ pub async fn run(settings: DnsSettings, core: CoreHandle, reports: DnsReports) {
     loop {
         // All due names at once: one dead name must not hold up the others
         // past their grace period.
-        let due = state.due(now_unix());
+        // Each family on its own: a resolver that refuses AAAA must not
+        // cost a name its A addresses.
+        let due = state.due_families(now_unix());
         let resolver = &resolver;
-        let lookups = due.iter().filter_map(|name| {
-            let entry = settings.entries.iter().find(|e| &e.name == name)?;
-            Some(async move { (name, resolver.resolve(name, &entry.family).await) })
+        let lookups = due.iter().map(|(name, family)| async move {
+            (name, family, resolver.resolve(name, family).await)
         });
         let results = futures_util::future::join_all(lookups).await;
         let mut changed = false;
-        for (name, result) in results {
-            changed |= state.record(name, result, now_unix());
+        for (name, family, result) in results {
+            changed |= state.record_family(name, family, result, now_unix());
         }
         if changed {
             let allows = DnsAllows {
