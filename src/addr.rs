@@ -67,6 +67,18 @@ pub fn is_single_address(net: &IpNet) -> bool {
     net.prefix_len() == net.max_prefix_len()
 }
 
+/// The network a jail counts and bans `addr` by: the address itself for
+/// IPv4, its `ipv6_prefix` network for IPv6 (so an attacker rotating
+/// addresses inside one /64 is one offender).
+pub fn jail_net(addr: IpAddr, ipv6_prefix: u8) -> IpNet {
+    match addr {
+        IpAddr::V4(_) => IpNet::from(addr),
+        IpAddr::V6(v6) => Ipv6Net::new(v6, ipv6_prefix.min(128))
+            .map(|net| IpNet::V6(net.trunc()))
+            .unwrap_or_else(|_| IpNet::from(addr)),
+    }
+}
+
 /// True when two networks share at least one address.
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
@@ -191,6 +203,24 @@ fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jails_count_ipv6_by_prefix_and_ipv4_by_address() {
+        let v6 = |text: &str| text.parse::<IpAddr>().expect("literal");
+        assert_eq!(
+            jail_net(v6("2001:db8:1:2:aaaa::1"), 64).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            jail_net(v6("2001:db8:1:2:aaaa::1"), 64),
+            jail_net(v6("2001:db8:1:2:ffff:1:2:3"), 64)
+        );
+        assert_eq!(
+            jail_net(v6("2001:db8::1"), 128).to_string(),
+            "2001:db8::1/128"
+        );
+        assert_eq!(jail_net(v6("192.0.2.7"), 64).to_string(), "192.0.2.7/32");
+    }
 
     fn net(text: &str) -> IpNet {
         text.parse().expect("test literal")

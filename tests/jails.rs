@@ -469,3 +469,43 @@ fn a_fifo_at_a_log_path_never_blocks_the_start() {
             .any(|e| e.starts_with("203.0.113.61"))
     });
 }
+
+/// An IPv6 attacker rotating addresses inside one /64: five addresses,
+/// one failure each, reach maxretry = 5 together and the /64 is banned as
+/// a prefix. With `ipv6_prefix = 128` the same lines ban nothing.
+#[test]
+fn failures_from_one_ipv6_prefix_add_up_and_ban_the_prefix() {
+    let lines: Vec<String> = (1..=5)
+        .map(|i| format!("Invalid user x from 2001:db8:7:8::{i:x} port 22"))
+        .collect();
+    for (prefix, banned) in [(None, true), (Some(128), false)] {
+        let log = Log::new();
+        let extra = prefix
+            .map(|p| format!("ipv6_prefix = {p}"))
+            .unwrap_or_default();
+        let config = log.jail(&extra).replace("maxretry = 3", "maxretry = 5");
+        let netns = NetNs::new();
+        let bus = TestBus::start();
+        let daemon = Daemon::start(&netns, &bus, &config);
+        log.append(&lines);
+        let has_prefix = || {
+            netns
+                .set_elements("orch", "bannet6")
+                .contains(&"2001:db8:7:8::/64".to_string())
+        };
+        if banned {
+            wait_until(Duration::from_secs(5), "the /64 in bannet6", has_prefix);
+        } else {
+            wait_until(Duration::from_secs(5), "the five lines to be read", || {
+                daemon
+                    .cli(&["status"])
+                    .stdout
+                    .contains("5 failures in 5 lines")
+            });
+            // The jail judges each line as it reads it: once counted,
+            // a ban would already have been asked for.
+            assert!(!has_prefix(), "ipv6_prefix 128 banned the /64");
+        }
+        assert!(netns.set_elements("orch", "ban6").is_empty());
+    }
+}

@@ -9,6 +9,7 @@
 //! filter = "sshd"               # built-in, native .toml, or fail2ban .conf[opts]
 //! journal = { matches = ["_SYSTEMD_UNIT=ssh.service"] }   # or files = [...]
 //! maxretry = 5
+//! ipv6_prefix = 64              # IPv6 failures add up per /64, which is banned whole
 //! findtime = "10m"
 //! bantime = "1h"
 //! increment = { factor = 1.0, maxtime = "1w", rndtime = "5m", overall = false }
@@ -28,6 +29,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+/// Default network length IPv6 failures are counted and banned by: one
+/// /64 is what a single host or customer usually gets.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use toml::Spanned;
@@ -87,6 +92,10 @@ pub struct JailConfig {
     pub filter: String,
     pub source: JailSource,
     pub max_retry: u32,
+    /// IPv6 failures are counted per network of this length, and the ban
+    /// covers that network (an attacker rotating addresses inside one /64
+    /// still reaches `max_retry`). 128: per address.
+    pub ipv6_prefix: u8,
     pub find_time: Duration,
     /// `None`: `bans.default_time`.
     pub ban_time: Option<Duration>,
@@ -161,6 +170,7 @@ struct RawJail {
     files: Option<Spanned<Vec<Spanned<String>>>>,
     journal: Option<Spanned<RawJournal>>,
     maxretry: Option<Spanned<i64>>,
+    ipv6_prefix: Option<Spanned<i64>>,
     findtime: Option<Spanned<String>>,
     bantime: Option<Spanned<String>>,
     increment: Option<RawIncrement>,
@@ -199,6 +209,7 @@ struct JailDraft {
     filter: Located<CheckedFilter>,
     source: Located<JailSource>,
     max_retry: Located<u32>,
+    ipv6_prefix: Located<u8>,
     find_time: Located<Duration>,
     ban_time: Located<Duration>,
     increment_rule: Located<Increment>,
@@ -337,6 +348,20 @@ impl JailDraft {
                     u32::try_from(n).map_err(|e| e.to_string())
                 } else {
                     Err(format!("{n} is out of range; expected 1 to 10000"))
+                }
+            },
+        );
+        set(
+            &mut self.ipv6_prefix,
+            jail.ipv6_prefix,
+            doc,
+            issues,
+            &key("ipv6_prefix"),
+            |n| {
+                if (48..=128).contains(&n) {
+                    u8::try_from(n).map_err(|e| e.to_string())
+                } else {
+                    Err(format!("{n} is out of range; expected 48 to 128"))
                 }
             },
         );
@@ -603,6 +628,7 @@ impl JailDraft {
             filter,
             source,
             max_retry: self.max_retry.map_or(5, |(n, _)| n),
+            ipv6_prefix: self.ipv6_prefix.map_or(DEFAULT_IPV6_PREFIX, |(n, _)| n),
             find_time: self.find_time.map_or(Duration::from_secs(600), |(d, _)| d),
             ban_time: self.ban_time.map(|(d, _)| d),
             increment: IncrementConfig {

@@ -401,10 +401,9 @@ impl Core {
     pub fn jail_ban(
         &mut self,
         jail: &JailConfig,
-        addr: std::net::IpAddr,
+        net: IpNet,
         failures: u32,
     ) -> Result<String, CoreError> {
-        let net = IpNet::from(addr);
         let max_time = self.config.bans.max_time.as_secs();
         let base = jail
             .ban_time
@@ -433,7 +432,12 @@ impl Core {
             "{failures} failures within {}",
             humantime::format_duration(jail.find_time)
         );
-        self.ban(&[addr.to_string()], seconds, &reason, &jail.name)?;
+        let input = if addr::is_single_address(&net) {
+            net.addr().to_string()
+        } else {
+            net.to_string()
+        };
+        self.ban(&[input], seconds, &reason, &jail.name)?;
         if !jail.increment.overall {
             let count = format!("{}:{now}", previous.saturating_add(1));
             if let Err(err) = self
@@ -444,7 +448,7 @@ impl Core {
             }
         }
         if jail.source != JailSource::OwnBans {
-            self.count_for_recidive(addr, now);
+            self.count_for_recidive(net, now);
         }
         Ok(format!(
             "banned for {} ({reason}; banned {previous} time(s) before)",
@@ -540,11 +544,11 @@ impl Core {
 
     /// A jail banned `addr`: each recidive jail counts it, and bans for its
     /// own (long) time once the count reaches its maxretry.
-    fn count_for_recidive(&mut self, addr: std::net::IpAddr, now: u64) {
+    fn count_for_recidive(&mut self, net: IpNet, now: u64) {
         let mut escalate = Vec::new();
         for recidive in &mut self.recidive {
             recidive.stats.failures.fetch_add(1, Relaxed);
-            if recidive.counter.record(addr, now) {
+            if recidive.counter.record(net.network(), now) {
                 escalate.push(recidive.config.clone());
             }
             recidive
@@ -553,9 +557,9 @@ impl Core {
                 .store(recidive.counter.tracked() as u64, Relaxed);
         }
         for jail in escalate {
-            match self.jail_ban(&jail, addr, jail.max_retry) {
-                Ok(done) => tracing::info!(jail = %jail.name, %addr, "{done}"),
-                Err(err) => tracing::warn!(jail = %jail.name, %addr, "not banned: {err}"),
+            match self.jail_ban(&jail, net, jail.max_retry) {
+                Ok(done) => tracing::info!(jail = %jail.name, %net, "{done}"),
+                Err(err) => tracing::warn!(jail = %jail.name, %net, "not banned: {err}"),
             }
         }
     }

@@ -5,7 +5,7 @@
 //! This module only wires; counting is in `jail::runner`, ban policy in the
 //! core.
 
-use std::net::IpAddr;
+use ipnet::IpNet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::{Config, JailConfig, JailSource, JailsConfig};
@@ -169,10 +169,10 @@ struct CoreActions {
 }
 
 impl JailActions for CoreActions {
-    fn ban(&self, jail: &JailConfig, addr: IpAddr, failures: u32) -> Result<String, String> {
+    fn ban(&self, jail: &JailConfig, net: IpNet, failures: u32) -> Result<String, String> {
         let jail = jail.clone();
         self.core
-            .call_blocking(move |core| core.jail_ban(&jail, addr, failures))
+            .call_blocking(move |core| core.jail_ban(&jail, net, failures))
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
     }

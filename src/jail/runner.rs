@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
+
 use super::counter::FailureCounter;
 use super::file_source::{FileFollower, FilePosition, FileWatch};
 use super::journal_source::{JournalEntry, JournalFollower};
@@ -37,9 +39,10 @@ const IGNORE_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a jail asks of the daemon.
 pub trait JailActions: Send + Sync {
-    /// Bans `addr` for jail `jail` after `failures` failures. Returns a
-    /// line for the log: what was done, or why not.
-    fn ban(&self, jail: &JailConfig, addr: IpAddr, failures: u32) -> Result<String, String>;
+    /// Bans `net` (an address, or an IPv6 prefix: `ipv6_prefix`) for jail
+    /// `jail` after `failures` failures. Returns a line for the log: what
+    /// was done, or why not.
+    fn ban(&self, jail: &JailConfig, net: IpNet, failures: u32) -> Result<String, String>;
     /// Persists read positions (key, value).
     fn save_positions(&self, positions: Vec<(String, String)>) -> Result<(), String>;
 }
@@ -337,8 +340,11 @@ impl Judge {
                 continue;
             }
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
-            if self.counter.record(failure.host, time) {
-                self.ban(failure.host);
+            // IPv6 failures add up per prefix: maxretry failures from any
+            // addresses of one /64 (by default) ban the /64.
+            let net = crate::addr::jail_net(failure.host, self.config.ipv6_prefix);
+            if self.counter.record(net.network(), time) {
+                self.ban(failure.host, net);
             }
         }
         self.found = failures;
@@ -347,11 +353,17 @@ impl Judge {
             .store(self.counter.tracked() as u64, Ordering::Relaxed);
     }
 
-    fn ban(&mut self, addr: IpAddr) {
+    /// Bans `net` after `addr`'s last failure (`net` is `addr`, or its
+    /// IPv6 prefix).
+    fn ban(&mut self, addr: IpAddr, net: IpNet) {
         let config = self.config.clone();
         let jail = &config.name;
-        if let Some(net) = config.ignore.iter().find(|net| net.contains(&addr)) {
-            tracing::info!(jail = %jail, %addr, "not banned: in this jail's ignore list ({net})");
+        if let Some(ignored) = config
+            .ignore
+            .iter()
+            .find(|ignored| crate::addr::overlaps(ignored, &net))
+        {
+            tracing::info!(jail = %jail, %net, "not banned: in this jail's ignore list ({ignored})");
             return;
         }
         if !config.ignore_command.is_empty() && ignore_command_says_ignore(&config, addr) {
@@ -361,12 +373,12 @@ impl Judge {
         // The ban is durable before positions are saved: after a crash in
         // between, lines are read again and may ban again, but a ban is
         // never lost.
-        match self.actions.ban(&config, addr, config.max_retry) {
+        match self.actions.ban(&config, net, config.max_retry) {
             Ok(done) => {
                 self.stats.bans.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(jail = %jail, %addr, "{done}");
+                tracing::info!(jail = %jail, %net, "{done}");
             }
-            Err(refused) => tracing::warn!(jail = %jail, %addr, "not banned: {refused}"),
+            Err(refused) => tracing::warn!(jail = %jail, %net, "not banned: {refused}"),
         }
     }
 }
