@@ -563,3 +563,43 @@ fn a_burst_of_reloads_runs_the_hooks_a_bounded_number_of_times() {
         "hooks ran {sequential_runs} times for 10 reloads"
     );
 }
+
+/// A config typo never drops protection under systemd: with bans in place,
+/// an invalid `allow` entry in orch.toml and `systemctl restart orch`
+/// leave the unit active, every ban in the kernel, `orch status` naming
+/// the error, and the error in the journal at priority err.
+#[test]
+fn a_broken_config_and_a_restart_keep_the_unit_active_and_every_ban() {
+    let sandbox = sandbox_with_orch(Some("allow = [\"192.0.2.250\"]\n"));
+    let config = sandbox
+        .read_file("/etc/orch/orch.toml")
+        .expect("orch.toml installed");
+    sandbox.write_file(
+        "/etc/orch/orch.toml",
+        &config.replace("192.0.2.250", "192.0.2.300"),
+        0o644,
+    );
+    sandbox
+        .systemctl(&["restart", "orch.service"])
+        .expect_ok("restart with a broken config");
+    let active = sandbox.systemctl(&["is-active", "orch.service"]);
+    assert_eq!(
+        active.stdout.trim(),
+        "active",
+        "{}",
+        sandbox.journal("orch.service")
+    );
+    assert_all_bans(&sandbox, "after a restart on a broken config");
+    let status = sandbox.run(ORCH, &["status"]).expect_ok("orch status");
+    assert!(
+        status.stdout.contains("config:     INVALID;") && status.stdout.contains("192.0.2.300"),
+        "{}",
+        status.stdout
+    );
+    let errors = sandbox.sh("journalctl -u orch.service -p err --no-pager -o cat");
+    assert!(
+        errors.stdout.contains("the configuration is invalid"),
+        "journal at priority err:\n{}",
+        errors.stdout
+    );
+}
