@@ -63,6 +63,14 @@ fn check_config(cli: &Cli) -> ExitCode {
             printable_lines(&why.to_string())
         );
     }
+    for jail in &loaded.jails.jails {
+        if let config::JailSource::Journal { matches } = &jail.source {
+            let (_, hardened) = orch::jail::journal_trust::unforgeable_matches(matches);
+            if let Some(warning) = orch::jail::journal_trust::warning(&hardened) {
+                println!("warning: jail {}: {}", jail.name, printable_lines(&warning));
+            }
+        }
+    }
     for (hook, why) in orch::hooks::untrusted_hooks(&loaded.hooks.dir) {
         println!(
             "warning: hook {hook} will not run: {}",

@@ -124,3 +124,51 @@ fn journal_jail_bans_from_the_unit_only_and_resumes_after_restart() {
     );
     sandbox.shutdown();
 }
+
+/// A jail matching on `_COMM=sshd` alone (as fail2ban's sshd.conf does in
+/// its second group) trusts only root's entries: any process can call
+/// itself sshd, so five lines from `nobody` under that name ban nothing,
+/// while the same lines from root do.
+#[test]
+fn a_forgeable_comm_match_reads_only_roots_entries() {
+    let sandbox = SystemdSandbox::boot();
+    sandbox.install_and_start_orch(Some(
+        "[jails.sshd]\njournal = { matches = [\"_COMM=sshd\"] }\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n",
+    ));
+    wait_until(
+        Duration::from_secs(10),
+        "the jail to follow the journal",
+        || {
+            let status = sandbox.run(ORCH, &["status"]);
+            status.ok() && status.stdout.contains("following the journal")
+        },
+    );
+    // A program named sshd, as any user can make one.
+    sandbox
+        .sh("mkdir -p /tmp/fake && cp /usr/bin/logger /tmp/fake/sshd && chmod 755 /tmp/fake /tmp/fake/sshd")
+        .expect_ok("fake sshd");
+    let lines = |addr: &str| {
+        failures(addr, 5)
+            .iter()
+            .map(|line| format!("/tmp/fake/sshd '{line}'"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    sandbox
+        .sh(&format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups sh -c \"{}\"",
+            lines("192.0.2.66")
+        ))
+        .expect_ok("lines from nobody");
+    sandbox
+        .sh(&lines("192.0.2.77"))
+        .expect_ok("lines from root");
+    wait_until(Duration::from_secs(10), "root's address banned", || {
+        banned(&sandbox, "192.0.2.77")
+    });
+    assert!(
+        !banned(&sandbox, "192.0.2.66"),
+        "nobody's forged lines banned\n{}",
+        sandbox.journal("orch.service")
+    );
+}

@@ -73,7 +73,10 @@ impl JournalFollower {
     ) -> Result<JournalFollower, JournalError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let matches = matches.to_vec();
+        let (matches, hardened) = crate::jail::journal_trust::unforgeable_matches(matches);
+        if let Some(warning) = crate::jail::journal_trust::warning(&hardened) {
+            tracing::warn!("{warning}");
+        }
         let started_at = crate::timefmt::now_unix();
         let mut cursor = cursor.map(str::to_string);
         let thread = std::thread::Builder::new()

@@ -21,6 +21,7 @@ pub mod file_source;
 pub mod filter;
 pub mod formula;
 pub mod journal_source;
+pub mod journal_trust;
 pub mod line_filter;
 pub mod load;
 pub mod matcher;
