@@ -72,6 +72,7 @@ pub async fn start(config: &Config, core: &CoreHandle) -> Option<FleetLink> {
         skips: Default::default(),
         owner: presence::owner_id(&config.state_dir),
         name_taken: Default::default(),
+        presence_warned: Default::default(),
     };
     tokio::spawn(task.run());
     Some(link)

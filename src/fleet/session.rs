@@ -53,6 +53,19 @@ pub struct FleetTask {
     /// nothing is published or deleted, and keys under the name are not
     /// this host's to track.
     pub name_taken: AtomicBool,
+    /// Whether a failed claim was logged already.
+    pub presence_warned: AtomicBool,
+}
+
+/// The outcome of claiming this host's fleet name for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameClaim {
+    /// Ours; the presence key was written at this revision.
+    Held(u64),
+    /// Another live daemon holds it: publish and delete nothing.
+    Taken,
+    /// The presence key could not be written: work without the check.
+    Unchecked,
 }
 
 impl FleetTask {
@@ -108,7 +121,7 @@ impl FleetTask {
             .call(move |core| core.set_fleet_servers(servers))
             .await
             .map_err(|e| failed("noting the servers' addresses", &e))?;
-        let held = self.claim_name(&store).await?;
+        let claim = self.claim_name(&store).await;
         let publisher = Publisher {
             js: jetstream::new(client.clone()),
             store: store.clone(),
@@ -159,7 +172,7 @@ impl FleetTask {
             .await
             .map_err(|e| failed("lifting dropped bans", &e))?
             .map_err(|e| failed("lifting dropped bans", &e))?;
-        if held.is_none() {
+        if matches!(claim, NameClaim::Taken) {
             // Another daemon publishes under this name: follow the bucket,
             // publish and delete nothing, and see whether the name frees.
             self.status.set_phase("connected", true);
@@ -217,30 +230,46 @@ impl FleetTask {
         // The watch is read and decoded while the core applies the batch
         // before (one more may wait between them).
         let (batches, mut to_apply) = mpsc::channel(1);
-        let revision = held.unwrap_or_default();
+        let keep_name = async {
+            match claim {
+                NameClaim::Held(revision) => self.keep_name(&store, revision).await,
+                // Nothing to refresh: follow and publish until an error.
+                NameClaim::Unchecked | NameClaim::Taken => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = self.publish_changes(&publisher, &own_keys) => result,
             result = self.follow(&mut watch, connected, &own_keys, batches) => result,
             result = self.apply_in_order(&mut to_apply) => result,
-            result = self.keep_name(&store, revision) => result,
+            result = keep_name => result,
         }
     }
 
-    /// Claims this host's fleet name. `Some(revision)` when it is ours;
-    /// `None` (shown in the status and logged) when another live daemon
-    /// holds it.
-    async fn claim_name(&self, store: &kv::Store) -> Result<Option<u64>, FleetError> {
+    /// Claims this host's fleet name: [`NameClaim::Held`] when it is ours,
+    /// [`NameClaim::Taken`] (shown in the status and logged) when another
+    /// live daemon holds it, [`NameClaim::Unchecked`] when the presence key
+    /// cannot be written (a read-only NATS user): the host then works as
+    /// before, without collision detection, rather than not at all.
+    async fn claim_name(&self, store: &kv::Store) -> NameClaim {
         let name = &self.config.name;
-        let claim = presence::claim(store, name, &self.owner)
-            .await
-            .map_err(|e| FleetError::Session(e.to_string()))?;
+        let claim = match presence::claim(store, name, &self.owner).await {
+            Ok(claim) => claim,
+            Err(error) => {
+                if !self.presence_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "fleet: cannot claim the name {name} ({error}); a second daemon with this name would go unnoticed"
+                    );
+                }
+                return NameClaim::Unchecked;
+            }
+        };
         match claim {
             Claim::Held { revision } => {
                 if self.name_taken.swap(false, Ordering::Relaxed) {
                     tracing::info!("fleet: the name {name} is this host's again");
                 }
                 self.status.set_collision(None);
-                Ok(Some(revision))
+                NameClaim::Held(revision)
             }
             Claim::Taken(holder) => {
                 let message = format!(
@@ -251,7 +280,7 @@ impl FleetTask {
                     tracing::error!("fleet: {message}");
                 }
                 self.status.set_collision(Some(message));
-                Ok(None)
+                NameClaim::Taken
             }
         }
     }
@@ -279,7 +308,7 @@ impl FleetTask {
     async fn wait_for_name(&self, store: &kv::Store) -> Result<(), FleetError> {
         loop {
             tokio::time::sleep(presence::HEARTBEAT).await;
-            if self.claim_name(store).await?.is_some() {
+            if !matches!(self.claim_name(store).await, NameClaim::Taken) {
                 return Err(FleetError::Session(format!(
                     "fleet name {} is free again; starting over to publish",
                     self.config.name
