@@ -20,9 +20,10 @@ findtime = "10m"
 bantime = "1h"
 "#;
 
-fn boot_with_orch() -> SystemdSandbox {
+/// A sandbox running orch on `config`, once its jail follows the journal.
+fn boot_with_orch(config: &str) -> SystemdSandbox {
     let sandbox = SystemdSandbox::boot();
-    sandbox.install_and_start_orch(Some(CONFIG));
+    sandbox.install_and_start_orch(Some(config));
     wait_until(
         Duration::from_secs(10),
         "the jail to follow the journal",
@@ -78,7 +79,7 @@ fn banned(sandbox: &SystemdSandbox, addr: &str) -> bool {
 
 #[test]
 fn journal_jail_bans_from_the_unit_only_and_resumes_after_restart() {
-    let sandbox = boot_with_orch();
+    let sandbox = boot_with_orch(CONFIG);
     // The same text forged by anyone else (here systemd-cat with sshd's
     // name) is not from ssh.service, so it never counts.
     for _ in 0..3 {
@@ -131,17 +132,8 @@ fn journal_jail_bans_from_the_unit_only_and_resumes_after_restart() {
 /// while the same lines from root do.
 #[test]
 fn a_forgeable_comm_match_reads_only_roots_entries() {
-    let sandbox = SystemdSandbox::boot();
-    sandbox.install_and_start_orch(Some(
+    let sandbox = boot_with_orch(
         "[jails.sshd]\njournal = { matches = [\"_COMM=sshd\"] }\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n",
-    ));
-    wait_until(
-        Duration::from_secs(10),
-        "the jail to follow the journal",
-        || {
-            let status = sandbox.run(ORCH, &["status"]);
-            status.ok() && status.stdout.contains("following the journal")
-        },
     );
     // A program named sshd, as any user can make one.
     sandbox
