@@ -183,6 +183,13 @@ mod tests {
             refused.to_string().contains("mode 0640; fix: chmod 600"),
             "{refused}"
         );
+        let huge = dir.path().join("huge.creds");
+        std::fs::write(&huge, vec![b'x'; MAX_SECRET_BYTES as usize + 1]).expect("write");
+        chmod(&huge, 0o600);
+        assert!(matches!(
+            read_secret(&huge),
+            Err(Untrusted::TooLarge { .. })
+        ));
         assert!(matches!(
             check_secret(Path::new("/dev/zero")),
             Err(Untrusted::NotAFile { .. } | Untrusted::Writable { .. })
