@@ -164,3 +164,22 @@ fn a_config_file_others_can_write_is_warned_about() {
         "{stdout}"
     );
 }
+
+/// With a fleet sharing jail bans, check-config says which jails stay
+/// local because any local user can feed them, and how to share them.
+#[test]
+fn jails_any_user_can_feed_are_named_as_kept_local() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("orch.toml");
+    let config = "[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\n\n\
+         [jails.sshd]\njournal = { matches = [\"_SYSTEMD_UNIT=ssh.service\"] }\n\n\
+         [jails.authlog]\nfilter = \"sshd\"\nfiles = [\"/var/log/auth.log\"]\n";
+    std::fs::write(&path, config).expect("write config");
+    let (code, stdout, stderr) = orch(&["check-config", "--config", &path.display().to_string()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("note: jail authlog: its bans stay on this host, because any local user can write what it reads (files /var/log/auth.log); name it in fleet.share to share them"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("jail sshd:"), "{stdout}");
+}

@@ -150,8 +150,10 @@ fn bans_made_while_nats_is_down_arrive_later_even_after_a_kill() {
     );
 }
 
-/// A jail's ban on srv1 is shared (jails are shared by default) and lands
-/// in srv2's kernel within a second; a jail left out of `share` is not.
+/// A jail's ban on srv1 is shared when `share` names it, and lands in
+/// srv2's kernel within a second. A jail reading files that `share` does
+/// not name is not shared, even under the `jails` rule: any local user
+/// can write lines into syslog files.
 #[test]
 fn a_jail_ban_reaches_the_other_host() {
     use std::io::Write;
@@ -173,7 +175,7 @@ fn a_jail_ban_reaches_the_other_host() {
         "srv1",
         &table_of("srv1"),
         "",
-        "share = [\"sshd\"]\n",
+        "share = [\"jails\", \"sshd\"]\n",
     );
     // The [jails] tables go after [fleet] so they do not end up inside it.
     let srv1 = Host::start(&netns, "srv1", &format!("{config}\n{jails}"), secrets);
@@ -227,7 +229,7 @@ fn a_jail_ban_reaches_the_other_host() {
     );
     assert!(
         !srv2.banned(&netns, "198.51.100.91"),
-        "jail `private` is not shared"
+        "jail `private` reads a file, and `share` does not name it"
     );
 }
 

@@ -12,7 +12,8 @@
 //! replicas = 1
 //! bucket_max_keys = 500000             # used only when orch creates the bucket
 //! publish = true
-//! share = ["manual", "jails"]          # which bans go out: manual, jails, or jail names
+//! share = ["manual", "jails"]          # which bans go out: manual, jails (those no local
+//!                                      # user can feed: journal jails on units), jail names
 //! apply = true
 //! max_remote_bans = 100000
 //! max_remote_time = "1w"
@@ -85,7 +86,10 @@ pub struct FleetTls {
 pub enum ShareRule {
     /// `orch ban` and D-Bus bans (source "manual").
     Manual,
-    /// Every jail's bans.
+    /// The bans of every jail no local user can feed: journal jails on
+    /// fields journald records itself (`_SYSTEMD_UNIT`, `_UID`). A jail
+    /// that reads files (which syslog fills from any local user) is
+    /// shared only when named.
     Jails,
     /// One jail's bans, by name.
     Jail(String),
@@ -189,7 +193,8 @@ impl FleetConfig {
         .collect()
     }
 
-    /// Whether a ban with this source is shared with the fleet.
+    /// Whether a ban with this source is shared with the fleet;
+    /// `jail_names` are the jails the `jails` rule covers.
     pub fn shares(&self, source: &str, jail_names: &[&str]) -> bool {
         if !self.publish || source.starts_with("fleet:") {
             return false;
@@ -199,6 +204,32 @@ impl FleetConfig {
             ShareRule::Jails => jail_names.contains(&source),
             ShareRule::Jail(name) => name == source,
         })
+    }
+
+    /// One note per enabled jail that `share = ["jails"]` leaves on this
+    /// host because a local user could feed it (see
+    /// [`super::JailsConfig::shared_by_default`]), with the way to share
+    /// it anyway. Empty when the fleet does not publish jail bans.
+    pub fn jails_kept_local(&self, jails: &super::JailsConfig) -> Vec<String> {
+        if !self.enabled() || !self.publish || !self.share.contains(&ShareRule::Jails) {
+            return Vec::new();
+        }
+        let named = |name: &str| {
+            self.share
+                .iter()
+                .any(|rule| matches!(rule, ShareRule::Jail(jail) if jail == name))
+        };
+        jails
+            .jails
+            .iter()
+            .filter(|jail| jail.enabled && !named(&jail.name) && jails.any_user_can_feed(jail))
+            .map(|jail| {
+                format!(
+                    "jail {}: its bans stay on this host, because any local user can write what it reads ({}); name it in fleet.share to share them",
+                    jail.name, jail.source
+                )
+            })
+            .collect()
     }
 }
 

@@ -118,6 +118,38 @@ pub struct JailsConfig {
     pub jails: Vec<JailConfig>,
 }
 
+impl JailsConfig {
+    /// Whether any local user could write lines this jail reads, and so
+    /// choose what it bans: files (syslog files take every local user's
+    /// lines, and orch cannot tell which files syslog writes), and journal
+    /// matches journald does not vouch for. A recidive jail counts the
+    /// other jails' bans, so it is as open as the most open of them.
+    pub fn any_user_can_feed(&self, jail: &JailConfig) -> bool {
+        match &jail.source {
+            JailSource::Files(_) => true,
+            JailSource::Journal { matches } => {
+                crate::jail::journal_trust::any_user_can_feed(matches)
+            }
+            JailSource::OwnBans => self.jails.iter().any(|other| {
+                other.enabled
+                    && other.source != JailSource::OwnBans
+                    && self.any_user_can_feed(other)
+            }),
+        }
+    }
+
+    /// The jails whose bans `fleet.share = ["jails"]` shares: those no
+    /// local user can feed. Others are shared only when `fleet.share`
+    /// names them.
+    pub fn shared_by_default(&self) -> Vec<&str> {
+        self.jails
+            .iter()
+            .filter(|jail| !self.any_user_can_feed(jail))
+            .map(|jail| jail.name.as_str())
+            .collect()
+    }
+}
+
 impl Default for JailsConfig {
     fn default() -> Self {
         JailsConfig {
@@ -997,5 +1029,43 @@ journal = {}
         );
         let found = messages("[jails.sshd]\njournal = { matches = [\"nothing\"] }\n");
         assert!(found[0].contains("is not FIELD=value"), "{found:?}");
+    }
+
+    #[test]
+    fn only_jails_no_local_user_can_feed_are_shared_by_default() {
+        let config = parse(
+            r#"
+[jails.unit]
+filter = "sshd"
+journal = { matches = ["_SYSTEMD_UNIT=ssh.service"] }
+
+[jails.comm]
+filter = "sshd"
+journal = { matches = ["_COMM=sshd"] }
+
+[jails.priority]
+filter = "sshd"
+journal = { matches = ["PRIORITY=3"] }
+
+[jails.file]
+filter = "sshd"
+files = ["/var/log/auth.log"]
+
+[jails.again]
+filter = "recidive"
+"#,
+        )
+        .expect("valid");
+        // `comm` reads only root's entries (_UID=0 is added); `again`
+        // counts the bans of `file`, which anyone can feed.
+        assert_eq!(config.jails.shared_by_default(), ["comm", "unit"]);
+        let without_file = JailsConfig {
+            jails: (config.jails.jails.iter())
+                .filter(|jail| jail.name != "file" && jail.name != "priority")
+                .cloned()
+                .collect(),
+            ..config.jails.clone()
+        };
+        assert_eq!(without_file.shared_by_default(), ["again", "comm", "unit"]);
     }
 }

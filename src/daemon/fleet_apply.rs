@@ -190,13 +190,10 @@ impl Core {
             .collect()
     }
 
+    /// The jails `fleet.share = ["jails"]` covers (see
+    /// [`crate::config::JailsConfig::shared_by_default`]).
     fn jail_names(&self) -> Vec<&str> {
-        self.config()
-            .jails
-            .jails
-            .iter()
-            .map(|jail| jail.name.as_str())
-            .collect()
+        self.config().jails.shared_by_default()
     }
 
     /// Every shared ban of this host still running, for the publisher's

@@ -120,6 +120,9 @@ pub async fn run(
             .await
             .map_err(|e| DaemonError::Io(std::io::Error::other(e)))?;
 
+    for note in fleet_config.fleet.jails_kept_local(&fleet_config.jails) {
+        tracing::info!("{note}");
+    }
     let fleet = crate::fleet::start(&fleet_config, &handle).await;
 
     let service_parts = bus_link::ServiceParts {

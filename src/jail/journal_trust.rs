@@ -37,6 +37,20 @@ pub fn unforgeable_matches(matches: &[String]) -> (Vec<String>, Vec<String>) {
     (out, hardened)
 }
 
+/// Whether a local user could still write entries these matches read,
+/// after [`unforgeable_matches`]: true when some group names no field
+/// journald records itself (a match on `PRIORITY=` alone, say), or when
+/// there are no matches (the whole journal).
+pub fn any_user_can_feed(matches: &[String]) -> bool {
+    let (hardened, _) = unforgeable_matches(matches);
+    hardened.is_empty()
+        || hardened.split(|word| word == "+").any(|group| {
+            !group
+                .iter()
+                .any(|word| TRUSTED.iter().any(|field| word.starts_with(field)))
+        })
+}
+
 /// The warning for groups [`unforgeable_matches`] hardened.
 pub fn warning(hardened: &[String]) -> Option<String> {
     (!hardened.is_empty()).then(|| {
@@ -76,5 +90,17 @@ mod tests {
         let (matches, _) = unforgeable_matches(&words("SYSLOG_IDENTIFIER=postfix/smtpd"));
         assert_eq!(matches, words("SYSLOG_IDENTIFIER=postfix/smtpd _UID=0"));
         assert!(unforgeable_matches(&[]).0.is_empty());
+    }
+
+    #[test]
+    fn only_groups_journald_vouches_for_keep_local_users_out() {
+        assert!(!any_user_can_feed(&words("_SYSTEMD_UNIT=ssh.service")));
+        assert!(!any_user_can_feed(&words(
+            "_SYSTEMD_UNIT=sshd.service + _COMM=sshd"
+        )));
+        assert!(any_user_can_feed(&words(
+            "_SYSTEMD_UNIT=ssh.service + PRIORITY=3"
+        )));
+        assert!(any_user_can_feed(&[]));
     }
 }
