@@ -24,14 +24,7 @@ bantime = "1h"
 fn boot_with_orch(config: &str) -> SystemdSandbox {
     let sandbox = SystemdSandbox::boot();
     sandbox.install_and_start_orch(Some(config));
-    wait_until(
-        Duration::from_secs(10),
-        "the jail to follow the journal",
-        || {
-            let status = sandbox.run(ORCH, &["status"]);
-            status.ok() && status.stdout.contains("following the journal")
-        },
-    );
+    sandbox.wait_for_journal_jails();
     sandbox
 }
 

@@ -853,6 +853,18 @@ impl SystemdSandbox {
             .expect_ok("enable --now orch");
     }
 
+    /// Waits until orch's journal jails follow the journal (`orch status`).
+    pub fn wait_for_journal_jails(&self) {
+        super::wait_until(
+            Duration::from_secs(10),
+            "the jail to follow the journal",
+            || {
+                let status = self.run(ORCH_IN_SANDBOX, &["status"]);
+                status.ok() && status.stdout.contains("following the journal")
+            },
+        );
+    }
+
     /// Runs `busctl <args>` inside the sandbox, i.e. on the sandbox's own
     /// system bus (`/run/dbus/system_bus_socket`, served by its dbus.service).
     #[track_caller]
