@@ -283,7 +283,17 @@ pub fn load_default_locations(explicit: Option<&Path>) -> Result<Config, ConfigE
 /// Parses one document (layered over the embedded default) as if it had been
 /// read from `file`.
 pub fn parse_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    build(&[Document::new(file, text.to_string())])
+    parse_layers(&[(file, text)])
+}
+
+/// Parses documents in order, as orch.toml and its conf.d files, each
+/// layered over the ones before it and the embedded default.
+pub fn parse_layers(layers: &[(&Path, &str)]) -> Result<Config, ConfigError> {
+    let docs: Vec<Document> = layers
+        .iter()
+        .map(|(file, text)| Document::new(file, text.to_string()))
+        .collect();
+    build(&docs)
 }
 
 fn read_issue(path: &Path, err: &io::Error) -> ConfigIssue {
