@@ -471,6 +471,12 @@ impl fmt::Display for VerifyReport {
                  appended right now may show as a torn tail"
             )?;
         }
+        if !self.files.iter().any(FileReport::present) {
+            writeln!(
+                f,
+                "no store files here (orch creates them at its first start)"
+            )?;
+        }
         for file in &self.files {
             write_file_report(f, file)?;
         }
