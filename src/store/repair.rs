@@ -138,17 +138,19 @@ impl ReadFile {
         ReadFile { report, bytes }
     }
 
-    /// Every readable record, in file order (a snapshot's end marker left out).
-    fn records(&self) -> Vec<Record<'_>> {
-        let mut records = Vec::new();
+    /// Hands every readable record to `apply`, in file order (a
+    /// snapshot's end marker left out); returns how many.
+    fn replay(&self, mut apply: impl FnMut(&Record<'_>)) -> u64 {
+        let mut count = 0;
         walk_leniently(&self.bytes, FILE_HEADER_LEN, |found| {
             if let Found::Record { record, .. } = found
                 && !matches!(record, Record::SnapshotEnd { .. })
             {
-                records.push(record);
+                apply(&record);
+                count += 1;
             }
         });
-        records
+        count
     }
 }
 
@@ -616,13 +618,10 @@ pub fn salvage(dir: &Path, now: u64) -> Result<SalvageReport, StoreError> {
     let mut state = MemState::default();
     for &index in &plan {
         let file = &files[index];
-        for record in file.records() {
-            match state.net_change(&record, now) {
-                Some(change) => state.apply_net_change(change),
-                None => state.apply_side_record(&record, now),
-            }
-            report.records_kept += 1;
-        }
+        report.records_kept += file.replay(|record| match state.net_change(record, now) {
+            Some(change) => state.apply_net_change(change),
+            None => state.apply_side_record(record, now),
+        });
         report.used.push(file.report.name);
         let mut dropped = file.report.problems.clone();
         dropped.extend(file.report.torn_tail.clone());
@@ -806,6 +805,20 @@ mod tests {
         sorted_bans(&open(dir)).iter().map(|ban| ban.net).collect()
     }
 
+    /// Every file in `dir` with its bytes, by name.
+    fn dir_contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                (name, fs::read(entry.path()).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
     fn nets(texts: &[&str]) -> Vec<IpNet> {
         let mut nets: Vec<IpNet> = texts.iter().map(|text| net(text)).collect();
         nets.sort();
@@ -817,7 +830,13 @@ mod tests {
         for (what, within) in DAMAGE_POINTS {
             let dir = tempfile::tempdir().unwrap();
             let offsets = five_ban_log_damaged_mid(dir.path(), within);
+            let files_before = dir_contents(dir.path());
             let report = verify(dir.path()).unwrap();
+            assert_eq!(
+                dir_contents(dir.path()),
+                files_before,
+                "{what}: verify changes nothing"
+            );
             assert!(!report.is_clean(), "{what}");
             let log = report.file(LOG_FILE);
             assert_eq!(log.records, 4, "{what}");
