@@ -2,7 +2,9 @@
 //! text) and the client commands that talk to the daemon over D-Bus.
 //!
 //! Client commands only ask the daemon; they must never touch the store or
-//! the kernel themselves.
+//! the kernel themselves. The exception is `orch store` (defined here, run
+//! by `main.rs` through `store::repair`): it reads and repairs the store
+//! files, for when the daemon cannot start.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,7 +30,7 @@ the rule that `orch install-units` writes lets members of the group orch-admin b
 with neither, the embedded default (see `orch check-config --help`)."
 )]
 pub struct Cli {
-    /// Read only this config file (no /etc/orch/conf.d), for `daemon` and `check-config`
+    /// Read only this config file (no /etc/orch/conf.d), for `daemon`, `check-config` and `store`
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
@@ -192,6 +194,78 @@ filter reads. Nothing is banned.",
 every problem as file:line:column: message. Exits 0 when the configuration is valid."
     )]
     CheckConfig,
+
+    /// Check or repair the ban store files in the state directory
+    #[command(
+        subcommand,
+        long_about = "Check (`verify`) or repair (`salvage`) the ban store: the files bans.snap, \
+bans.log, bans.snap.prev and bans.log.prev in the state directory. These commands read the files \
+themselves rather than asking the daemon.\n\n\
+At start, orch cuts a torn last record from the log (a crash mid-write; never acknowledged) and \
+rebuilds a damaged snapshot from the previous snapshot and its log, on its own. It refuses to start \
+when a log is damaged before records that would be lost, or when no sound snapshot is left; the \
+message then names these commands."
+    )]
+    Store(StoreCommand),
+}
+
+/// `orch store ...`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Report every store file, its records and every problem (changes nothing)
+    #[command(
+        long_about = "Read every ban store file and report its size, generation, the records read \
+and every problem with its byte offset: a bad or short frame, a checksum mismatch, a record that \
+does not decode, a snapshot without its end marker, generations that do not fit together. A torn \
+last record of the log (a crash mid-write) is shown but is not damage. The last line says what the \
+next start of orch will do with these files.\n\n\
+verify changes nothing and takes no lock, so it is safe while orch runs (it then says so: a record \
+being appended at that moment may show as a torn tail).\n\n\
+Exit status: 0 when no damage is found, 1 when the store is damaged, 2 when it cannot be read at all.",
+        after_help = "Examples:\n  orch store verify\n  orch store verify --state-dir /srv/orch"
+    )]
+    Verify {
+        /// The state directory (default: state_dir from the configuration, /var/lib/orch)
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+
+    /// Rebuild the store from every valid record, with orch stopped
+    #[command(
+        long_about = "Rebuild a damaged ban store from every record that can still be read, then \
+write it as a fresh snapshot with an empty log, so orch starts again.\n\n\
+salvage reads the files as verify does. Past a damaged frame it resumes at the next frame that is \
+intact: a length within bounds, a matching checksum, a record that decodes, and more intact frames \
+after it (so bytes inside a damaged record are never taken for records). It uses the newest state \
+the files hold: the snapshot and its log when the snapshot is sound; else the previous snapshot and \
+its log when those are sound; else every readable record of the damaged snapshot, then the log. \
+States are not mixed, so a lifted ban never comes back from an older file. Bans already expired are \
+dropped, as at any start.\n\n\
+The new snapshot is written to a temporary file, fsynced and renamed into place. Each damaged file \
+is kept next to the store as <name>.damaged-<unix time>; the previous snapshot and log are removed \
+(the new snapshot supersedes them). It prints what it kept and what it dropped, with byte offsets. \
+A store without damage is left as it is.\n\n\
+salvage takes the store's lock, so it refuses while orch runs: stop it first (systemctl stop orch), \
+salvage, then start it (systemctl start orch).\n\n\
+Exit status: 0 when the store was salvaged (or had no damage), 1 when it could not be.",
+        after_help = "Examples:\n  systemctl stop orch && orch store salvage && systemctl start orch\n  orch store salvage --state-dir /srv/orch"
+    )]
+    Salvage {
+        /// The state directory (default: state_dir from the configuration, /var/lib/orch)
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+impl StoreCommand {
+    /// The state directory given with --state-dir, if any.
+    pub fn state_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            StoreCommand::Verify { state_dir } | StoreCommand::Salvage { state_dir } => {
+                state_dir.as_deref()
+            }
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -329,7 +403,8 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
         | Command::CheckConfig
         | Command::TestFilter { .. }
         | Command::InstallUnits(_)
-        | Command::UninstallUnits(_) => {}
+        | Command::UninstallUnits(_)
+        | Command::Store(_) => {}
     }
     Ok(())
 }

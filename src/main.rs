@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use orch::cli::{Cli, Command};
+use orch::cli::{Cli, Command, StoreCommand};
 use orch::config;
 use orch::quote::printable_lines;
 
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         } => test_filter(filter, log, json),
         Command::InstallUnits(ref args) => run_units(orch::systemd::install::install(args)),
         Command::UninstallUnits(ref args) => run_units(orch::systemd::install::uninstall(args)),
+        Command::Store(ref command) => run_store(&cli, command),
         ref client_command => run_client(client_command),
     }
 }
@@ -113,7 +114,8 @@ fn run_daemon(cli: &Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
+            // Each DaemonError already shows its cause; `{:#}` would repeat it.
+            tracing::error!("{err}");
             ExitCode::FAILURE
         }
     }
@@ -154,6 +156,36 @@ fn fallback_config(cli: &Cli, err: &config::ConfigError) -> (config::Config, Str
         err.issues.len()
     );
     (fallback, summary)
+}
+
+/// `orch store verify|salvage`: on the files in the state directory given,
+/// or the one the daemon would use.
+fn run_store(cli: &Cli, command: &StoreCommand) -> ExitCode {
+    let dir = match command.state_dir() {
+        Some(dir) => dir.to_path_buf(),
+        None => match config::load_default_locations(cli.config.as_deref()) {
+            Ok(loaded) => loaded.state_dir,
+            // The daemon runs on a fallback then; this is its state dir.
+            Err(_) => config::last_good::state_dir_of(cli.config.as_deref()),
+        },
+    };
+    let now = orch::timefmt::now_unix();
+    let (shown, code) = match command {
+        StoreCommand::Verify { .. } => match orch::store::repair::verify(&dir) {
+            Ok(report) if report.is_clean() => (Ok(report.to_string()), 0),
+            Ok(report) => (Ok(report.to_string()), 1),
+            Err(err) => (Err(err.to_string()), 2),
+        },
+        StoreCommand::Salvage { .. } => match orch::store::repair::salvage(&dir, now) {
+            Ok(report) => (Ok(report.to_string()), 0),
+            Err(err) => (Err(err.to_string()), 1),
+        },
+    };
+    match shown {
+        Ok(report) => print!("{}", printable_lines(&report)),
+        Err(message) => eprintln!("orch: {}", printable_lines(&message)),
+    }
+    ExitCode::from(code)
 }
 
 fn run_units<E: std::fmt::Display>(

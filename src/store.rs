@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+pub mod repair;
+
 /// Longest `reason` or `source` of a ban kept, in bytes; longer text is cut
 /// at a char boundary on insert and on replay. Every ban's text is returned
 /// by every listing, so it is kept short whoever sent it (a D-Bus caller, a
@@ -41,6 +43,17 @@ const SNAPSHOT_TMP_FILE: &str = "bans.snap.tmp";
 const LOG_FILE: &str = "bans.log";
 const LOG_TMP_FILE: &str = "bans.log.tmp";
 const LOCK_FILE: &str = "bans.lock";
+/// The snapshot before the current one, and the log that was appended to
+/// it: together they rebuild the current snapshot if that one is damaged.
+const SNAPSHOT_PREV_FILE: &str = "bans.snap.prev";
+const LOG_PREV_FILE: &str = "bans.log.prev";
+/// Where a hard link to a file about to become a `.prev` is staged.
+const PREV_LINK_TMP_FILE: &str = "bans.prev.tmp";
+
+/// How a damaged store is examined and repaired; part of every message
+/// about damage the store cannot get past on its own.
+pub const REPAIR_HINT: &str = "`orch store verify` lists the damage; `orch store salvage` \
+(with orch stopped: systemctl stop orch) keeps every valid record and writes a fresh snapshot";
 
 const SNAPSHOT_MAGIC: [u8; 8] = *b"ORCHSNAP";
 const LOG_MAGIC: [u8; 8] = *b"ORCHBLOG";
@@ -83,11 +96,24 @@ pub enum StoreError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("ban store file {path} is corrupt at byte {offset}: {detail}")]
+    #[error("ban store file {path} is damaged at byte {offset}: {detail}. {REPAIR_HINT}")]
     Corrupt {
         path: PathBuf,
         offset: u64,
         detail: String,
+    },
+    /// A bad frame with intact records after it: not a torn tail from a
+    /// crash (that is cut away silently), so opening would lose them.
+    #[error(
+        "ban store log {path} is damaged at byte {offset} ({detail}) and {intact_after} intact \
+record(s) follow the damage: this is not a torn tail from a crash, and orch does not start \
+rather than drop them. {REPAIR_HINT}"
+    )]
+    LogDamaged {
+        path: PathBuf,
+        offset: u64,
+        detail: String,
+        intact_after: u64,
     },
     #[error(
         "ban store file {path} has format version {found}; this build reads version {supported}"
@@ -97,8 +123,11 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
-    #[error("ban store {dir} is in use by another process (lock file {LOCK_FILE} is held)")]
-    Locked { dir: PathBuf },
+    #[error(
+        "ban store {dir} is in use{} (lock file {LOCK_FILE} is held); stop orch first: systemctl stop orch",
+        holder_text(.pid)
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
 }
 
 /// One active ban.
@@ -155,16 +184,33 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating dir and files if missing) the store in `dir`, replays
-    /// it, drops bans already expired at `now`. A torn/corrupt tail record in
-    /// the log (crash mid-write) is truncated away with a warning, not an
-    /// error; damage anywhere in the snapshot is [`StoreError::Corrupt`].
+    /// it, drops bans already expired at `now`. A torn tail in the log (a
+    /// crash mid-append: a bad frame with nothing sound after it) is
+    /// truncated away with a warning, not an error; a bad frame with sound
+    /// records after it is [`StoreError::LogDamaged`]. A damaged snapshot
+    /// is rebuilt from the previous one and its log, with a loud warning
+    /// (the damaged file is kept as `bans.snap.damaged-<now>`); when that
+    /// cannot be done it is [`StoreError::Corrupt`]. Every damage error
+    /// names `orch store verify` and `orch store salvage`.
     pub fn open(dir: &Path, now: u64) -> Result<Store, StoreError> {
         create_private_dir(dir)?;
         let lock = lock_dir(dir)?;
         remove_leftover_tmp_files(dir);
 
         let mut state = MemState::default();
-        let snapshot = load_snapshot(dir, &mut state, now)?;
+        let snapshot = match load_snapshot(&dir.join(SNAPSHOT_FILE), &mut state, now) {
+            Ok(None) if dir.join(SNAPSHOT_PREV_FILE).exists() => {
+                let missing = corrupt(&dir.join(SNAPSHOT_FILE), 0, "the snapshot is missing");
+                state = MemState::default();
+                Some(fall_back_to_previous(dir, &mut state, now, missing)?)
+            }
+            Ok(loaded) => loaded,
+            Err(damage @ StoreError::Corrupt { .. }) => {
+                state = MemState::default();
+                Some(fall_back_to_previous(dir, &mut state, now, damage)?)
+            }
+            Err(other) => return Err(other),
+        };
         let generation = snapshot.as_ref().map_or(0, |loaded| loaded.generation);
         let log = open_log(dir, generation, &mut state, now)?;
         let snapshot_len = match snapshot {
@@ -435,15 +481,20 @@ impl Store {
     }
 
     /// Unconditional compaction: writes the current state as a new snapshot
-    /// (generation + 1) via tmp file + fsync + rename + directory fsync, then
-    /// replaces the log with an empty one of the new generation. Bans expired
+    /// (generation + 1) via tmp file + fsync, keeps the current snapshot and
+    /// log as `bans.snap.prev` and `bans.log.prev` (hard links), renames the
+    /// new snapshot into place + directory fsync, then replaces the log with
+    /// an empty one of the new generation. Bans expired
     /// at the latest `now` seen are left out (but stay in memory until
     /// `purge_expired` hands them to the caller); stale history is dropped.
     pub fn compact(&mut self) -> Result<(), StoreError> {
+        // The log kept as the previous snapshot's must be of its generation.
+        self.make_log_writable()?;
         self.state.forget_old_history(self.latest_now);
         self.state.interner.drop_unused();
         let next_generation = self.generation + 1;
         let written = write_snapshot_tmp(&self.dir, next_generation, &self.state, self.latest_now)?;
+        keep_as_previous(&self.dir)?;
         rename_into_place(&self.dir, SNAPSHOT_TMP_FILE, SNAPSHOT_FILE)?;
         // The new snapshot may now be what a restart sees, and it makes the
         // current log stale: nothing may be appended to it any more.
@@ -1306,6 +1357,110 @@ fn le_array<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
     bytes.get(at..at + N)?.try_into().ok()
 }
 
+/// How far the frames after a resync point must chain on without a gap
+/// (unless they reach the end of the file) before they are believed: more
+/// than any one record can span. Text inside a record (a reason another
+/// host sent) may hold bytes shaped like a whole frame, CRC and all; such
+/// a fake lies inside one record, and that record's next field (the ban's
+/// source) breaks its chain within these bytes.
+const RESYNC_PROOF_BYTES: usize = RECORD_HEADER_LEN + MAX_PAYLOAD_LEN;
+
+/// Where the next record to believe begins after the damaged frame at
+/// `damaged`, if any. First where the damaged frame's own length field
+/// says (when that is plausible and a sound frame sits there: damage in a
+/// payload or CRC skips exactly one record); else the first later offset
+/// holding a sound frame (length within bounds, CRC good, payload decodes)
+/// whose chain of sound frames reaches the end of the file or runs on for
+/// [`RESYNC_PROOF_BYTES`].
+fn resync(bytes: &[u8], damaged: usize) -> Option<usize> {
+    if let Some(len_bytes) = le_array::<4>(bytes, damaged) {
+        let claimed = u32::from_le_bytes(len_bytes) as usize;
+        let next = damaged + RECORD_HEADER_LEN + claimed;
+        if claimed <= MAX_PAYLOAD_LEN && next < bytes.len() && sound_frame(bytes, next).is_some() {
+            return Some(next);
+        }
+    }
+    (damaged + 1..bytes.len()).find(|&candidate| chain_holds(bytes, candidate))
+}
+
+/// The offset after the frame at `offset` if that frame is intact and
+/// holds a well-formed record.
+fn sound_frame(bytes: &[u8], offset: usize) -> Option<usize> {
+    match read_frame(bytes, offset) {
+        Frame::Intact { payload, next } if decode_payload(payload).is_ok() => Some(next),
+        _ => None,
+    }
+}
+
+fn chain_holds(bytes: &[u8], start: usize) -> bool {
+    let mut offset = start;
+    while let Some(next) = sound_frame(bytes, offset) {
+        if next == bytes.len() || next - start >= RESYNC_PROOF_BYTES {
+            return true;
+        }
+        offset = next;
+    }
+    false
+}
+
+/// What a lenient walk over a file meets, in file order.
+enum Found<'a> {
+    Record {
+        offset: usize,
+        record: Record<'a>,
+    },
+    /// An intact frame (length and CRC good) whose payload does not decode.
+    Undecodable {
+        offset: usize,
+        len: usize,
+        detail: String,
+    },
+    /// Bytes no record could be read from, up to where the walk resumed
+    /// (`resumed`) or to the end of the file.
+    Gap {
+        offset: usize,
+        len: usize,
+        detail: &'static str,
+        resumed: bool,
+    },
+}
+
+/// Walks the frames from `start` to the end of `bytes`, stepping over
+/// damage with [`resync`], and hands each find to `visit`.
+fn walk_leniently<'a>(bytes: &'a [u8], start: usize, mut visit: impl FnMut(Found<'a>)) {
+    let mut offset = start;
+    loop {
+        match read_frame(bytes, offset) {
+            Frame::EndOfData => return,
+            Frame::Intact { payload, next } => {
+                visit(match decode_payload(payload) {
+                    Ok(record) => Found::Record { offset, record },
+                    Err(detail) => Found::Undecodable {
+                        offset,
+                        len: next - offset,
+                        detail,
+                    },
+                });
+                offset = next;
+            }
+            Frame::Damaged(detail) => {
+                let resumed = resync(bytes, offset);
+                let end = resumed.unwrap_or(bytes.len());
+                visit(Found::Gap {
+                    offset,
+                    len: end - offset,
+                    detail,
+                    resumed: resumed.is_some(),
+                });
+                match resumed {
+                    Some(next) => offset = next,
+                    None => return,
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Files: headers, replay, atomic replacement
 // ---------------------------------------------------------------------------
@@ -1364,8 +1519,10 @@ struct TornTail {
 }
 
 /// Decodes every record after the header of `bytes` in file order and hands
-/// it, with its offset, to `visit`. In the log the first damaged frame ends
-/// the walk (torn tail); in the snapshot any damage, or a missing end
+/// it, with its offset, to `visit`. In the log a damaged frame with nothing
+/// believable after it ends the walk (torn tail: a crash mid-append); one
+/// with sound records after it (see [`resync`]) is
+/// [`StoreError::LogDamaged`]. In the snapshot any damage, or a missing end
 /// marker, is corruption, as is any record `visit` rejects.
 fn walk_records<'a>(
     bytes: &'a [u8],
@@ -1381,7 +1538,19 @@ fn walk_records<'a>(
             Frame::Intact { payload, next } => (payload, next),
             Frame::EndOfData => break,
             Frame::Damaged(detail) if role == FileRole::Log => {
-                return Ok(Some(TornTail { offset, detail }));
+                let Some(resumed) = resync(bytes, offset) else {
+                    return Ok(Some(TornTail { offset, detail }));
+                };
+                let mut intact_after = 0;
+                walk_leniently(bytes, resumed, |found| {
+                    intact_after += u64::from(matches!(found, Found::Record { .. }));
+                });
+                return Err(StoreError::LogDamaged {
+                    path: path.to_path_buf(),
+                    offset: offset as u64,
+                    detail: detail.to_string(),
+                    intact_after,
+                });
             }
             Frame::Damaged(detail) => return Err(corrupt(path, offset, detail)),
         };
@@ -1602,24 +1771,189 @@ struct LoadedSnapshot {
     len: u64,
 }
 
-/// Replays the snapshot into `state`; `None` if there is no snapshot yet.
+/// Replays the snapshot at `path` into `state`; `None` if there is none.
 fn load_snapshot(
-    dir: &Path,
+    path: &Path,
     state: &mut MemState,
     now: u64,
 ) -> Result<Option<LoadedSnapshot>, StoreError> {
-    let path = dir.join(SNAPSHOT_FILE);
-    let bytes = match fs::read(&path) {
+    let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(io_error("read", &path, error)),
+        Err(error) => return Err(io_error("read", path, error)),
     };
-    let generation = parse_file_header(&bytes, &SNAPSHOT_MAGIC, &path)?;
-    replay_file(state, &bytes, FileRole::Snapshot, &path, now)?;
+    let generation = parse_file_header(&bytes, &SNAPSHOT_MAGIC, path)?;
+    replay_file(state, &bytes, FileRole::Snapshot, path, now)?;
     Ok(Some(LoadedSnapshot {
         generation,
         len: bytes.len() as u64,
     }))
+}
+
+/// Rebuilds a damaged (or missing) current snapshot from the previous
+/// snapshot and the log appended to it, which is exactly what compaction
+/// folded into the current one. Logs loudly, keeps the damaged file as
+/// `bans.snap.damaged-<now>`, installs the rebuilt snapshot (so the log of
+/// the current generation applies on top as usual) and returns it. When
+/// the previous snapshot or its log is missing or damaged too, or is not
+/// the generation just before the damaged one, returns `damage` with why.
+fn fall_back_to_previous(
+    dir: &Path,
+    state: &mut MemState,
+    now: u64,
+    damage: StoreError,
+) -> Result<LoadedSnapshot, StoreError> {
+    let previous = match load_snapshot(&dir.join(SNAPSHOT_PREV_FILE), state, now) {
+        Ok(Some(previous)) => previous,
+        Ok(None) => {
+            let why = format!("there is no {SNAPSHOT_PREV_FILE} (the first compaction makes one)");
+            return Err(fallback_failed(damage, &why));
+        }
+        Err(error) => return Err(fallback_failed(damage, &damage_summary(&error))),
+    };
+    let generation = previous.generation;
+    let damaged_generation = read_file_generation(&dir.join(SNAPSHOT_FILE), &SNAPSHOT_MAGIC);
+    if let Some(damaged) = damaged_generation.filter(|&damaged| damaged != generation + 1) {
+        let why = format!(
+            "{SNAPSHOT_PREV_FILE} is generation {generation}, the damaged snapshot {damaged}: \
+             the logs between them are gone"
+        );
+        return Err(fallback_failed(damage, &why));
+    }
+    if let Some(newer) = read_file_generation(&dir.join(LOG_FILE), &LOG_MAGIC)
+        .filter(|&current| current > generation + 1)
+    {
+        let why = format!(
+            "{SNAPSHOT_PREV_FILE} is generation {generation}, {LOG_FILE} {newer}: \
+             the logs between them are gone"
+        );
+        return Err(fallback_failed(damage, &why));
+    }
+    let Some(log_path) = [LOG_PREV_FILE, LOG_FILE]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| read_file_generation(path, &LOG_MAGIC) == Some(generation))
+    else {
+        let why = format!("no log of its generation {generation} is left");
+        return Err(fallback_failed(damage, &why));
+    };
+    let replayed = fs::read(&log_path)
+        .map_err(|error| io_error("read", &log_path, error))
+        .and_then(|bytes| replay_file(state, &bytes, FileRole::Log, &log_path, now));
+    match replayed {
+        Ok(None) => {}
+        Ok(Some(torn)) => tracing::warn!(
+            path = %log_path.display(),
+            offset = torn.offset,
+            problem = torn.detail,
+            "ban store: the previous snapshot's log ends in a torn record; replayed up to it"
+        ),
+        Err(error) => return Err(fallback_failed(damage, &damage_summary(&error))),
+    }
+    let rebuilt_generation = generation + 1;
+    let len = write_snapshot_tmp(dir, rebuilt_generation, state, now)?;
+    let kept = keep_aside(dir, SNAPSHOT_FILE, now)?;
+    rename_into_place(dir, SNAPSHOT_TMP_FILE, SNAPSHOT_FILE)?;
+    sync_dir(dir)?;
+    let kept = kept.map_or_else(
+        || "nothing (it was missing)".to_string(),
+        |kept| kept.display().to_string(),
+    );
+    tracing::warn!(
+        damage = %damage_summary(&damage),
+        damaged_file_kept_as = %kept,
+        rebuilt_from = %format!("{SNAPSHOT_PREV_FILE} + {}", log_path.display()),
+        "BAN STORE SNAPSHOT DAMAGED: rebuilt it from the previous snapshot and its log; \
+         no ban is lost. Check the disk; `orch store verify` shows what else is damaged"
+    );
+    Ok(LoadedSnapshot {
+        generation: rebuilt_generation,
+        len,
+    })
+}
+
+/// `damage` with why the previous snapshot could not stand in for it.
+fn fallback_failed(damage: StoreError, why: &str) -> StoreError {
+    match damage {
+        StoreError::Corrupt {
+            path,
+            offset,
+            detail,
+        } => StoreError::Corrupt {
+            path,
+            offset,
+            detail: format!("{detail}; the previous snapshot cannot stand in for it: {why}"),
+        },
+        other => other,
+    }
+}
+
+/// One line about a store error, without the repair hint.
+fn damage_summary(error: &StoreError) -> String {
+    match error {
+        StoreError::Corrupt {
+            path,
+            offset,
+            detail,
+        }
+        | StoreError::LogDamaged {
+            path,
+            offset,
+            detail,
+            ..
+        } => format!("{} is damaged at byte {offset}: {detail}", path.display()),
+        other => other.to_string(),
+    }
+}
+
+/// The generation in the header of the file at `path`, if it has a sound
+/// header of the kind `magic` (reads the header only).
+fn read_file_generation(path: &Path, magic: &[u8; 8]) -> Option<u64> {
+    let mut header = Vec::with_capacity(FILE_HEADER_LEN);
+    File::open(path)
+        .ok()?
+        .take(FILE_HEADER_LEN as u64)
+        .read_to_end(&mut header)
+        .ok()?;
+    parse_file_header(&header, magic, path).ok()
+}
+
+/// Keeps the current snapshot and log as the previous ones (hard links,
+/// each swapped in by rename), so that the next snapshot, if damaged, can
+/// be rebuilt from them.
+fn keep_as_previous(dir: &Path) -> Result<(), StoreError> {
+    for (current, previous) in [
+        (SNAPSHOT_FILE, SNAPSHOT_PREV_FILE),
+        (LOG_FILE, LOG_PREV_FILE),
+    ] {
+        link_as(dir, current, PREV_LINK_TMP_FILE)?;
+        rename_into_place(dir, PREV_LINK_TMP_FILE, previous)?;
+    }
+    sync_dir(dir)
+}
+
+/// Hard-links `dir/name` as `dir/link_name`, replacing a leftover link.
+fn link_as(dir: &Path, name: &str, link_name: &str) -> Result<(), StoreError> {
+    let link = dir.join(link_name);
+    let _ = fs::remove_file(&link);
+    fs::hard_link(dir.join(name), &link).map_err(|error| io_error("link", &dir.join(name), error))
+}
+
+/// Keeps `dir/name` as `dir/name.damaged-<now>` (a hard link, so the file
+/// stays in place until it is replaced); `None` if there is no such file.
+fn keep_aside(dir: &Path, name: &str, now: u64) -> Result<Option<PathBuf>, StoreError> {
+    if !dir.join(name).exists() {
+        return Ok(None);
+    }
+    let mut kept_name = format!("{name}.damaged-{now}");
+    let mut attempt = 1;
+    while dir.join(&kept_name).exists() {
+        attempt += 1;
+        kept_name = format!("{name}.damaged-{now}.{attempt}");
+    }
+    fs::hard_link(dir.join(name), dir.join(&kept_name))
+        .map_err(|error| io_error("keep aside", &dir.join(name), error))?;
+    Ok(Some(dir.join(kept_name)))
 }
 
 struct OpenedLog {
@@ -1880,18 +2214,39 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .open(&path)
         .map_err(|error| io_error("open lock file", &path, error))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            // Names the holder for `orch store salvage` and `verify`; only
+            // a hint, so a failure to write it changes nothing.
+            let pid = format!("{}\n", std::process::id());
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.write_all_at(pid.as_bytes(), 0));
+            Ok(file)
+        }
         Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
             dir: dir.to_path_buf(),
+            pid: lock_file_pid(dir),
         }),
         Err(TryLockError::Error(error)) => Err(io_error("lock", &path, error)),
     }
 }
 
+/// The pid the last holder of the lock wrote into the lock file, if any.
+/// It may be stale: whether the lock is held is another question.
+fn lock_file_pid(dir: &Path) -> Option<u32> {
+    let mut text = String::new();
+    File::open(dir.join(LOCK_FILE))
+        .ok()?
+        .take(32)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok()
+}
+
 /// Tmp files left by a crash mid-compaction were never renamed into place,
 /// so they hold nothing the real files lack.
 fn remove_leftover_tmp_files(dir: &Path) {
-    for name in [SNAPSHOT_TMP_FILE, LOG_TMP_FILE] {
+    for name in [SNAPSHOT_TMP_FILE, LOG_TMP_FILE, PREV_LINK_TMP_FILE] {
         let path = dir.join(name);
         match fs::remove_file(&path) {
             Ok(()) => {
@@ -1917,6 +2272,11 @@ fn io_error(action: &'static str, path: &Path, source: io::Error) -> StoreError 
     }
 }
 
+/// " by pid N" when the lock file names the process holding it.
+fn holder_text(pid: &Option<u32>) -> String {
+    pid.map(|pid| format!(" by pid {pid}")).unwrap_or_default()
+}
+
 fn corrupt(path: &Path, offset: usize, detail: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         path: path.to_path_buf(),
@@ -1931,14 +2291,14 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::time::Instant;
 
-    const NOW: u64 = 1_700_000_000;
-    const HOUR: u64 = 3600;
+    pub(super) const NOW: u64 = 1_700_000_000;
+    pub(super) const HOUR: u64 = 3600;
 
-    fn net(text: &str) -> IpNet {
+    pub(super) fn net(text: &str) -> IpNet {
         text.parse().expect("test net parses")
     }
 
-    fn ban(text: &str, created: u64, expires: u64, reason: &str) -> BanRecord {
+    pub(super) fn ban(text: &str, created: u64, expires: u64, reason: &str) -> BanRecord {
         BanRecord {
             net: net(text),
             created,
@@ -1948,11 +2308,11 @@ mod tests {
         }
     }
 
-    fn open(dir: &Path) -> Store {
+    pub(super) fn open(dir: &Path) -> Store {
         Store::open(dir, NOW).expect("store opens")
     }
 
-    fn sorted_bans(store: &Store) -> Vec<BanRecord> {
+    pub(super) fn sorted_bans(store: &Store) -> Vec<BanRecord> {
         let mut bans: Vec<BanRecord> = store.bans().cloned().collect();
         bans.sort_by_key(|ban| ban.net);
         bans
@@ -1962,11 +2322,11 @@ mod tests {
         fs::metadata(path).expect("metadata").len()
     }
 
-    fn log_path(dir: &Path) -> PathBuf {
+    pub(super) fn log_path(dir: &Path) -> PathBuf {
         dir.join(LOG_FILE)
     }
 
-    fn snapshot_path(dir: &Path) -> PathBuf {
+    pub(super) fn snapshot_path(dir: &Path) -> PathBuf {
         dir.join(SNAPSHOT_FILE)
     }
 
@@ -2570,27 +2930,45 @@ mod tests {
         assert!(detail.contains("unknown record kind 99"), "{detail}");
     }
 
+    /// Fifty bans compacted into the snapshot, then the previous snapshot
+    /// and log removed, as in a store that never compacted twice.
+    fn store_without_previous_snapshot(dir: &Path) {
+        let mut store = open(dir);
+        let bans: Vec<BanRecord> = (0..50u32)
+            .map(|i| ban(&format!("192.0.2.{i}/32"), NOW, NOW + HOUR, "scan"))
+            .collect();
+        store.insert_bans(&bans).unwrap();
+        store.compact().unwrap();
+        drop(store);
+        fs::remove_file(dir.join(SNAPSHOT_PREV_FILE)).unwrap();
+        fs::remove_file(dir.join(LOG_PREV_FILE)).unwrap();
+    }
+
     #[test]
-    fn damaged_snapshot_is_corrupt_with_offset() {
+    fn damaged_snapshot_without_previous_is_corrupt_with_offset_and_repair_hint() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let mut store = open(dir.path());
-            let bans: Vec<BanRecord> = (0..50u32)
-                .map(|i| ban(&format!("192.0.2.{i}/32"), NOW, NOW + HOUR, "scan"))
-                .collect();
-            store.insert_bans(&bans).unwrap();
-            store.compact().unwrap();
-        }
+        store_without_previous_snapshot(dir.path());
         let mut bytes = fs::read(snapshot_path(dir.path())).unwrap();
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;
         fs::write(snapshot_path(dir.path()), &bytes).unwrap();
-        let (path, offset, _) = expect_corrupt(Store::open(dir.path(), NOW));
+        let error = Store::open(dir.path(), NOW).expect_err("damaged snapshot");
+        let message = error.to_string();
+        let (path, offset, detail) = expect_corrupt(Err(error));
         assert_eq!(path, snapshot_path(dir.path()));
         assert!(
             offset >= FILE_HEADER_LEN as u64 && offset <= middle as u64,
             "{offset}"
         );
+        assert!(detail.contains("there is no bans.snap.prev"), "{detail}");
+        for needed in [
+            snapshot_path(dir.path()).display().to_string(),
+            format!("at byte {offset}"),
+            "orch store verify".to_string(),
+            "orch store salvage".to_string(),
+        ] {
+            assert!(message.contains(&needed), "{needed:?} missing in {message}");
+        }
     }
 
     #[test]
@@ -3126,5 +3504,372 @@ mod tests {
         let elapsed = started.elapsed();
         assert_eq!(store.ban_count(), 1_000_000);
         eprintln!("loaded {} bans in {elapsed:?}", store.ban_count());
+    }
+
+    /// Offsets of the frames after the header of `bytes`, in order.
+    pub(super) fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+        let mut offsets = Vec::new();
+        let mut offset = FILE_HEADER_LEN;
+        while let Frame::Intact { next, .. } = read_frame(bytes, offset) {
+            offsets.push(offset);
+            offset = next;
+        }
+        offsets
+    }
+
+    /// Five one-ban appends (192.0.2.1 .. 192.0.2.5), one frame each.
+    pub(super) fn five_ban_log(dir: &Path) -> Vec<usize> {
+        let mut store = open(dir);
+        for i in 1..=5 {
+            store
+                .insert_bans(&[ban(&format!("192.0.2.{i}/32"), NOW, NOW + HOUR, "scan")])
+                .unwrap();
+        }
+        drop(store);
+        let offsets = frame_offsets(&fs::read(log_path(dir)).unwrap());
+        assert_eq!(offsets.len(), 5);
+        offsets
+    }
+
+    /// [`five_ban_log`] with the second frame damaged `within` bytes in.
+    pub(super) fn five_ban_log_damaged_mid(dir: &Path, within: usize) -> Vec<usize> {
+        let offsets = five_ban_log(dir);
+        flip_byte(&log_path(dir), offsets[1] + within);
+        offsets
+    }
+
+    /// Flips the bits of the byte at `offset` of `path`.
+    pub(super) fn flip_byte(path: &Path, offset: usize) {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[offset] ^= 0xff;
+        fs::write(path, &bytes).unwrap();
+    }
+
+    /// Where, inside a frame, the tests damage it: the length field, the
+    /// CRC field, the payload.
+    pub(super) const DAMAGE_POINTS: [(&str, usize); 3] = [
+        ("length field", 3),
+        ("crc field", 5),
+        ("payload", RECORD_HEADER_LEN + 4),
+    ];
+
+    #[test]
+    fn bad_frame_mid_log_stops_open_naming_file_offset_and_repair_commands() {
+        for (what, within) in DAMAGE_POINTS {
+            let dir = tempfile::tempdir().unwrap();
+            let offsets = five_ban_log_damaged_mid(dir.path(), within);
+            let log = log_path(dir.path());
+            let before = fs::read(&log).unwrap();
+            let error = Store::open(dir.path(), NOW).expect_err(what);
+            let message = error.to_string();
+            let StoreError::LogDamaged {
+                path,
+                offset,
+                intact_after,
+                ..
+            } = error
+            else {
+                panic!("{what}: expected LogDamaged, got {message}");
+            };
+            assert_eq!(path, log, "{what}");
+            assert_eq!(offset, offsets[1] as u64, "{what}");
+            assert_eq!(intact_after, 3, "{what}");
+            for needed in [
+                log.display().to_string(),
+                format!("at byte {}", offsets[1]),
+                "orch store verify".to_string(),
+                "orch store salvage".to_string(),
+            ] {
+                assert!(
+                    message.contains(&needed),
+                    "{what}: {needed:?} missing in {message}"
+                );
+            }
+            assert_eq!(
+                fs::read(&log).unwrap(),
+                before,
+                "{what}: the log is left alone"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_last_frame_is_still_a_torn_tail() {
+        for (what, within) in DAMAGE_POINTS {
+            let dir = tempfile::tempdir().unwrap();
+            let offsets = five_ban_log(dir.path());
+            flip_byte(&log_path(dir.path()), offsets[4] + within);
+            let store = Store::open(dir.path(), NOW).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(store.ban_count(), 4, "{what}");
+            assert_eq!(file_len(&log_path(dir.path())), offsets[4] as u64, "{what}");
+        }
+    }
+
+    /// A ban whose reason holds bytes shaped like a whole frame (an Allow
+    /// of 0.0.0.0/0, CRC and all), as another fleet host could send.
+    pub(super) fn ban_with_fake_frame_in_reason() -> (BanRecord, Vec<u8>) {
+        let fake = (0u8..=127)
+            .flat_map(|a| (0u8..=127).map(move |b| [KIND_ALLOW, FAMILY_V4, a, b, 0, 0, 0]))
+            .map(|payload| {
+                let mut framed = vec![0; RECORD_HEADER_LEN];
+                framed.extend_from_slice(&payload);
+                seal_record(&mut framed, 0);
+                framed
+            })
+            .find(|framed| framed.iter().all(u8::is_ascii))
+            .expect("some ASCII-only fake frame");
+        let text = String::from_utf8(fake.clone()).expect("ASCII");
+        let reason = format!("{text}{text}");
+        (ban("192.0.2.99/32", NOW, NOW + HOUR, &reason), fake)
+    }
+
+    #[test]
+    fn resync_does_not_take_a_frame_inside_a_reason_for_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hostile, fake) = ban_with_fake_frame_in_reason();
+        let (damaged, next_real) = {
+            let mut store = open(dir.path());
+            store
+                .insert_bans(&[ban("192.0.2.1/32", NOW, NOW + HOUR, "a")])
+                .unwrap();
+            let damaged = file_len(&log_path(dir.path())) as usize;
+            store.insert_bans(&[hostile]).unwrap();
+            let next_real = file_len(&log_path(dir.path())) as usize;
+            store
+                .insert_bans(&[ban("192.0.2.2/32", NOW, NOW + HOUR, "b")])
+                .unwrap();
+            (damaged, next_real)
+        };
+        let bytes = fs::read(log_path(dir.path())).unwrap();
+        let fake_at = damaged
+            + bytes[damaged..]
+                .windows(fake.len())
+                .position(|window| window == fake.as_slice())
+                .expect("fake frame stored verbatim");
+        assert!(
+            sound_frame(&bytes, fake_at).is_some(),
+            "the fake is a sound frame"
+        );
+        // An implausible length: resync has to search byte by byte.
+        flip_byte(&log_path(dir.path()), damaged + 3);
+        let bytes = fs::read(log_path(dir.path())).unwrap();
+        assert_eq!(resync(&bytes, damaged), Some(next_real), "skips the fake");
+        let error = Store::open(dir.path(), NOW).expect_err("mid-log damage");
+        assert!(
+            matches!(
+                error,
+                StoreError::LogDamaged {
+                    intact_after: 1,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_previous_snapshot_and_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        build_mixed_state(&mut store);
+        let log_before = fs::read(log_path(dir.path())).unwrap();
+        let snapshot_before = fs::read(snapshot_path(dir.path())).unwrap();
+        store.compact().unwrap();
+        assert_eq!(
+            fs::read(dir.path().join(LOG_PREV_FILE)).unwrap(),
+            log_before
+        );
+        assert_eq!(
+            fs::read(dir.path().join(SNAPSHOT_PREV_FILE)).unwrap(),
+            snapshot_before
+        );
+        assert!(!dir.path().join(PREV_LINK_TMP_FILE).exists());
+        store
+            .insert_bans(&[ban("192.0.2.3/32", NOW, NOW + HOUR, "c")])
+            .unwrap();
+        assert_eq!(
+            fs::read(dir.path().join(LOG_PREV_FILE)).unwrap(),
+            log_before,
+            "appends go to the new log only"
+        );
+    }
+
+    /// Two compactions with changes before, between and after them: the
+    /// previous snapshot and its log both hold something, and the current
+    /// log too. Returns the state a sound open sees.
+    pub(super) fn store_with_two_generations(dir: &Path) -> (Vec<BanRecord>, Vec<IpNet>) {
+        let mut store = open(dir);
+        build_mixed_state(&mut store);
+        store.compact().unwrap();
+        store
+            .insert_bans(&[
+                ban("192.0.2.10/32", NOW, NOW + HOUR, "prev log"),
+                ban("2001:db8:10::/48", NOW, NOW + HOUR, "prev log"),
+            ])
+            .unwrap();
+        store.remove_ban(&net("2001:db8::/48")).unwrap();
+        store.add_allow(net("203.0.113.0/24")).unwrap();
+        store.compact().unwrap();
+        store
+            .insert_bans(&[ban("192.0.2.20/32", NOW, NOW + HOUR, "current log")])
+            .unwrap();
+        store.remove_ban(&net("192.0.2.10/32")).unwrap();
+        let expected = (
+            sorted_bans(&store),
+            store.runtime_allows().copied().collect(),
+        );
+        assert_eq!(store.generation, 2);
+        expected
+    }
+
+    fn bans_and_allows(store: &Store) -> (Vec<BanRecord>, Vec<IpNet>) {
+        (
+            sorted_bans(store),
+            store.runtime_allows().copied().collect(),
+        )
+    }
+
+    fn kept_damaged_snapshots(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("bans.snap.damaged-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn damaged_snapshot_falls_back_to_previous_plus_logs_with_the_same_bans() {
+        let snapshot_points = [
+            ("magic", 2),
+            ("generation", HEADER_GENERATION_OFFSET + 1),
+            ("header crc", FILE_HEADER_CRC_OFFSET),
+            ("first frame length", FILE_HEADER_LEN + 1),
+            (
+                "first frame payload",
+                FILE_HEADER_LEN + RECORD_HEADER_LEN + 3,
+            ),
+            ("end marker", usize::MAX),
+        ];
+        for (what, offset) in snapshot_points {
+            let dir = tempfile::tempdir().unwrap();
+            let expected = store_with_two_generations(dir.path());
+            let snapshot = snapshot_path(dir.path());
+            let offset = if offset == usize::MAX {
+                file_len(&snapshot) as usize - 2
+            } else {
+                offset
+            };
+            flip_byte(&snapshot, offset);
+            let damaged = fs::read(&snapshot).unwrap();
+            let mut store = Store::open(dir.path(), NOW).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(bans_and_allows(&store), expected, "{what}");
+            assert_eq!(store.history(&net("192.0.2.1/32")).count, 2, "{what}");
+            let kept = kept_damaged_snapshots(dir.path());
+            assert_eq!(kept, [format!("bans.snap.damaged-{NOW}")], "{what}");
+            assert_eq!(
+                fs::read(dir.path().join(&kept[0])).unwrap(),
+                damaged,
+                "{what}"
+            );
+            // The rebuilt snapshot takes the damaged one's place: appends
+            // and later starts go on as usual, with no second rebuild.
+            store
+                .insert_bans(&[ban("192.0.2.30/32", NOW, NOW + HOUR, "after")])
+                .unwrap();
+            drop(store);
+            let store = open(dir.path());
+            assert_eq!(store.ban_count(), expected.0.len() + 1, "{what}");
+            assert_eq!(kept_damaged_snapshots(dir.path()).len(), 1, "{what}");
+        }
+    }
+
+    #[test]
+    fn missing_snapshot_with_previous_one_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = store_with_two_generations(dir.path());
+        fs::remove_file(snapshot_path(dir.path())).unwrap();
+        let store = open(dir.path());
+        assert_eq!(bans_and_allows(&store), expected);
+    }
+
+    #[test]
+    fn crash_after_compaction_rename_then_damaged_snapshot_still_falls_back() {
+        // New snapshot in place, the old log not yet replaced (it is the
+        // previous log too): the previous snapshot and that log rebuild it.
+        let dir = tempfile::tempdir().unwrap();
+        let expected = {
+            let mut store = open(dir.path());
+            build_mixed_state(&mut store);
+            store.compact().unwrap();
+            store
+                .insert_bans(&[ban("192.0.2.10/32", NOW, NOW + HOUR, "x")])
+                .unwrap();
+            let expected = bans_and_allows(&store);
+            let old_log = fs::read(log_path(dir.path())).unwrap();
+            store.compact().unwrap();
+            drop(store);
+            fs::write(log_path(dir.path()), old_log).unwrap();
+            expected
+        };
+        fs::remove_file(dir.path().join(LOG_PREV_FILE)).unwrap();
+        flip_byte(&snapshot_path(dir.path()), FILE_HEADER_LEN + 1);
+        let store = open(dir.path());
+        assert_eq!(bans_and_allows(&store), expected);
+    }
+
+    #[test]
+    fn both_snapshots_damaged_stops_open_naming_repair_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_two_generations(dir.path());
+        flip_byte(&snapshot_path(dir.path()), FILE_HEADER_LEN + 1);
+        flip_byte(&dir.path().join(SNAPSHOT_PREV_FILE), FILE_HEADER_LEN + 1);
+        let error = Store::open(dir.path(), NOW).expect_err("no sound snapshot");
+        let message = error.to_string();
+        let (path, offset, detail) = expect_corrupt(Err(error));
+        assert_eq!(path, snapshot_path(dir.path()));
+        assert_eq!(offset, FILE_HEADER_LEN as u64);
+        assert!(
+            detail.contains("the previous snapshot cannot stand in"),
+            "{detail}"
+        );
+        assert!(detail.contains(SNAPSHOT_PREV_FILE), "{detail}");
+        assert!(message.contains("orch store verify"), "{message}");
+        assert!(message.contains("orch store salvage"), "{message}");
+        assert!(
+            kept_damaged_snapshots(dir.path()).is_empty(),
+            "nothing moved"
+        );
+    }
+
+    #[test]
+    fn previous_snapshot_without_its_log_does_not_stand_in() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_two_generations(dir.path());
+        fs::remove_file(dir.path().join(LOG_PREV_FILE)).unwrap();
+        flip_byte(&snapshot_path(dir.path()), FILE_HEADER_LEN + 1);
+        let (_, _, detail) = expect_corrupt(Store::open(dir.path(), NOW));
+        assert!(detail.contains("no log of its generation 1"), "{detail}");
+    }
+
+    #[test]
+    fn lock_file_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = open(dir.path());
+        assert_locked_by_this_process(Store::open(dir.path(), NOW).expect_err("locked"));
+    }
+
+    /// `error` says the lock is held by this process and how to go on.
+    pub(super) fn assert_locked_by_this_process(error: StoreError) {
+        let message = error.to_string();
+        assert!(
+            matches!(error, StoreError::Locked { pid: Some(pid), .. } if pid == std::process::id()),
+            "{message}"
+        );
+        assert!(
+            message.contains("stop orch first: systemctl stop orch"),
+            "{message}"
+        );
     }
 }
