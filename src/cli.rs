@@ -637,7 +637,34 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
     if jails.is_empty() {
         println!("jails:      none configured");
     }
-    for (name, filter, source, state, lines, failures, tracked, bans) in jails {
+    for (
+        name,
+        filter,
+        source,
+        state,
+        lines,
+        failures,
+        tracked,
+        bans,
+        lines_per_sec,
+        lag,
+        unread,
+        limit_hits,
+        too_long,
+        not_utf8,
+        lagging,
+    ) in jails
+    {
+        // A negative lag: the jail reads no log (recidive).
+        let health = (lag >= 0.0).then(|| crate::jail::health::Health {
+            lines_per_sec,
+            lag: std::time::Duration::try_from_secs_f64(lag).unwrap_or_default(),
+            bytes_behind: u64::try_from(unread).ok(),
+            limit_hits,
+            too_long,
+            not_utf8,
+            lagging,
+        });
         let (name, filter, source, state) = (
             printable(&name),
             printable(&filter),
@@ -648,6 +675,9 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
             "jail {name}: {bans} active bans, {tracked} addresses tracked, {failures} failures in {lines} lines"
         );
         println!("  filter {filter}; {source}; {state}");
+        if let Some(health) = health {
+            println!("  health: {}", health.describe());
+        }
     }
     Ok(())
 }
