@@ -170,7 +170,7 @@ impl RunningJail {
                 }
             }
         };
-        let mut judge = Judge {
+        let judge = Judge {
             counter: FailureCounter::new(config.max_retry, config.find_time.as_secs(), max_tracked),
             config: config.clone(),
             filter,
@@ -180,9 +180,6 @@ impl RunningJail {
             last_expire: Instant::now(),
             meter: HealthMeter::new(config.find_time),
         };
-        if matches!(source, Source::Files { .. }) {
-            judge.meter.bytes_behind = Some(0);
-        }
         let mut worker = Worker {
             source,
             judge,
@@ -275,16 +272,12 @@ impl Worker {
     }
 
     /// Publishes the jail's health if a second has passed since the last
-    /// time (with the files' unread bytes, known only between reads).
+    /// time.
     fn publish_health_if_due(&mut self) {
         let now = Instant::now();
-        if !self.judge.meter.due(now) {
-            return;
+        if self.judge.meter.due(now) {
+            self.judge.publish_health(now);
         }
-        if let Source::Files { follower, .. } = &self.source {
-            self.judge.meter.bytes_behind = Some(follower.bytes_behind());
-        }
-        self.judge.publish_health(now);
     }
 
     /// Judges one journal entry; the jail is behind from the first entry
@@ -330,6 +323,8 @@ impl Worker {
         if caught_up {
             judge.meter.clock.caught_up();
         }
+        // One fstat per file per budget read: cheap next to the reading.
+        judge.meter.bytes_behind = Some(follower.bytes_behind());
         let counts = follower.line_counts();
         (judge.meter.too_long, judge.meter.not_utf8) = (counts.too_long, counts.not_utf8);
         let open = follower.open_files();
