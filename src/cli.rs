@@ -127,7 +127,14 @@ entries, and the current addresses of each DNS allow name ([[dns.allow]]) with t
         cidr: String,
     },
 
-    /// Show the daemon's state: table, backend, bans, last sync
+    /// Show the daemon's state: table, backend, bans, last sync, fleet, jails
+    #[command(
+        long_about = "Show the daemon's state: table, backend, ownership, bans, last sync, hooks, \
+watched units, fleet, and per jail its bans, failures and lines read, then a health line: lines/s \
+over the last 10 s, lag (how long the jail has been behind its log; for files also the bytes still \
+unread), PCRE2 match-limit hits, and lines too long (cut to 16 KiB) or not UTF-8 (bytes replaced). \
+LAGGING marks a jail more than half its findtime behind: its older failures are dropped as stale."
+    )]
     Status,
 
     /// Re-apply orch's whole table from its store now (and run the hooks)
