@@ -129,7 +129,14 @@ entries, and the current addresses of each DNS allow name ([[dns.allow]]) with t
         cidr: String,
     },
 
-    /// Show the daemon's state: table, backend, bans, last sync
+    /// Show the daemon's state: table, backend, bans, last sync, fleet, jails
+    #[command(
+        long_about = "Show the daemon's state: table, backend, ownership, bans, last sync, hooks, \
+watched units, fleet, and per jail its bans, failures and lines read, then a health line: lines/s \
+over the last 10 s, lag (how long the jail has been behind its log; for files also the bytes still \
+unread), PCRE2 match-limit hits, and lines too long (cut to 16 KiB) or not UTF-8 (bytes replaced). \
+LAGGING marks a jail more than half its findtime behind: its older failures are dropped as stale."
+    )]
     Status,
 
     /// Re-apply orch's whole table from its store now (and run the hooks)
@@ -712,7 +719,34 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
     if jails.is_empty() {
         println!("jails:      none configured");
     }
-    for (name, filter, source, state, lines, failures, tracked, bans) in jails {
+    for (
+        name,
+        filter,
+        source,
+        state,
+        lines,
+        failures,
+        tracked,
+        bans,
+        lines_per_sec,
+        lag,
+        unread,
+        limit_hits,
+        too_long,
+        not_utf8,
+        lagging,
+    ) in jails
+    {
+        // A negative lag: the jail reads no log (recidive).
+        let health = (lag >= 0.0).then(|| crate::jail::health::Health {
+            lines_per_sec,
+            lag: std::time::Duration::try_from_secs_f64(lag).unwrap_or_default(),
+            bytes_behind: u64::try_from(unread).ok(),
+            limit_hits,
+            too_long,
+            not_utf8,
+            lagging,
+        });
         let (name, filter, source, state) = (
             printable(&name),
             printable(&filter),
@@ -723,6 +757,9 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
             "jail {name}: {bans} active bans, {tracked} addresses tracked, {failures} failures in {lines} lines"
         );
         println!("  filter {filter}; {source}; {state}");
+        if let Some(health) = health {
+            println!("  health: {}", health.describe());
+        }
     }
     Ok(())
 }

@@ -509,3 +509,232 @@ fn failures_from_one_ipv6_prefix_add_up_and_ban_the_prefix() {
         assert!(netns.set_elements("orch", "ban6").is_empty());
     }
 }
+
+/// A daemon in a fresh network namespace with the jail `sshd` on a new
+/// log, once `orch status` shows the jail. Fields drop in order: the
+/// daemon first.
+struct FileJail {
+    daemon: Daemon,
+    log: Log,
+    bus: TestBus,
+    netns: NetNs,
+}
+
+impl FileJail {
+    /// `config` gives the daemon's configuration for the log.
+    fn start(config: impl FnOnce(&Log) -> String) -> FileJail {
+        let netns = NetNs::new();
+        let bus = TestBus::start();
+        let log = Log::new();
+        let daemon = Daemon::start(&netns, &bus, &config(&log));
+        wait_until(Duration::from_secs(5), "the jail to start", || {
+            daemon.cli(&["status"]).stdout.contains("jail sshd:")
+        });
+        FileJail {
+            daemon,
+            log,
+            bus,
+            netns,
+        }
+    }
+}
+
+/// The `Jails` property as `busctl --json` reads it: one array per jail.
+fn jail_rows(bus: &TestBus) -> Vec<serde_json::Value> {
+    let out = bus
+        .busctl(&[
+            "--json=short",
+            "get-property",
+            "org.orch.Orch1",
+            "/org/orch/Orch1",
+            "org.orch.Orch1",
+            "Jails",
+        ])
+        .expect_ok("get-property Jails");
+    let value: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("busctl output is not JSON ({e}): {}", out.stdout));
+    assert_eq!(value["type"], "a(ssssttttddxtttb)", "{value}");
+    value["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// The `health:` line of jail `name` in `orch status`.
+fn health_line(daemon: &Daemon, name: &str) -> String {
+    let status = daemon.cli(&["status"]).expect_ok("status").stdout;
+    status
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("jail {name}:")))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .find(|l| l.starts_with("  health: "))
+        .unwrap_or_else(|| panic!("no health line for {name} in:\n{status}"))
+        .to_string()
+}
+
+/// Appends raw bytes to the log (lines the other helpers cannot write).
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .expect("append to the log");
+}
+
+/// Lines over 16 KiB and lines that are not UTF-8 are counted, in `orch
+/// status` and in the `Jails` property; lines that are not UTF-8 are still
+/// judged (a writer cannot hide a failure behind one invalid byte).
+#[test]
+fn lines_cut_or_not_utf8_are_counted_and_shown() {
+    let FileJail {
+        daemon,
+        log,
+        bus,
+        netns,
+    } = FileJail::start(|log| log.jail(""));
+
+    let stamp = orch::timefmt::rfc3339(orch::timefmt::now_unix());
+    let mut bytes = Vec::new();
+    for port in 0..3 {
+        bytes.extend_from_slice(format!("{stamp} web1 sshd[7]: Invalid user ").as_bytes());
+        bytes.extend_from_slice(b"\xff\xfe");
+        bytes.extend_from_slice(format!(" from 192.0.2.131 port {port}\n").as_bytes());
+    }
+    bytes.extend_from_slice(format!("{stamp} web1 sshd[7]: {}\n", "x".repeat(20_000)).as_bytes());
+    append_bytes(&log.path, &bytes);
+    log.append(&["Accepted publickey for admin from 192.0.2.99 port 1 ssh2".into()]);
+
+    wait_banned(&netns, "192.0.2.131");
+    wait_until(Duration::from_secs(10), "the counts in orch status", || {
+        health_line(&daemon, "sshd").contains("lines too long (cut) 1, not UTF-8 (replaced) 3")
+    });
+    assert_eq!(jail_counts(&daemon).0, 5, "every line was read");
+    let health = health_line(&daemon, "sshd");
+    assert!(health.contains(" lines/s, lag "), "{health}");
+    assert!(!health.contains("LAGGING"), "{health}");
+
+    wait_until(Duration::from_secs(10), "the counts on the bus", || {
+        let rows = jail_rows(&bus);
+        let row = &rows[0];
+        row[0] == "sshd" && row[4] == 5 && row[12] == 1 && row[13] == 3 && row[10] == 0
+    });
+    let row = jail_rows(&bus)[0].clone();
+    eprintln!("orch status: {health}\nJails property: {row}");
+    assert!(row[8].as_f64().is_some_and(|rate| rate >= 0.0), "{row}");
+    assert!(row[9].as_f64().is_some_and(|lag| lag >= 0.0), "{row}");
+    assert_eq!(row[11], 0, "the native filter has no match limit: {row}");
+    assert_eq!(row[14], false, "{row}");
+}
+
+/// A fail2ban filter with a catastrophic pattern, fed a hostile line: the
+/// PCRE2 search stops at its match limit, and `orch status` and the `Jails`
+/// property count the hit. Ordinary lines still match afterwards.
+#[test]
+fn match_limit_hits_are_shown() {
+    let log = Log::new();
+    let filter = log.path.with_file_name("hostile.conf");
+    std::fs::write(
+        &filter,
+        "[Definition]\nfailregex = ^(?:\\w+\\s?)*from <HOST>$\ndatepattern = {NONE}\n",
+    )
+    .expect("write filter");
+    let config = log.jail(&format!("filter = \"{}\"", filter.display()));
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, &config);
+
+    let hostile = format!("{} from\n", "ab ".repeat(3000));
+    append_bytes(&log.path, hostile.as_bytes());
+    append_bytes(
+        &log.path,
+        b"word word from 192.0.2.140\n".repeat(3).as_slice(),
+    );
+    wait_banned(&netns, "192.0.2.140");
+    wait_until(
+        Duration::from_secs(10),
+        "the limit hit in orch status",
+        || !health_line(&daemon, "sshd").contains(" 0 match-limit hits"),
+    );
+    let health = health_line(&daemon, "sshd");
+    assert!(health.contains(" match-limit hits"), "{health}");
+    let rows = jail_rows(&bus);
+    assert!(
+        rows[0][11].as_u64().is_some_and(|hits| hits >= 1),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(rows[0][4], 4, "lines read: {}", rows[0]);
+}
+
+/// A flood written at once is read [`orch::jail::file_source::READ_BUDGET`]
+/// bytes at a time, one batch right after the other: no batch waits for
+/// a change to the file (none comes) or for the 2 s poll.
+#[test]
+fn a_flood_written_at_once_is_read_to_the_end_without_waiting() {
+    let jail = FileJail::start(|log| log.jail(""));
+    let (daemon, log) = (&jail.daemon, &jail.log);
+
+    let line = format!(
+        "Connection closed by 192.0.2.150 port 22 {}",
+        "x".repeat(40)
+    );
+    let budgets = 6;
+    let count = budgets * orch::jail::file_source::READ_BUDGET / (line.len() + 40);
+    let started = Instant::now();
+    append_to(&log.path, &vec![line; count]);
+    wait_until(Duration::from_secs(30), "every line of the flood", || {
+        jail_counts(daemon).0 == count as u64
+    });
+    let took = started.elapsed();
+    eprintln!("{count} lines ({budgets}+ budgets) read in {took:?}");
+    // Waiting for the poll between budgets would take 2 s each.
+    assert!(took < Duration::from_secs(8), "{took:?}");
+}
+
+/// A jail that falls more than half its findtime behind says so in the
+/// log, once, and says when it has caught up; meanwhile `orch status`
+/// shows the lag. With findtime 2 s, a 48 MiB flood (several seconds of
+/// reading in a debug build) is enough.
+#[test]
+fn a_jail_behind_by_half_its_findtime_warns_once_and_recovers() {
+    let jail = FileJail::start(|log| {
+        log.jail("")
+            .replace("findtime = \"10m\"", "findtime = \"2s\"")
+    });
+    let (daemon, log) = (&jail.daemon, &jail.log);
+
+    let line = format!(
+        "Connection closed by 192.0.2.160 port 22 {}",
+        "x".repeat(40)
+    );
+    let count = (48 << 20) / (line.len() + 40);
+    append_to(&log.path, &vec![line; count]);
+    let mut lagging_seen = None;
+    wait_until(Duration::from_secs(120), "the lag warning", || {
+        if lagging_seen.is_none() {
+            let health = health_line(daemon, "sshd");
+            lagging_seen = health.contains("LAGGING").then_some(health);
+        }
+        daemon.log().contains("jail sshd is ")
+    });
+    wait_until(Duration::from_secs(120), "the jail to catch up", || {
+        daemon.log().contains("jail sshd has caught up")
+    });
+    let daemon_log = daemon.log();
+    let warning = daemon_log
+        .lines()
+        .find(|l| l.contains("jail sshd is "))
+        .unwrap_or_default();
+    eprintln!("{warning}\nstatus while behind: {lagging_seen:?}");
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("behind its log"), "{warning}");
+    assert!(
+        warning.contains("more than half its findtime (2.0 s)"),
+        "{warning}"
+    );
+    assert_eq!(
+        daemon_log.matches("behind its log").count(),
+        1,
+        "one warning per episode:\n{daemon_log}"
+    );
+    assert_eq!(jail_counts(daemon).0, count as u64);
+    assert!(!health_line(daemon, "sshd").contains("LAGGING"));
+}

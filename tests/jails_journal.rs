@@ -116,6 +116,21 @@ fn journal_jail_bans_from_the_unit_only_and_resumes_after_restart() {
         status.contains("jail sshd:") && status.contains("failures in 3 lines"),
         "after the restart exactly the 3 new entries are read:\n{status}"
     );
+    // The jail's health: caught up with the journal (lag 0, nothing
+    // unread in files, since it reads none), and no lag warning.
+    wait_until(Duration::from_secs(10), "the journal jail's health", || {
+        let status = sandbox.run(ORCH, &["status"]).stdout;
+        status.lines().any(|l| {
+            l.starts_with("  health: ")
+                && l.contains(" lines/s, lag 0.0 s, 0 match-limit hits")
+                && !l.contains("LAGGING")
+        })
+    });
+    assert!(
+        !sandbox.journal("orch.service").contains("behind its log"),
+        "{}",
+        sandbox.journal("orch.service")
+    );
     sandbox.shutdown();
 }
 

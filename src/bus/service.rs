@@ -35,8 +35,29 @@ pub struct OrchService {
 }
 
 /// One row of the `Jails` property: name, filter, source, state, lines
-/// read, failures found, addresses tracked now, active bans.
-pub type JailRow = (String, String, String, String, u64, u64, u64, u64);
+/// read, failures found, addresses tracked now, active bans; then the
+/// jail's health (`jail::health`): lines/s over the last 10 s, lag in
+/// seconds, bytes unread in its files, match-limit hits, lines too long
+/// (cut), lines not UTF-8 (bytes replaced), and whether the lag warning is
+/// raised. Lag and unread bytes are -1 when not known: unread bytes for a
+/// journal jail, both for a jail that reads no log (recidive).
+pub type JailRow = (
+    String,
+    String,
+    String,
+    String,
+    u64,
+    u64,
+    u64,
+    u64,
+    f64,
+    f64,
+    i64,
+    u64,
+    u64,
+    u64,
+    bool,
+);
 
 /// One row of `ListAllows`: entry (address or prefix), kind ("static",
 /// "runtime" or "dns"), DNS name (dns rows only), expires_at (0 = never).
@@ -501,6 +522,7 @@ impl OrchService {
                     .lock()
                     .map(|s| s.clone())
                     .unwrap_or_default();
+                let health = jail.stats.health();
                 (
                     jail.name.clone(),
                     jail.filter.clone(),
@@ -510,6 +532,15 @@ impl OrchService {
                     jail.stats.failures.load(Relaxed),
                     jail.stats.tracked.load(Relaxed),
                     by_source.get(&jail.name).copied().unwrap_or(0) as u64,
+                    health.map_or(0.0, |h| h.lines_per_sec),
+                    health.map_or(-1.0, |h| h.lag.as_secs_f64()),
+                    health
+                        .and_then(|h| h.bytes_behind)
+                        .map_or(-1, |bytes| i64::try_from(bytes).unwrap_or(i64::MAX)),
+                    health.map_or(0, |h| h.limit_hits),
+                    health.map_or(0, |h| h.too_long),
+                    health.map_or(0, |h| h.not_utf8),
+                    health.is_some_and(|h| h.lagging),
                 )
             })
             .collect())

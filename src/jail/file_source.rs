@@ -13,7 +13,11 @@
 //!   its start, when it appears.
 //!
 //! Only complete lines are handed out; a partial last line waits for its
-//! newline. Positions are exported as `device:inode:offset` and, on start,
+//! newline. A line longer than [`MAX_LINE_BYTES`] is cut to it, and bytes
+//! that are not UTF-8 are replaced by U+FFFD; both are counted
+//! ([`LineCounts`]) for `orch status`. Each call of
+//! [`FileFollower::read_new`] reads at most [`READ_BUDGET`] bytes and says
+//! whether it reached the end of every file. Positions are exported as `device:inode:offset` and, on start,
 //! a saved position resumes exactly there (or in `NAME.1` when the file was
 //! rotated while orch was down). A path with no saved position starts at
 //! its end: a new jail does not ban for old history.
@@ -31,12 +35,48 @@ use std::time::{Duration, Instant};
 /// Longest line kept; the rest of a longer line is dropped (a hostile or
 /// broken writer must not grow memory without bound).
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Bytes read per call of [`FileFollower::read_new`], over all files of a
+/// jail. One flooding file must not keep the jail thread reading for
+/// minutes (the filter may take tens of ms on a hostile line when the PCRE2
+/// JIT is off): between two calls the thread saves positions, publishes its
+/// health and notices a stop or reload. 1 MiB is about 8,000 syslog lines,
+/// well under a second of filtering on ordinary lines.
+pub const READ_BUDGET: usize = 1 << 20;
 /// How long a rotated-away file is still drained for late writes.
 const RETIRED_GRACE: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
 
 /// (device, inode): which file a descriptor or a path refers to.
 type Identity = (u64, u64);
+
+/// Lines that could not be handed out as written, since the follower
+/// started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LineCounts {
+    /// Lines longer than [`MAX_LINE_BYTES`], cut to it.
+    pub too_long: u64,
+    /// Lines with bytes that are not UTF-8, replaced by U+FFFD. They are
+    /// still judged: skipping them would let a writer hide a failure line
+    /// behind one invalid byte (in a user name, say).
+    pub not_utf8: u64,
+}
+
+/// One call of [`FileFollower::read_new`]: the read buffer, what is left of
+/// [`READ_BUDGET`], and the counts to add to.
+struct Turn<'a> {
+    buffer: &'a mut [u8],
+    budget: usize,
+    counts: &'a mut LineCounts,
+}
+
+/// What draining one file came to.
+#[derive(Debug, Clone, Copy)]
+struct Drained {
+    /// Some bytes were read.
+    read_any: bool,
+    /// The read stopped at the end of the file (not at the budget).
+    at_end: bool,
+}
 
 /// A saved position: which file, and how far it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,26 +139,39 @@ impl OpenFile {
         })
     }
 
-    /// Reads everything from the offset to the end and hands out complete
-    /// lines. Returns whether anything was read.
-    fn drain(&mut self, buffer: &mut [u8], sink: &mut dyn FnMut(&str)) -> bool {
+    /// Reads from the offset to the end, or until the turn's budget is
+    /// spent, and hands out complete lines.
+    fn drain(&mut self, turn: &mut Turn, sink: &mut dyn FnMut(&str)) -> Drained {
+        let mut drained = Drained {
+            read_any: false,
+            at_end: true,
+        };
         if self.file.seek(SeekFrom::Start(self.offset)).is_err() {
-            return false;
+            return drained;
         }
-        let mut read_any = false;
         loop {
-            let count = match self.file.read(buffer) {
-                Ok(0) | Err(_) => break,
+            if turn.budget == 0 {
+                drained.at_end = false;
+                return drained;
+            }
+            let want = turn.buffer.len().min(turn.budget);
+            let count = match self.file.read(&mut turn.buffer[..want]) {
+                Ok(0) | Err(_) => return drained,
                 Ok(count) => count,
             };
-            read_any = true;
+            drained.read_any = true;
+            turn.budget -= count;
             self.offset += count as u64;
-            self.split_lines(&buffer[..count], sink);
+            self.split_lines(&turn.buffer[..count], turn.counts, sink);
         }
-        read_any
     }
 
-    fn split_lines(&mut self, mut bytes: &[u8], sink: &mut dyn FnMut(&str)) {
+    fn split_lines(
+        &mut self,
+        mut bytes: &[u8],
+        counts: &mut LineCounts,
+        sink: &mut dyn FnMut(&str),
+    ) {
         while let Some(newline) = memchr::memchr(b'\n', bytes) {
             let (line, rest) = bytes.split_at(newline);
             bytes = &rest[1..];
@@ -128,10 +181,13 @@ impl OpenFile {
                 continue;
             }
             if self.partial.is_empty() {
-                emit(line, sink);
+                emit(line, counts, sink);
             } else {
-                self.partial.extend_from_slice(line);
-                emit(&self.partial, sink);
+                // One byte past the cap is enough for `emit` to cut.
+                let room = (MAX_LINE_BYTES + 1).saturating_sub(self.partial.len());
+                self.partial
+                    .extend_from_slice(&line[..line.len().min(room)]);
+                emit(&self.partial, counts, sink);
                 self.partial.clear();
             }
         }
@@ -139,12 +195,18 @@ impl OpenFile {
             self.partial.extend_from_slice(bytes);
             if self.partial.len() > MAX_LINE_BYTES {
                 // Hand out what fits, then skip to the next newline.
-                self.partial.truncate(MAX_LINE_BYTES);
-                emit(&self.partial, sink);
+                emit(&self.partial, counts, sink);
                 self.partial.clear();
                 self.skipping = true;
             }
         }
+    }
+
+    /// Bytes between the offset and the end of the file.
+    fn bytes_behind(&self) -> u64 {
+        self.file
+            .metadata()
+            .map_or(0, |meta| meta.len().saturating_sub(self.offset))
     }
 
     /// The position of the last complete line handed out.
@@ -157,11 +219,27 @@ impl OpenFile {
     }
 }
 
-fn emit(line: &[u8], sink: &mut dyn FnMut(&str)) {
+/// Hands out one line: cut to [`MAX_LINE_BYTES`] (at a character
+/// boundary), bytes that are not UTF-8 replaced; both counted.
+fn emit(line: &[u8], counts: &mut LineCounts, sink: &mut dyn FnMut(&str)) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let cut = line.len() > MAX_LINE_BYTES;
+    let line = if cut {
+        counts.too_long += 1;
+        &line[..MAX_LINE_BYTES]
+    } else {
+        line
+    };
     match std::str::from_utf8(line) {
         Ok(text) => sink(text),
-        Err(_) => sink(&String::from_utf8_lossy(line)),
+        // The cut split the last character: leave it out.
+        Err(err) if cut && err.error_len().is_none() => {
+            sink(std::str::from_utf8(&line[..err.valid_up_to()]).unwrap_or_default());
+        }
+        Err(_) => {
+            counts.not_utf8 += 1;
+            sink(&String::from_utf8_lossy(line));
+        }
     }
 }
 
@@ -260,6 +338,10 @@ pub struct FileFollower {
     patterns: Vec<PathPattern>,
     followed: BTreeMap<PathBuf, Followed>,
     buffer: Vec<u8>,
+    counts: LineCounts,
+    /// The path whose reading spent the last budget: the next call starts
+    /// after it, so one flooding file cannot starve the others.
+    spent_at: Option<PathBuf>,
 }
 
 impl FileFollower {
@@ -270,6 +352,8 @@ impl FileFollower {
             patterns: patterns.iter().map(|p| PathPattern::new(p)).collect(),
             followed: BTreeMap::new(),
             buffer: vec![0; READ_CHUNK],
+            counts: LineCounts::default(),
+            spent_at: None,
         };
         for path in follower.current_paths() {
             let mut state = Followed::default();
@@ -297,15 +381,51 @@ impl FileFollower {
         paths
     }
 
-    /// Reads every new complete line of every file, in file order, and
-    /// hands each to `sink` with its path.
-    pub fn read_new(&mut self, sink: &mut dyn FnMut(&Path, &str)) {
+    /// Reads new complete lines, at most [`READ_BUDGET`] bytes in all, and
+    /// hands each to `sink` with its path. Returns true when every file was
+    /// read to its end; false when the budget ran out first: then call
+    /// again soon, without waiting for a change (the bytes are already
+    /// written, so no change may come).
+    pub fn read_new(&mut self, sink: &mut dyn FnMut(&Path, &str)) -> bool {
         let now = Instant::now();
-        for path in self.current_paths() {
+        let mut paths = self.current_paths();
+        if let Some(spent_at) = self.spent_at.take() {
+            let after = paths.partition_point(|path| *path <= spent_at);
+            paths.rotate_left(after);
+        }
+        let mut turn = Turn {
+            buffer: &mut self.buffer,
+            budget: READ_BUDGET,
+            counts: &mut self.counts,
+        };
+        for path in paths {
             let state = self.followed.entry(path.clone()).or_default();
             let mut line_sink = |line: &str| sink(&path, line);
-            state.read(&path, &mut self.buffer, &mut line_sink, now);
+            if !state.read(&path, &mut turn, &mut line_sink, now) {
+                self.spent_at = Some(path);
+                return false;
+            }
         }
+        true
+    }
+
+    /// Lines cut or with bytes replaced so far.
+    pub fn line_counts(&self) -> LineCounts {
+        self.counts
+    }
+
+    /// Bytes not read yet, up to the ends of the files followed.
+    pub fn bytes_behind(&self) -> u64 {
+        self.followed
+            .values()
+            .flat_map(|state| {
+                state
+                    .current
+                    .iter()
+                    .chain(state.retired.iter().map(|(f, _)| f))
+            })
+            .map(OpenFile::bytes_behind)
+            .sum()
     }
 
     /// The position of every file currently followed.
@@ -384,14 +504,26 @@ impl Followed {
         self.current = OpenFile::open(path, 0);
     }
 
-    fn read(&mut self, path: &Path, buffer: &mut [u8], sink: &mut dyn FnMut(&str), now: Instant) {
+    /// Reads what is new at `path` (rotated-away files first). Returns
+    /// false when the turn's budget ran out before the end.
+    fn read(
+        &mut self,
+        path: &Path,
+        turn: &mut Turn,
+        sink: &mut dyn FnMut(&str),
+        now: Instant,
+    ) -> bool {
         // Lines still being written to rotated files come first: they are
         // older than anything in the new file.
+        let mut at_end = true;
         self.retired.retain_mut(|(file, last_growth)| {
-            if file.drain(buffer, sink) {
+            let drained = file.drain(turn, sink);
+            if drained.read_any {
                 *last_growth = now;
             }
-            now.duration_since(*last_growth) < RETIRED_GRACE
+            at_end &= drained.at_end;
+            // Kept while it has unread bytes, or grew lately.
+            !drained.at_end || now.duration_since(*last_growth) < RETIRED_GRACE
         });
         let on_disk = std::fs::metadata(path).ok();
         self.not_regular = on_disk.as_ref().and_then(not_a_regular_file);
@@ -404,15 +536,15 @@ impl Followed {
                     self.not_regular.unwrap_or_default()
                 );
             }
-            return;
+            return at_end;
         }
         let Some(on_disk) = on_disk else {
             // Gone (rotated, not yet re-created): finish the old file.
             if let Some(mut current) = self.current.take() {
-                current.drain(buffer, sink);
+                at_end &= current.drain(turn, sink).at_end;
                 self.retired.push((current, now));
             }
-            return;
+            return at_end;
         };
         let identity = (on_disk.dev(), on_disk.ino());
         match &mut self.current {
@@ -423,11 +555,11 @@ impl Followed {
                     current.partial.clear();
                     current.skipping = false;
                 }
-                current.drain(buffer, sink);
+                at_end &= current.drain(turn, sink).at_end;
             }
             _ => {
                 if let Some(mut old) = self.current.take() {
-                    old.drain(buffer, sink);
+                    at_end &= old.drain(turn, sink).at_end;
                     self.retired.push((old, now));
                 }
                 // A file that appeared after start is read from its start;
@@ -435,10 +567,11 @@ impl Followed {
                 // at its end in `FileFollower::new`.
                 self.current = OpenFile::open(path, 0);
                 if let Some(current) = &mut self.current {
-                    current.drain(buffer, sink);
+                    at_end &= current.drain(turn, sink).at_end;
                 }
             }
         }
+        at_end
     }
 }
 
@@ -508,6 +641,15 @@ mod tests {
         None
     }
 
+    /// An empty `auth.log` in a temp dir, followed from its start.
+    fn followed_empty_log() -> (tempfile::TempDir, PathBuf, FileFollower) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("auth.log");
+        append(&log, "");
+        let follower = FileFollower::new(&[log.display().to_string()], &no_saved);
+        (dir, log, follower)
+    }
+
     #[test]
     fn starts_at_the_end_and_hands_out_complete_lines_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -527,10 +669,7 @@ mod tests {
 
     #[test]
     fn rename_rotation_loses_and_repeats_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("auth.log");
-        append(&log, "");
-        let mut follower = FileFollower::new(&[log.display().to_string()], &no_saved);
+        let (dir, log, mut follower) = followed_empty_log();
         append(&log, "a\n");
         assert_eq!(read_all(&mut follower), ["a"]);
         append(&log, "b\n");
@@ -546,10 +685,7 @@ mod tests {
 
     #[test]
     fn copytruncate_restarts_at_the_top() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("auth.log");
-        append(&log, "");
-        let mut follower = FileFollower::new(&[log.display().to_string()], &no_saved);
+        let (dir, log, mut follower) = followed_empty_log();
         append(&log, "first line is long\n");
         assert_eq!(read_all(&mut follower), ["first line is long"]);
         std::fs::copy(&log, dir.path().join("auth.log.1")).unwrap();
@@ -603,16 +739,101 @@ mod tests {
 
     #[test]
     fn overlong_lines_are_cut_not_buffered() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("auth.log");
-        append(&log, "");
-        let mut follower = FileFollower::new(&[log.display().to_string()], &no_saved);
+        let (_dir, log, mut follower) = followed_empty_log();
         append(&log, &"x".repeat(MAX_LINE_BYTES * 3));
         let lines = read_all(&mut follower);
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].len(), MAX_LINE_BYTES);
         append(&log, "tail\nnext\n");
         assert_eq!(read_all(&mut follower), ["next"]);
+    }
+
+    #[test]
+    fn every_overlong_line_is_cut_at_a_character_and_counted() {
+        let (_dir, log, mut follower) = followed_empty_log();
+        // Whole in one read: cut all the same. "é" is two bytes, so the cap
+        // falls inside one; that character is left out, not replaced.
+        let long = format!("a{}\n", "é".repeat(MAX_LINE_BYTES));
+        append(&log, &format!("{long}short\n"));
+        let lines = read_all(&mut follower);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES - 1);
+        assert!(!lines[0].contains('\u{fffd}'));
+        assert_eq!(lines[1], "short");
+        // Completed across two reads: cut too.
+        append(&log, &"b".repeat(MAX_LINE_BYTES - 10));
+        assert!(read_all(&mut follower).is_empty());
+        append(&log, &format!("{}\n", "c".repeat(100)));
+        let lines = read_all(&mut follower);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].len(), MAX_LINE_BYTES);
+        assert_eq!(
+            follower.line_counts(),
+            LineCounts {
+                too_long: 2,
+                not_utf8: 0
+            }
+        );
+    }
+
+    #[test]
+    fn lines_that_are_not_utf8_are_judged_with_replacements_and_counted() {
+        let (_dir, log, mut follower) = followed_empty_log();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        file.write_all(b"Invalid user \xff\xfe from 192.0.2.1\nfine\n")
+            .unwrap();
+        assert_eq!(
+            read_all(&mut follower),
+            ["Invalid user \u{fffd}\u{fffd} from 192.0.2.1", "fine"]
+        );
+        assert_eq!(follower.line_counts().not_utf8, 1);
+        assert_eq!(follower.line_counts().too_long, 0);
+    }
+
+    /// A flood is read [`READ_BUDGET`] bytes per call; the caller is told
+    /// to call again, and the rest comes without any new write.
+    #[test]
+    fn a_flood_is_read_a_budget_at_a_time_and_nothing_is_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        let quiet = dir.path().join("b.log");
+        append(&log, "");
+        append(&quiet, "");
+        let pattern = dir.path().join("*.log").display().to_string();
+        let mut follower = FileFollower::new(&[pattern], &no_saved);
+        let line = format!("{}\n", "x".repeat(99));
+        let count = 3 * READ_BUDGET / line.len() + 7;
+        append(&log, &line.repeat(count));
+        append(&quiet, "quiet\n");
+        assert_eq!(follower.bytes_behind(), (count * line.len() + 6) as u64);
+
+        let mut lines = Vec::new();
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let mut read = 0;
+            let done = follower.read_new(&mut |_, l| {
+                read += l.len() + 1;
+                lines.push(l.to_string());
+            });
+            // The budget, plus the start of a line the last call cut.
+            assert!(
+                read <= READ_BUDGET + line.len(),
+                "call {calls} handed out {read} bytes"
+            );
+            if done {
+                break;
+            }
+            assert!(calls < 10, "never caught up");
+        }
+        assert_eq!(calls, 4, "3 full budgets and the rest");
+        assert_eq!(lines.len(), count + 1);
+        // The quiet file was not starved: read in the second call, right
+        // after the first budget went to the flood.
+        let quiet_at = lines.iter().position(|l| l == "quiet").unwrap();
+        assert!(quiet_at <= READ_BUDGET / line.len() + 1, "{quiet_at}");
+        assert_eq!(follower.bytes_behind(), 0);
+        assert!(read_all(&mut follower).is_empty());
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct JournalEntry {
     pub time: i64,
     /// `__CURSOR`: where to resume after this entry.
     pub cursor: String,
+    /// The message was not UTF-8: invalid bytes were replaced by U+FFFD.
+    pub undecodable: bool,
 }
 
 /// Why the reader thread could not be started.
@@ -196,8 +198,8 @@ fn read_after(
 /// anything that is not an entry with a message, time and cursor.
 pub fn parse_entry(json: &[u8]) -> Option<JournalEntry> {
     let fields: serde_json::Map<String, Value> = serde_json::from_slice(json).ok()?;
-    let text = |name: &str| field_text(fields.get(name)?);
-    let message = text("MESSAGE")?;
+    let text = |name: &str| field_text(fields.get(name)?).map(|(text, _)| text);
+    let (message, undecodable) = field_text(fields.get("MESSAGE")?)?;
     let micros: i64 = text("__REALTIME_TIMESTAMP")?.parse().ok()?;
     let cursor = text("__CURSOR")?;
     let time = micros.div_euclid(1_000_000);
@@ -220,19 +222,30 @@ pub fn parse_entry(json: &[u8]) -> Option<JournalEntry> {
         one_word(&tag),
         message.trim_end()
     );
-    Some(JournalEntry { line, time, cursor })
+    Some(JournalEntry {
+        line,
+        time,
+        cursor,
+        undecodable,
+    })
 }
 
-/// A field's text: journalctl writes non-UTF-8 values as byte arrays.
-fn field_text(value: &Value) -> Option<String> {
+/// A field's text, and whether bytes in it were not UTF-8 (replaced by
+/// U+FFFD): journalctl writes such values, and those with control
+/// characters, as byte arrays.
+fn field_text(value: &Value) -> Option<(String, bool)> {
     match value {
-        Value::String(text) => Some(text.clone()),
+        Value::String(text) => Some((text.clone(), false)),
         Value::Array(items) => {
             let bytes: Option<Vec<u8>> = items
                 .iter()
                 .map(|item| item.as_u64().and_then(|b| u8::try_from(b).ok()))
                 .collect();
-            Some(String::from_utf8_lossy(&bytes?).into_owned())
+            let bytes = bytes?;
+            match String::from_utf8(bytes) {
+                Ok(text) => Some((text, false)),
+                Err(err) => Some((String::from_utf8_lossy(err.as_bytes()).into_owned(), true)),
+            }
         }
         _ => None,
     }
@@ -284,6 +297,10 @@ mod tests {
         let json = br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"0","MESSAGE":[104,105,10,255]}"#;
         let entry = parse_entry(json).unwrap();
         assert_eq!(entry.line, "Jan  1 00:00:00 localhost unknown: hi \u{fffd}");
+        assert!(entry.undecodable);
+        // Control characters alone come as arrays too, and are UTF-8.
+        let json = br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"0","MESSAGE":[104,105,27]}"#;
+        assert!(!parse_entry(json).unwrap().undecodable);
     }
 
     #[test]

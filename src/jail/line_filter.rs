@@ -61,6 +61,13 @@ pub trait LineFilter: fmt::Debug + Send {
     /// failures it completes to `found`.
     fn feed(&mut self, line: &str, found: &mut Vec<LineMatch>) -> LineOutcome;
 
+    /// Searches stopped at the engine's match limit so far (each line
+    /// concerned then counted as not matched); 0 for engines without a
+    /// limit. Read by a jail about once a second for `orch status`.
+    fn limit_hits(&self) -> u64 {
+        0
+    }
+
     /// journalctl match arguments (`FIELD=value`, `+` for OR) that select
     /// the entries this filter is written for, used by a journal jail that
     /// names none itself. Empty when the filter does not say.

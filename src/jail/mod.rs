@@ -10,7 +10,9 @@
 //! and computes growing ban times ([`formula`] is fail2ban's
 //! `bantime.formula`); [`test_filter`] is `orch test-filter`;
 //! [`fail2ban`] loads fail2ban's own filter.d `.conf` files and runs them on
-//! [`backtrack`], the bounded backtracking (PCRE2) engine.
+//! [`backtrack`], the bounded backtracking (PCRE2) engine; [`health`] is
+//! what `orch status` shows of a running jail (lines/s, lag, limit hits,
+//! lines cut or not UTF-8).
 
 pub mod backtrack;
 pub mod counter;
@@ -20,6 +22,7 @@ pub mod fail2ban;
 pub mod file_source;
 pub mod filter;
 pub mod formula;
+pub mod health;
 pub mod journal_source;
 pub mod journal_trust;
 pub mod line_filter;

@@ -2,6 +2,12 @@
 //! the journal), runs them through its filter, counts failures and asks for
 //! a ban when an address reaches `maxretry` within `findtime`.
 //!
+//! The thread also keeps the jail's health (`jail::health`): lines/s, lag
+//! behind its log, match-limit hits, lines cut or not UTF-8, published
+//! about once a second, with a warning logged when the lag passes half of
+//! `findtime`. Files are read [`READ_BUDGET`] bytes at a time, so a flood
+//! cannot keep the thread from saving positions, publishing or stopping.
+//!
 //! The jail decides *that* an address should be banned; the daemon's core
 //! decides *whether* and *for how long* (allowlists, own addresses, repeat
 //! offenders) and is the only one that bans, through [`JailActions`]. The
@@ -21,7 +27,10 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use super::counter::FailureCounter;
+#[cfg(doc)]
+use super::file_source::READ_BUDGET;
 use super::file_source::{FileFollower, FilePosition, FileWatch};
+use super::health::{Health, HealthMeter, LagChange, human_bytes, human_lag};
 use super::journal_source::{JournalEntry, JournalFollower};
 use super::line_filter::{LineFilter, LineMatch};
 use crate::config::{JailConfig, JailSource};
@@ -56,6 +65,9 @@ pub struct JailStats {
     pub bans: AtomicU64,
     /// What the source is doing, e.g. "following 2 files" or an error.
     pub state: Mutex<String>,
+    /// The reader's health, published about once a second; `None` for a
+    /// jail that reads no log (recidive) or before the first publication.
+    pub health: Mutex<Option<Health>>,
 }
 
 impl JailStats {
@@ -64,6 +76,11 @@ impl JailStats {
         if let Ok(mut state) = self.state.lock() {
             *state = text;
         }
+    }
+
+    /// The last published health, if any.
+    pub fn health(&self) -> Option<Health> {
+        self.health.lock().ok().and_then(|health| *health)
     }
 }
 
@@ -130,10 +147,15 @@ impl RunningJail {
                 let cursor = saved(&position_key(&config.name, None));
                 let entries = wake.clone();
                 let status = stats.clone();
+                let delivered = Arc::new(AtomicU64::new(0));
+                let counted = delivered.clone();
                 let follower = JournalFollower::start(
                     matches,
                     cursor.as_deref(),
                     move |entry| {
+                        // Counted first: the jail is caught up when it has
+                        // handled as many entries as were delivered.
+                        counted.fetch_add(1, Ordering::Relaxed);
                         let _ = entries.send(Wake::Journal(entry));
                     },
                     move |state| status.set_state(state),
@@ -143,6 +165,8 @@ impl RunningJail {
                     _follower: follower,
                     saved_cursor: cursor.clone(),
                     cursor,
+                    delivered,
+                    handled: 0,
                 }
             }
         };
@@ -154,6 +178,7 @@ impl RunningJail {
             actions,
             found: Vec::new(),
             last_expire: Instant::now(),
+            meter: HealthMeter::new(config.find_time),
         };
         let mut worker = Worker {
             source,
@@ -192,6 +217,9 @@ enum Source {
         cursor: Option<String>,
         /// The cursor last persisted.
         saved_cursor: Option<String>,
+        /// Entries handed to the jail thread, and handled by it.
+        delivered: Arc<AtomicU64>,
+        handled: u64,
     },
 }
 
@@ -214,25 +242,24 @@ struct Judge {
     actions: Arc<dyn JailActions>,
     found: Vec<LineMatch>,
     last_expire: Instant,
+    meter: HealthMeter,
 }
 
 impl Worker {
     fn run(&mut self, woken: mpsc::Receiver<Wake>) {
         tracing::info!(jail = %self.judge.config.name, filter = %self.judge.filter.origin(), source = %self.judge.config.source, "jail started");
-        self.read_files();
+        let mut caught_up = self.read_files();
+        self.publish_health_if_due();
         loop {
-            match woken.recv_timeout(FILE_POLL) {
+            // Bytes left over by the read budget are read at once: they are
+            // written already, so no inotify event may come for them.
+            let wait = if caught_up { FILE_POLL } else { Duration::ZERO };
+            match woken.recv_timeout(wait) {
                 Ok(Wake::Files) | Err(RecvTimeoutError::Timeout) => {
-                    self.read_files();
+                    caught_up = self.read_files();
                     self.judge.expire_if_due();
                 }
-                Ok(Wake::Journal(entry)) => {
-                    self.judge.handle_line(&entry.line, Some(entry.time));
-                    if let Source::Journal { cursor, .. } = &mut self.source {
-                        *cursor = Some(entry.cursor);
-                        self.dirty = true;
-                    }
-                }
+                Ok(Wake::Journal(entry)) => self.handle_entry(entry),
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     self.save_positions(true);
                     tracing::info!(jail = %self.judge.config.name, "jail stopped");
@@ -240,21 +267,66 @@ impl Worker {
                 }
             }
             self.save_positions(false);
+            self.publish_health_if_due();
         }
     }
 
-    fn read_files(&mut self) {
+    /// Publishes the jail's health if a second has passed since the last
+    /// time.
+    fn publish_health_if_due(&mut self) {
+        let now = Instant::now();
+        if self.judge.meter.due(now) {
+            self.judge.publish_health(now);
+        }
+    }
+
+    /// Judges one journal entry; the jail is behind from the first entry
+    /// until it has handled every entry delivered.
+    fn handle_entry(&mut self, entry: JournalEntry) {
+        self.judge.meter.clock.start_work(Instant::now());
+        self.judge.meter.newest_entry = u64::try_from(entry.time).ok();
+        if entry.undecodable {
+            self.judge.meter.not_utf8 += 1;
+        }
+        self.judge.handle_line(&entry.line, Some(entry.time));
+        if let Source::Journal {
+            cursor,
+            delivered,
+            handled,
+            ..
+        } = &mut self.source
+        {
+            *cursor = Some(entry.cursor);
+            self.dirty = true;
+            *handled += 1;
+            if *handled >= delivered.load(Ordering::Relaxed) {
+                self.judge.meter.clock.caught_up();
+            }
+        }
+    }
+
+    /// Reads what the budget allows; returns whether every file was read
+    /// to its end.
+    fn read_files(&mut self) -> bool {
         let Source::Files { follower, .. } = &mut self.source else {
-            return;
+            return true;
         };
         // Lines are judged as they are read, so a burst of any size costs
         // one read buffer, not a copy of the burst.
         let judge = &mut self.judge;
         let mut read_any = false;
-        follower.read_new(&mut |_, line| {
+        judge.meter.clock.start_work(Instant::now());
+        let caught_up = follower.read_new(&mut |_, line| {
             read_any = true;
             judge.handle_line(line, None);
         });
+        if caught_up {
+            judge.meter.clock.caught_up();
+        }
+        // One fstat per file per budget read: cheap next to the reading.
+        judge.meter.bytes_behind = Some(follower.bytes_behind());
+        let counts = follower.line_counts();
+        (judge.meter.too_long, judge.meter.not_utf8) = (counts.too_long, counts.not_utf8);
         let open = follower.open_files();
         let not_read = follower.not_read();
         let state = if not_read.is_empty() {
@@ -267,6 +339,7 @@ impl Worker {
         };
         self.judge.stats.set_state(state);
         self.dirty |= read_any;
+        caught_up
     }
 
     fn save_positions(&mut self, now: bool) {
@@ -325,6 +398,13 @@ impl Judge {
     /// filter found in the text.
     fn handle_line(&mut self, line: &str, source_time: Option<i64>) {
         self.stats.lines.fetch_add(1, Ordering::Relaxed);
+        // A long batch of slow lines still publishes once a second.
+        if self.meter.line_read() {
+            let now = Instant::now();
+            if self.meter.due(now) {
+                self.publish_health(now);
+            }
+        }
         self.found.clear();
         self.filter.feed(line, &mut self.found);
         let now = crate::timefmt::now_unix();
@@ -351,6 +431,41 @@ impl Judge {
         self.stats
             .tracked
             .store(self.counter.tracked() as u64, Ordering::Relaxed);
+    }
+
+    /// Publishes the jail's health, and logs when the lag warning is
+    /// raised or cleared.
+    fn publish_health(&mut self, now: Instant) {
+        let (health, change) = self.meter.snapshot(
+            now,
+            crate::timefmt::now_unix(),
+            self.stats.lines.load(Ordering::Relaxed),
+            self.filter.limit_hits(),
+        );
+        if let Ok(mut published) = self.stats.health.lock() {
+            *published = Some(health);
+        }
+        let jail = &self.config.name;
+        let lag = human_lag(health.lag);
+        match change {
+            Some(LagChange::Raised) => {
+                let unread = health
+                    .bytes_behind
+                    .map(|bytes| format!(", {} unread", human_bytes(bytes)))
+                    .unwrap_or_default();
+                tracing::warn!(
+                    jail = %jail,
+                    "jail {jail} is {lag} behind its log{unread}, more than half its findtime ({}): failures older than findtime are dropped as stale; {:.0} lines/s, {} match-limit hits",
+                    human_lag(self.config.find_time),
+                    health.lines_per_sec,
+                    health.limit_hits,
+                );
+            }
+            Some(LagChange::Cleared) => {
+                tracing::info!(jail = %jail, "jail {jail} has caught up with its log (lag {lag}, under {})", human_lag(self.meter.threshold() / 2));
+            }
+            None => {}
+        }
     }
 
     /// Bans `net` after `addr`'s last failure (`net` is `addr`, or its

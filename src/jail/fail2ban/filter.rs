@@ -537,6 +537,10 @@ impl LineFilter for Fail2banFilter {
         self.fail.len()
     }
 
+    fn limit_hits(&self) -> u64 {
+        self.limit_hits
+    }
+
     /// The `journalmatch` lines joined with `+` (OR), as journalctl takes them.
     fn journal_matches(&self) -> Vec<String> {
         let mut args = Vec::new();
