@@ -470,6 +470,46 @@ fn a_fifo_at_a_log_path_never_blocks_the_start() {
     });
 }
 
+/// A jail with ports bans an IPv6 attacker's whole /64 on those ports
+/// only (found by the nft_render fuzz target: the port sets held single
+/// addresses, so every IPv6 prefix ban of such a jail was refused).
+#[test]
+fn a_jail_with_ports_bans_an_ipv6_prefix_on_those_ports() {
+    let pair = common::VethPair::new(
+        &["fd97::1/48"],
+        &["fd97:0:0:2::5/48", "fd97:0:0:2::6/48", "fd97:0:0:3::5/48"],
+    );
+    let bus = TestBus::start();
+    let log = Log::new();
+    let _daemon = Daemon::start(
+        &pair.server,
+        &bus,
+        &log.jail("ports = [2222]\nprotocol = \"tcp\""),
+    );
+    pair.listen(2222);
+    pair.listen(2223);
+    let timeout = Duration::from_secs(1);
+    log.append(&failures("fd97:0:0:2::5", 3));
+    wait_until(Duration::from_secs(5), "the /64 in portbannet6", || {
+        pair.server
+            .set_elements("orch", "portbannet6")
+            .iter()
+            .any(|e| e == "fd97:0:0:2::/64 . tcp . 2222")
+    });
+    assert!(
+        !pair.connect_from("fd97:0:0:2::6", "fd97::1", 2222, timeout),
+        "another address of the banned /64 reached the jail's port"
+    );
+    assert!(
+        pair.connect_from("fd97:0:0:2::6", "fd97::1", 2223, timeout),
+        "the banned /64 was blocked on another port"
+    );
+    assert!(
+        pair.connect_from("fd97:0:0:3::5", "fd97::1", 2222, timeout),
+        "the neighbouring /64 was blocked"
+    );
+}
+
 /// An IPv6 attacker rotating addresses inside one /64: five addresses,
 /// one failure each, reach maxretry = 5 together and the /64 is banned as
 /// a prefix. With `ipv6_prefix = 128` the same lines ban nothing.

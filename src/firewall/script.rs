@@ -30,11 +30,15 @@ pub mod sets {
     pub const DNSPORT6: &str = "dnsport6";
     pub const PORTBAN4: &str = "portban4";
     pub const PORTBAN6: &str = "portban6";
+    pub const PORTBANNET4: &str = "portbannet4";
+    pub const PORTBANNET6: &str = "portbannet6";
 }
 
 /// Every set of the table: name, element type, flags. Interval sets hold
-/// prefixes; hash sets single addresses (fast to change one by one).
-const SET_DECLARATIONS: [(&str, &str, &str); 12] = [
+/// prefixes; hash sets single addresses (fast to change one by one). A
+/// jail with ports bans IPv6 prefixes too (`ipv6_prefix`), so the port
+/// ban sets come in both kinds as well.
+const SET_DECLARATIONS: [(&str, &str, &str); 14] = [
     (sets::ALLOW4, "ipv4_addr", "interval"),
     (sets::ALLOW6, "ipv6_addr", "interval"),
     (sets::DNSALLOW4, "ipv4_addr", "timeout"),
@@ -51,9 +55,19 @@ const SET_DECLARATIONS: [(&str, &str, &str); 12] = [
         "timeout",
     ),
     (
+        sets::PORTBANNET4,
+        "ipv4_addr . inet_proto . inet_service",
+        "interval, timeout",
+    ),
+    (
         sets::PORTBAN6,
         "ipv6_addr . inet_proto . inet_service",
         "timeout",
+    ),
+    (
+        sets::PORTBANNET6,
+        "ipv6_addr . inet_proto . inet_service",
+        "interval, timeout",
     ),
 ];
 
@@ -82,8 +96,8 @@ impl Protocol {
 }
 
 /// The ports a jail's bans cover, when not every port: elements of the
-/// `portban4`/`portban6` sets (address . protocol . port) instead of the
-/// plain ban sets.
+/// `portban4`/`portban6` sets (address . protocol . port), or for a prefix
+/// `portbannet4`/`portbannet6`, instead of the plain ban sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortScope {
     pub protocols: Vec<Protocol>,
@@ -197,8 +211,13 @@ impl SampleElement {
     /// The element `ban` puts in the kernel: the address (a prefix's
     /// network address), then for a port ban the protocol and port, each
     /// field padded to 4 bytes as in nftables' registers. `None` for a port
-    /// scope without protocols or ports (it puts nothing in the kernel).
+    /// scope without protocols or ports (it puts nothing in the kernel), and
+    /// for a port-scoped prefix: a concatenated interval set finds a range
+    /// only by both its ends, which a one-key lookup does not give.
     fn of(ban: &TimedElement) -> Option<SampleElement> {
+        if ban.scope.is_some() && !is_single_address(&ban.net) {
+            return None;
+        }
         let mut key = match ban.net.network() {
             std::net::IpAddr::V4(addr) => addr.octets().to_vec(),
             std::net::IpAddr::V6(addr) => addr.octets().to_vec(),
@@ -236,9 +255,11 @@ pub fn ban_set_for(net: &IpNet) -> &'static str {
 
 /// The set of a port-scoped ban (address . protocol . port).
 fn port_ban_set_for(net: &IpNet) -> &'static str {
-    match net {
-        IpNet::V4(_) => sets::PORTBAN4,
-        IpNet::V6(_) => sets::PORTBAN6,
+    match (net, is_single_address(net)) {
+        (IpNet::V4(_), true) => sets::PORTBAN4,
+        (IpNet::V4(_), false) => sets::PORTBANNET4,
+        (IpNet::V6(_), true) => sets::PORTBAN6,
+        (IpNet::V6(_), false) => sets::PORTBANNET6,
     }
 }
 
@@ -280,13 +301,15 @@ pub fn ownership_probe(table: &str, ownership: Ownership) -> String {
 }
 
 /// The sets bans live in, in the order scripts touch them.
-const BAN_SETS: [&str; 6] = [
+const BAN_SETS: [&str; 8] = [
     sets::BAN4,
     sets::BAN6,
     sets::BANNET4,
     sets::BANNET6,
     sets::PORTBAN4,
     sets::PORTBAN6,
+    sets::PORTBANNET4,
+    sets::PORTBANNET6,
 ];
 
 /// Sorts a ban's elements into the ban sets: one element in a plain set,
@@ -295,7 +318,7 @@ const BAN_SETS: [&str; 6] = [
 fn group_by_ban_set<'a>(
     bans: impl Iterator<Item = &'a TimedElement>,
     with_timeout: bool,
-) -> [(&'static str, Vec<String>); 6] {
+) -> [(&'static str, Vec<String>); 8] {
     let mut by_set = BAN_SETS.map(|set| (set, Vec::new()));
     let mut push = |set: &str, text: String| {
         if let Some((_, texts)) = by_set.iter_mut().find(|(name, _)| *name == set) {
@@ -402,7 +425,12 @@ impl TableLayout {
         ] {
             let _ = writeln!(out, "    {family} saddr @{set} counter {verdict}");
         }
-        for (family, set) in [("ip", sets::PORTBAN4), ("ip6", sets::PORTBAN6)] {
+        for (family, set) in [
+            ("ip", sets::PORTBAN4),
+            ("ip", sets::PORTBANNET4),
+            ("ip6", sets::PORTBAN6),
+            ("ip6", sets::PORTBANNET6),
+        ] {
             let _ = writeln!(
                 out,
                 "    meta l4proto {{ tcp, udp }} {family} saddr . meta l4proto . th dport @{set} counter {verdict}"
