@@ -653,6 +653,20 @@ mod tests {
         assert!(table.contains(
             "meta l4proto { tcp, udp } ip saddr . meta l4proto . th dport @portban4 counter drop"
         ), "{table}");
+        // A jail's IPv6 prefix ban goes to the interval port set, which
+        // the table declares (the crash the nft_render fuzz target found:
+        // the hash set refused prefixes).
+        let prefix = layout(false).add_bans(&[ban("2001:db8:7:8::/64")]);
+        assert!(
+            prefix.contains("portbannet6 { 2001:db8:7:8::/64 . tcp . 22 timeout 60s"),
+            "{prefix}"
+        );
+        assert!(
+            table.contains("set portbannet6 { type ipv6_addr . inet_proto . inet_service; flags interval, timeout; }"),
+            "{table}"
+        );
+        let sample = layout(false).intact_check(&[ban("2001:db8:7:8::/64")]);
+        assert!(sample.elements.is_empty(), "{sample:?}");
     }
 
     #[test]

@@ -1,0 +1,19 @@
+//! orch's native TOML filters: parse and compile, then classify the lines
+//! that follow. Input: the filter TOML, a NUL byte, then log lines.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use orch::jail::filter::Filter;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (toml, lines) = text.split_once('\0').unwrap_or((text, ""));
+    let Ok(filter) = Filter::from_toml(toml, "fuzz.toml") else {
+        return;
+    };
+    for line in lines.lines().take(16) {
+        let _ = filter.classify(line);
+    }
+});
