@@ -259,7 +259,10 @@ impl Store {
     /// (count+1, last_banned=created), writes them with ONE append and ONE
     /// fdatasync before returning. Empty slice = no I/O. `reason` and
     /// `source` longer than [`MAX_BAN_TEXT_BYTES`] are cut at a char boundary.
-    /// On error nothing changed, in memory or (after a crash) on disk.
+    /// On error nothing changed, in memory or on disk. A crash in the
+    /// middle may leave the first records of the batch on disk, which the
+    /// next start replays: they were never acknowledged, and nothing
+    /// acknowledged is lost (tests/store_crash_props.rs).
     pub fn insert_bans(&mut self, bans: &[BanRecord]) -> Result<(), StoreError> {
         if bans.is_empty() {
             return Ok(());
