@@ -17,6 +17,7 @@ pub mod fleet_lab;
 pub mod fleet_topology;
 pub mod nats;
 pub mod nats_jwt;
+pub mod small_disk;
 pub mod systemd;
 
 use std::ffi::OsStr;
