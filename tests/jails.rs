@@ -780,3 +780,21 @@ fn a_jail_behind_by_half_its_findtime_warns_once_and_recovers() {
     assert_eq!(jail_counts(daemon).0, count as u64);
     assert!(!health_line(daemon, "sshd").contains("LAGGING"));
 }
+
+/// A jail killed (kill -9) before its first periodic position save still
+/// reads, after the restart, the lines written while it was down: the
+/// position it started at is saved before the daemon is ready (the kill -9
+/// storm found these lines lost).
+#[test]
+fn lines_written_while_a_new_jail_was_killed_are_read_after_the_restart() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let log = Log::new();
+    let mut daemon = Daemon::start(&netns, &bus, &log.jail(""));
+    daemon.kill9();
+    log.append(&failures("192.0.2.201", 3));
+    daemon.restart(&netns, &bus);
+    wait_until(Duration::from_secs(5), "192.0.2.201 banned", || {
+        banned(&netns, "192.0.2.201")
+    });
+}

@@ -121,9 +121,23 @@ impl RunningJail {
         let (wake, woken) = mpsc::sync_channel(WAKE_QUEUE);
         let source = match &config.source {
             JailSource::Files(patterns) => {
+                let unsaved = std::cell::Cell::new(false);
                 let follower = FileFollower::new(patterns, &|path| {
-                    FilePosition::decode(&saved(&position_key(&config.name, Some(path)))?)
+                    let position = saved(&position_key(&config.name, Some(path)))
+                        .and_then(|text| FilePosition::decode(&text));
+                    unsaved.set(unsaved.get() || position.is_none());
+                    position
                 });
+                // A file with no saved position starts at its end. That
+                // start is saved now, before the daemon is ready: a crash
+                // before the first periodic save would otherwise restart at
+                // the new end and skip the lines written in between.
+                if unsaved.get()
+                    && let Err(err) =
+                        actions.save_positions(file_positions(&config.name, &follower))
+                {
+                    tracing::warn!(jail = %config.name, "cannot save read positions: {err}");
+                }
                 let waker = wake.clone();
                 let (watch, unwatched) = FileWatch::start(&follower.directories(), move || {
                     // A full queue already holds a wake-up; files are read
@@ -348,11 +362,7 @@ impl Worker {
         }
         let jail = &self.judge.config.name;
         let positions: Vec<(String, String)> = match &mut self.source {
-            Source::Files { follower, .. } => follower
-                .positions()
-                .into_iter()
-                .map(|(path, position)| (position_key(jail, Some(&path)), position.encode()))
-                .collect(),
+            Source::Files { follower, .. } => file_positions(jail, follower),
             Source::Journal {
                 cursor,
                 saved_cursor,
@@ -378,6 +388,15 @@ impl Worker {
             tracing::warn!(jail = %jail, "cannot save read positions: {err}");
         }
     }
+}
+
+/// The store entries of every position `follower` holds.
+fn file_positions(jail: &str, follower: &FileFollower) -> Vec<(String, String)> {
+    follower
+        .positions()
+        .into_iter()
+        .map(|(path, position)| (position_key(jail, Some(&path)), position.encode()))
+        .collect()
 }
 
 impl Judge {
