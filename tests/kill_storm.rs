@@ -8,9 +8,8 @@
 //! named is banned: the jail loses nothing across the kills either.
 //!
 //! The normal suite runs a short storm of 15 kills (about a minute); the
-//! full one is `ORCH_STORM_KILLS=100 cargo test --release --test
-//! kill_storm -- --nocapture`, whose counts are in docs/benchmarks.md
-//! ("Robustness").
+//! full one is `ORCH_STORM_KILLS=100 cargo test --test kill_storm --
+//! --nocapture`, whose counts are in docs/benchmarks.md ("Robustness").
 
 mod common;
 
