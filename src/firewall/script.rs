@@ -472,16 +472,24 @@ impl TableLayout {
     /// is first added with a one-second timeout (a no-op if present), then
     /// deleted, so an element that already timed out cannot fail the
     /// transaction.
+    ///
+    /// A network listed twice is removed once: a second delete of the same
+    /// element in one transaction fails it (found by the `nft_render` fuzz
+    /// target).
     pub fn remove_bans(&self, bans: &[TimedElement]) -> String {
-        let present: Vec<TimedElement> = bans
+        let mut seen = std::collections::HashSet::with_capacity(bans.len());
+        let unique: Vec<&TimedElement> = bans.iter().filter(|ban| seen.insert(ban.net)).collect();
+        let present: Vec<TimedElement> = unique
             .iter()
             .map(|ban| TimedElement {
                 timeout_secs: 1,
-                ..ban.clone()
+                ..(*ban).clone()
             })
             .collect();
         let mut out = self.add_bans(&present);
-        out.push_str(&self.element_commands("delete", &group_by_ban_set(bans.iter(), false)));
+        out.push_str(
+            &self.element_commands("delete", &group_by_ban_set(unique.into_iter(), false)),
+        );
         out
     }
 
@@ -667,6 +675,19 @@ mod tests {
         );
         let sample = layout(false).intact_check(&[ban("2001:db8:7:8::/64")]);
         assert!(sample.elements.is_empty(), "{sample:?}");
+    }
+
+    #[test]
+    fn a_network_listed_twice_is_removed_once() {
+        let twice = [
+            TimedElement::every_port(net("10.0.0.0/8"), 5),
+            TimedElement::every_port(net("10.0.0.0/8"), 5),
+        ];
+        let script = layout(false).remove_bans(&twice);
+        assert!(
+            script.contains("delete element inet orch bannet4 { 10.0.0.0/8 }"),
+            "{script}"
+        );
     }
 
     #[test]
