@@ -473,23 +473,25 @@ impl TableLayout {
     /// deleted, so an element that already timed out cannot fail the
     /// transaction.
     ///
-    /// A network listed twice is removed once: a second delete of the same
+    /// An element listed twice is deleted once: a second delete of the same
     /// element in one transaction fails it (found by the `nft_render` fuzz
-    /// target).
+    /// target). Elements are compared as rendered, so the same network under
+    /// two port scopes is still removed from both.
     pub fn remove_bans(&self, bans: &[TimedElement]) -> String {
-        let mut seen = std::collections::HashSet::with_capacity(bans.len());
-        let unique: Vec<&TimedElement> = bans.iter().filter(|ban| seen.insert(ban.net)).collect();
-        let present: Vec<TimedElement> = unique
+        let present: Vec<TimedElement> = bans
             .iter()
             .map(|ban| TimedElement {
                 timeout_secs: 1,
-                ..(*ban).clone()
+                ..ban.clone()
             })
             .collect();
         let mut out = self.add_bans(&present);
-        out.push_str(
-            &self.element_commands("delete", &group_by_ban_set(unique.into_iter(), false)),
-        );
+        let mut by_set = group_by_ban_set(bans.iter(), false);
+        for (_, elements) in &mut by_set {
+            elements.sort_unstable();
+            elements.dedup();
+        }
+        out.push_str(&self.element_commands("delete", &by_set));
         out
     }
 
@@ -678,7 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn a_network_listed_twice_is_removed_once() {
+    fn an_element_listed_twice_is_deleted_once() {
         let twice = [
             TimedElement::every_port(net("10.0.0.0/8"), 5),
             TimedElement::every_port(net("10.0.0.0/8"), 5),
@@ -686,6 +688,45 @@ mod tests {
         let script = layout(false).remove_bans(&twice);
         assert!(
             script.contains("delete element inet orch bannet4 { 10.0.0.0/8 }"),
+            "{script}"
+        );
+        // The same port listed twice in one scope (the second fuzz find).
+        let scope = std::sync::Arc::new(PortScope {
+            protocols: vec![Protocol::Tcp],
+            ports: vec![65535, 65535],
+        });
+        let script = layout(false).remove_bans(&[TimedElement {
+            net: net("::/8"),
+            timeout_secs: 1,
+            scope: Some(scope),
+        }]);
+        assert!(
+            script.contains("delete element inet orch portbannet6 { ::/8 . tcp . 65535 }"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn one_network_under_two_port_scopes_is_removed_from_both() {
+        let host = net("192.0.2.7/32");
+        let ssh = std::sync::Arc::new(PortScope {
+            protocols: vec![Protocol::Tcp],
+            ports: vec![22],
+        });
+        let script = layout(false).remove_bans(&[
+            TimedElement {
+                net: host,
+                timeout_secs: 5,
+                scope: Some(ssh),
+            },
+            TimedElement::every_port(host, 5),
+        ]);
+        assert!(
+            script.contains("delete element inet orch ban4 { 192.0.2.7 }"),
+            "{script}"
+        );
+        assert!(
+            script.contains("delete element inet orch portban4 { 192.0.2.7 . tcp . 22 }"),
             "{script}"
         );
     }
