@@ -110,10 +110,27 @@ fuzz_target!(|input: Input| {
     static SETUP: Once = Once::new();
     SETUP.call_once(setup);
     let layout = layout();
+    // The core refuses a prefix that overlaps a different banned prefix
+    // (`refuse_prefix_overlap`: interval sets reject overlapping elements),
+    // so such a pair never reaches the renderer.
+    let mut prefixes: Vec<IpNet> = Vec::new();
     let bans: Vec<TimedElement> = input
         .bans
         .iter()
         .take(64)
+        .filter(|ban| {
+            let net = ban.net.net();
+            if net.prefix_len() == net.max_prefix_len() {
+                return true;
+            }
+            let clash = prefixes
+                .iter()
+                .any(|other| *other != net && orch::addr::overlaps(&net, other));
+            if !clash {
+                prefixes.push(net);
+            }
+            !clash
+        })
         .map(|ban| {
             let mut element = timed(ban.net.net(), ban.timeout);
             if let Some((ports, protocols)) = &ban.ports
