@@ -31,13 +31,16 @@ fn jail_progress(daemon: &Daemon) -> (u64, u64) {
     (numbers[3], numbers[1])
 }
 
-/// One failure line per distinct address, 1 in 4 of them IPv6.
-fn flood_text() -> String {
+/// One failure line per distinct address, 1 in 4 of them IPv6: each in a
+/// /64 of its own (distinct sources, as jails count IPv6 per /64), or all
+/// in one /64 (`one_prefix`: one attacker rotating through its /64).
+fn flood_text(one_prefix: bool) -> String {
     let stamp = orch::timefmt::rfc3339(orch::timefmt::now_unix());
     let mut text = String::with_capacity(LINES as usize * 110);
     for i in 0..LINES {
         let addr = if i % 4 == 3 {
-            Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i))
+            let step = if one_prefix { 1 } else { 1u128 << 64 };
+            Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i) * step)
                 .to_string()
         } else {
             Ipv4Addr::from(0x0B00_0001u32 + i).to_string()
@@ -49,7 +52,7 @@ fn flood_text() -> String {
     text
 }
 
-fn bench(max_tracked: Option<u32>) {
+fn bench(max_tracked: Option<u32>, one_prefix: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("auth.log");
     std::fs::write(&log, "").expect("create log");
@@ -62,7 +65,7 @@ fn bench(max_tracked: Option<u32>) {
     let bus = TestBus::start();
     let daemon = Daemon::start(&netns, &bus, &config);
     let idle = daemon.rss_kib();
-    let text = flood_text();
+    let text = flood_text(one_prefix);
     let started = Instant::now();
     std::fs::OpenOptions::new()
         .append(true)
@@ -82,9 +85,14 @@ fn bench(max_tracked: Option<u32>) {
     let elapsed = started.elapsed();
     let after = daemon.rss_kib();
     println!(
-        "jail flood, max_tracked {}: {read} lines from {LINES} distinct addresses in {:.2} s ({:.0} lines/s in the daemon), \
+        "jail flood, max_tracked {}{}: {read} lines from {LINES} distinct addresses in {:.2} s ({:.0} lines/s in the daemon), \
          {tracked} tracked; RSS idle {idle} KiB, peak {} KiB, after {after} KiB",
         max_tracked.map_or("default (50000)".to_string(), |n| n.to_string()),
+        if one_prefix {
+            ", IPv6 all in one /64"
+        } else {
+            ""
+        },
         elapsed.as_secs_f64(),
         read as f64 / elapsed.as_secs_f64(),
         peak.max(after),
@@ -97,6 +105,7 @@ fn main() {
         println!("jail memory bench: run with `cargo bench --bench jail_memory`");
         return;
     }
-    bench(None);
-    bench(Some(LINES));
+    bench(None, false);
+    bench(Some(LINES), false);
+    bench(None, true);
 }

@@ -552,6 +552,50 @@ fn failures_from_one_ipv6_prefix_add_up_and_ban_the_prefix() {
     }
 }
 
+/// Lines keep coming from a /64 after it is banned (already in the log,
+/// or an attacker's rotation read in one go): the jail asks the core about
+/// it once, not once per maxretry lines (200 asks and 200 "already
+/// banned" log lines here before); after an unban it asks again at once.
+#[test]
+fn a_flood_from_a_banned_prefix_asks_once_until_an_unban() {
+    let log = Log::new();
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, &log.jail(""));
+    let prefix = "2001:db8:9:9::/64";
+    let rotation = |count: usize, from: usize| -> Vec<String> {
+        (from..from + count)
+            .map(|i| format!("Invalid user x from 2001:db8:9:9::{i:x} port 22"))
+            .collect()
+    };
+    let has_prefix = || {
+        netns
+            .set_elements("orch", "bannet6")
+            .iter()
+            .any(|e| e == prefix)
+    };
+    log.append(&rotation(600, 1));
+    wait_until(Duration::from_secs(10), "600 lines judged", || {
+        jail_counts(&daemon) == (600, 600)
+    });
+    assert!(has_prefix(), "{}", daemon.log());
+    let mentions = daemon
+        .log()
+        .lines()
+        .filter(|line| line.contains(prefix))
+        .count();
+    assert!(
+        (1..=3).contains(&mentions),
+        "{mentions} log lines about {prefix}:\n{}",
+        daemon.log()
+    );
+
+    daemon.cli(&["unban", prefix]).expect_ok("unban");
+    assert!(!has_prefix());
+    log.append(&rotation(3, 1000));
+    wait_until(Duration::from_secs(5), "the /64 banned again", has_prefix);
+}
+
 /// A daemon in a fresh network namespace with the jail `sshd` on a new
 /// log, once `orch status` shows the jail. Fields drop in order: the
 /// daemon first.

@@ -615,6 +615,7 @@ impl Core {
             self.banned_prefixes.remove(&record.net);
             self.counts.remove(record);
         }
+        self.view.count_removals(removed.len());
         if let Err(err) = self.reconciler.remove_bans(&removed, now_unix()) {
             tracing::warn!("incremental unban failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed unban")?;
@@ -818,6 +819,7 @@ impl Core {
             self.banned_prefixes.remove(&record.net);
             self.counts.remove(record);
         }
+        self.view.count_removals(expired.len());
         // Expired shared bans: the publisher deletes their keys.
         self.note_local_changes(&expired);
         self.forget_expired_holds(now);
@@ -1034,6 +1036,12 @@ impl CoreHandle {
     /// the core has started.
     pub fn view(&self) -> Option<Arc<Published>> {
         self.view.get()
+    }
+
+    /// Bans removed since the start, read without waiting (see
+    /// [`ReadView::removals`]).
+    pub fn removals(&self) -> u64 {
+        self.view.removals()
     }
 
     /// When the core last showed it was alive.

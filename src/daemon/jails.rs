@@ -183,4 +183,8 @@ impl JailActions for CoreActions {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
     }
+
+    fn removals(&self) -> u64 {
+        self.core.removals()
+    }
 }

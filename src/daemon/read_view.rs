@@ -9,6 +9,7 @@
 //! include bans that expired since the last purge (at most 30 s).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::core::CoreStatus;
@@ -26,12 +27,26 @@ pub struct Published {
 #[derive(Clone, Default)]
 pub struct ReadView {
     current: Arc<RwLock<Option<Arc<Published>>>>,
+    /// Bans removed since the start (unbans, expiry), counted as they go,
+    /// without a publication: a reader holding an answer about a ban (a
+    /// jail's recent asks) knows it may be stale once this moved.
+    removals: Arc<AtomicU64>,
 }
 
 impl ReadView {
     /// The latest publication (`None` only before the core's first).
     pub fn get(&self) -> Option<Arc<Published>> {
         self.current.read().ok().and_then(|current| current.clone())
+    }
+
+    /// Bans removed so far (see the field).
+    pub fn removals(&self) -> u64 {
+        self.removals.load(Ordering::Acquire)
+    }
+
+    /// Counts `count` removed bans.
+    pub(super) fn count_removals(&self, count: usize) {
+        self.removals.fetch_add(count as u64, Ordering::Release);
     }
 
     /// Replaces the publication; readers holding the old one keep it.

@@ -28,5 +28,6 @@ pub mod journal_trust;
 pub mod line_filter;
 pub mod load;
 pub mod matcher;
+pub mod recent_asks;
 pub mod runner;
 pub mod test_filter;

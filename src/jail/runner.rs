@@ -33,6 +33,7 @@ use super::file_source::{FileFollower, FilePosition, FileWatch};
 use super::health::{Health, HealthMeter, LagChange, human_bytes, human_lag};
 use super::journal_source::{JournalEntry, JournalFollower};
 use super::line_filter::{LineFilter, LineMatch};
+use super::recent_asks::RecentAsks;
 use crate::config::{JailConfig, JailSource};
 
 /// How often files are checked even without an inotify event.
@@ -54,6 +55,10 @@ pub trait JailActions: Send + Sync {
     fn ban(&self, jail: &JailConfig, net: IpNet, failures: u32) -> Result<String, String>;
     /// Persists read positions (key, value).
     fn save_positions(&self, positions: Vec<(String, String)>) -> Result<(), String>;
+    /// A count that moves whenever a ban is removed (unban, expiry), read
+    /// without waiting: the jail asks again about a network it asked about
+    /// seconds ago once it moved (`recent_asks`).
+    fn removals(&self) -> u64;
 }
 
 /// Counters for `orch status`, shared with the daemon.
@@ -193,6 +198,7 @@ impl RunningJail {
             found: Vec::new(),
             last_expire: Instant::now(),
             meter: HealthMeter::new(config.find_time),
+            asked: RecentAsks::default(),
         };
         let mut worker = Worker {
             source,
@@ -257,6 +263,8 @@ struct Judge {
     found: Vec<LineMatch>,
     last_expire: Instant,
     meter: HealthMeter,
+    /// Networks asked about in the last seconds, not asked again.
+    asked: RecentAsks,
 }
 
 impl Worker {
@@ -490,6 +498,14 @@ impl Judge {
     /// Bans `net` after `addr`'s last failure (`net` is `addr`, or its
     /// IPv6 prefix).
     fn ban(&mut self, addr: IpAddr, net: IpNet) {
+        // Asked seconds ago, and no ban removed since: the answer stands
+        // (banned, or refused).
+        if !self
+            .asked
+            .should_ask(net, Instant::now(), self.actions.removals())
+        {
+            return;
+        }
         let config = self.config.clone();
         let jail = &config.name;
         if let Some(ignored) = config
