@@ -63,16 +63,8 @@ impl Drop for Dnsmasq {
 fn spawn_dnsmasq(netns: &NetNs, args: &[String]) -> Child {
     let child = netns
         .command("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            &format!("--port={PORT}"),
-            "--pid-file=",
-            "--user=root",
-        ])
+        .args(common::dnsmasq_args(PORT))
+        .arg("--user=root")
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

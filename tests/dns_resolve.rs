@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use orch::dns::{DnsFamily, Resolver};
 
 /// TTL of the host records (`--local-ttl`).
@@ -49,17 +51,11 @@ impl Dnsmasq {
             let port = free_port();
             let log = tempfile::NamedTempFile::new().expect("log file");
             let child = Command::new(binary)
+                .args(common::dnsmasq_args(port))
                 .args([
-                    "--keep-in-foreground",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--bind-interfaces",
-                    "--listen-address=127.0.0.1",
-                    "--pid-file=",
                     "--log-facility=-",
                     // Unknown *.test names: NXDOMAIN (without it: REFUSED).
                     "--local=/test/",
-                    &format!("--port={port}"),
                     &format!("--local-ttl={HOST_TTL}"),
                     "--host-record=a.test,192.0.2.10,2001:db8::10",
                     "--host-record=v4only.test,192.0.2.20",

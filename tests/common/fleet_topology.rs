@@ -509,6 +509,39 @@ impl Topology {
         }
     }
 
+    /// Plugs the network namespace of process `pid` (e.g. a systemd
+    /// sandbox) into the bridge as inside host `name`: a veth pair whose
+    /// bridge end is `p-<name>` and whose other end is `eth0` in that
+    /// namespace, unconfigured (the caller adds the address and routes from
+    /// inside). [`Topology::set_port`] cuts and restores it.
+    #[track_caller]
+    pub fn plug_in(&self, name: &str, pid: u32) {
+        let port = Self::switch_port(name);
+        let pid = pid.to_string();
+        ip(
+            &self.switch,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", HOST_IF, "netns", &pid,
+            ],
+            &format!("veth for {name}"),
+        );
+        self.set_port(name, true);
+    }
+
+    /// Sets the bridge port of inside host `name` up or down, without
+    /// waiting for the host to see it (see [`Topology::link_down`] for the
+    /// waiting kind).
+    #[track_caller]
+    pub fn set_port(&self, name: &str, up: bool) {
+        let port = Self::switch_port(name);
+        let state = if up { "up" } else { "down" };
+        ip(
+            &self.switch,
+            &["link", "set", &port, "master", BRIDGE, state],
+            &format!("bridge port {port} {state}"),
+        );
+    }
+
     /// Cuts inside host `name` off the inside network: its bridge port
     /// goes down, so its own interface stays configured (addresses and
     /// routes kept) but loses carrier, as with a pulled cable. Returns once
@@ -715,6 +748,24 @@ impl FleetNats {
             .clone()
             .unwrap_or_else(|| self.first().password(name).to_string());
         let password_file = self.write_secret(&format!("{name}.password"), &password, true);
+        self.fleet_section_at(name, opts, &password_file, &self.ca_path())
+    }
+
+    /// The password of NATS user `name`.
+    pub fn password(&self, name: &str) -> &str {
+        self.first().password(name)
+    }
+
+    /// [`FleetNats::fleet_section`] naming `password_file` and `ca` as
+    /// given, for a host that sees its files elsewhere (a systemd sandbox);
+    /// the caller writes them. `opts.password` is not used.
+    pub fn fleet_section_at(
+        &self,
+        name: &str,
+        opts: &FleetOpts,
+        password_file: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> String {
         let servers: Vec<String> = self.urls().iter().map(|u| toml_str(u)).collect();
         let mut out = String::from("[fleet]\n");
         let _ = writeln!(out, "servers = [{}]", servers.join(", "));
@@ -728,7 +779,7 @@ impl FleetNats {
         let _ = writeln!(
             out,
             "tls = {{ ca = {} }}",
-            toml_str(&self.ca_path().display().to_string())
+            toml_str(&ca.display().to_string())
         );
         let _ = writeln!(out, "bucket = {}", toml_str(BUCKET));
         if let Some(replicas) = opts.replicas {

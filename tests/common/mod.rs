@@ -71,6 +71,24 @@ pub fn write_secret_file(path: &Path, contents: impl AsRef<[u8]>) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod secret");
 }
 
+/// dnsmasq's arguments for a test resolver on 127.0.0.1:`port`: in the
+/// foreground, no upstream servers, no /etc/hosts, no pid file. Callers add
+/// the records.
+pub fn dnsmasq_args(port: u16) -> Vec<String> {
+    [
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--pid-file=",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .chain([format!("--port={port}")])
+    .collect()
+}
+
 pub fn orch_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_orch"))
 }
