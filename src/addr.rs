@@ -1,5 +1,6 @@
 //! Addresses and prefixes: parsing user input into normalised networks, and
-//! the safety rules that decide what orch may never ban.
+//! the safety rules that decide what orch may never ban, and the transport
+//! protocols a port-scoped ban covers.
 //!
 //! This module is pure: it reads the host's interface addresses when asked
 //! but never touches the firewall or the store.
@@ -196,6 +197,30 @@ fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
                 Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
             }
             _ => None,
+        }
+    }
+}
+
+/// A transport protocol a port-scoped ban covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// The IP protocol number, as `meta l4proto` matches it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod hooks;
 pub mod jail;
 pub mod logging;
+pub mod memory;
 pub mod quote;
 pub mod store;
 pub mod systemd;

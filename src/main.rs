@@ -106,7 +106,7 @@ fn run_daemon(cli: &Cli) -> ExitCode {
             (fallback, Some(error))
         }
     };
-    orch::daemon::memory::tune_allocator();
+    orch::memory::tune_allocator();
     let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(orch::daemon::run(loaded, cli.config.clone(), config_error))
             .map_err(anyhow::Error::from)

@@ -13,8 +13,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use orch::addr::Protocol;
 use orch::config::{FirewallConfig, OwnerMode, Verdict};
-use orch::firewall::script::{PortScope, Protocol};
+use orch::firewall::script::PortScope;
 use orch::firewall::{DnsElements, Firewall, TableContents, TimedElement};
 
 fn net(text: &str) -> IpNet {

@@ -13,8 +13,9 @@ use std::sync::{Arc, Once};
 use arbitrary::Arbitrary;
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
+use orch::addr::Protocol;
 use orch::firewall::script::{
-    DnsElements, Ownership, PortScope, Protocol, TableContents, TableLayout, TimedElement,
+    DnsElements, Ownership, PortScope, TableContents, TableLayout, TimedElement,
 };
 
 #[derive(Debug, Arbitrary)]

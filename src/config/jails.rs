@@ -38,7 +38,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
 use super::{ConfigIssue, Document, Located, Origin, check_duration, set};
-use crate::firewall::script::Protocol;
+use crate::addr::Protocol;
 use crate::jail::counter::Increment;
 use crate::jail::formula::Formula;
 

@@ -16,7 +16,7 @@ use zbus::Connection;
 use zbus::fdo::DBusProxy;
 
 use super::core::CoreHandle;
-use super::events::{EventKind, EventSender, FirewallEvent};
+use super::firewall_event::{EventKind, EventSender, FirewallEvent};
 use super::hook_runs::HookRuns;
 use crate::bus::access::Access;
 use crate::bus::guard::Guarded;

@@ -1,6 +1,7 @@
-//! The serialised core: every event source (D-Bus calls today; systemd,
-//! kernel, jails and timers later) hands the core a job, and one thread runs
-//! the jobs one at a time against the store and the reconciler.
+//! The serialised core: every event source (D-Bus calls, systemd signals,
+//! kernel events, jails, DNS refreshes, the fleet) hands the core a job, and
+//! one thread runs the jobs one at a time against the store and the
+//! reconciler.
 //!
 //! The core decides what may be banned and in what order things happen:
 //! validate, persist (fsync), then change the kernel, then acknowledge. It
@@ -19,17 +20,17 @@ use crate::config::Config;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::{JailConfig, JailSource};
-use crate::daemon::events::{self, EventKind, EventSender, FirewallEvent};
+use crate::daemon::firewall_event::{self, EventKind, EventSender, FirewallEvent};
 use crate::daemon::lanes::{self, Job, LaneReceiver, LaneSenders, Liveness, Next, QueueError};
 use crate::daemon::listing::{BanPage, BanQuery, select_page};
-use crate::daemon::memory::release_freed_memory;
-use crate::daemon::read_view::{Published, ReadView, SourceCounts};
+use crate::daemon::read_view::{CoreStatus, Published, ReadView, SourceCounts};
 use crate::daemon::reconciler::{DnsAllows, Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS};
 use crate::firewall::Firewall;
-use crate::firewall::{FirewallError, FirewallStatus};
+use crate::firewall::FirewallError;
 use crate::jail::counter::FailureCounter;
 use crate::jail::counter::ban_seconds;
 use crate::jail::runner::JailStats;
+use crate::memory::release_freed_memory;
 use crate::store::{BanRecord, HISTORY_RETENTION_SECS, Store, StoreError};
 use crate::timefmt::now_unix;
 
@@ -66,24 +67,6 @@ impl CoreError {
             _ => None,
         }
     }
-}
-
-/// A snapshot of the daemon for `orch status`.
-#[derive(Debug, Clone)]
-pub struct CoreStatus {
-    pub ban_count: usize,
-    pub firewall: FirewallStatus,
-    pub table: String,
-    pub static_allows: usize,
-    pub runtime_allows: usize,
-    pub last_sync: Option<SyncInfo>,
-    /// Watched systemd units: name -> (ActiveState, when seen).
-    pub units: Vec<(String, String, u64)>,
-    /// The last firewall event handled: (kind, cause, when).
-    pub last_event: Option<(EventKind, String, u64)>,
-    /// Set while the daemon runs on a fallback because the configuration
-    /// on disk is invalid: what is wrong, and what runs instead.
-    pub config_error: Option<String>,
 }
 
 /// The state the core's thread owns.
@@ -913,7 +896,7 @@ impl Core {
         if unheard.is_empty() {
             return;
         }
-        let event = events::from_kernel(&unheard, self.reconciler.table());
+        let event = firewall_event::from_kernel(&unheard, self.reconciler.table());
         match (&self.kernel_events, event) {
             (Some(sender), Some(event)) => {
                 let _ = sender.send(event);

@@ -22,45 +22,14 @@ use super::core::{Core, CoreError};
 use crate::addr;
 use crate::fleet::holdings::{Hold, Holdings};
 use crate::fleet::outbox::{Outbox, SharedBan};
-use crate::fleet::record::FleetBan;
-use crate::fleet::remote_policy::{Refusal, RefusalKind, Refusals, RemotePolicy};
+use crate::fleet::remote_change::{FLEET_SOURCE_PREFIX, RemoteChange, RemoteOutcome};
+use crate::fleet::remote_policy::{Refusal, RefusalKind, RemotePolicy};
 use crate::store::{BanRecord, StoreError};
 use crate::timefmt::now_unix;
-
-/// Prefix of the source of a ban that came from another host.
-pub const FLEET_SOURCE_PREFIX: &str = "fleet:";
-
-/// A change read from the bucket: to another host's key, or this host's
-/// key removed by someone else.
-#[derive(Debug, Clone)]
-pub enum RemoteChange {
-    /// `origin` bans `net` (a new key, or a new value for it).
-    Put {
-        origin: Arc<str>,
-        net: IpNet,
-        ban: FleetBan,
-    },
-    /// `origin` lifted its ban of `net` (deleted, purged or expired key).
-    Delete { origin: Arc<str>, net: IpNet },
-    /// Someone else deleted or purged this host's key for `net`: a
-    /// fleet-wide unban, which lifts this host's ban too if it was made
-    /// before `made_before` (Unix seconds). A ban made since stays (its key
-    /// is put back).
-    OwnKeyRemoved { net: IpNet, made_before: u64 },
-}
 
 /// A batch of remote changes this large hands freed memory back afterwards
 /// (catch-ups and bursts come in batches of thousands).
 const TRIM_AFTER_CHANGES: usize = 1_000;
-
-/// What a batch of remote changes did, for the log and the status.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RemoteOutcome {
-    pub applied: usize,
-    pub lifted: usize,
-    /// Bans not applied, per origin and why (logged as one line).
-    pub refusals: Refusals,
-}
 
 /// Shadowed own bans changed in one batch: `Some` kept, `None` forgotten.
 type ShadowChanges = HashMap<IpNet, Option<BanRecord>>;

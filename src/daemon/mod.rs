@@ -10,12 +10,12 @@ pub mod bus_link;
 pub mod core;
 pub mod dns_refresh;
 pub mod events;
+pub mod firewall_event;
 pub mod fleet_apply;
 pub mod hook_runs;
 pub mod jails;
 pub mod lanes;
 pub mod listing;
-pub mod memory;
 pub mod read_view;
 pub mod reconciler;
 
@@ -35,7 +35,7 @@ use crate::systemd::notify;
 use crate::systemd::watcher::{UnitChange, UnitWatcher};
 use crate::timefmt::now_unix;
 use core::{Core, CoreError, CoreHandle};
-use events::{EventKind, EventSender, FirewallEvent};
+use firewall_event::{EventKind, EventSender, FirewallEvent};
 use hook_runs::{HookRuns, HookSetup, HookTrigger};
 use reconciler::Reconciler;
 
@@ -301,7 +301,7 @@ async fn forward_unit_events(watcher: UnitWatcher, events: EventSender, core: Co
 }
 
 /// Listens to the kernel's nftables notifications on a thread of its own
-/// and turns them into firewall events (see [`events::from_kernel`]).
+/// and turns them into firewall events (see [`firewall_event::from_kernel`]).
 /// Returns the switch that pauses it during bulk changes.
 fn start_kernel_monitor(table: &str, sender: EventSender) -> Option<NotificationSwitch> {
     let mut monitor = match KernelMonitor::open() {
@@ -331,7 +331,7 @@ fn start_kernel_monitor(table: &str, sender: EventSender) -> Option<Notification
                         return;
                     }
                 };
-                if let Some(event) = events::from_kernel(&batch, &table)
+                if let Some(event) = firewall_event::from_kernel(&batch, &table)
                     && sender.send(event).is_err()
                 {
                     return;

@@ -12,8 +12,29 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::core::CoreStatus;
+use super::firewall_event::EventKind;
+use super::reconciler::SyncInfo;
+use crate::firewall::FirewallStatus;
+use crate::fleet::remote_change::FLEET_SOURCE_PREFIX;
 use crate::store::BanRecord;
+
+/// A snapshot of the daemon for `orch status`.
+#[derive(Debug, Clone)]
+pub struct CoreStatus {
+    pub ban_count: usize,
+    pub firewall: FirewallStatus,
+    pub table: String,
+    pub static_allows: usize,
+    pub runtime_allows: usize,
+    pub last_sync: Option<SyncInfo>,
+    /// Watched systemd units: name -> (ActiveState, when seen).
+    pub units: Vec<(String, String, u64)>,
+    /// The last firewall event handled: (kind, cause, when).
+    pub last_event: Option<(EventKind, String, u64)>,
+    /// Set while the daemon runs on a fallback because the configuration
+    /// on disk is invalid: what is wrong, and what runs instead.
+    pub config_error: Option<String>,
+}
 
 /// One publication: the daemon's status and its bans counted by source.
 #[derive(Debug, Clone)]
@@ -115,7 +136,7 @@ pub fn by_origin(by_source: &BTreeMap<String, usize>) -> BTreeMap<String, usize>
         .iter()
         .filter_map(|(source, count)| {
             source
-                .strip_prefix(crate::daemon::fleet_apply::FLEET_SOURCE_PREFIX)
+                .strip_prefix(FLEET_SOURCE_PREFIX)
                 .map(|origin| (origin.to_string(), *count))
         })
         .collect()

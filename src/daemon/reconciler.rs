@@ -13,12 +13,12 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::memory::release_freed_memory;
 use crate::firewall::monitor::KernelEvent;
 use crate::firewall::script::PortScope;
 use crate::firewall::{
     DnsElements, Firewall, FirewallError, FirewallStatus, TableContents, TimedElement,
 };
+use crate::memory::release_freed_memory;
 use crate::store::{BanRecord, Store};
 
 /// When and why the table was last fully re-applied.

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
-use crate::addr::is_single_address;
+use crate::addr::{Protocol, is_single_address};
 use crate::config::{FirewallConfig, Verdict};
 
 /// Names of the sets orch keeps in its table.
@@ -70,30 +70,6 @@ const SET_DECLARATIONS: [(&str, &str, &str); 14] = [
         "interval, timeout",
     ),
 ];
-
-/// A transport protocol a port-scoped ban covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-
-    /// The IP protocol number, as `meta l4proto` matches it.
-    fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-        }
-    }
-}
 
 /// The ports a jail's bans cover, when not every port: elements of the
 /// `portban4`/`portban6` sets (address . protocol . port), or for a prefix

@@ -20,6 +20,7 @@ pub mod presence;
 pub mod protected;
 mod publisher;
 pub mod record;
+pub mod remote_change;
 pub mod remote_policy;
 pub mod session;
 pub mod status;

@@ -109,7 +109,7 @@ impl Publisher {
         if count >= LARGE_BATCH {
             // The batch's transient copies were made on the runtime's
             // threads; hand their memory back now.
-            crate::daemon::memory::release_freed_memory();
+            crate::memory::release_freed_memory();
         }
         tracing::debug!(
             count,

@@ -27,7 +27,7 @@ use super::record;
 use super::status::FleetStatus;
 use crate::config::FleetConfig;
 use crate::daemon::core::CoreHandle;
-use crate::daemon::fleet_apply::RemoteChange;
+use crate::fleet::remote_change::RemoteChange;
 
 /// Remote changes handed to the core at once, at most.
 const APPLY_BATCH: usize = 5_000;
@@ -214,7 +214,7 @@ impl FleetTask {
         publisher
             .publish_all(changes, &self.outbox, &own_keys)
             .await?;
-        crate::daemon::memory::release_freed_memory();
+        crate::memory::release_freed_memory();
         self.status.clear_error();
         self.status.set_phase("connected", true);
         tracing::info!(

@@ -1,15 +1,18 @@
 //! The one interface every jail pattern engine implements.
 //!
-//! Like ripgrep's `grep-matcher` crate, the filter code never names a regex
-//! engine: it holds [`Matcher`]s. Two engines will sit behind the trait:
+//! Like ripgrep's `grep-matcher` crate, the filter code is meant never to
+//! name a regex engine but to hold [`Matcher`]s. Today only
+//! [`RegexMatcher`], the `regex` crate, implements it: it runs in time
+//! linear in the line, so a hostile log line cannot stall the daemon (no
+//! ReDoS), and its literal optimisations make the common "no match" case
+//! fast. Look-around and backreferences are unsupported by design.
 //!
-//! - [`RegexMatcher`], the `regex` crate, for native filters. It runs in time
-//!   linear in the line, so a hostile log line cannot stall the daemon
-//!   (no ReDoS), and its literal optimisations make the common "no match"
-//!   case fast. Look-around and backreferences are unsupported by design.
-//! - later, a backtracking engine for imported fail2ban filters, whose
-//!   patterns often need look-around. It will be slower and only bounded by
-//!   a step limit, which is why native filters never use it.
+//! fail2ban filters, whose patterns often need look-around, run on the
+//! backtracking PCRE2 engine in [`super::backtrack`], bounded by a match
+//! limit. It does not go through this trait (a match-limit hit is a third
+//! outcome the trait cannot carry), and native filters reach the regex
+//! crate through their own DFAs ([`super::extract`]). Whether this trait
+//! becomes the real seam or goes is issue 18, item 5.
 //!
 //! The trait is deliberately small: a yes/no test and a find that returns
 //! the only captures a jail cares about (the offending address and, when

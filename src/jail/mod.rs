@@ -2,17 +2,24 @@
 //! failures per address, and ban an address that fails too often.
 //!
 //! A jail is sources (journal units, files) + filters + failure counting.
-//! So far: [`filter`] loads native TOML filters (and the built-in ones) and
-//! matches lines ([`extract`] finds the groups of a match with DFAs);
-//! [`date`] reads the timestamp a line starts with;
-//! [`matcher`] is the pattern-engine interface the filters
-//! are written against; [`counter`] counts failures per address (bounded)
-//! and computes growing ban times ([`formula`] is fail2ban's
-//! `bantime.formula`); [`test_filter`] is `orch test-filter`;
-//! [`fail2ban`] loads fail2ban's own filter.d `.conf` files and runs them on
-//! [`backtrack`], the bounded backtracking (PCRE2) engine; [`health`] is
-//! what `orch status` shows of a running jail (lines/s, lag, limit hits,
-//! lines cut or not UTF-8).
+//!
+//! - Sources: [`file_source`] follows files (rotation, positions);
+//!   [`journal_source`] follows the journal by cursor; [`journal_trust`]
+//!   tells journal matches any process could forge.
+//! - Filters: [`line_filter`] is the one interface between sources and
+//!   filters; [`filter`] loads native TOML filters (and the built-in ones)
+//!   and matches lines ([`extract`] finds the groups of a match with DFAs)
+//!   through [`matcher`]'s engine interface; [`fail2ban`] loads fail2ban's
+//!   own filter.d `.conf` files and runs them on [`backtrack`], the bounded
+//!   backtracking (PCRE2) engine; [`date`] reads the timestamp a line
+//!   starts with; [`load`] turns a filter reference into a filter.
+//! - Counting and banning: [`counter`] counts failures per address
+//!   (bounded); [`formula`] is fail2ban's `bantime.formula`; [`runner`] is
+//!   one thread per jail, from source to ban request; [`recent_asks`] keeps
+//!   it from asking again about a network it just asked about.
+//! - Showing: [`health`] is what `orch status` shows of a running jail
+//!   (lines/s, lag, limit hits, lines cut or not UTF-8); [`test_filter`] is
+//!   `orch test-filter`.
 
 pub mod backtrack;
 pub mod counter;
