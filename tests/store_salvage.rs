@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::{CmdOutput, Daemon, NetNs, TestBus, orch_bin, run_command, run_orch};
 
-/// Store file header, and a frame's length + CRC fields (src/store.rs).
+/// Store file header, and a frame's length + CRC fields (src/store/mod.rs).
 const FILE_HEADER_LEN: usize = 24;
 const RECORD_HEADER_LEN: usize = 8;
 const KIND_BAN: u8 = 1;

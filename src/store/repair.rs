@@ -16,11 +16,18 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::files::{
+    create_log, keep_aside, remove_leftover_tmp_files, rename_into_place, sync_dir,
+    write_snapshot_tmp,
+};
+use super::frames::{Found, parse_file_header, walk_leniently};
+use super::lock::lock_dir;
+use super::records::Record;
+use super::replay::FileRole;
+use super::state::MemState;
 use super::{
-    FILE_HEADER_LEN, FileRole, Found, LOCK_FILE, LOG_FILE, LOG_MAGIC, LOG_PREV_FILE, MemState,
-    Record, SNAPSHOT_FILE, SNAPSHOT_MAGIC, SNAPSHOT_PREV_FILE, SNAPSHOT_TMP_FILE, StoreError,
-    create_log, io_error, keep_aside, lock_dir, parse_file_header, remove_leftover_tmp_files,
-    rename_into_place, sync_dir, walk_leniently, write_snapshot_tmp,
+    FILE_HEADER_LEN, LOCK_FILE, LOG_FILE, LOG_MAGIC, LOG_PREV_FILE, SNAPSHOT_FILE, SNAPSHOT_MAGIC,
+    SNAPSHOT_PREV_FILE, SNAPSHOT_TMP_FILE, StoreError, io_error,
 };
 
 /// The largest store file verify or salvage reads (a million bans take
@@ -793,12 +800,14 @@ impl fmt::Display for SalvageReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{
+    use crate::store::frames::{Frame, read_frame};
+    use crate::store::records::decode_payload;
+    use crate::store::test_support::{
         DAMAGE_POINTS, HOUR, NOW, assert_locked_by_this_process, ban,
         ban_with_fake_frame_in_reason, five_ban_log, five_ban_log_damaged_mid, flip_byte,
         frame_offsets, log_path, net, open, snapshot_path, sorted_bans, store_with_two_generations,
     };
-    use crate::store::{BanRecord, RECORD_HEADER_LEN, Store, decode_payload, read_frame};
+    use crate::store::{BanRecord, RECORD_HEADER_LEN, Store};
     use ipnet::IpNet;
 
     fn ban_nets(dir: &Path) -> Vec<IpNet> {
@@ -972,7 +981,7 @@ mod tests {
         frame_offsets(bytes)
             .into_iter()
             .find_map(|offset| {
-                let super::super::Frame::Intact { payload, .. } = read_frame(bytes, offset) else {
+                let Frame::Intact { payload, .. } = read_frame(bytes, offset) else {
                     return None;
                 };
                 match decode_payload(payload).ok()? {
