@@ -39,7 +39,7 @@ use toml::Spanned;
 
 use super::{ConfigIssue, Document, Located, Origin, check_duration, set};
 use crate::addr::Protocol;
-use crate::jail::counter::Increment;
+use crate::jail::ban_time::Increment;
 use crate::jail::formula::Formula;
 
 /// Default of `jails.max_tracked`: failing addresses remembered per jail.

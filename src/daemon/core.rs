@@ -17,21 +17,19 @@ use tokio::sync::oneshot;
 
 use crate::addr::{self, AddrError, BanPolicy};
 use crate::config::Config;
-use std::sync::atomic::Ordering::Relaxed;
 
-use crate::config::{JailConfig, JailSource};
+use crate::config::JailConfig;
 use crate::daemon::firewall_event::{self, EventKind, EventSender, FirewallEvent};
+use crate::daemon::jail_bans::{self, JailBanDecision, JailBans};
 use crate::daemon::lanes::{self, Job, LaneReceiver, LaneSenders, Liveness, Next, QueueError};
 use crate::daemon::listing::{BanPage, BanQuery, select_page};
 use crate::daemon::read_view::{CoreStatus, Published, ReadView, SourceCounts};
 use crate::daemon::reconciler::{DnsAllows, Reconciler, SyncInfo, TRIM_AFTER_ELEMENTS};
 use crate::firewall::Firewall;
 use crate::firewall::FirewallError;
-use crate::jail::counter::FailureCounter;
-use crate::jail::counter::ban_seconds;
 use crate::jail::runner::JailStats;
 use crate::memory::release_freed_memory;
-use crate::store::{BanRecord, HISTORY_RETENTION_SECS, Store, StoreError};
+use crate::store::{BanRecord, Store, StoreError};
 use crate::timefmt::now_unix;
 
 /// Why the core refused or failed a request.
@@ -94,10 +92,8 @@ pub struct Core {
     stop_requested: bool,
     /// Addresses the DNS allow names resolve to, with absolute expiries.
     dns_allows: DnsAllows,
-    /// Recidive jails: they count the other jails' bans per address.
-    recidive: Vec<RecidiveJail>,
-    /// Ticks since start, for housekeeping done less often than each tick.
-    ticks: u64,
+    /// The jail ban policy's state: recidive jails' counts.
+    jail_bans: JailBans,
     /// Other hosts' bans and this host's outbox, with a fleet.
     fleet: super::fleet_apply::FleetSide,
     /// Stored bans per source, kept as the store changes.
@@ -116,20 +112,10 @@ struct StoredBans {
     replaced: Vec<(BanRecord, BanRecord)>,
 }
 
-/// A jail with `filter = "recidive"`: its "failures" are bans by the other
-/// jails, so it lives in the core, where those bans happen.
-struct RecidiveJail {
-    config: JailConfig,
-    counter: FailureCounter,
-    stats: Arc<JailStats>,
-}
-
 /// How often the core purges expired bans and compacts the store.
 const TICK: Duration = Duration::from_secs(30);
 /// How often an idle core shows it is alive, at most.
 const IDLE_BEAT: Duration = Duration::from_secs(1);
-/// Per-jail ban history is pruned every this many ticks (an hour).
-const JAIL_HISTORY_PRUNE_TICKS: u64 = 120;
 
 impl Core {
     /// Builds the core and brings the kernel in line with the store.
@@ -154,8 +140,7 @@ impl Core {
             probe_offset: 0,
             stop_requested: false,
             dns_allows: DnsAllows::default(),
-            recidive: Vec::new(),
-            ticks: 0,
+            jail_bans: JailBans::default(),
             fleet: Default::default(),
             kernel_events: None,
             config_error: None,
@@ -376,175 +361,50 @@ impl Core {
         Ok(())
     }
 
-    /// A jail's ban of `addr` after `failures` failures: the length comes
-    /// from the jail's bantime, grown for repeat offenders (the store's
-    /// history), capped, plus random extra time. A ban already running
-    /// longer is left alone. Every safety rule of [`Core::ban`] applies.
-    /// Returns a line for the log.
+    /// A jail's ban of `net` after `failures` failures, as the jail ban
+    /// policy decides ([`jail_bans`]); every safety rule of [`Core::ban`]
+    /// applies. Recidive jails that the ban brings to their maxretry ban
+    /// too. Returns a line for the log.
     pub fn jail_ban(
         &mut self,
         jail: &JailConfig,
         net: IpNet,
         failures: u32,
     ) -> Result<String, CoreError> {
-        let max_time = self.config.bans.max_time.as_secs();
-        let base = jail
-            .ban_time
-            .unwrap_or(self.config.bans.default_time)
-            .as_secs();
-        let cap = jail
-            .increment
-            .max_time
-            .map_or(max_time, |d| d.as_secs().min(max_time));
-        let previous = self.previous_bans(jail, &net);
-        let grown = ban_seconds(base, previous, &jail.increment.rule, cap);
-        let seconds = grown
-            .saturating_add(random_below(jail.increment.random_time.as_secs()))
-            .min(max_time);
         let now = now_unix();
-        if let Some(running) = self.store.get_ban(&net)
-            && running.expires >= now.saturating_add(seconds)
-        {
-            return Ok(format!(
-                "already banned until {} ({})",
-                crate::timefmt::rfc3339(running.expires),
-                running.source
-            ));
-        }
-        let reason = format!(
-            "{failures} failures within {}",
-            humantime::format_duration(jail.find_time)
-        );
+        let decision = jail_bans::decide(jail, &self.config.bans, &self.store, &net, failures, now);
+        let (seconds, previous, reason) = match decision {
+            JailBanDecision::AlreadyLonger(line) => return Ok(line),
+            JailBanDecision::Ban {
+                seconds,
+                previous,
+                reason,
+            } => (seconds, previous, reason),
+        };
         let input = if addr::is_single_address(&net) {
             net.addr().to_string()
         } else {
             net.to_string()
         };
         self.ban(&[input], seconds, &reason, &jail.name)?;
-        if !jail.increment.overall {
-            let count = format!("{}:{now}", previous.saturating_add(1));
-            if let Err(err) = self
-                .store
-                .set_cursors(&[(jail_history_key(&jail.name, &net), count)])
-            {
-                tracing::warn!(jail = %jail.name, "cannot record the jail's ban history: {err}");
+        for recidive in self.jail_bans.banned(jail, net, now, &mut self.store) {
+            match self.jail_ban(&recidive, net, recidive.max_retry) {
+                Ok(done) => tracing::info!(jail = %recidive.name, %net, "{done}"),
+                Err(err) => tracing::warn!(jail = %recidive.name, %net, "not banned: {err}"),
             }
         }
-        if jail.source != JailSource::OwnBans {
-            self.count_for_recidive(net, now);
-        }
-        Ok(format!(
-            "banned for {} ({reason}; banned {previous} time(s) before)",
-            humantime::format_duration(Duration::from_secs(seconds))
-        ))
-    }
-
-    /// How often `net` was banned before: by anyone (`increment.overall`),
-    /// or by this jail only, within the store's history retention.
-    fn previous_bans(&self, jail: &JailConfig, net: &IpNet) -> u32 {
-        if jail.increment.overall {
-            return self.store.history(net).count;
-        }
-        let Some(value) = self.store.cursor(&jail_history_key(&jail.name, net)) else {
-            return 0;
-        };
-        match parse_jail_history(value) {
-            Some((count, last)) if now_unix().saturating_sub(last) < HISTORY_RETENTION_SECS => {
-                count
-            }
-            _ => 0,
-        }
-    }
-
-    /// Drops per-jail ban history older than the store's retention.
-    fn forget_old_jail_history(&mut self) {
-        let now = now_unix();
-        let stale: Vec<(String, String)> = self
-            .store
-            .cursors_with_prefix(JAIL_HISTORY_PREFIX)
-            .filter(|(_, value)| {
-                parse_jail_history(value)
-                    .is_none_or(|(_, last)| now.saturating_sub(last) >= HISTORY_RETENTION_SECS)
-            })
-            .map(|(key, _)| (key.to_string(), String::new()))
-            .collect();
-        if let Err(err) = self.store.set_cursors(&stale) {
-            tracing::warn!("cannot drop old jail ban history: {err}");
-        }
+        Ok(jail_bans::ban_line(seconds, previous, &reason))
     }
 
     /// Starts counting other jails' bans for the recidive jail `jail`.
     pub fn add_recidive(&mut self, jail: JailConfig, max_tracked: usize, stats: Arc<JailStats>) {
-        let mut counter =
-            FailureCounter::new(jail.max_retry, jail.find_time.as_secs(), max_tracked);
-        let seeded = self.seed_recidive(&jail, &mut counter);
-        stats.set_state(format!(
-            "counting bans by the other jails ({seeded} addresses from the ban history)"
-        ));
-        self.recidive.push(RecidiveJail {
-            config: jail,
-            counter,
-            stats,
-        });
-    }
-
-    /// Counts, for a recidive jail starting up, the other jails' bans of
-    /// each address within its findtime, from their stored ban history
-    /// (`jailhist`: a count and the last ban). Only the last ban per jail
-    /// is known to fall in the window, so each jail adds one: a restart
-    /// may undercount, never overcount. Returns how many addresses were
-    /// seeded.
-    fn seed_recidive(&self, jail: &JailConfig, counter: &mut FailureCounter) -> usize {
-        let now = now_unix();
-        let mut seen = HashSet::new();
-        for (key, value) in self.store.cursors_with_prefix(JAIL_HISTORY_PREFIX) {
-            // `jailhist/<jail>/<net>`; jail names hold no '/'.
-            let Some((source, net)) = key
-                .strip_prefix(JAIL_HISTORY_PREFIX)
-                .and_then(|rest| rest.split_once('/'))
-            else {
-                continue;
-            };
-            let (Some((_, last)), Ok(net)) = (parse_jail_history(value), net.parse::<IpNet>())
-            else {
-                continue;
-            };
-            if source == jail.name || now.saturating_sub(last) >= jail.find_time.as_secs() {
-                continue;
-            }
-            // The count reaching maxretry here means the escalation was
-            // due before the restart; it is not repeated.
-            let _ = counter.record(net.addr(), last);
-            seen.insert(net.addr());
-        }
-        seen.len()
+        self.jail_bans
+            .add_recidive(jail, max_tracked, stats, &self.store, now_unix());
     }
 
     /// Forgets the recidive jails (before the jails restart on reload).
     pub fn clear_recidive(&mut self) {
-        self.recidive.clear();
-    }
-
-    /// A jail banned `addr`: each recidive jail counts it, and bans for its
-    /// own (long) time once the count reaches its maxretry.
-    fn count_for_recidive(&mut self, net: IpNet, now: u64) {
-        let mut escalate = Vec::new();
-        for recidive in &mut self.recidive {
-            recidive.stats.failures.fetch_add(1, Relaxed);
-            if recidive.counter.record(net.network(), now) {
-                escalate.push(recidive.config.clone());
-            }
-            recidive
-                .stats
-                .tracked
-                .store(recidive.counter.tracked() as u64, Relaxed);
-        }
-        for jail in escalate {
-            match self.jail_ban(&jail, net, jail.max_retry) {
-                Ok(done) => tracing::info!(jail = %jail.name, %net, "{done}"),
-                Err(err) => tracing::warn!(jail = %jail.name, %net, "not banned: {err}"),
-            }
-        }
+        self.jail_bans.clear_recidive();
     }
 
     /// Where a log reader stopped, from the store.
@@ -809,10 +669,6 @@ impl Core {
         if !expired.is_empty() {
             tracing::debug!(count = expired.len(), "expired bans purged");
         }
-        if self.ticks.is_multiple_of(JAIL_HISTORY_PRUNE_TICKS) {
-            self.forget_old_jail_history();
-        }
-        self.ticks = self.ticks.wrapping_add(1);
         if let Err(err) = self.store.compact_if_needed() {
             tracing::error!("store compaction failed: {err}");
         }
@@ -916,19 +772,6 @@ impl Core {
     }
 }
 
-/// Store keys of per-jail ban counts (`increment.overall = false`):
-/// `jailhist/<jail>/<net>` -> `<count>:<last banned, Unix seconds>`.
-const JAIL_HISTORY_PREFIX: &str = "jailhist/";
-
-fn jail_history_key(jail: &str, net: &IpNet) -> String {
-    format!("{JAIL_HISTORY_PREFIX}{jail}/{net}")
-}
-
-fn parse_jail_history(value: &str) -> Option<(u32, u64)> {
-    let (count, last) = value.split_once(':')?;
-    Some((count.parse().ok()?, last.parse().ok()?))
-}
-
 /// The port scope of each jail that bans only some ports, by jail name
 /// (the source of its bans).
 fn port_scopes(
@@ -946,22 +789,6 @@ fn port_scopes(
             (jail.name.clone(), Arc::new(scope))
         })
         .collect()
-}
-
-/// A number in `0..=limit`, for randomised ban times. Not cryptographic:
-/// it only has to keep bots from predicting the exact end of a ban.
-fn random_below(limit: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    if limit == 0 {
-        return 0;
-    }
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish() % (limit + 1)
 }
 
 /// A cheap, cloneable way to run a job on the core and await its result,

@@ -13,6 +13,7 @@ pub mod events;
 pub mod firewall_event;
 pub mod fleet_apply;
 pub mod hook_runs;
+pub mod jail_bans;
 pub mod jails;
 pub mod lanes;
 pub mod listing;

@@ -9,8 +9,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
-use super::formula::{Formula, FormulaInput};
-
 /// Failure times kept inline per address (enough for `maxretry` up to 6);
 /// a jail with a larger `maxretry` keeps older times in an overflow table.
 const INLINE_TIMES: usize = 5;
@@ -164,59 +162,6 @@ impl FailureCounter {
     }
 }
 
-/// How ban times grow for an address banned before (fail2ban's
-/// `bantime.increment`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Increment {
-    /// Every ban lasts the base time.
-    Off,
-    /// base × factor × 2^(previous bans), the exponent capped at 20.
-    Factor(f64),
-    /// base × multipliers[previous bans], the last one repeating.
-    Multipliers(Vec<u64>),
-    /// fail2ban's `bantime.formula`, with `factor` as its `banFactor`.
-    Formula { formula: Formula, factor: f64 },
-}
-
-/// The length of a ban for an address banned `previous_bans` times before,
-/// capped at `max_time` seconds.
-pub fn ban_seconds(base: u64, previous_bans: u32, increment: &Increment, max_time: u64) -> u64 {
-    let grown = match increment {
-        Increment::Off => base,
-        Increment::Factor(factor) => {
-            let doubling = 1u64 << previous_bans.min(20);
-            seconds_from(base as f64 * factor * doubling as f64, base)
-        }
-        Increment::Formula { formula, factor } => seconds_from(
-            formula.evaluate(FormulaInput {
-                base_seconds: base as f64,
-                previous_bans: f64::from(previous_bans),
-                factor: *factor,
-            }),
-            base,
-        ),
-        Increment::Multipliers(multipliers) => {
-            let index = (previous_bans as usize).min(multipliers.len().saturating_sub(1));
-            let multiplier = multipliers.get(index).copied().unwrap_or(1);
-            base.saturating_mul(multiplier)
-        }
-    };
-    grown.clamp(1, max_time.max(1))
-}
-
-/// Whole seconds from a computed ban time: too large or infinite means
-/// "as long as allowed", and a formula that gives no number (NaN) falls
-/// back to the base time.
-fn seconds_from(computed: f64, base: u64) -> u64 {
-    if computed.is_nan() {
-        base
-    } else if computed >= u64::MAX as f64 {
-        u64::MAX
-    } else {
-        computed.round().max(0.0) as u64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,23 +235,5 @@ mod tests {
             assert!(!counter.record(patient, 1000 + t * 100));
         }
         assert_eq!(counter.failures(&patient, 2000), 6);
-    }
-
-    #[test]
-    fn ban_times_grow_like_fail2ban_and_stop_at_max_time() {
-        assert_eq!(ban_seconds(600, 3, &Increment::Off, 86_400), 600);
-        assert_eq!(ban_seconds(600, 0, &Increment::Factor(1.0), 86_400), 600);
-        assert_eq!(ban_seconds(600, 3, &Increment::Factor(1.0), 86_400), 4800);
-        assert_eq!(
-            ban_seconds(600, 30, &Increment::Factor(2.0), 86_400),
-            86_400
-        );
-        let multipliers = Increment::Multipliers(vec![1, 2, 4, 8]);
-        assert_eq!(ban_seconds(600, 1, &multipliers, 86_400), 1200);
-        assert_eq!(
-            ban_seconds(600, 9, &multipliers, 86_400),
-            4800,
-            "the last multiplier repeats"
-        );
     }
 }

@@ -14,7 +14,9 @@
 //!   backtracking (PCRE2) engine; [`date`] reads the timestamp a line
 //!   starts with; [`load`] turns a filter reference into a filter.
 //! - Counting and banning: [`counter`] counts failures per address
-//!   (bounded); [`formula`] is fail2ban's `bantime.formula`; [`runner`] is
+//!   (bounded); [`ban_time`] is the arithmetic of ban lengths
+//!   (`bantime.increment`), with [`formula`] for fail2ban's
+//!   `bantime.formula`; [`runner`] is
 //!   one thread per jail, from source to ban request; [`recent_asks`] keeps
 //!   it from asking again about a network it just asked about.
 //! - Showing: [`health`] is what `orch status` shows of a running jail
@@ -22,6 +24,7 @@
 //!   `orch test-filter`.
 
 pub mod backtrack;
+pub mod ban_time;
 pub mod counter;
 pub mod date;
 pub mod extract;

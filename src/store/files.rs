@@ -12,7 +12,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::frames::{encode_file_header, encode_record, parse_file_header};
-use super::records::{Record, ban_record_payload, history_record, shadow_record};
+use super::records::{
+    Record, ban_record_payload, history_record, jail_history_record, shadow_record,
+};
 use super::replay::{FileRole, TornTail, replay_file};
 use super::state::{BanSlot, MemState, history_is_retained};
 use super::{
@@ -242,6 +244,11 @@ fn write_snapshot_records(
     }
     for (key, value) in &state.cursors {
         emit(out, &Record::Cursor { key, value })?;
+    }
+    for (jail, net, history) in state.jail_histories.iter() {
+        if history_is_retained(&history, now) {
+            emit(out, &jail_history_record(jail, net, history))?;
+        }
     }
     for shadow in state.shadows.values() {
         if shadow.expires > now {

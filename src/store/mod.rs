@@ -13,6 +13,7 @@
 //!   [`StoreError`];
 //! - `state.rs`: the in-memory state and how replayed records change it;
 //! - `interner.rs`: one shared allocation per reason/source text;
+//! - `jail_history.rs`: how often each jail banned each network;
 //! - `records.rs`: record kinds and the encoding of their payloads;
 //! - `frames.rs`: file headers, record frames (length, checksum), resync
 //!   after damage;
@@ -36,6 +37,7 @@ mod fallback;
 mod files;
 mod frames;
 mod interner;
+mod jail_history;
 mod lock;
 mod records;
 pub mod repair;
@@ -52,7 +54,7 @@ use files::{
 };
 use frames::encode_record;
 use lock::lock_dir;
-use records::{Record, ban_record_payload, shadow_record};
+use records::{Record, ban_record_payload, jail_history_record, shadow_record};
 #[cfg(test)]
 use state::BanSlot;
 use state::MemState;
@@ -114,6 +116,7 @@ const KIND_SNAPSHOT_END: u8 = 6;
 const KIND_CURSOR: u8 = 7;
 const KIND_SHADOW: u8 = 8;
 const KIND_UNSHADOW: u8 = 9;
+const KIND_JAIL_HISTORY: u8 = 10;
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
@@ -454,6 +457,44 @@ impl Store {
             .extract_if(|_, shadow| shadow.expires <= now)
             .map(|(_, shadow)| shadow)
             .collect()
+    }
+
+    /// How often the jail `jail` banned `net` and when it last did;
+    /// `Default` if never, or not within [`HISTORY_RETENTION_SECS`] of `now`.
+    pub fn jail_history(&self, jail: &str, net: &IpNet, now: u64) -> BanHistory {
+        self.state
+            .jail_histories
+            .get(jail, net)
+            .filter(|history| state::history_is_retained(history, now))
+            .unwrap_or_default()
+    }
+
+    /// Records that the jail `jail` banned `net` at `now`: one more ban in
+    /// its history (history past retention starts again at 1). Durable
+    /// (one fdatasync) before returning; returns the new history.
+    pub fn record_jail_ban(
+        &mut self,
+        jail: &str,
+        net: IpNet,
+        now: u64,
+    ) -> Result<BanHistory, StoreError> {
+        let history = BanHistory {
+            count: self.jail_history(jail, &net, now).count.saturating_add(1),
+            last_banned: now,
+        };
+        let jail = crate::quote::cut(jail, MAX_BAN_TEXT_BYTES);
+        self.append_record(&jail_history_record(jail, net, history))?;
+        self.state.jail_histories.set(jail, net, history);
+        Ok(history)
+    }
+
+    /// Every jail's history of every network, within
+    /// [`HISTORY_RETENTION_SECS`] of `now`, in no particular order.
+    pub fn jail_histories(&self, now: u64) -> impl Iterator<Item = (&str, IpNet, BanHistory)> {
+        self.state
+            .jail_histories
+            .iter()
+            .filter(move |(_, _, history)| state::history_is_retained(history, now))
     }
 
     /// Where the log reader `key` stopped, as saved by [`Store::set_cursors`].
@@ -804,6 +845,70 @@ mod tests {
             sshd,
             ["jail/sshd/file:/var/log/auth.log", "jail/sshd/journal"]
         );
+    }
+
+    #[test]
+    fn jail_history_counts_per_jail_and_survives_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = net("192.0.2.7/32");
+        {
+            let mut store = open(dir.path());
+            assert_eq!(
+                store.jail_history("sshd", &addr, NOW),
+                BanHistory::default()
+            );
+            store.record_jail_ban("sshd", addr, NOW).unwrap();
+            let second = store.record_jail_ban("sshd", addr, NOW + HOUR).unwrap();
+            assert_eq!(second.count, 2);
+            store.record_jail_ban("nginx", addr, NOW).unwrap();
+        }
+        let mut store = open(dir.path());
+        let expected = BanHistory {
+            count: 2,
+            last_banned: NOW + HOUR,
+        };
+        assert_eq!(store.jail_history("sshd", &addr, NOW + HOUR), expected);
+        assert_eq!(store.jail_history("nginx", &addr, NOW + HOUR).count, 1);
+        // Jail history is not a log position.
+        assert_eq!(store.cursors_with_prefix("").count(), 0);
+        store.compact().unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), NOW + HOUR).expect("store opens");
+        assert_eq!(store.jail_history("sshd", &addr, NOW + HOUR), expected);
+        assert_eq!(store.jail_histories(NOW + HOUR).count(), 2);
+        // Past retention, history counts for nothing and is not listed.
+        let later = NOW + HOUR + HISTORY_RETENTION_SECS;
+        assert_eq!(
+            store.jail_history("sshd", &addr, later),
+            BanHistory::default()
+        );
+        assert_eq!(store.jail_histories(later).count(), 0);
+    }
+
+    #[test]
+    fn jail_history_kept_as_cursors_by_older_stores_is_read_as_jail_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        {
+            let mut store = open(dir.path());
+            // What a store written before jail history had a record kind holds.
+            store
+                .set_cursors(&[
+                    pair("jailhist/sshd/2001:db8::/64", &format!("4:{NOW}")),
+                    pair("jail/sshd/journal", "s=abc;i=1"),
+                ])
+                .unwrap();
+        }
+        let mut store = open(dir.path());
+        let v6 = net("2001:db8::/64");
+        assert_eq!(store.jail_history("sshd", &v6, NOW).count, 4);
+        assert_eq!(store.cursor("jailhist/sshd/2001:db8::/64"), None);
+        assert_eq!(store.cursor("jail/sshd/journal"), Some("s=abc;i=1"));
+        assert_eq!(store.record_jail_ban("sshd", v6, NOW).unwrap().count, 5);
+        store.compact().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.jail_history("sshd", &v6, NOW).count, 5);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
     BanHistory, BanRecord, FAMILY_V4, FAMILY_V6, KIND_ALLOW, KIND_BAN, KIND_CURSOR, KIND_DISALLOW,
-    KIND_HISTORY, KIND_SHADOW, KIND_SNAPSHOT_END, KIND_UNBAN, KIND_UNSHADOW, MAX_BAN_TEXT_BYTES,
-    MAX_TEXT_BYTES,
+    KIND_HISTORY, KIND_JAIL_HISTORY, KIND_SHADOW, KIND_SNAPSHOT_END, KIND_UNBAN, KIND_UNSHADOW,
+    MAX_BAN_TEXT_BYTES, MAX_TEXT_BYTES,
 };
 use crate::quote::cut as truncate_at_char_boundary;
 
@@ -39,6 +39,14 @@ pub(super) enum Record<'a> {
         net: IpNet,
     },
     History {
+        net: IpNet,
+        count: u32,
+        last_banned: u64,
+    },
+    /// How often the jail `jail` banned `net`, and when it last did; a
+    /// count of 0 forgets it.
+    JailHistory {
+        jail: &'a str,
         net: IpNet,
         count: u32,
         last_banned: u64,
@@ -97,6 +105,15 @@ pub(super) fn history_record(net: IpNet, history: BanHistory) -> Record<'static>
     }
 }
 
+pub(super) fn jail_history_record(jail: &str, net: IpNet, history: BanHistory) -> Record<'_> {
+    Record::JailHistory {
+        jail,
+        net,
+        count: history.count,
+        last_banned: history.last_banned,
+    }
+}
+
 pub(super) fn encode_payload(out: &mut Vec<u8>, record: &Record<'_>) {
     match record {
         Record::Ban {
@@ -143,6 +160,18 @@ pub(super) fn encode_payload(out: &mut Vec<u8>, record: &Record<'_>) {
             encode_text(out, source, MAX_BAN_TEXT_BYTES);
         }
         Record::Unshadow { net } => encode_net_record(out, KIND_UNSHADOW, net),
+        Record::JailHistory {
+            jail,
+            net,
+            count,
+            last_banned,
+        } => {
+            out.push(KIND_JAIL_HISTORY);
+            encode_net(out, net);
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(&last_banned.to_le_bytes());
+            encode_text(out, jail, MAX_BAN_TEXT_BYTES);
+        }
         Record::Cursor { key, value } => {
             out.push(KIND_CURSOR);
             encode_text(out, key, MAX_TEXT_BYTES);
@@ -292,6 +321,12 @@ pub(super) fn decode_payload(payload: &[u8]) -> Result<Record<'_>, String> {
             count: reader.u32()?,
             last_banned: reader.u64()?,
         },
+        KIND_JAIL_HISTORY => Record::JailHistory {
+            net: reader.net()?,
+            count: reader.u32()?,
+            last_banned: reader.u64()?,
+            jail: reader.text()?,
+        },
         KIND_CURSOR => Record::Cursor {
             key: reader.text()?,
             value: reader.text()?,
@@ -345,7 +380,13 @@ mod tests {
                 count: u32::MAX,
                 last_banned: 9,
             },
-            Record::SnapshotEnd { record_count: 5 },
+            Record::JailHistory {
+                jail: "sshd",
+                net: net("2001:db8::/64"),
+                count: 3,
+                last_banned: 1_700_000_000,
+            },
+            Record::SnapshotEnd { record_count: 6 },
         ];
         let mut encoded = vec![0; FILE_HEADER_LEN];
         for record in &records {

@@ -578,6 +578,7 @@ pub struct SalvageReport {
     pub allows: usize,
     pub shadowed: usize,
     pub cursors: usize,
+    pub jail_histories: usize,
 }
 
 /// Rebuilds the store in `dir` from every record that can be read, with
@@ -617,6 +618,7 @@ pub fn salvage(dir: &Path, now: u64) -> Result<SalvageReport, StoreError> {
         allows: 0,
         shadowed: 0,
         cursors: 0,
+        jail_histories: 0,
     };
     if verified.is_clean() {
         return Ok(report);
@@ -657,6 +659,7 @@ pub fn salvage(dir: &Path, now: u64) -> Result<SalvageReport, StoreError> {
     report.allows = state.allows.len();
     report.shadowed = state.shadows.len();
     report.cursors = state.cursors.len();
+    report.jail_histories = state.jail_histories.len();
     Ok(report)
 }
 
@@ -781,9 +784,9 @@ impl fmt::Display for SalvageReport {
         }
         writeln!(
             f,
-            "kept: {} active ban(s), {} runtime allow(s), {} shadowed ban(s), {} log position(s) \
-             (bans already expired were dropped as at any start)",
-            self.bans, self.allows, self.shadowed, self.cursors
+            "kept: {} active ban(s), {} runtime allow(s), {} shadowed ban(s), {} log position(s), \
+             {} jail ban history entr(ies) (bans already expired were dropped as at any start)",
+            self.bans, self.allows, self.shadowed, self.cursors, self.jail_histories
         )?;
         writeln!(
             f,

@@ -1,5 +1,5 @@
-//! The store's in-memory state: active bans, per-network history, runtime
-//! allows, reader cursors and shadowed own bans, as the files describe
+//! The store's in-memory state: active bans, per-network and per-jail
+//! history, runtime allows, reader cursors and shadowed own bans, as the files describe
 //! them, and how a record read back from disk changes them.
 //!
 //! Pure: it must not do any I/O (`replay.rs` feeds it the records read,
@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 use ipnet::IpNet;
 
 use super::interner::Interner;
+use super::jail_history::JailHistories;
 use super::records::Record;
 use super::{BanHistory, BanRecord, HISTORY_RETENTION_SECS, MAX_BAN_TEXT_BYTES};
 use crate::quote::cut as truncate_at_char_boundary;
@@ -53,6 +54,9 @@ pub(super) struct MemState {
     pub(super) allows: BTreeSet<IpNet>,
     /// Log readers' positions, by key (see [`Store::set_cursors`]).
     pub(super) cursors: std::collections::BTreeMap<String, String>,
+    /// How often each jail banned each network (see
+    /// [`Store::record_jail_ban`]).
+    pub(super) jail_histories: JailHistories,
     /// This host's own bans kept under a longer ban of another host (see
     /// [`Store::set_shadowed`]); few, so a plain map.
     pub(super) shadows: HashMap<IpNet, BanRecord>,
@@ -69,6 +73,7 @@ impl Default for MemState {
             idle_history: HashMap::new(),
             allows: BTreeSet::new(),
             cursors: Default::default(),
+            jail_histories: JailHistories::default(),
             shadows: HashMap::new(),
             interner: Interner::default(),
             earliest_expiry: u64::MAX,
@@ -182,9 +187,13 @@ impl MemState {
         expired
     }
 
+    /// Forgets network and jail history whose last ban is older than
+    /// [`HISTORY_RETENTION_SECS`].
     pub(super) fn forget_old_history(&mut self, now: u64) {
         self.idle_history
             .retain(|_, history| history_is_retained(history, now));
+        self.jail_histories
+            .retain(|history| history_is_retained(history, now));
     }
 
     pub(super) fn drop_unused_strings_if_sparse(&mut self) {
@@ -217,7 +226,8 @@ impl MemState {
     }
 
     /// Applies a record read back from disk that is not about one net's
-    /// active ban (allowlist changes, reader cursors, shadowed own bans);
+    /// active ban (allowlist changes, reader cursors, jail history,
+    /// shadowed own bans);
     /// see `net_change` for the others. A shadowed ban already over by
     /// `now` is not kept.
     pub(super) fn apply_side_record(&mut self, record: &Record<'_>, now: u64) {
@@ -244,6 +254,16 @@ impl MemState {
             }
             Record::Disallow { net } => {
                 self.allows.remove(&net);
+            }
+            Record::JailHistory {
+                jail,
+                net,
+                count,
+                last_banned,
+            } => self
+                .jail_histories
+                .set(jail, net, BanHistory { count, last_banned }),
+            Record::Cursor { key, value } if self.jail_histories.take_legacy_cursor(key, value) => {
             }
             Record::Cursor { key, value } => {
                 if value.is_empty() {
@@ -295,6 +315,7 @@ impl MemState {
             Record::Allow { .. }
             | Record::Disallow { .. }
             | Record::Cursor { .. }
+            | Record::JailHistory { .. }
             | Record::Shadow { .. }
             | Record::Unshadow { .. }
             | Record::SnapshotEnd { .. } => {

@@ -1,0 +1,202 @@
+//! The jail ban policy: how long a jail bans a network, and what that ban
+//! leads to.
+//!
+//! A jail's ban lasts the jail's bantime (else `bans.default_time`), grown
+//! for a repeat offender by `bantime.increment` from its ban history (every
+//! source's with `overall = true`, else this jail's own), capped by the
+//! jail's and the daemon's max time, plus random extra time. A running ban
+//! that already lasts as long is left alone. After a ban, the jail's own
+//! history grows, and recidive jails (`filter = "recidive"`) count it: a
+//! recidive jail that counts maxretry bans of a network within its findtime
+//! bans it for its own, longer time.
+//!
+//! It decides and keeps the recidive counts. It must not store bans or
+//! touch the kernel: the core bans between [`decide`] and
+//! [`JailBans::banned`]. The arithmetic of ban lengths is
+//! `jail/ban_time.rs`; the history is the store's.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::config::{BansConfig, JailConfig, JailSource};
+use crate::jail::ban_time::{ban_seconds, random_below};
+use crate::jail::counter::FailureCounter;
+use crate::jail::runner::JailStats;
+use crate::store::Store;
+
+/// What a jail's ban of a network comes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JailBanDecision {
+    /// Ban for `seconds`, because of `reason`; the network was banned
+    /// `previous` times before (as the jail's increment counts).
+    Ban {
+        seconds: u64,
+        previous: u32,
+        reason: String,
+    },
+    /// A ban already runs at least as long; the line says until when.
+    AlreadyLonger(String),
+}
+
+/// How long `jail` bans `net` after `failures` failures at `now`, from the
+/// store's ban history and running bans.
+pub fn decide(
+    jail: &JailConfig,
+    bans: &BansConfig,
+    store: &Store,
+    net: &IpNet,
+    failures: u32,
+    now: u64,
+) -> JailBanDecision {
+    let max_time = bans.max_time.as_secs();
+    let base = jail.ban_time.unwrap_or(bans.default_time).as_secs();
+    let cap = jail
+        .increment
+        .max_time
+        .map_or(max_time, |d| d.as_secs().min(max_time));
+    let previous = previous_bans(jail, store, net, now);
+    let seconds = ban_seconds(base, previous, &jail.increment.rule, cap)
+        .saturating_add(random_below(jail.increment.random_time.as_secs()))
+        .min(max_time);
+    if let Some(running) = store.get_ban(net)
+        && running.expires >= now.saturating_add(seconds)
+    {
+        return JailBanDecision::AlreadyLonger(format!(
+            "already banned until {} ({})",
+            crate::timefmt::rfc3339(running.expires),
+            running.source
+        ));
+    }
+    JailBanDecision::Ban {
+        seconds,
+        previous,
+        reason: format!(
+            "{failures} failures within {}",
+            humantime::format_duration(jail.find_time)
+        ),
+    }
+}
+
+/// The log line for a ban made as `decide` said.
+pub fn ban_line(seconds: u64, previous: u32, reason: &str) -> String {
+    format!(
+        "banned for {} ({reason}; banned {previous} time(s) before)",
+        humantime::format_duration(Duration::from_secs(seconds))
+    )
+}
+
+/// How often `net` was banned before: by anyone (`increment.overall`), or
+/// by this jail only, within the store's history retention.
+fn previous_bans(jail: &JailConfig, store: &Store, net: &IpNet, now: u64) -> u32 {
+    if jail.increment.overall {
+        store.history(net).count
+    } else {
+        store.jail_history(&jail.name, net, now).count
+    }
+}
+
+/// A jail with `filter = "recidive"`: its "failures" are bans by the other
+/// jails, so it is counted here, where those bans are known.
+struct RecidiveJail {
+    config: JailConfig,
+    counter: FailureCounter,
+    stats: Arc<JailStats>,
+}
+
+/// The recidive jails running, with their counts.
+#[derive(Default)]
+pub struct JailBans {
+    recidive: Vec<RecidiveJail>,
+}
+
+impl JailBans {
+    /// `jail` banned `net` at `now` (already stored and applied): its own
+    /// history grows (persisted), and each recidive jail counts the ban.
+    /// Returns the recidive jails whose count reached their maxretry: the
+    /// core bans `net` for each of them.
+    pub fn banned(
+        &mut self,
+        jail: &JailConfig,
+        net: IpNet,
+        now: u64,
+        store: &mut Store,
+    ) -> Vec<JailConfig> {
+        if !jail.increment.overall
+            && let Err(err) = store.record_jail_ban(&jail.name, net, now)
+        {
+            tracing::warn!(jail = %jail.name, "cannot record the jail's ban history: {err}");
+        }
+        if jail.source == JailSource::OwnBans {
+            return Vec::new();
+        }
+        let mut escalate = Vec::new();
+        for recidive in &mut self.recidive {
+            recidive.stats.failures.fetch_add(1, Relaxed);
+            if recidive.counter.record(net.network(), now) {
+                escalate.push(recidive.config.clone());
+            }
+            recidive
+                .stats
+                .tracked
+                .store(recidive.counter.tracked() as u64, Relaxed);
+        }
+        escalate
+    }
+
+    /// Starts counting other jails' bans for the recidive jail `jail`,
+    /// seeded from the stored ban history.
+    pub fn add_recidive(
+        &mut self,
+        jail: JailConfig,
+        max_tracked: usize,
+        stats: Arc<JailStats>,
+        store: &Store,
+        now: u64,
+    ) {
+        let mut counter =
+            FailureCounter::new(jail.max_retry, jail.find_time.as_secs(), max_tracked);
+        let seeded = seed_recidive(&jail, &mut counter, store, now);
+        stats.set_state(format!(
+            "counting bans by the other jails ({seeded} addresses from the ban history)"
+        ));
+        self.recidive.push(RecidiveJail {
+            config: jail,
+            counter,
+            stats,
+        });
+    }
+
+    /// Forgets the recidive jails (before the jails restart on reload).
+    pub fn clear_recidive(&mut self) {
+        self.recidive.clear();
+    }
+}
+
+/// Counts, for a recidive jail starting up, the other jails' bans of each
+/// address within its findtime, from their stored ban history (a count and
+/// the last ban). Only the last ban per jail is known to fall in the
+/// window, so each jail adds one: a restart may undercount, never
+/// overcount. Returns how many addresses were seeded.
+fn seed_recidive(
+    jail: &JailConfig,
+    counter: &mut FailureCounter,
+    store: &Store,
+    now: u64,
+) -> usize {
+    let mut seen = HashSet::new();
+    for (source, net, history) in store.jail_histories(now) {
+        let last = history.last_banned;
+        if source == jail.name || now.saturating_sub(last) >= jail.find_time.as_secs() {
+            continue;
+        }
+        // The count reaching maxretry here means the escalation was due
+        // before the restart; it is not repeated.
+        let _ = counter.record(net.addr(), last);
+        seen.insert(net.addr());
+    }
+    seen.len()
+}
