@@ -95,7 +95,7 @@ pub struct Core {
     /// The jail ban policy's state: recidive jails' counts.
     jail_bans: JailBans,
     /// Other hosts' bans and this host's outbox, with a fleet.
-    fleet: super::fleet_apply::FleetSide,
+    fleet: super::fleet_side::FleetSide,
     /// Stored bans per source, kept as the store changes.
     counts: SourceCounts,
     /// What readers see: published after every job.
@@ -190,11 +190,11 @@ impl Core {
         &self.counts
     }
 
-    pub(super) fn fleet(&self) -> &super::fleet_apply::FleetSide {
+    pub(super) fn fleet(&self) -> &super::fleet_side::FleetSide {
         &self.fleet
     }
 
-    pub(super) fn fleet_mut(&mut self) -> &mut super::fleet_apply::FleetSide {
+    pub(super) fn fleet_mut(&mut self) -> &mut super::fleet_side::FleetSide {
         &mut self.fleet
     }
 

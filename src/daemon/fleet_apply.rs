@@ -20,7 +20,7 @@ use ipnet::IpNet;
 
 use super::core::{Core, CoreError};
 use crate::addr;
-use crate::fleet::holdings::{Hold, Holdings};
+use crate::fleet::holdings::Hold;
 use crate::fleet::outbox::{Outbox, SharedBan};
 use crate::fleet::remote_change::{FLEET_SOURCE_PREFIX, RemoteChange, RemoteOutcome};
 use crate::fleet::remote_policy::{Refusal, RefusalKind, RemotePolicy};
@@ -37,22 +37,6 @@ type ShadowChanges = HashMap<IpNet, Option<BanRecord>>;
 /// Whether `record` is another host's ban (not this host's own).
 fn is_remote(record: &BanRecord) -> bool {
     record.source.starts_with(FLEET_SOURCE_PREFIX)
-}
-
-/// The fleet state the core keeps.
-#[derive(Debug, Default)]
-pub struct FleetSide {
-    /// Where this host's changed shared bans are noted; `None` without a
-    /// fleet.
-    outbox: Option<Arc<Outbox>>,
-    /// Every other host's bans, as last read.
-    holdings: Holdings,
-    /// The NATS servers' addresses, as the session last resolved them: no
-    /// remote ban may cover them.
-    nats_servers: Vec<std::net::IpAddr>,
-    /// Refusals: a few batches' summaries a minute are logged, the rest
-    /// counted (all of them are in `orch status`).
-    refusal_log: crate::fleet::log_window::LogWindow,
 }
 
 impl Core {

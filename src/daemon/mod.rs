@@ -12,6 +12,7 @@ pub mod dns_refresh;
 pub mod events;
 pub mod firewall_event;
 pub mod fleet_apply;
+pub mod fleet_side;
 pub mod hook_runs;
 pub mod jail_bans;
 pub mod jails;
