@@ -200,3 +200,118 @@ fn seed_recidive(
     }
     seen.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Config, parse_str};
+    use crate::store::BanRecord;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn config(increment: &str) -> Config {
+        let text = format!(
+            "[jails.sshd]\nfiles = [\"/var/log/auth.log\"]\nbantime = \"10m\"\n\
+             increment = {{ {increment} }}\n\
+             [jails.recidive]\nmaxretry = 2\nfindtime = \"1d\"\nbantime = \"1w\"\n"
+        );
+        parse_str(&text, Path::new("orch.toml")).expect("test config parses")
+    }
+
+    fn jail<'a>(config: &'a Config, name: &str) -> &'a JailConfig {
+        config
+            .jails
+            .jails
+            .iter()
+            .find(|jail| jail.name == name)
+            .expect("the test config has this jail")
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().expect("test net parses")
+    }
+
+    fn manual_ban(net: IpNet, expires: u64) -> BanRecord {
+        BanRecord {
+            net,
+            created: NOW,
+            expires,
+            reason: Arc::from("manual"),
+            source: Arc::from("manual"),
+        }
+    }
+
+    fn seconds_of(decision: JailBanDecision) -> (u64, u32) {
+        match decision {
+            JailBanDecision::Ban {
+                seconds, previous, ..
+            } => (seconds, previous),
+            JailBanDecision::AlreadyLonger(line) => panic!("no ban: {line}"),
+        }
+    }
+
+    #[test]
+    fn a_repeat_offender_of_this_jail_is_banned_longer_and_others_bans_do_not_count() {
+        let config = config("factor = 1.0");
+        let sshd = jail(&config, "sshd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path(), NOW).expect("store opens");
+        let addr = net("192.0.2.7/32");
+        let first = decide(sshd, &config.bans, &store, &addr, 5, NOW);
+        assert_eq!(seconds_of(first), (600, 0));
+        // Another source's ban is in the network's history, not the jail's.
+        store
+            .insert_bans(&[manual_ban(addr, NOW + 1)])
+            .expect("ban stored");
+        let mut bans = JailBans::default();
+        assert!(bans.banned(sshd, addr, NOW, &mut store).is_empty());
+        bans.banned(sshd, addr, NOW, &mut store);
+        let third = decide(sshd, &config.bans, &store, &addr, 5, NOW + 10);
+        assert_eq!(seconds_of(third), (2400, 2), "600 s doubled twice");
+    }
+
+    #[test]
+    fn overall_counts_every_source_and_a_longer_running_ban_is_left_alone() {
+        let config = config("factor = 1.0, overall = true");
+        let sshd = jail(&config, "sshd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path(), NOW).expect("store opens");
+        let addr = net("2001:db8::/64");
+        store
+            .insert_bans(&[manual_ban(addr, NOW + 86_400)])
+            .expect("ban stored");
+        match decide(sshd, &config.bans, &store, &addr, 5, NOW) {
+            JailBanDecision::AlreadyLonger(line) => assert!(line.contains("manual"), "{line}"),
+            other => panic!("expected the running ban to stay: {other:?}"),
+        }
+        store.remove_bans(&[addr]).expect("unban");
+        let after = decide(sshd, &config.bans, &store, &addr, 5, NOW);
+        assert_eq!(seconds_of(after), (1200, 1), "the manual ban counts");
+    }
+
+    #[test]
+    fn recidive_escalates_at_its_maxretry_and_is_seeded_from_the_history() {
+        let config = config("factor = 1.0");
+        let (sshd, recidive) = (jail(&config, "sshd"), jail(&config, "recidive"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path(), NOW).expect("store opens");
+        let addr = net("198.51.100.4/32");
+        let stats = || Arc::new(JailStats::default());
+        let mut bans = JailBans::default();
+        bans.add_recidive(recidive.clone(), 100, stats(), &store, NOW);
+        assert!(bans.banned(sshd, addr, NOW, &mut store).is_empty());
+        let escalated = bans.banned(sshd, addr, NOW + 60, &mut store);
+        assert_eq!(escalated.len(), 1, "the second ban reaches maxretry 2");
+        assert_eq!(escalated[0].name, "recidive");
+        // The recidive jail's own ban counts for nothing.
+        assert!(bans.banned(recidive, addr, NOW + 61, &mut store).is_empty());
+
+        // After a restart, the last sshd ban is counted from the history.
+        let mut restarted = JailBans::default();
+        restarted.add_recidive(recidive.clone(), 100, stats(), &store, NOW + 120);
+        let escalated = restarted.banned(sshd, addr, NOW + 180, &mut store);
+        assert_eq!(escalated.len(), 1);
+    }
+}
