@@ -72,6 +72,13 @@ pub const MAX_TEXT_BYTES: usize = 1024;
 /// this old (applied at open and at compaction) so history cannot grow forever.
 pub const HISTORY_RETENTION_SECS: u64 = 365 * 24 * 60 * 60;
 
+/// Most histories kept of networks without an active ban, and most per-jail
+/// histories (each about 50 bytes in memory): past this, the least
+/// recently banned are forgotten at open and at compaction, so a flood of
+/// distinct addresses cannot grow memory for the year of retention.
+/// fail2ban keeps a day's (`dbpurgeage`).
+pub const MAX_HISTORY_ENTRIES: usize = 500_000;
+
 /// The log is compacted once it is larger than this and than the snapshot.
 pub const COMPACT_MIN_LOG_BYTES: u64 = 4 * 1024 * 1024;
 

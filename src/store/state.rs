@@ -14,7 +14,9 @@ use ipnet::IpNet;
 use super::interner::Interner;
 use super::jail_history::JailHistories;
 use super::records::Record;
-use super::{BanHistory, BanRecord, HISTORY_RETENTION_SECS, MAX_BAN_TEXT_BYTES};
+use super::{
+    BanHistory, BanRecord, HISTORY_RETENTION_SECS, MAX_BAN_TEXT_BYTES, MAX_HISTORY_ENTRIES,
+};
 use crate::quote::cut as truncate_at_char_boundary;
 
 /// A ban keyed (hashed and compared) by its network only, so the table needs
@@ -188,12 +190,27 @@ impl MemState {
     }
 
     /// Forgets network and jail history whose last ban is older than
-    /// [`HISTORY_RETENTION_SECS`].
+    /// [`HISTORY_RETENTION_SECS`], then, past [`MAX_HISTORY_ENTRIES`] of
+    /// either kind, the least recently banned.
     pub(super) fn forget_old_history(&mut self, now: u64) {
+        self.forget_history_beyond(now, MAX_HISTORY_ENTRIES);
+    }
+
+    fn forget_history_beyond(&mut self, now: u64, limit: usize) {
+        let since = newest_cutoff(
+            self.idle_history.len(),
+            self.idle_history.values().map(|h| h.last_banned),
+            limit,
+        );
         self.idle_history
-            .retain(|_, history| history_is_retained(history, now));
+            .retain(|_, history| history_is_retained(history, now) && history.last_banned >= since);
+        let since = newest_cutoff(
+            self.jail_histories.len(),
+            self.jail_histories.iter().map(|(_, _, h)| h.last_banned),
+            limit,
+        );
         self.jail_histories
-            .retain(|history| history_is_retained(history, now));
+            .retain(|history| history_is_retained(history, now) && history.last_banned >= since);
     }
 
     pub(super) fn drop_unused_strings_if_sparse(&mut self) {
@@ -362,6 +379,19 @@ pub(super) enum NetChange {
     },
 }
 
+/// The time of the `limit`-th most recent ban among `histories`: keeping
+/// those banned since then keeps about `limit` (ties may keep a few more).
+/// 0 (keep all) when there are no more than `limit`.
+fn newest_cutoff(count: usize, last_banned: impl Iterator<Item = u64>, limit: usize) -> u64 {
+    if count <= limit {
+        return 0;
+    }
+    let mut times: Vec<u64> = last_banned.collect();
+    let drop = times.len() - limit.clamp(1, times.len());
+    let (_, cutoff, _) = times.select_nth_unstable(drop);
+    *cutoff
+}
+
 pub(super) fn history_is_retained(history: &BanHistory, now: u64) -> bool {
     history.last_banned.saturating_add(HISTORY_RETENTION_SECS) > now
 }
@@ -371,6 +401,28 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use crate::store::test_support::{HOUR, NOW, ban, net, open};
+
+    #[test]
+    fn past_the_history_cap_the_least_recently_banned_are_forgotten() {
+        let mut state = MemState::default();
+        for (index, text) in ["192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32"]
+            .into_iter()
+            .enumerate()
+        {
+            let history = BanHistory {
+                count: 1,
+                last_banned: NOW + index as u64,
+            };
+            state.apply_history(net(text), history);
+            state.jail_histories.set("sshd", net(text), history);
+        }
+        state.forget_history_beyond(NOW + 10, 2);
+        assert_eq!(state.history(&net("192.0.2.1/32")), BanHistory::default());
+        assert_eq!(state.history(&net("192.0.2.3/32")).count, 1);
+        assert_eq!(state.idle_history.len(), 2);
+        assert_eq!(state.jail_histories.get("sshd", &net("192.0.2.1/32")), None);
+        assert_eq!(state.jail_histories.len(), 2);
+    }
 
     #[test]
     fn expired_bans_are_dropped_at_open_but_history_stays() {
