@@ -20,6 +20,8 @@ pub mod lanes;
 pub mod listing;
 pub mod read_view;
 pub mod reconciler;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -10,6 +10,8 @@ pub mod monitor;
 mod netlink;
 mod nft_cli;
 pub mod probe;
+#[cfg(test)]
+pub mod recording;
 pub mod script;
 
 use ipnet::IpNet;
