@@ -21,9 +21,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod binder;
 mod fleet;
 mod jails;
 pub mod last_good;
+use binder::{Binder, bind};
 pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule, url_host};
 
 /// The config files read that someone other than root could have changed
@@ -499,131 +501,7 @@ struct Merged {
     fleet: fleet::FleetDraft,
 }
 
-/// Validates one scalar and, if valid, lets it override the merged value.
-fn set<R, T>(
-    slot: &mut Located<T>,
-    raw: Option<Spanned<R>>,
-    doc: &Document,
-    issues: &mut Vec<ConfigIssue>,
-    key: &str,
-    check: impl FnOnce(R) -> Result<T, String>,
-) {
-    let Some(raw) = raw else { return };
-    let origin = doc.origin(&raw.span());
-    match check(raw.into_inner()) {
-        Ok(value) => *slot = Some((value, origin)),
-        Err(message) => issues.push(origin.issue(format!("{key}: {message}"))),
-    }
-}
-
 impl Merged {
-    fn apply_dns(&mut self, dns: RawDns, doc: &Document, issues: &mut Vec<ConfigIssue>) {
-        if let Some(servers) = dns.servers {
-            let mut parsed = Vec::new();
-            let mut origin = None;
-            for (index, server) in servers.into_iter().enumerate() {
-                let at = doc.origin(&server.span());
-                match check_dns_server(server.get_ref()) {
-                    Ok(addr) => parsed.push(addr),
-                    Err(message) => {
-                        issues.push(at.issue(format!("dns.servers[{index}]: {message}")))
-                    }
-                }
-                origin.get_or_insert(at);
-            }
-            self.dns_servers = Some((parsed, origin.unwrap_or_else(|| doc.origin(&(0..0)))));
-        }
-        set(
-            &mut self.dns_stale_max,
-            dns.stale_max,
-            doc,
-            issues,
-            "dns.stale_max",
-            |s| check_duration(&s),
-        );
-        set(
-            &mut self.dns_grace,
-            dns.grace,
-            doc,
-            issues,
-            "dns.grace",
-            |s| check_duration(&s),
-        );
-        for (index, entry) in dns.allow.unwrap_or_default().into_iter().enumerate() {
-            let key = format!("dns.allow[{index}]");
-            let name_at = doc.origin(&entry.name.span());
-            let name = entry.name.into_inner();
-            if let Err(message) = check_dns_name(&name) {
-                issues.push(name_at.issue(format!("{key}.name: {message}")));
-                continue;
-            }
-            if self.dns_allow.iter().any(|known| known.name == name) {
-                issues.push(name_at.issue(format!("{key}.name: {name:?} is already listed")));
-                continue;
-            }
-            let mut family = Some((crate::dns::DnsFamily::Any, name_at.clone()));
-            set(
-                &mut family,
-                entry.family,
-                doc,
-                issues,
-                &format!("{key}.family"),
-                |s| match s.as_str() {
-                    "any" => Ok(crate::dns::DnsFamily::Any),
-                    "ipv4" => Ok(crate::dns::DnsFamily::Ipv4),
-                    "ipv6" => Ok(crate::dns::DnsFamily::Ipv6),
-                    other => Err(format!(
-                        "{other:?} is not one of \"any\", \"ipv4\", \"ipv6\""
-                    )),
-                },
-            );
-            let mut min_ttl = Some((Duration::from_secs(30), name_at.clone()));
-            set(
-                &mut min_ttl,
-                entry.min_ttl,
-                doc,
-                issues,
-                &format!("{key}.min_ttl"),
-                |s| check_duration(&s),
-            );
-            let mut max_ttl = Some((Duration::from_secs(3600), name_at.clone()));
-            set(
-                &mut max_ttl,
-                entry.max_ttl,
-                doc,
-                issues,
-                &format!("{key}.max_ttl"),
-                |s| check_duration(&s),
-            );
-            let (Some((family, _)), Some((min_ttl, _)), Some((max_ttl, max_at))) =
-                (family, min_ttl, max_ttl)
-            else {
-                continue;
-            };
-            if max_ttl < min_ttl {
-                issues.push(max_at.issue(format!("{key}.max_ttl is shorter than its min_ttl")));
-                continue;
-            }
-            let mut ports = Vec::new();
-            for (port_index, port) in entry.ports.unwrap_or_default().into_iter().enumerate() {
-                let at = doc.origin(&port.span());
-                match u16::try_from(port.into_inner()) {
-                    Ok(port) if port > 0 => ports.push(port),
-                    _ => issues.push(at.issue(format!(
-                        "{key}.ports[{port_index}]: a port is a number from 1 to 65535"
-                    ))),
-                }
-            }
-            self.dns_allow.push(crate::dns::DnsAllowEntry {
-                name,
-                family,
-                min_ttl,
-                max_ttl,
-                ports,
-            });
-        }
-    }
-
     /// Parses `doc`, validates every value it sets and applies it.
     fn apply(&mut self, doc: &Document, issues: &mut Vec<ConfigIssue>) {
         let layer: RawLayer = match toml::from_str(&doc.text) {
@@ -633,169 +511,112 @@ impl Merged {
                 return;
             }
         };
-
-        set(
-            &mut self.state_dir,
-            layer.state_dir,
-            doc,
-            issues,
-            "state_dir",
-            check_state_dir,
-        );
-
-        if let Some(entries) = layer.allow {
-            for (index, entry) in entries.into_iter().enumerate() {
-                let origin = doc.origin(&entry.span());
-                match crate::addr::parse_net(entry.get_ref()) {
-                    Ok(net) => self.allow.push(net),
-                    Err(err) => issues.push(origin.issue(format!("allow[{index}]: {err}"))),
-                }
-            }
+        let mut b = Binder::new(doc, issues);
+        bind!(b, self.state_dir, layer.state_dir, check_state_dir);
+        let allow = layer.allow.unwrap_or_default();
+        self.allow.extend(b.each(allow, "allow", check_net));
+        if let Some(systemd) = layer.systemd {
+            let mut b = b.section("systemd");
+            bind!(b, self.watch_units, systemd.watch_units, check_units);
         }
+        if let Some(hooks) = layer.hooks {
+            self.apply_hooks(hooks, &mut b.section("hooks"));
+        }
+        if let Some(dns) = layer.dns {
+            self.apply_dns(dns, &mut b.section("dns"));
+        }
+        if let Some(jails) = layer.jails {
+            self.jails.apply(jails, &mut b.section("jails"));
+        }
+        if let Some(fleet) = layer.fleet {
+            self.fleet.apply(fleet, &mut b.section("fleet"));
+        }
+        if let Some(firewall) = layer.firewall {
+            self.apply_firewall(firewall, &mut b.section("firewall"));
+        }
+        if let Some(bans) = layer.bans {
+            self.apply_bans(bans, &mut b.section("bans"));
+        }
+    }
 
-        let systemd = layer.systemd.unwrap_or_default();
-        set(
-            &mut self.watch_units,
-            systemd.watch_units,
-            doc,
-            issues,
-            "systemd.watch_units",
-            check_units,
-        );
+    fn apply_firewall(&mut self, raw: RawFirewall, b: &mut Binder) {
+        bind!(b, self.table, raw.table, check_table);
+        bind!(b, self.priority, raw.priority, int_in(PRIORITY_RANGE));
+        bind!(b, self.verdict, raw.verdict, check_verdict);
+        bind!(b, self.forward, raw.forward, Ok);
+        bind!(b, self.owner, raw.owner, check_owner);
+    }
 
-        let hooks = layer.hooks.unwrap_or_default();
-        set(
-            &mut self.hooks_dir,
-            hooks.dir,
-            doc,
-            issues,
-            "hooks.dir",
-            check_state_dir,
-        );
-        set(
-            &mut self.hooks_timeout,
-            hooks.timeout,
-            doc,
-            issues,
-            "hooks.timeout",
-            |s| check_duration(&s),
-        );
-        for (name, raw) in hooks.timeouts.unwrap_or_default() {
-            let mut slot = None;
-            set(
-                &mut slot,
-                Some(raw),
-                doc,
-                issues,
-                &format!("hooks.timeouts.{name}"),
-                |s| check_duration(&s),
-            );
-            if let Some((timeout, _)) = slot {
+    fn apply_bans(&mut self, raw: RawBans, b: &mut Binder) {
+        bind!(b, self.default_time, raw.default_time, check_duration);
+        bind!(b, self.max_time, raw.max_time, check_duration);
+        bind!(b, self.min_prefix_v4, raw.min_prefix_v4, int_in(0..=32));
+        bind!(b, self.min_prefix_v6, raw.min_prefix_v6, int_in(0..=128));
+    }
+
+    fn apply_hooks(&mut self, raw: RawHooks, b: &mut Binder) {
+        bind!(b, self.hooks_dir, raw.dir, check_state_dir);
+        bind!(b, self.hooks_timeout, raw.timeout, check_duration);
+        for (name, timeout) in raw.timeouts.unwrap_or_default() {
+            let key = format!("timeouts.{name}");
+            if let Some((timeout, _)) = b.value(timeout, &key, check_duration) {
                 self.hook_timeouts.insert(name, timeout);
             }
         }
+    }
 
-        if let Some(dns) = layer.dns {
-            self.apply_dns(dns, doc, issues);
+    fn apply_dns(&mut self, raw: RawDns, b: &mut Binder) {
+        if let Some(servers) = raw.servers {
+            // The list as a whole is "set" where its first entry stands.
+            let at = servers.first().map(|first| b.origin(&first.span()));
+            let servers = b.each(servers, "servers", |s| check_dns_server(&s));
+            self.dns_servers = Some((servers, at.unwrap_or_else(|| b.origin(&(0..0)))));
         }
-        if let Some(jails) = layer.jails {
-            self.jails.apply(jails, doc, issues);
+        bind!(b, self.dns_stale_max, raw.stale_max, check_duration);
+        bind!(b, self.dns_grace, raw.grace, check_duration);
+        for (index, entry) in raw.allow.unwrap_or_default().into_iter().enumerate() {
+            let entry = self.dns_allow_entry(entry, &mut b.section(&format!("allow[{index}]")));
+            self.dns_allow.extend(entry);
         }
-        if let Some(fleet) = layer.fleet {
-            self.fleet.apply(fleet, doc, issues);
-        }
+    }
 
-        let fw = layer.firewall.unwrap_or_default();
-        set(
-            &mut self.table,
-            fw.table,
-            doc,
-            issues,
-            "firewall.table",
-            check_table,
-        );
-        set(
-            &mut self.priority,
-            fw.priority,
-            doc,
-            issues,
-            "firewall.priority",
-            |n| {
-                in_range(n, PRIORITY_RANGE)
-                    .and_then(|n| i32::try_from(n).map_err(|err| err.to_string()))
-            },
-        );
-        set(
-            &mut self.verdict,
-            fw.verdict,
-            doc,
-            issues,
-            "firewall.verdict",
-            |s| match s.as_str() {
-                "drop" => Ok(Verdict::Drop),
-                "reject" => Ok(Verdict::Reject),
-                _ => Err(format!(
-                    r#"{s:?} is not a verdict; expected "drop" or "reject""#
-                )),
-            },
-        );
-        set(
-            &mut self.forward,
-            fw.forward,
-            doc,
-            issues,
-            "firewall.forward",
-            Ok,
-        );
-        set(
-            &mut self.owner,
-            fw.owner,
-            doc,
-            issues,
-            "firewall.owner",
-            |s| match s.as_str() {
-                "auto" => Ok(OwnerMode::Auto),
-                "on" => Ok(OwnerMode::On),
-                "off" => Ok(OwnerMode::Off),
-                _ => Err(format!(
-                    r#"{s:?} is not an owner mode; expected "auto", "on" or "off""#
-                )),
-            },
-        );
-
-        let bans = layer.bans.unwrap_or_default();
-        set(
-            &mut self.default_time,
-            bans.default_time,
-            doc,
-            issues,
-            "bans.default_time",
-            |s| check_duration(&s),
-        );
-        set(
-            &mut self.max_time,
-            bans.max_time,
-            doc,
-            issues,
-            "bans.max_time",
-            |s| check_duration(&s),
-        );
-        set(
-            &mut self.min_prefix_v4,
-            bans.min_prefix_v4,
-            doc,
-            issues,
-            "bans.min_prefix_v4",
-            |n| check_prefix(n, 32),
-        );
-        set(
-            &mut self.min_prefix_v6,
-            bans.min_prefix_v6,
-            doc,
-            issues,
-            "bans.min_prefix_v6",
-            |n| check_prefix(n, 128),
-        );
+    /// One `[[dns.allow]]` entry; `None` when it is invalid or names a name
+    /// already listed.
+    fn dns_allow_entry(
+        &self,
+        raw: RawDnsAllow,
+        b: &mut Binder,
+    ) -> Option<crate::dns::DnsAllowEntry> {
+        let (name, name_at) = b.value(raw.name, "name", check_dns_name)?;
+        if self.dns_allow.iter().any(|known| known.name == name) {
+            b.issue(&name_at, "name", format!("{name:?} is already listed"));
+            return None;
+        }
+        // Unset keys (and invalid ones, which are reported) keep these.
+        let mut family = Some((crate::dns::DnsFamily::Any, name_at.clone()));
+        let mut min_ttl = Some((Duration::from_secs(30), name_at.clone()));
+        let mut max_ttl = Some((Duration::from_secs(3600), name_at));
+        bind!(b, family, raw.family, check_family);
+        bind!(b, min_ttl, raw.min_ttl, check_duration);
+        bind!(b, max_ttl, raw.max_ttl, check_duration);
+        let (Some((family, _)), Some((min_ttl, _)), Some((max_ttl, max_at))) =
+            (family, min_ttl, max_ttl)
+        else {
+            return None;
+        };
+        if max_ttl < min_ttl {
+            let message = format!("{} is shorter than its min_ttl", b.key("max_ttl"));
+            b.issues().push(max_at.issue(message));
+            return None;
+        }
+        let ports = b.each(raw.ports.unwrap_or_default(), "ports", check_port);
+        Some(crate::dns::DnsAllowEntry {
+            name,
+            family,
+            min_ttl,
+            max_ttl,
+            ports,
+        })
     }
 
     /// Cross-field checks, then the final config. `None` only when a value
@@ -978,6 +799,32 @@ fn check_table(s: String) -> Result<String, String> {
     }
 }
 
+fn check_verdict(s: String) -> Result<Verdict, String> {
+    match s.as_str() {
+        "drop" => Ok(Verdict::Drop),
+        "reject" => Ok(Verdict::Reject),
+        _ => Err(format!(
+            r#"{s:?} is not a verdict; expected "drop" or "reject""#
+        )),
+    }
+}
+
+fn check_owner(s: String) -> Result<OwnerMode, String> {
+    match s.as_str() {
+        "auto" => Ok(OwnerMode::Auto),
+        "on" => Ok(OwnerMode::On),
+        "off" => Ok(OwnerMode::Off),
+        _ => Err(format!(
+            r#"{s:?} is not an owner mode; expected "auto", "on" or "off""#
+        )),
+    }
+}
+
+/// An address or network, as in `allow` and a jail's `ignore`.
+fn check_net(s: String) -> Result<IpNet, crate::addr::AddrError> {
+    crate::addr::parse_net(&s)
+}
+
 fn in_range(n: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
     if range.contains(&n) {
         Ok(n)
@@ -1019,7 +866,7 @@ fn check_dns_server(text: &str) -> Result<std::net::SocketAddr, String> {
 }
 
 /// A DNS name as it may be looked up: letters, digits, '-', '_' and dots.
-fn check_dns_name(name: &str) -> Result<(), String> {
+fn check_dns_name(name: String) -> Result<String, String> {
     let labels_ok = name.trim_end_matches('.').split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
@@ -1028,7 +875,7 @@ fn check_dns_name(name: &str) -> Result<(), String> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     });
     if !name.is_empty() && name.len() <= 253 && labels_ok {
-        Ok(())
+        Ok(name)
     } else {
         Err(format!(
             "{name:?} is not a DNS name like \"ci.example.org\""
@@ -1036,15 +883,38 @@ fn check_dns_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn check_prefix(n: i64, max: u8) -> Result<u8, String> {
-    in_range(n, 0..=i64::from(max)).and_then(|n| u8::try_from(n).map_err(|err| err.to_string()))
+/// An integer in `range`, converted to the type its setting is kept in.
+fn int_in<T>(range: std::ops::RangeInclusive<i64>) -> impl Fn(i64) -> Result<T, String>
+where
+    T: TryFrom<i64, Error: fmt::Display>,
+{
+    move |n| in_range(n, range.clone()).and_then(|n| T::try_from(n).map_err(|err| err.to_string()))
+}
+
+fn check_family(s: String) -> Result<crate::dns::DnsFamily, String> {
+    match s.as_str() {
+        "any" => Ok(crate::dns::DnsFamily::Any),
+        "ipv4" => Ok(crate::dns::DnsFamily::Ipv4),
+        "ipv6" => Ok(crate::dns::DnsFamily::Ipv6),
+        other => Err(format!(
+            "{other:?} is not one of \"any\", \"ipv4\", \"ipv6\""
+        )),
+    }
+}
+
+fn check_port(port: i64) -> Result<u16, &'static str> {
+    u16::try_from(port)
+        .ok()
+        .filter(|port| *port > 0)
+        .ok_or("a port is a number from 1 to 65535")
 }
 
 /// The longest ban time accepted anywhere: ten years. The kernel refuses
 /// set timeouts somewhere past a century; a decade is "permanent" for a ban.
 pub const MAX_BAN_TIME: Duration = Duration::from_secs(3650 * 86_400);
 
-fn check_duration(s: &str) -> Result<Duration, String> {
+fn check_duration(s: impl AsRef<str>) -> Result<Duration, String> {
+    let s = s.as_ref();
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err(format!("{s:?} must be longer than zero")),
         Ok(d) if d > MAX_BAN_TIME => Err(format!(

@@ -35,7 +35,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigIssue, Document, Located, check_duration, check_prefix, in_range, set};
+use super::{Binder, ConfigIssue, Located, bind, check_duration, in_range, int_in};
 
 /// Default bucket name.
 pub const DEFAULT_BUCKET: &str = "orch-bans";
@@ -325,7 +325,8 @@ pub(super) struct FleetDraft {
     max_remote_time: Located<Duration>,
     remote_min_prefix_v4: Located<u8>,
     remote_min_prefix_v6: Located<u8>,
-    max_remote_bans_per_origin: Located<usize>,
+    /// `max_remote_bans_per_origin`
+    per_origin: Located<usize>,
     max_remote_space_v4: Located<u8>,
     max_remote_space_v6: Located<u8>,
     admin: Located<FleetAuth>,
@@ -334,177 +335,67 @@ pub(super) struct FleetDraft {
 
 impl FleetDraft {
     /// Validates one file's `[fleet]` and merges it over earlier files.
-    pub(super) fn apply(&mut self, raw: RawFleet, doc: &Document, issues: &mut Vec<ConfigIssue>) {
-        set(
-            &mut self.servers,
-            raw.servers,
-            doc,
-            issues,
-            "fleet.servers",
-            |servers| {
-                servers
-                    .into_iter()
-                    .map(check_server_url)
-                    .collect::<Result<Vec<_>, _>>()
-            },
-        );
-        set(
-            &mut self.name,
-            raw.name,
-            doc,
-            issues,
-            "fleet.name",
-            check_name,
-        );
-        let path = |key: &'static str| move |s: String| check_file(key, s);
-        set(
-            &mut self.credentials,
-            raw.credentials,
-            doc,
-            issues,
-            "fleet.credentials",
-            path("credentials"),
-        );
-        set(
-            &mut self.user,
-            raw.user,
-            doc,
-            issues,
-            "fleet.user",
-            check_user,
-        );
-        set(
-            &mut self.password_file,
-            raw.password_file,
-            doc,
-            issues,
-            "fleet.password_file",
-            path("password_file"),
-        );
-        set(
-            &mut self.nkey_file,
-            raw.nkey_file,
-            doc,
-            issues,
-            "fleet.nkey_file",
-            path("nkey_file"),
-        );
+    pub(super) fn apply(&mut self, raw: RawFleet, b: &mut Binder) {
+        let servers = |urls: Vec<String>| urls.into_iter().map(check_server_url).collect();
+        bind!(b, self.servers, raw.servers, servers);
+        bind!(b, self.name, raw.name, check_name);
+        let auth = RawAuth {
+            credentials: raw.credentials,
+            user: raw.user,
+            password_file: raw.password_file,
+            nkey_file: raw.nkey_file,
+        };
+        self.apply_auth(auth, b);
         if let Some(tls) = raw.tls {
-            for (slot, raw, key) in [
-                (&mut self.tls_ca, tls.ca, "fleet.tls.ca"),
-                (&mut self.tls_cert, tls.cert, "fleet.tls.cert"),
-                (&mut self.tls_key, tls.key, "fleet.tls.key"),
+            for (slot, raw, field) in [
+                (&mut self.tls_ca, tls.ca, "tls.ca"),
+                (&mut self.tls_cert, tls.cert, "tls.cert"),
+                (&mut self.tls_key, tls.key, "tls.key"),
             ] {
-                set(slot, raw, doc, issues, key, path("tls file"));
+                b.set(slot, raw, field, |s| check_file("tls file", s));
             }
         }
-        set(
-            &mut self.bucket,
-            raw.bucket,
-            doc,
-            issues,
-            "fleet.bucket",
-            check_bucket,
-        );
-        set(
-            &mut self.replicas,
-            raw.replicas,
-            doc,
-            issues,
-            "fleet.replicas",
-            |n| {
-                if (1..=5).contains(&n) {
-                    usize::try_from(n).map_err(|e| e.to_string())
-                } else {
-                    Err(format!("{n} is out of range; expected 1 to 5"))
-                }
-            },
-        );
-        set(
-            &mut self.publish,
-            raw.publish,
-            doc,
-            issues,
-            "fleet.publish",
-            Ok,
-        );
-        set(
-            &mut self.share,
-            raw.share,
-            doc,
-            issues,
-            "fleet.share",
-            |rules| rules.into_iter().map(check_share_rule).collect(),
-        );
-        set(&mut self.apply, raw.apply, doc, issues, "fleet.apply", Ok);
-        set(
-            &mut self.insecure,
-            raw.insecure,
-            doc,
-            issues,
-            "fleet.insecure",
-            Ok,
-        );
-        set(
-            &mut self.max_remote_bans,
-            raw.max_remote_bans,
-            doc,
-            issues,
-            "fleet.max_remote_bans",
-            check_ban_count,
-        );
-        set(
-            &mut self.bucket_max_keys,
-            raw.bucket_max_keys,
-            doc,
-            issues,
-            "fleet.bucket_max_keys",
-            |n| in_range(n, 1_000..=100_000_000).map(|n| n as usize),
-        );
-        set(
-            &mut self.max_remote_bans_per_origin,
-            raw.max_remote_bans_per_origin,
-            doc,
-            issues,
-            "fleet.max_remote_bans_per_origin",
-            check_ban_count,
-        );
-        for (slot, raw, key, max) in [
+        bind!(b, self.bucket, raw.bucket, check_bucket);
+        bind!(b, self.replicas, raw.replicas, int_in(1..=5));
+        bind!(b, self.publish, raw.publish, Ok);
+        let share = |rules: Vec<String>| rules.into_iter().map(check_share_rule).collect();
+        bind!(b, self.share, raw.share, share);
+        bind!(b, self.apply, raw.apply, Ok);
+        bind!(b, self.insecure, raw.insecure, Ok);
+        let count = check_ban_count;
+        bind!(b, self.max_remote_bans, raw.max_remote_bans, count);
+        let max_keys = int_in(1_000..=100_000_000);
+        bind!(b, self.bucket_max_keys, raw.bucket_max_keys, max_keys);
+        bind!(b, self.per_origin, raw.max_remote_bans_per_origin, count);
+        for (slot, raw, field, max) in [
             (
                 &mut self.remote_min_prefix_v4,
                 raw.remote_min_prefix_v4,
-                "fleet.remote_min_prefix_v4",
+                "remote_min_prefix_v4",
                 32,
             ),
             (
                 &mut self.remote_min_prefix_v6,
                 raw.remote_min_prefix_v6,
-                "fleet.remote_min_prefix_v6",
+                "remote_min_prefix_v6",
                 128,
             ),
             (
                 &mut self.max_remote_space_v4,
                 raw.max_remote_space_v4,
-                "fleet.max_remote_space_v4",
+                "max_remote_space_v4",
                 32,
             ),
             (
                 &mut self.max_remote_space_v6,
                 raw.max_remote_space_v6,
-                "fleet.max_remote_space_v6",
+                "max_remote_space_v6",
                 64,
             ),
         ] {
-            set(slot, raw, doc, issues, key, |n| check_prefix(n, max));
+            b.set(slot, raw, field, int_in(0..=max));
         }
-        set(
-            &mut self.max_remote_time,
-            raw.max_remote_time,
-            doc,
-            issues,
-            "fleet.max_remote_time",
-            |s| check_duration(&s),
-        );
+        bind!(b, self.max_remote_time, raw.max_remote_time, check_duration);
         if let Some(admin) = raw.admin {
             let at = [
                 &admin.credentials,
@@ -515,45 +406,24 @@ impl FleetDraft {
             .into_iter()
             .flatten()
             .next()
-            .map(|spanned| doc.origin(&spanned.span()));
+            .map(|spanned| b.origin(&spanned.span()));
             let mut draft = FleetDraft::default();
-            set(
-                &mut draft.credentials,
-                admin.credentials,
-                doc,
-                issues,
-                "fleet.admin.credentials",
-                path("credentials"),
-            );
-            set(
-                &mut draft.user,
-                admin.user,
-                doc,
-                issues,
-                "fleet.admin.user",
-                check_user,
-            );
-            set(
-                &mut draft.password_file,
-                admin.password_file,
-                doc,
-                issues,
-                "fleet.admin.password_file",
-                path("password_file"),
-            );
-            set(
-                &mut draft.nkey_file,
-                admin.nkey_file,
-                doc,
-                issues,
-                "fleet.admin.nkey_file",
-                path("nkey_file"),
-            );
+            draft.apply_auth(admin, &mut b.section("admin"));
             if let Some(at) = at {
-                let auth = draft.auth("fleet.admin", issues);
+                let auth = draft.auth("fleet.admin", b.issues());
                 self.admin = Some((auth, at));
             }
         }
+    }
+
+    /// The login keys, of `[fleet]` itself or of `fleet.admin`.
+    fn apply_auth(&mut self, raw: RawAuth, b: &mut Binder) {
+        let path = |key: &'static str| move |s: String| check_file(key, s);
+        bind!(b, self.credentials, raw.credentials, path("credentials"));
+        bind!(b, self.user, raw.user, check_user);
+        let password_file = path("password_file");
+        bind!(b, self.password_file, raw.password_file, password_file);
+        bind!(b, self.nkey_file, raw.nkey_file, path("nkey_file"));
     }
 
     /// Exactly one way of authenticating, or none.
@@ -655,7 +525,7 @@ impl FleetDraft {
                 .remote_min_prefix_v6
                 .map_or(defaults.remote_min_prefix_v6, |(v, _)| v),
             max_remote_bans_per_origin: self
-                .max_remote_bans_per_origin
+                .per_origin
                 .map_or(defaults.max_remote_bans_per_origin, |(v, _)| v),
             max_remote_space_v4: self
                 .max_remote_space_v4

@@ -37,7 +37,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
-use super::{ConfigIssue, Document, Located, Origin, check_duration, set};
+use super::{Binder, ConfigIssue, Located, Origin, bind, check_duration, check_net, int_in};
 use crate::addr::Protocol;
 use crate::jail::ban_time::Increment;
 use crate::jail::formula::Formula;
@@ -263,31 +263,18 @@ pub(super) struct JailsDraft {
 
 impl JailsDraft {
     /// Validates one file's `[jails]` and merges it over earlier files.
-    pub(super) fn apply(&mut self, raw: RawJails, doc: &Document, issues: &mut Vec<ConfigIssue>) {
-        set(
-            &mut self.max_tracked,
-            raw.max_tracked,
-            doc,
-            issues,
-            "jails.max_tracked",
-            |n| {
-                if (1..=10_000_000).contains(&n) {
-                    usize::try_from(n).map_err(|e| e.to_string())
-                } else {
-                    Err(format!("{n} is out of range; expected 1 to 10000000"))
-                }
-            },
-        );
+    pub(super) fn apply(&mut self, raw: RawJails, b: &mut Binder) {
+        bind!(b, self.max_tracked, raw.max_tracked, int_in(1..=10_000_000));
         for (name, jail) in raw.jails {
-            let name_at = doc.origin(&name.span());
+            let name_at = b.origin(&name.span());
             let name = name.into_inner();
             if let Err(message) = check_jail_name(&name) {
-                issues.push(name_at.issue(format!("jails.{name}: {message}")));
+                b.issue(&name_at, &name, message);
                 continue;
             }
             let draft = self.jails.entry(name.clone()).or_default();
             draft.at.get_or_insert(name_at);
-            draft.apply(&name, jail, doc, issues);
+            draft.apply(jail, &mut b.section(&name));
         }
     }
 
@@ -307,291 +294,75 @@ impl JailsDraft {
 }
 
 impl JailDraft {
-    fn apply(&mut self, name: &str, jail: RawJail, doc: &Document, issues: &mut Vec<ConfigIssue>) {
-        let key = |field: &str| format!("jails.{name}.{field}");
-        set(
-            &mut self.enabled,
-            jail.enabled,
-            doc,
-            issues,
-            &key("enabled"),
-            Ok,
-        );
-        if let Some(filter) = jail.filter {
-            let at = doc.origin(&filter.span());
-            let spec = filter.into_inner();
-            match check_filter(&spec, &doc.file) {
-                Ok(spec) => self.filter = Some((spec, at)),
-                Err(message) => issues.push(at.issue(format!("{}: {message}", key("filter")))),
-            }
+    /// Validates one file's `[jails.NAME]`; `b` is bound to that table.
+    fn apply(&mut self, jail: RawJail, b: &mut Binder) {
+        let doc = b.doc();
+        let filter = |spec: String| check_filter(&spec, &doc.file);
+        bind!(b, self.enabled, jail.enabled, Ok);
+        bind!(b, self.filter, jail.filter, filter);
+        self.apply_source(jail.files, jail.journal, b);
+        bind!(b, self.max_retry, jail.maxretry, int_in(1..=10_000));
+        bind!(b, self.ipv6_prefix, jail.ipv6_prefix, int_in(48..=128));
+        bind!(b, self.find_time, jail.findtime, check_duration);
+        bind!(b, self.ban_time, jail.bantime, check_duration);
+        bind!(b, self.ports, jail.ports, check_ports);
+        bind!(b, self.protocols, jail.protocol, check_protocol);
+        if let Some(increment) = jail.increment {
+            self.apply_increment(increment, &mut b.section("increment"));
         }
-        match (jail.files, jail.journal) {
-            (Some(files), Some(journal)) => {
-                let at = doc.origin(&journal.span());
-                let _ = files;
-                issues.push(at.issue(format!(
-                    "jails.{name}: set either `files` or `journal`, not both"
-                )));
+        let ignore = jail.ignore.unwrap_or_default();
+        self.ignore.extend(b.each(ignore, "ignore", check_net));
+        bind!(b, self.ignore_command, jail.ignore_command, check_command);
+    }
+
+    /// Where the jail reads: `files` or `journal`, not both.
+    fn apply_source(
+        &mut self,
+        files: Option<Spanned<Vec<Spanned<String>>>>,
+        journal: Option<Spanned<RawJournal>>,
+        b: &mut Binder,
+    ) {
+        match (files, journal) {
+            (Some(_), Some(journal)) => {
+                let at = b.origin(&journal.span());
+                b.issue(&at, "", "set either `files` or `journal`, not both");
             }
             (Some(files), None) => {
-                let at = doc.origin(&files.span());
-                let mut paths = Vec::new();
-                for (index, file) in files.into_inner().into_iter().enumerate() {
-                    let file_at = doc.origin(&file.span());
-                    match check_log_path(file.get_ref()) {
-                        Ok(()) => paths.push(file.into_inner()),
-                        Err(message) => issues
-                            .push(file_at.issue(format!("{}[{index}]: {message}", key("files")))),
-                    }
-                }
+                let at = b.origin(&files.span());
+                let paths = b.each(files.into_inner(), "files", check_log_path);
                 if paths.is_empty() {
-                    issues.push(at.issue(format!("{}: list at least one file", key("files"))));
+                    b.issue(&at, "files", "list at least one file");
                 } else {
                     self.source = Some((JailSource::Files(paths), at));
                 }
             }
-            (None, Some(journal)) => {
-                let at = doc.origin(&journal.span());
-                let journal = journal.into_inner();
-                match check_journal_matches(&journal.matches) {
-                    Ok(()) => {
-                        self.source = Some((
-                            JailSource::Journal {
-                                matches: journal.matches,
-                            },
-                            at,
-                        ))
-                    }
-                    Err(message) => {
-                        issues.push(at.issue(format!("{}.matches: {message}", key("journal"))))
-                    }
-                }
-            }
-            (None, None) => {}
+            (None, journal) => b.set(&mut self.source, journal, "journal.matches", check_journal),
         }
-        set(
-            &mut self.max_retry,
-            jail.maxretry,
-            doc,
-            issues,
-            &key("maxretry"),
-            |n| {
-                if (1..=10_000).contains(&n) {
-                    u32::try_from(n).map_err(|e| e.to_string())
-                } else {
-                    Err(format!("{n} is out of range; expected 1 to 10000"))
-                }
-            },
-        );
-        set(
-            &mut self.ipv6_prefix,
-            jail.ipv6_prefix,
-            doc,
-            issues,
-            &key("ipv6_prefix"),
-            |n| {
-                if (48..=128).contains(&n) {
-                    u8::try_from(n).map_err(|e| e.to_string())
-                } else {
-                    Err(format!("{n} is out of range; expected 48 to 128"))
-                }
-            },
-        );
-        set(
-            &mut self.find_time,
-            jail.findtime,
-            doc,
-            issues,
-            &key("findtime"),
-            |s| check_duration(&s),
-        );
-        set(
-            &mut self.ban_time,
-            jail.bantime,
-            doc,
-            issues,
-            &key("bantime"),
-            |s| check_duration(&s),
-        );
-        self.apply_ports(name, jail.ports, jail.protocol, doc, issues);
-        if let Some(increment) = jail.increment {
-            self.apply_increment(name, increment, doc, issues);
-        }
-        for (index, entry) in jail.ignore.unwrap_or_default().into_iter().enumerate() {
-            let at = doc.origin(&entry.span());
-            match crate::addr::parse_net(entry.get_ref()) {
-                Ok(net) => self.ignore.push(net),
-                Err(err) => issues.push(at.issue(format!("{}[{index}]: {err}", key("ignore")))),
-            }
-        }
-        set(
-            &mut self.ignore_command,
-            jail.ignore_command,
-            doc,
-            issues,
-            &key("ignore_command"),
-            |argv: Vec<String>| match argv.first() {
-                Some(program) if program.starts_with('/') => Ok(argv),
-                Some(program) => Err(format!(
-                    "{program:?} must be an absolute path, so the daemon's PATH does not matter"
-                )),
-                None => Err("give the program and its arguments, e.g. \
-                     [\"/usr/local/bin/is-friend\", \"<ip>\"]"
-                    .to_string()),
-            },
-        );
     }
 
-    fn apply_ports(
-        &mut self,
-        name: &str,
-        jail_ports: Option<Spanned<Vec<i64>>>,
-        protocol: Option<Spanned<String>>,
-        doc: &Document,
-        issues: &mut Vec<ConfigIssue>,
-    ) {
-        set(
-            &mut self.ports,
-            jail_ports,
-            doc,
-            issues,
-            &format!("jails.{name}.ports"),
-            |ports| {
-                if ports.is_empty() {
-                    return Err(
-                        "list at least one port, or leave `ports` out for every port".to_string(),
-                    );
-                }
-                let mut checked: Vec<u16> = ports
-                    .iter()
-                    .map(|&p| {
-                        u16::try_from(p)
-                            .ok()
-                            .filter(|p| *p > 0)
-                            .ok_or_else(|| format!("{p} is not a port (1 to 65535)"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                checked.sort_unstable();
-                checked.dedup();
-                Ok(checked)
-            },
-        );
-        set(
-            &mut self.protocols,
-            protocol,
-            doc,
-            issues,
-            &format!("jails.{name}.protocol"),
-            |text| match text.as_str() {
-                "tcp" => Ok(vec![Protocol::Tcp]),
-                "udp" => Ok(vec![Protocol::Udp]),
-                "all" => Ok(vec![Protocol::Tcp, Protocol::Udp]),
-                other => Err(format!(r#"{other:?} is not "tcp", "udp" or "all""#)),
-            },
-        );
-    }
-
-    fn apply_increment(
-        &mut self,
-        name: &str,
-        increment: RawIncrement,
-        doc: &Document,
-        issues: &mut Vec<ConfigIssue>,
-    ) {
-        let key = |field: &str| format!("jails.{name}.increment.{field}");
-        if let (Some(_), Some(multipliers)) = (&increment.factor, &increment.multipliers) {
-            issues.push(doc.origin(&multipliers.span()).issue(format!(
-                "jails.{name}.increment: set either `factor` or `multipliers`, not both"
-            )));
-        } else if let (Some(_), Some(multipliers)) = (&increment.formula, &increment.multipliers) {
-            issues.push(doc.origin(&multipliers.span()).issue(format!(
-                "jails.{name}.increment: set either `formula` or `multipliers`, not both"
-            )));
-        } else if let Some(formula) = increment.formula {
-            // `factor` is the formula's banFactor, as in fail2ban.
-            let factor = match increment.factor {
-                Some(factor) => {
-                    let at = doc.origin(&factor.span());
-                    match check_factor(factor.into_inner()) {
-                        Ok(factor) => factor,
-                        Err(message) => {
-                            issues.push(at.issue(format!("{}: {message}", key("factor"))));
-                            1.0
-                        }
-                    }
-                }
-                None => 1.0,
-            };
-            set(
-                &mut self.increment_rule,
-                Some(formula),
-                doc,
-                issues,
-                &key("formula"),
-                |text| {
-                    Formula::parse(&text)
-                        .map(|formula| Increment::Formula { formula, factor })
-                        .map_err(|error| format!("{error}: {text}"))
-                },
-            );
+    /// Validates `increment = { ... }`; `b` is bound to it.
+    fn apply_increment(&mut self, raw: RawIncrement, b: &mut Binder) {
+        if let (Some(_), Some(multipliers)) = (&raw.factor, &raw.multipliers) {
+            let at = b.origin(&multipliers.span());
+            b.issue(&at, "", "set either `factor` or `multipliers`, not both");
+        } else if let (Some(_), Some(multipliers)) = (&raw.formula, &raw.multipliers) {
+            let at = b.origin(&multipliers.span());
+            b.issue(&at, "", "set either `formula` or `multipliers`, not both");
+        } else if let Some(formula) = raw.formula {
+            // `factor` is the formula's banFactor, as in fail2ban; 1 when unset or invalid.
+            let mut factor = None;
+            bind!(b, factor, raw.factor, check_factor);
+            let factor = factor.map_or(1.0, |(factor, _)| factor);
+            let check = |text| check_formula(text, factor);
+            b.set(&mut self.increment_rule, Some(formula), "formula", check);
         } else {
-            set(
-                &mut self.increment_rule,
-                increment.factor,
-                doc,
-                issues,
-                &key("factor"),
-                |factor| check_factor(factor).map(Increment::Factor),
-            );
-            set(
-                &mut self.increment_rule,
-                increment.multipliers,
-                doc,
-                issues,
-                &key("multipliers"),
-                |multipliers| {
-                    if multipliers.is_empty() {
-                        return Err("list at least one multiplier".to_string());
-                    }
-                    multipliers
-                        .iter()
-                        .map(|&m| {
-                            u64::try_from(m)
-                                .ok()
-                                .filter(|m| (1..=1_000_000).contains(m))
-                                .ok_or_else(|| {
-                                    format!("{m} is not a whole number from 1 to 1000000")
-                                })
-                        })
-                        .collect::<Result<Vec<u64>, String>>()
-                        .map(Increment::Multipliers)
-                },
-            );
+            let check = |factor| check_factor(factor).map(Increment::Factor);
+            bind!(b, self.increment_rule, raw.factor, check);
+            bind!(b, self.increment_rule, raw.multipliers, check_multipliers);
         }
-        set(
-            &mut self.increment_max,
-            increment.maxtime,
-            doc,
-            issues,
-            &key("maxtime"),
-            |s| check_duration(&s),
-        );
-        set(
-            &mut self.increment_random,
-            increment.rndtime,
-            doc,
-            issues,
-            &key("rndtime"),
-            |s| check_duration(&s),
-        );
-        set(
-            &mut self.increment_overall,
-            increment.overall,
-            doc,
-            issues,
-            &key("overall"),
-            Ok,
-        );
+        bind!(b, self.increment_max, raw.maxtime, check_duration);
+        bind!(b, self.increment_random, raw.rndtime, check_duration);
+        bind!(b, self.increment_overall, raw.overall, Ok);
     }
 
     fn finish(self, name: &str, issues: &mut Vec<ConfigIssue>) -> Option<JailConfig> {
@@ -734,8 +505,8 @@ fn check_filter(spec: &str, config_file: &std::path::Path) -> Result<CheckedFilt
 
 /// An absolute path whose directory has no wildcards; the file name may
 /// have `*` and `?`.
-fn check_log_path(path: &str) -> Result<(), String> {
-    let path_buf = std::path::Path::new(path);
+fn check_log_path(path: String) -> Result<String, String> {
+    let path_buf = std::path::Path::new(&path);
     if !path_buf.is_absolute() {
         return Err(format!("{path:?} must be an absolute path"));
     }
@@ -751,12 +522,12 @@ fn check_log_path(path: &str) -> Result<(), String> {
     if path_buf.file_name().is_none() {
         return Err(format!("{path:?} names a directory, not a file"));
     }
-    Ok(())
+    Ok(path)
 }
 
 /// journalctl matches: `FIELD=value`, FIELD in upper case, or `+` (OR).
-fn check_journal_matches(matches: &[String]) -> Result<(), String> {
-    for entry in matches {
+fn check_journal(journal: RawJournal) -> Result<JailSource, String> {
+    for entry in &journal.matches {
         if entry == "+" {
             continue;
         }
@@ -773,7 +544,73 @@ fn check_journal_matches(matches: &[String]) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(JailSource::Journal {
+        matches: journal.matches,
+    })
+}
+
+/// The ports a ban covers: sorted, each once.
+fn check_ports(ports: Vec<i64>) -> Result<Vec<u16>, String> {
+    if ports.is_empty() {
+        return Err("list at least one port, or leave `ports` out for every port".to_string());
+    }
+    let mut checked: Vec<u16> = ports
+        .iter()
+        .map(|&p| {
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{p} is not a port (1 to 65535)"))
+        })
+        .collect::<Result<_, _>>()?;
+    checked.sort_unstable();
+    checked.dedup();
+    Ok(checked)
+}
+
+fn check_protocol(text: String) -> Result<Vec<Protocol>, String> {
+    match text.as_str() {
+        "tcp" => Ok(vec![Protocol::Tcp]),
+        "udp" => Ok(vec![Protocol::Udp]),
+        "all" => Ok(vec![Protocol::Tcp, Protocol::Udp]),
+        other => Err(format!(r#"{other:?} is not "tcp", "udp" or "all""#)),
+    }
+}
+
+/// `ignore_command`: a program by absolute path, then its arguments.
+fn check_command(argv: Vec<String>) -> Result<Vec<String>, String> {
+    match argv.first() {
+        Some(program) if program.starts_with('/') => Ok(argv),
+        Some(program) => Err(format!(
+            "{program:?} must be an absolute path, so the daemon's PATH does not matter"
+        )),
+        None => Err("give the program and its arguments, e.g. \
+             [\"/usr/local/bin/is-friend\", \"<ip>\"]"
+            .to_string()),
+    }
+}
+
+/// fail2ban's increment formula, with `factor` as its banFactor.
+fn check_formula(text: String, factor: f64) -> Result<Increment, String> {
+    Formula::parse(&text)
+        .map(|formula| Increment::Formula { formula, factor })
+        .map_err(|error| format!("{error}: {text}"))
+}
+
+fn check_multipliers(multipliers: Vec<i64>) -> Result<Increment, String> {
+    if multipliers.is_empty() {
+        return Err("list at least one multiplier".to_string());
+    }
+    multipliers
+        .iter()
+        .map(|&m| {
+            u64::try_from(m)
+                .ok()
+                .filter(|m| (1..=1_000_000).contains(m))
+                .ok_or_else(|| format!("{m} is not a whole number from 1 to 1000000"))
+        })
+        .collect::<Result<Vec<u64>, String>>()
+        .map(Increment::Multipliers)
 }
 
 /// An increment factor: a growth rate, not a way to shrink or explode bans.
