@@ -25,7 +25,7 @@ mod binder;
 mod fleet;
 mod jails;
 pub mod last_good;
-use binder::{Binder, bind};
+use binder::{Binder, bind, value_or};
 pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule, url_host};
 
 /// The config files read that someone other than root could have changed

@@ -137,6 +137,11 @@ impl<'a> Binder<'a> {
 /// `field`: the raw structs name their fields as the TOML file names its
 /// keys, so the key is spelled once, cannot drift from the field, and each
 /// key stays on one line.
+/// The merged value of a slot, or `default` when no file set it.
+pub(super) fn value_or<T>(slot: Located<T>, default: T) -> T {
+    slot.map_or(default, |(value, _)| value)
+}
+
 macro_rules! bind {
     ($b:ident, $slot:expr, $raw:ident . $field:ident, $check:expr) => {
         $b.set(&mut $slot, $raw.$field, stringify!($field), $check)

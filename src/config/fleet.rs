@@ -35,7 +35,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Binder, ConfigIssue, Located, bind, check_duration, in_range, int_in};
+use super::{Binder, ConfigIssue, Located, bind, check_duration, in_range, int_in, value_or};
 
 /// Default bucket name.
 pub const DEFAULT_BUCKET: &str = "orch-bans";
@@ -483,7 +483,7 @@ impl FleetDraft {
             cert: self.tls_cert.map(|(v, _)| v),
             key: self.tls_key.map(|(v, _)| v),
         };
-        let insecure = self.insecure.map_or(defaults.insecure, |(v, _)| v);
+        let insecure = value_or(self.insecure, defaults.insecure);
         if let Some((servers, at)) = &self.servers
             && !insecure
             && !uses_tls(&tls, servers)
@@ -500,40 +500,33 @@ impl FleetDraft {
             )));
         }
         FleetConfig {
-            servers: self.servers.map_or(defaults.servers, |(v, _)| v),
-            name: self.name.map_or(defaults.name, |(v, _)| v),
+            servers: value_or(self.servers, defaults.servers),
+            name: value_or(self.name, defaults.name),
             auth,
             tls,
-            bucket: self.bucket.map_or(defaults.bucket, |(v, _)| v),
-            replicas: self.replicas.map_or(defaults.replicas, |(v, _)| v),
-            bucket_max_keys: self
-                .bucket_max_keys
-                .map_or(defaults.bucket_max_keys, |(v, _)| v),
-            publish: self.publish.map_or(defaults.publish, |(v, _)| v),
-            share: self.share.map_or(defaults.share, |(v, _)| v),
-            apply: self.apply.map_or(defaults.apply, |(v, _)| v),
-            max_remote_bans: self
-                .max_remote_bans
-                .map_or(defaults.max_remote_bans, |(v, _)| v),
-            max_remote_time: self
-                .max_remote_time
-                .map_or(defaults.max_remote_time, |(v, _)| v),
-            remote_min_prefix_v4: self
-                .remote_min_prefix_v4
-                .map_or(defaults.remote_min_prefix_v4, |(v, _)| v),
-            remote_min_prefix_v6: self
-                .remote_min_prefix_v6
-                .map_or(defaults.remote_min_prefix_v6, |(v, _)| v),
-            max_remote_bans_per_origin: self
-                .per_origin
-                .map_or(defaults.max_remote_bans_per_origin, |(v, _)| v),
-            max_remote_space_v4: self
-                .max_remote_space_v4
-                .map_or(defaults.max_remote_space_v4, |(v, _)| v),
-            max_remote_space_v6: self
-                .max_remote_space_v6
-                .map_or(defaults.max_remote_space_v6, |(v, _)| v),
-            admin: self.admin.map_or(FleetAuth::None, |(v, _)| v),
+            bucket: value_or(self.bucket, defaults.bucket),
+            replicas: value_or(self.replicas, defaults.replicas),
+            bucket_max_keys: value_or(self.bucket_max_keys, defaults.bucket_max_keys),
+            publish: value_or(self.publish, defaults.publish),
+            share: value_or(self.share, defaults.share),
+            apply: value_or(self.apply, defaults.apply),
+            max_remote_bans: value_or(self.max_remote_bans, defaults.max_remote_bans),
+            max_remote_time: value_or(self.max_remote_time, defaults.max_remote_time),
+            remote_min_prefix_v4: value_or(
+                self.remote_min_prefix_v4,
+                defaults.remote_min_prefix_v4,
+            ),
+            remote_min_prefix_v6: value_or(
+                self.remote_min_prefix_v6,
+                defaults.remote_min_prefix_v6,
+            ),
+            max_remote_bans_per_origin: value_or(
+                self.per_origin,
+                defaults.max_remote_bans_per_origin,
+            ),
+            max_remote_space_v4: value_or(self.max_remote_space_v4, defaults.max_remote_space_v4),
+            max_remote_space_v6: value_or(self.max_remote_space_v6, defaults.max_remote_space_v6),
+            admin: value_or(self.admin, FleetAuth::None),
             insecure,
         }
     }

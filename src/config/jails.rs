@@ -37,7 +37,9 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
-use super::{Binder, ConfigIssue, Located, Origin, bind, check_duration, check_net, int_in};
+use super::{
+    Binder, ConfigIssue, Located, Origin, bind, check_duration, check_net, int_in, value_or,
+};
 use crate::addr::Protocol;
 use crate::jail::ban_time::Increment;
 use crate::jail::formula::Formula;
@@ -287,7 +289,7 @@ impl JailsDraft {
             }
         }
         JailsConfig {
-            max_tracked: self.max_tracked.map_or(DEFAULT_MAX_TRACKED, |(n, _)| n),
+            max_tracked: value_or(self.max_tracked, DEFAULT_MAX_TRACKED),
             jails,
         }
     }
@@ -430,14 +432,14 @@ impl JailDraft {
             enabled: self.enabled.is_none_or(|(enabled, _)| enabled),
             filter,
             source,
-            max_retry: self.max_retry.map_or(5, |(n, _)| n),
-            ipv6_prefix: self.ipv6_prefix.map_or(DEFAULT_IPV6_PREFIX, |(n, _)| n),
-            find_time: self.find_time.map_or(Duration::from_secs(600), |(d, _)| d),
+            max_retry: value_or(self.max_retry, 5),
+            ipv6_prefix: value_or(self.ipv6_prefix, DEFAULT_IPV6_PREFIX),
+            find_time: value_or(self.find_time, Duration::from_secs(600)),
             ban_time: self.ban_time.map(|(d, _)| d),
             increment: IncrementConfig {
-                rule: self.increment_rule.map_or(Increment::Off, |(rule, _)| rule),
+                rule: value_or(self.increment_rule, Increment::Off),
                 max_time: self.increment_max.map(|(d, _)| d),
-                random_time: self.increment_random.map_or(Duration::ZERO, |(d, _)| d),
+                random_time: value_or(self.increment_random, Duration::ZERO),
                 overall: self.increment_overall.is_some_and(|(overall, _)| overall),
             },
             ignore: self.ignore,
@@ -446,9 +448,7 @@ impl JailDraft {
                 .map(|(argv, _)| argv)
                 .unwrap_or_default(),
             ports: self.ports.map(|(ports, _)| ports).unwrap_or_default(),
-            protocols: self
-                .protocols
-                .map_or(vec![Protocol::Tcp], |(protocols, _)| protocols),
+            protocols: value_or(self.protocols, vec![Protocol::Tcp]),
         })
     }
 }
