@@ -582,16 +582,22 @@ fn check_server_url(url: String) -> Result<String, String> {
 }
 
 fn check_name(name: String) -> Result<String, String> {
-    let valid = !name.is_empty()
-        && name.len() <= NAME_MAX
-        && name
+    check_token(name, NAME_MAX, "it is one token of the host's NATS keys")
+}
+
+/// A name of 1-`max` ASCII letters, digits, '-' or '_'; `what` says what
+/// it is used as.
+fn check_token(token: String, max: usize, what: &str) -> Result<String, String> {
+    let valid = !token.is_empty()
+        && token.len() <= max
+        && token
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if valid {
-        Ok(name)
+        Ok(token)
     } else {
         Err(format!(
-            "{name:?} must be 1-{NAME_MAX} letters, digits, '-' or '_' (it is one token of the host's NATS keys)"
+            "{token:?} must be 1-{max} letters, digits, '-' or '_' ({what})"
         ))
     }
 }
@@ -616,18 +622,7 @@ fn check_file(what: &str, path: String) -> Result<PathBuf, String> {
 }
 
 fn check_bucket(bucket: String) -> Result<String, String> {
-    let valid = !bucket.is_empty()
-        && bucket.len() <= 64
-        && bucket
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if valid {
-        Ok(bucket)
-    } else {
-        Err(format!(
-            "{bucket:?} must be 1-64 letters, digits, '-' or '_' (a JetStream KV bucket name)"
-        ))
-    }
+    check_token(bucket, 64, "a JetStream KV bucket name")
 }
 
 fn check_share_rule(rule: String) -> Result<ShareRule, String> {
