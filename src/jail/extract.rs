@@ -34,8 +34,6 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
 use regex_syntax::hir::{Hir, HirKind};
 
-use super::matcher::Captures;
-
 /// Bytes an address tag can match (see `IP_PATTERN` in filter.rs).
 const ADDRESS_BYTES: &[u8] = b"0123456789abcdefABCDEF:.";
 
@@ -49,6 +47,18 @@ const IS_ADDRESS_BYTE: [bool; 256] = {
     }
     table
 };
+
+/// The groups a native filter reports of a failregex match, borrowed from
+/// the message; whichever engine located them (this module's DFAs, the
+/// bounded backtracker or the `regex` crate, see `super::filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Captures<'a> {
+    /// The text of the group named `host` (or `addr`), not yet validated.
+    pub host: Option<&'a str>,
+    /// The text of the group named `user`, if the pattern has one and it
+    /// took part in the match.
+    pub user: Option<&'a str>,
+}
 
 /// The DFA-only extractor of one failregex.
 #[derive(Debug)]

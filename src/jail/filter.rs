@@ -42,8 +42,19 @@
 //! and `user` groups of that one pattern located, within the matched span:
 //! with two more short DFA runs for the usual shapes (see
 //! [`super::extract`]), otherwise with the pattern's bounded backtracker,
-//! anchored. Scratch memory is pooled, so a line allocates nothing but the
-//! user name of a match.
+//! anchored (a match too long for it goes to the pattern compiled alone by
+//! the `regex` crate). Scratch memory is pooled, so a line allocates nothing
+//! but the user name of a match.
+//!
+//! Engines: every one above is the `regex` crate's (`regex-automata`) and
+//! runs in time linear in the line, so a hostile line cannot stall a jail
+//! (no ReDoS), and no line is ever given up on (where one engine cannot
+//! answer, such as the backtracker on a long span, the next one does). They
+//! are named here directly, not behind a trait: which one runs is a speed
+//! choice made per line from the pattern's shape, and fail2ban filters,
+//! whose patterns need backtracking, have their own engine in
+//! [`super::fail2ban`]. This module must not use a backtracking engine
+//! without a linear bound.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -58,9 +69,8 @@ use regex_automata::{Anchored, Input, PatternID, meta};
 use serde::Deserialize;
 
 use super::date::LineDates;
-use super::extract::{SplitCaches, SplitExtractor};
+use super::extract::{Captures, SplitCaches, SplitExtractor};
 use super::line_filter::{LineClassifier, LineFilter, LineMatch, LineOutcome, ThreadClassifier};
-use super::matcher::{Captures, Matcher, RegexMatcher};
 
 /// Names of the built-in filters, for `builtin` and for listings.
 pub fn builtin_names() -> &'static [&'static str] {
@@ -213,13 +223,57 @@ pub struct Filter {
     fail_all: meta::Regex,
     /// Per failregex: its capture groups, run on the span `fail_all` found.
     extractors: Vec<Extractor>,
-    /// Per failregex, for spans too long for its backtracker.
-    fail: Vec<Box<dyn Matcher>>,
+    /// Per failregex, compiled alone: for spans too long for its
+    /// backtracker.
+    fail: Vec<Failregex>,
     /// `None` when there are no ignoreregexes.
     ignore_set: Option<regex::RegexSet>,
     date: DateSource,
     journalmatch: Vec<String>,
     scratch: ScratchPool,
+}
+
+/// One failregex compiled alone by the `regex` crate: it checks the
+/// pattern's groups when the filter loads, and finds them when a match is
+/// too long for the [`Extractor`]'s backtracker.
+#[derive(Debug)]
+struct Failregex {
+    regex: regex::Regex,
+    /// Capture index of the `host` or `addr` group.
+    host: Option<usize>,
+    /// Capture index of the `user` group.
+    user: Option<usize>,
+}
+
+impl Failregex {
+    /// Compiles `pattern` (tags already expanded). Groups named `host` or
+    /// `addr` and `user` are reported by [`Failregex::find`]; a pattern with
+    /// both `host` and `addr` is refused, since it would be ambiguous.
+    fn new(pattern: &str) -> Result<Failregex, String> {
+        let regex = regex::Regex::new(pattern).map_err(|e| e.to_string())?;
+        let index_of = |wanted: &str| regex.capture_names().position(|name| name == Some(wanted));
+        let (host, addr) = (index_of("host"), index_of("addr"));
+        if host.is_some() && addr.is_some() {
+            return Err("pattern has both a `host` and an `addr` group".to_string());
+        }
+        let user = index_of("user");
+        Ok(Failregex {
+            host: host.or(addr),
+            user,
+            regex,
+        })
+    }
+
+    /// The leftmost match's groups, or `None` when the pattern does not
+    /// match.
+    fn find<'a>(&self, line: &'a str) -> Option<Captures<'a>> {
+        let caps = self.regex.captures(line)?;
+        let text = |index: Option<usize>| index.and_then(|i| caps.get(i)).map(|m| m.as_str());
+        Some(Captures {
+            host: text(self.host),
+            user: text(self.user),
+        })
+    }
 }
 
 /// One failregex's capture engine: a bounded backtracker (fast on the short
@@ -359,17 +413,16 @@ impl Filter {
         };
 
         let fail_patterns: Vec<String> = file.failregex.iter().map(|p| expand_tags(p)).collect();
-        let mut fail: Vec<Box<dyn Matcher>> = Vec::with_capacity(fail_patterns.len());
+        let mut fail = Vec::with_capacity(fail_patterns.len());
         for (index, pattern) in fail_patterns.iter().enumerate() {
-            let matcher = RegexMatcher::new(pattern)
-                .map_err(|e| regex_error("failregex", index, e.message))?;
-            if !matcher.has_host() {
+            let regex = Failregex::new(pattern).map_err(|e| regex_error("failregex", index, e))?;
+            if regex.host.is_none() {
                 return Err(FilterError::NoHost {
                     origin: origin.to_string(),
                     index,
                 });
             }
-            fail.push(Box::new(matcher));
+            fail.push(regex);
         }
         let mut extractors = Vec::with_capacity(fail_patterns.len());
         for (index, pattern) in fail_patterns.iter().enumerate() {
@@ -1242,6 +1295,31 @@ mod tests {
             assert_eq!(Some(m.host), caps.host.and_then(parse_host), "{line}");
             assert_eq!(m.user.as_deref(), caps.user, "{line}");
         }
+    }
+
+    #[test]
+    fn failregex_finds_named_groups() {
+        let m = Failregex::new(r"user (?P<user>\S+) from (?P<host>\S+)$").unwrap();
+        assert!(m.host.is_some());
+        let caps = m.find("bad user bob from 192.0.2.1").unwrap();
+        assert_eq!(caps.user, Some("bob"));
+        assert_eq!(caps.host, Some("192.0.2.1"));
+        assert!(m.find("nothing here").is_none());
+
+        let m = Failregex::new(r"from (?P<addr>\S+)").unwrap();
+        let caps = m.find("from 2001:db8::1").unwrap();
+        assert_eq!(caps.host, Some("2001:db8::1"));
+        assert_eq!(caps.user, None);
+    }
+
+    #[test]
+    fn failregex_refuses_ambiguity_and_backtracking() {
+        let err = Failregex::new(r"(?P<host>a)(?P<addr>b)").unwrap_err();
+        assert!(err.contains("both"), "{err}");
+        let err = Failregex::new(r"(unclosed").unwrap_err();
+        assert!(err.contains("unclosed"), "{err}");
+        // Look-around is a backtracking-engine feature.
+        assert!(Failregex::new(r"(?!x)").is_err());
     }
 
     #[test]

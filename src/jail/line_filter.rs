@@ -8,6 +8,18 @@
 //! whose address appeared on an earlier line, or a later line can cancel it
 //! (`<F-NOFAIL>`). Native filters are stateless and just ignore that.
 //!
+//! This is also where the two pattern engines meet, and the only place:
+//! native filters run on the `regex` crate (linear in the line, no ReDoS,
+//! never a limit hit; see [`super::filter`]), fail2ban filters on PCRE2
+//! bounded by a match limit ([`super::fail2ban::backtrack`]), whose hits
+//! [`LineFilter::limit_hits`] reports and [`LineFilter::engine`] names.
+//! There is no per-pattern matcher trait below this one: the engines are
+//! never interchangeable (each filter format's syntax picks its engine),
+//! native filters match all failregexes at once and locate groups with
+//! engine-specific fast paths, and fail2ban filters need every named group,
+//! the match span and the limit outcome; a trait both could implement would
+//! carry none of what either uses.
+//!
 //! A filter must not ban, count failures or read files: it only classifies
 //! the lines it is given.
 

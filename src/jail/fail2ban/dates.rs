@@ -14,7 +14,7 @@ use crate::timefmt::{civil_from_days, days_from_civil};
 use std::cell::Cell;
 
 use super::Fail2banError;
-use crate::jail::backtrack::{BacktrackMatcher, BacktrackOptions, Groups, Search};
+use super::backtrack::{BacktrackMatcher, BacktrackOptions, Groups, Search};
 
 /// The default templates, most specific first, as strptime-style patterns.
 const DEFAULT_PATTERNS: &[&str] = &[

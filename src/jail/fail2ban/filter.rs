@@ -11,13 +11,11 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::Path;
 
+use super::backtrack::{BacktrackMatcher, BacktrackOptions, DEFAULT_MATCH_LIMIT, Groups, Search};
 use super::dates::DateDetector;
 use super::ini::{Config, Options};
 use super::reader::{FilterOptions, filter_options};
 use super::{Fail2banError, FilterRef, tags};
-use crate::jail::backtrack::{
-    BacktrackMatcher, BacktrackOptions, DEFAULT_MATCH_LIMIT, Groups, Search,
-};
 use crate::jail::line_filter::{LineFilter, LineMatch, LineOutcome};
 
 /// Connections followed at once by `<F-MLFID>`; the oldest is forgotten
@@ -530,7 +528,7 @@ impl LineFilter for Fail2banFilter {
             .chain(&self.ignore)
             .chain(&self.prefregex)
             .all(BacktrackMatcher::is_jit);
-        crate::jail::backtrack::engine_description(all_jit, self.match_limit)
+        super::backtrack::engine_description(all_jit, self.match_limit)
     }
 
     fn regex_count(&self) -> usize {

@@ -8,12 +8,16 @@
 //!   substitution between options).
 //! - [`tags`]: `<HOST>`, `<F-USER>`, ... and Python regex syntax → PCRE2.
 //! - [`dates`]: date templates (the date is cut out before matching).
+//! - [`backtrack`]: the engine every pattern here runs on, PCRE2 bounded
+//!   by a match limit (a third outcome, `LimitHit`, next to match and no
+//!   match).
 //! - [`filter`]: the compiled filter, line buffer and multi-line state;
 //!   it implements [`LineFilter`](super::line_filter::LineFilter).
 //!
 //! Nothing here resolves DNS or bans: a host name captured by `<HOST>` is
 //! reported as unresolved and never becomes a ban.
 
+pub mod backtrack;
 pub mod dates;
 pub mod filter;
 pub mod ini;

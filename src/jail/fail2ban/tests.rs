@@ -7,11 +7,11 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use super::backtrack::{BacktrackMatcher, BacktrackOptions, Search};
 use super::filter::{Fail2banFilter, FailureHost};
 use super::ini::{Config, Options, parse};
 use super::reader::{filter_options, split_words};
 use super::{Fail2banError, FilterRef, tags};
-use crate::jail::backtrack::{BacktrackMatcher, BacktrackOptions, Search};
 use crate::jail::line_filter::{LineFilter, LineOutcome};
 
 fn write(dir: &Path, name: &str, text: &str) {

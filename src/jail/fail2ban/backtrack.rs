@@ -1,22 +1,29 @@
-//! The backtracking pattern engine behind [`Matcher`]: PCRE2 (8-bit, UTF,
-//! Unicode classes), JIT-compiled when the platform allows, for imported
-//! fail2ban filters, whose patterns use look-around, conditionals and
-//! backreferences that the linear-time `regex` crate refuses.
+//! The backtracking pattern engine of fail2ban filters: PCRE2 (8-bit, UTF,
+//! Unicode classes), JIT-compiled when the platform allows. fail2ban's
+//! patterns (failregex, prefregex, ignoreregex, date templates) use
+//! look-around, conditionals and backreferences, which the linear-time
+//! `regex` crate of native filters refuses; this is their only engine.
 //!
 //! Backtracking can take time exponential in the line, so every match runs
 //! with a PCRE2 match limit (a bound on backtracking steps): a line that
-//! reaches it is reported as [`Search::LimitHit`] and callers treat it as
-//! not matched. Nothing here panics on any input.
+//! reaches it is reported as [`Search::LimitHit`], a third outcome next to
+//! a match and no match, which the filter counts (`orch status` shows it)
+//! and treats as not matched. Nothing here panics on any input.
 //!
 //! This module compiles and runs patterns; it must not know fail2ban's
-//! syntax (Python regex translation lives in `jail::fail2ban::tags`).
+//! syntax (Python regex translation lives in [`super::tags`]).
 
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 use pcre2_sys as ffi;
 
-use super::matcher::{Captures, Matcher, MatcherError};
+/// Why a pattern did not compile; the message comes from PCRE2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CompileError {
+    pub message: String,
+}
 
 /// Default bound on backtracking per search (PCRE2's match limit; under
 /// the JIT it counts backtracking into groups, not single characters).
@@ -145,7 +152,7 @@ fn error_message(code: i32) -> String {
 
 impl BacktrackMatcher {
     /// Compiles `pattern` (PCRE2 syntax, UTF-8, Unicode character classes).
-    pub fn new(pattern: &str, options: BacktrackOptions) -> Result<BacktrackMatcher, MatcherError> {
+    pub fn new(pattern: &str, options: BacktrackOptions) -> Result<BacktrackMatcher, CompileError> {
         let mut flags = ffi::PCRE2_UTF | ffi::PCRE2_UCP;
         if options.multiline {
             flags |= ffi::PCRE2_MULTILINE;
@@ -168,7 +175,7 @@ impl BacktrackMatcher {
             )
         };
         let Some(code) = NonNull::new(raw) else {
-            return Err(MatcherError {
+            return Err(CompileError {
                 message: format!("{} at offset {error_offset}", error_message(error_code)),
             });
         };
@@ -178,7 +185,7 @@ impl BacktrackMatcher {
         let Some(context) = context else {
             // SAFETY: `code` is ours and not used afterwards.
             unsafe { ffi::pcre2_code_free_8(code.as_ptr()) };
-            return Err(MatcherError {
+            return Err(CompileError {
                 message: "PCRE2: out of memory".to_string(),
             });
         };
@@ -334,25 +341,6 @@ pub fn engine_description(jit: bool, match_limit: u32) -> String {
     )
 }
 
-impl Matcher for BacktrackMatcher {
-    fn is_match(&self, line: &str) -> bool {
-        matches!(self.search(line), Search::Match(_))
-    }
-
-    /// The host is the first of the groups `host`, `addr`, `ip4`, `ip6`,
-    /// `dns` that took part; the user is `user`, else `alt_user`.
-    fn find<'a>(&self, line: &'a str) -> Option<Captures<'a>> {
-        let Search::Match(groups) = self.search(line) else {
-            return None;
-        };
-        let first = |names: &[&str]| names.iter().find_map(|name| groups.name(name));
-        Some(Captures {
-            host: first(&["host", "addr", "ip4", "ip6", "dns"]),
-            user: first(&["user", "alt_user"]),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,14 +349,25 @@ mod tests {
         BacktrackMatcher::new(pattern, BacktrackOptions::default()).unwrap()
     }
 
+    fn hit(m: &BacktrackMatcher, line: &str) -> bool {
+        matches!(m.search(line), Search::Match(_))
+    }
+
+    /// The text of group `name` in the match on `line`, if any.
+    fn group<'a>(m: &BacktrackMatcher, line: &'a str, name: &str) -> Option<&'a str> {
+        match m.search(line) {
+            Search::Match(groups) => groups.name(name),
+            _ => None,
+        }
+    }
+
     #[test]
     fn look_around_backreferences_and_conditionals() {
         let m = compile(r"^(?P<q>['x])a(?P=q) (?!bad)(?P<user>\w+)(?(q)!|\?)$");
-        assert!(m.is_match("'a' good!"));
-        assert!(!m.is_match("'a\" good!"));
-        assert!(!m.is_match("'a' bad!"));
-        let caps = m.find("xax bob!").unwrap();
-        assert_eq!(caps.user, Some("bob"));
+        assert!(hit(&m, "'a' good!"));
+        assert!(!hit(&m, "'a\" good!"));
+        assert!(!hit(&m, "'a' bad!"));
+        assert_eq!(group(&m, "xax bob!", "user"), Some("bob"));
         assert!(m.has_group("q"));
         let names: Vec<&str> = m.group_names().collect();
         assert_eq!(names, ["q", "user"]);
@@ -377,8 +376,7 @@ mod tests {
     #[test]
     fn host_groups_and_spans() {
         let m = compile(r"from (?:(?P<ip4>\d+\.\d+\.\d+\.\d+)|(?P<dns>\S+))");
-        let caps = m.find("x from 192.0.2.1 y").unwrap();
-        assert_eq!(caps.host, Some("192.0.2.1"));
+        assert_eq!(group(&m, "x from 192.0.2.1 y", "ip4"), Some("192.0.2.1"));
         let Search::Match(groups) = m.search("from host.example") else {
             panic!("no match");
         };
@@ -394,14 +392,14 @@ mod tests {
     #[test]
     fn unicode_classes_and_multiline() {
         let m = compile(r"^\w+$");
-        assert!(m.is_match("héllo"));
+        assert!(hit(&m, "héllo"));
         let options = BacktrackOptions {
             multiline: true,
             ..BacktrackOptions::default()
         };
         let m = BacktrackMatcher::new(r"^b$", options).unwrap();
-        assert!(m.is_match("a\nb\nc\n"));
-        assert!(!compile(r"^b$").is_match("a\nb\nc\n"));
+        assert!(hit(&m, "a\nb\nc\n"));
+        assert!(!hit(&compile(r"^b$"), "a\nb\nc\n"));
     }
 
     #[test]
@@ -418,15 +416,14 @@ mod tests {
         let line = format!("{}!", "a".repeat(5000));
         let started = std::time::Instant::now();
         assert_eq!(m.search(&line), Search::LimitHit);
-        assert!(!m.is_match(&line));
-        assert!(m.find(&line).is_none());
+        assert!(!hit(&m, &line));
         assert!(
             started.elapsed() < std::time::Duration::from_secs(2),
             "{:?}",
             started.elapsed()
         );
         // The same pattern still matches ordinary lines.
-        assert!(m.is_match("ordinary words here"));
+        assert!(hit(&m, "ordinary words here"));
         assert!(
             m.describe().contains("match limit 10000"),
             "{}",
