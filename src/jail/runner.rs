@@ -52,6 +52,10 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 pub const MAX_PENDING_BANS: usize = 10_000;
 /// How long a ban request waits for the rest of its burst, at most.
 pub const MAX_BAN_DELAY: Duration = Duration::from_millis(50);
+/// Outcomes of one burst logged one by one; the rest get one summary
+/// line (journald would drop a flood of lines anyway: by default it keeps
+/// 10,000 per service in 30 s).
+const LOGGED_PER_BURST: u64 = 100;
 /// Queued wake-ups (journal entries) handled before the bans they led to
 /// are sent and positions saved.
 const WAKES_PER_ROUND: usize = 1024;
@@ -589,14 +593,31 @@ impl Judge {
             .ban_many(&self.config, nets, self.config.max_retry)
         {
             Ok(outcomes) => {
+                let (mut banned, mut refused) = (0u64, 0u64);
                 for (net, outcome) in outcomes {
+                    let logged = banned + refused < LOGGED_PER_BURST;
                     match outcome {
                         Ok(done) => {
-                            self.stats.bans.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(jail = %jail, %net, "{done}");
+                            banned += 1;
+                            if logged {
+                                tracing::info!(jail = %jail, %net, "{done}");
+                            }
                         }
-                        Err(refused) => tracing::warn!(jail = %jail, %net, "not banned: {refused}"),
+                        Err(why) => {
+                            refused += 1;
+                            if logged {
+                                tracing::warn!(jail = %jail, %net, "not banned: {why}");
+                            }
+                        }
                     }
+                }
+                self.stats.bans.fetch_add(banned, Ordering::Relaxed);
+                let unlogged = (banned + refused).saturating_sub(LOGGED_PER_BURST);
+                if unlogged > 0 {
+                    tracing::info!(
+                        jail = %jail,
+                        "this burst also handled {unlogged} more networks, not logged one by one ({banned} banned, {refused} not banned in all; `orch list` shows the bans)"
+                    );
                 }
             }
             Err(failed) => tracing::warn!(jail = %jail, count, "not banned: {failed}"),
