@@ -7,19 +7,18 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::{Daemon, NetNs, TestBus};
 use orch::store::{BanRecord, Store};
 
 /// `count` distinct public-looking IPv4 addresses (from 11.0.0.1 upward).
 fn addresses(count: usize) -> Vec<String> {
-    (0..count)
-        .map(|i| Ipv4Addr::from(0x0B00_0001u32 + i as u32).to_string())
-        .collect()
+    support::addresses_from(Ipv4Addr::new(11, 0, 0, 1), count)
 }
 
 fn kernel_ban_count(netns: &NetNs) -> usize {
@@ -30,24 +29,7 @@ fn bench_ban_many(count: usize) {
     let netns = NetNs::new();
     let bus = TestBus::start();
     let daemon = Daemon::start(&netns, &bus, "");
-    // SAFETY (of set_var): single-threaded at this point of the bench.
-    unsafe { std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bus.address()) };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let list = addresses(count);
-    let refs: Vec<&str> = list.iter().map(String::as_str).collect();
-    let elapsed = runtime.block_on(async {
-        let proxy = orch::bus::client::connect(Duration::from_secs(120))
-            .await
-            .expect("connect");
-        let started = Instant::now();
-        let banned = proxy.ban_many(&refs, 3600, "bench").await.expect("BanMany");
-        let elapsed = started.elapsed();
-        assert_eq!(banned as usize, count);
-        elapsed
-    });
+    let elapsed = support::timed_ban_many(bus.address(), &addresses(count));
     let in_kernel = kernel_ban_count(&netns);
     assert_eq!(in_kernel, count, "all bans in the kernel");
     println!(

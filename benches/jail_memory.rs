@@ -9,8 +9,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
@@ -67,11 +67,7 @@ fn bench(max_tracked: Option<u32>, one_prefix: bool) {
     let idle = daemon.rss_kib();
     let text = flood_text(one_prefix);
     let started = Instant::now();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&log)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .expect("append");
+    support::append(&log, &text);
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut peak = 0;
     let (read, tracked) = loop {

@@ -842,3 +842,36 @@ fn lines_written_while_a_new_jail_was_killed_are_read_after_the_restart() {
         banned(&netns, "192.0.2.201")
     });
 }
+
+#[test]
+fn a_burst_of_attackers_is_banned_as_one_request_with_one_summary_line() {
+    let log = Log::new();
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, &log.jail(""));
+    let attackers: Vec<String> = (0..300)
+        .map(|i| format!("11.0.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    // Three rounds of one failure per attacker, written at once.
+    let burst: Vec<String> = (0..3)
+        .flat_map(|_| attackers.iter().flat_map(|addr| failures(addr, 1)))
+        .collect();
+    log.append(&burst);
+    wait_until(
+        Duration::from_secs(10),
+        "300 attackers in the kernel",
+        || netns.set_elements("orch", "ban4").len() == 300,
+    );
+    let text = daemon.log();
+    let one_by_one = text.lines().filter(|l| l.contains("banned for")).count();
+    let summaries = text
+        .lines()
+        .filter(|l| l.contains("not logged one by one"))
+        .count();
+    assert!(
+        summaries >= 1 && one_by_one < 300,
+        "{one_by_one} ban lines and {summaries} summaries for 300 bans:\n{text}"
+    );
+    let status = daemon.cli(&["status"]).expect_ok("status").stdout;
+    assert!(status.contains("jail sshd: 300 active bans"), "{status}");
+}

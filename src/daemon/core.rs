@@ -104,6 +104,10 @@ pub struct Core {
     liveness: Liveness,
 }
 
+/// What a jail's ban of one network came to: a line for the log, or why
+/// it was not banned.
+pub type JailBanOutcome = (IpNet, Result<String, CoreError>);
+
 /// Bans just stored, split by whether they replace a stored ban, for the
 /// kernel.
 #[derive(Default)]
@@ -263,8 +267,8 @@ impl Core {
             if !seen.insert(net) {
                 continue;
             }
+            self.refuse_prefix_overlap(&net, &new_prefixes)?;
             if !addr::is_single_address(&net) {
-                self.refuse_prefix_overlap(&net, &new_prefixes)?;
                 new_prefixes.push(net);
             }
             records.push(BanRecord {
@@ -275,20 +279,26 @@ impl Core {
                 source: source.clone(),
             });
         }
+        self.commit_bans(&records, now)?;
+        Ok(records)
+    }
+
+    /// Bans checked records: durable (one fsync), noted for the fleet,
+    /// then in the kernel (one transaction).
+    fn commit_bans(&mut self, records: &[BanRecord], now: u64) -> Result<(), CoreError> {
         // Each phase of a big call shows the watchdog the core is alive:
         // a million bans take seconds to check, to store and to apply.
         self.liveness.beat();
         // Durable first; then the fleet publisher may start (it needs no
         // more from the core) while the kernel takes the bans. A ban shorter
         // than another host's active one waits under it.
-        let stored = match self.keep_longer_remote_bans(&records)? {
-            None => self.store_bans(&records)?,
+        let stored = match self.keep_longer_remote_bans(records)? {
+            None => self.store_bans(records)?,
             Some(active) => self.store_bans(&active)?,
         };
-        self.note_local_changes(&records);
+        self.note_local_changes(records);
         self.liveness.beat();
-        self.apply_stored(stored, now)?;
-        Ok(records)
+        self.apply_stored(stored, now)
     }
 
     /// Stores `records` (one fsync), then puts them in the kernel; a ban
@@ -361,39 +371,114 @@ impl Core {
         Ok(())
     }
 
-    /// A jail's ban of `net` after `failures` failures, as the jail ban
-    /// policy decides ([`jail_bans`]); every safety rule of [`Core::ban`]
-    /// applies. Recidive jails that the ban brings to their maxretry ban
-    /// too. Returns a line for the log.
+    /// A jail's ban of `net` after `failures` failures: [`Core::jail_ban_many`]
+    /// for one network. Returns a line for the log.
     pub fn jail_ban(
         &mut self,
         jail: &JailConfig,
         net: IpNet,
         failures: u32,
     ) -> Result<String, CoreError> {
-        let now = now_unix();
-        let decision = jail_bans::decide(jail, &self.config.bans, &self.store, &net, failures, now);
-        let (seconds, previous, reason) = match decision {
-            JailBanDecision::AlreadyLonger(line) => return Ok(line),
-            JailBanDecision::Ban {
-                seconds,
-                previous,
-                reason,
-            } => (seconds, previous, reason),
-        };
-        let input = if addr::is_single_address(&net) {
-            net.addr().to_string()
-        } else {
-            net.to_string()
-        };
-        self.ban(&[input], seconds, &reason, &jail.name)?;
-        for recidive in self.jail_bans.banned(jail, net, now, &mut self.store) {
-            match self.jail_ban(&recidive, net, recidive.max_retry) {
-                Ok(done) => tracing::info!(jail = %recidive.name, %net, "{done}"),
-                Err(err) => tracing::warn!(jail = %recidive.name, %net, "not banned: {err}"),
-            }
+        match self.jail_ban_many(jail, &[net], failures)?.pop() {
+            Some((_, outcome)) => outcome,
+            None => Ok(String::new()),
         }
-        Ok(jail_bans::ban_line(seconds, previous, &reason))
+    }
+
+    /// A jail's bans of `nets` (a burst, each after `failures` failures),
+    /// as the jail ban policy decides ([`jail_bans`]). Every safety rule of
+    /// [`Core::ban`] applies to each network, but one refused network does
+    /// not hold back the others. The bans are stored with one fsync and go
+    /// to the kernel in one transaction, as one `BanMany` would. Recidive
+    /// jails that the bans bring to their maxretry ban too.
+    ///
+    /// Returns, per distinct network, a line for the log or why it was not
+    /// banned; `Err` when storing or applying the burst failed (then none
+    /// of it is acknowledged).
+    pub fn jail_ban_many(
+        &mut self,
+        jail: &JailConfig,
+        nets: &[IpNet],
+        failures: u32,
+    ) -> Result<Vec<JailBanOutcome>, CoreError> {
+        let now = now_unix();
+        let policy = self.policy();
+        let source: Arc<str> = Arc::from(jail.name.as_str());
+        let mut reasons: Option<Arc<str>> = None;
+        let mut seen = HashSet::with_capacity(nets.len());
+        let mut new_prefixes = Vec::new();
+        let mut records = Vec::new();
+        let mut outcomes = Vec::with_capacity(nets.len());
+        for &net in nets {
+            if !seen.insert(net) {
+                continue;
+            }
+            let decision =
+                jail_bans::decide(jail, &self.config.bans, &self.store, &net, failures, now);
+            let (seconds, previous, reason) = match decision {
+                JailBanDecision::AlreadyLonger(line) => {
+                    outcomes.push((net, Ok(line)));
+                    continue;
+                }
+                JailBanDecision::Ban {
+                    seconds,
+                    previous,
+                    reason,
+                } => (seconds, previous, reason),
+            };
+            let checked = policy
+                .check(&net)
+                .map_err(CoreError::from)
+                .and_then(|()| self.refuse_prefix_overlap(&net, &new_prefixes));
+            if let Err(refused) = checked {
+                outcomes.push((net, Err(refused)));
+                continue;
+            }
+            if !addr::is_single_address(&net) {
+                new_prefixes.push(net);
+            }
+            let line = jail_bans::ban_line(seconds, previous, &reason);
+            // One shared text for the burst (the reasons are all alike).
+            let reason = match &reasons {
+                Some(shared) if **shared == *reason => shared.clone(),
+                _ => reasons.insert(Arc::from(reason)).clone(),
+            };
+            records.push(BanRecord {
+                net,
+                created: now,
+                expires: now.saturating_add(seconds),
+                reason,
+                source: source.clone(),
+            });
+            outcomes.push((net, Ok(line)));
+        }
+        if records.is_empty() {
+            return Ok(outcomes);
+        }
+        self.trim_after_job |= records.len() >= TRIM_AFTER_ELEMENTS;
+        self.commit_bans(&records, now)?;
+        let banned: Vec<IpNet> = records.iter().map(|record| record.net).collect();
+        drop(records);
+        for (recidive, due) in self.jail_bans.banned(jail, &banned, now, &mut self.store) {
+            self.log_recidive_bans(&recidive, &due);
+        }
+        Ok(outcomes)
+    }
+
+    /// Bans `due` for the recidive jail `recidive` and logs each outcome.
+    fn log_recidive_bans(&mut self, recidive: &JailConfig, due: &[IpNet]) {
+        let jail = &recidive.name;
+        match self.jail_ban_many(recidive, due, recidive.max_retry) {
+            Ok(outcomes) => {
+                for (net, outcome) in outcomes {
+                    match outcome {
+                        Ok(done) => tracing::info!(jail = %jail, %net, "{done}"),
+                        Err(err) => tracing::warn!(jail = %jail, %net, "not banned: {err}"),
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(jail = %jail, count = due.len(), "not banned: {err}"),
+        }
     }
 
     /// Starts counting other jails' bans for the recidive jail `jail`.
@@ -418,13 +503,16 @@ impl Core {
     }
 
     /// Refuses a prefix that overlaps a different banned prefix, already
-    /// stored or earlier in the same request. The same prefix again is a
-    /// re-ban and fine.
+    /// stored or earlier in the same request (`pending`). The same prefix
+    /// again is a re-ban and fine; single addresses never clash.
     pub(super) fn refuse_prefix_overlap(
         &self,
         net: &IpNet,
         pending: &[IpNet],
     ) -> Result<(), CoreError> {
+        if addr::is_single_address(net) {
+            return Ok(());
+        }
         let clash = self
             .banned_prefixes
             .iter()

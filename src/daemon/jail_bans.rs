@@ -12,7 +12,7 @@
 //!
 //! It decides and keeps the recidive counts. It must not store bans or
 //! touch the kernel: the core bans between [`decide`] and
-//! [`JailBans::banned`]. The arithmetic of ban lengths is
+//! [`JailBans::banned`], a whole burst at a time. The arithmetic of ban lengths is
 //! `jail/ban_time.rs`; the history is the store's.
 
 use std::collections::HashSet;
@@ -114,19 +114,20 @@ pub struct JailBans {
 }
 
 impl JailBans {
-    /// `jail` banned `net` at `now` (already stored and applied): its own
-    /// history grows (persisted), and each recidive jail counts the ban.
-    /// Returns the recidive jails whose count reached their maxretry: the
-    /// core bans `net` for each of them.
+    /// `jail` banned `nets` at `now` (already stored and applied): its
+    /// own history grows (persisted, one fsync), and each recidive jail
+    /// counts the bans. Returns the recidive jails some of whose counts
+    /// reached their maxretry, each with those networks: the core bans
+    /// them for it.
     pub fn banned(
         &mut self,
         jail: &JailConfig,
-        net: IpNet,
+        nets: &[IpNet],
         now: u64,
         store: &mut Store,
-    ) -> Vec<JailConfig> {
+    ) -> Vec<(JailConfig, Vec<IpNet>)> {
         if !jail.increment.overall
-            && let Err(err) = store.record_jail_ban(&jail.name, net, now)
+            && let Err(err) = store.record_jail_bans(&jail.name, nets, now)
         {
             tracing::warn!(jail = %jail.name, "cannot record the jail's ban history: {err}");
         }
@@ -135,14 +136,22 @@ impl JailBans {
         }
         let mut escalate = Vec::new();
         for recidive in &mut self.recidive {
-            recidive.stats.failures.fetch_add(1, Relaxed);
-            if recidive.counter.record(net.network(), now) {
-                escalate.push(recidive.config.clone());
-            }
+            let due: Vec<IpNet> = nets
+                .iter()
+                .filter(|net| recidive.counter.record(net.network(), now))
+                .copied()
+                .collect();
+            recidive
+                .stats
+                .failures
+                .fetch_add(nets.len() as u64, Relaxed);
             recidive
                 .stats
                 .tracked
                 .store(recidive.counter.tracked() as u64, Relaxed);
+            if !due.is_empty() {
+                escalate.push((recidive.config.clone(), due));
+            }
         }
         escalate
     }
@@ -266,8 +275,8 @@ mod tests {
             .insert_bans(&[manual_ban(addr, NOW + 1)])
             .expect("ban stored");
         let mut bans = JailBans::default();
-        assert!(bans.banned(sshd, addr, NOW, &mut store).is_empty());
-        bans.banned(sshd, addr, NOW, &mut store);
+        assert!(bans.banned(sshd, &[addr], NOW, &mut store).is_empty());
+        bans.banned(sshd, &[addr], NOW, &mut store);
         let third = decide(sshd, &config.bans, &store, &addr, 5, NOW + 10);
         assert_eq!(seconds_of(third), (2400, 2), "600 s doubled twice");
     }
@@ -301,17 +310,21 @@ mod tests {
         let stats = || Arc::new(JailStats::default());
         let mut bans = JailBans::default();
         bans.add_recidive(recidive.clone(), 100, stats(), &store, NOW);
-        assert!(bans.banned(sshd, addr, NOW, &mut store).is_empty());
-        let escalated = bans.banned(sshd, addr, NOW + 60, &mut store);
+        assert!(bans.banned(sshd, &[addr], NOW, &mut store).is_empty());
+        let escalated = bans.banned(sshd, &[addr], NOW + 60, &mut store);
         assert_eq!(escalated.len(), 1, "the second ban reaches maxretry 2");
-        assert_eq!(escalated[0].name, "recidive");
+        assert_eq!(escalated[0].0.name, "recidive");
+        assert_eq!(escalated[0].1, [addr]);
         // The recidive jail's own ban counts for nothing.
-        assert!(bans.banned(recidive, addr, NOW + 61, &mut store).is_empty());
+        assert!(
+            bans.banned(recidive, &[addr], NOW + 61, &mut store)
+                .is_empty()
+        );
 
         // After a restart, the last sshd ban is counted from the history.
         let mut restarted = JailBans::default();
         restarted.add_recidive(recidive.clone(), 100, stats(), &store, NOW + 120);
-        let escalated = restarted.banned(sshd, addr, NOW + 180, &mut store);
+        let escalated = restarted.banned(sshd, &[addr], NOW + 180, &mut store);
         assert_eq!(escalated.len(), 1);
     }
 }

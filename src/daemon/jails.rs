@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::{Config, JailConfig, JailSource, JailsConfig};
 use crate::daemon::core::CoreHandle;
-use crate::jail::runner::{JailActions, JailStats, RunningJail};
+use crate::jail::runner::{BanOutcomes, JailActions, JailStats, RunningJail};
 
 /// What `orch status` shows of one jail.
 #[derive(Debug, Clone)]
@@ -169,12 +169,17 @@ struct CoreActions {
 }
 
 impl JailActions for CoreActions {
-    fn ban(&self, jail: &JailConfig, net: IpNet, failures: u32) -> Result<String, String> {
+    fn ban_many(&self, jail: &JailConfig, nets: Vec<IpNet>, failures: u32) -> BanOutcomes {
         let jail = jail.clone();
-        self.core
-            .call_blocking(move |core| core.jail_ban(&jail, net, failures))
+        let outcomes = self
+            .core
+            .call_blocking(move |core| core.jail_ban_many(&jail, &nets, failures))
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(outcomes
+            .into_iter()
+            .map(|(net, outcome)| (net, outcome.map_err(|e| e.to_string())))
+            .collect())
     }
 
     fn save_positions(&self, positions: Vec<(String, String)>) -> Result<(), String> {

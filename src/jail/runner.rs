@@ -10,7 +10,11 @@
 //!
 //! The jail decides *that* an address should be banned; the daemon's core
 //! decides *whether* and *for how long* (allowlists, own addresses, repeat
-//! offenders) and is the only one that bans, through [`JailActions`]. The
+//! offenders) and is the only one that bans, through [`JailActions`]. Ban
+//! requests wait while a burst is read (the lines already written, up to
+//! [`MAX_PENDING_BANS`] or [`MAX_BAN_DELAY`]) and go to the core as one
+//! request, which stores them with one fsync and applies them in one
+//! transaction: a burst of jail bans costs what one `BanMany` costs. The
 //! jail also hands its read positions to the core, which persists them, so
 //! a restart resumes where reading stopped.
 
@@ -44,15 +48,27 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 const WAKE_QUEUE: usize = 4096;
 /// How often addresses with no failure left in `findtime` are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+/// Ban requests held while a burst is read, at most; then they go.
+pub const MAX_PENDING_BANS: usize = 10_000;
+/// How long a ban request waits for the rest of its burst, at most.
+pub const MAX_BAN_DELAY: Duration = Duration::from_millis(50);
+/// Outcomes of one burst logged one by one; the rest get one summary
+/// line (journald would drop a flood of lines anyway: by default it keeps
+/// 10,000 per service in 30 s).
+const LOGGED_PER_BURST: u64 = 100;
+/// Queued wake-ups (journal entries) handled before the bans they led to
+/// are sent and positions saved.
+const WAKES_PER_ROUND: usize = 1024;
 /// How long an `ignore_command` may run before it is killed.
 const IGNORE_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a jail asks of the daemon.
 pub trait JailActions: Send + Sync {
-    /// Bans `net` (an address, or an IPv6 prefix: `ipv6_prefix`) for jail
-    /// `jail` after `failures` failures. Returns a line for the log: what
-    /// was done, or why not.
-    fn ban(&self, jail: &JailConfig, net: IpNet, failures: u32) -> Result<String, String>;
+    /// Bans `nets` (addresses, or IPv6 prefixes: `ipv6_prefix`) for jail
+    /// `jail`, each after `failures` failures, as one request. Returns per
+    /// network a line for the log: what was done, or why not; `Err` when
+    /// the whole request failed.
+    fn ban_many(&self, jail: &JailConfig, nets: Vec<IpNet>, failures: u32) -> BanOutcomes;
     /// Persists read positions (key, value).
     fn save_positions(&self, positions: Vec<(String, String)>) -> Result<(), String>;
     /// A count that moves whenever a ban is removed (unban, expiry), read
@@ -60,6 +76,10 @@ pub trait JailActions: Send + Sync {
     /// seconds ago once it moved (`recent_asks`).
     fn removals(&self) -> u64;
 }
+
+/// What a [`JailActions::ban_many`] request came to: per network, a line
+/// for the log or why it was not banned; `Err` when the request failed.
+pub type BanOutcomes = Result<Vec<(IpNet, Result<String, String>)>, String>;
 
 /// Counters for `orch status`, shared with the daemon.
 #[derive(Debug, Default)]
@@ -199,6 +219,8 @@ impl RunningJail {
             last_expire: Instant::now(),
             meter: HealthMeter::new(config.find_time),
             asked: RecentAsks::default(),
+            pending: Vec::new(),
+            pending_since: None,
         };
         let mut worker = Worker {
             source,
@@ -265,6 +287,9 @@ struct Judge {
     meter: HealthMeter,
     /// Networks asked about in the last seconds, not asked again.
     asked: RecentAsks,
+    /// Ban requests waiting for the rest of their burst, and since when.
+    pending: Vec<IpNet>,
+    pending_since: Option<Instant>,
 }
 
 impl Worker {
@@ -276,18 +301,33 @@ impl Worker {
             // Bytes left over by the read budget are read at once: they are
             // written already, so no inotify event may come for them.
             let wait = if caught_up { FILE_POLL } else { Duration::ZERO };
-            match woken.recv_timeout(wait) {
-                Ok(Wake::Files) | Err(RecvTimeoutError::Timeout) => {
-                    caught_up = self.read_files();
-                    self.judge.expire_if_due();
+            let mut woke = woken.recv_timeout(wait);
+            // What is already queued (a burst of journal entries) is
+            // handled before the bans it leads to go out, up to a bound.
+            for _ in 0..WAKES_PER_ROUND {
+                match woke {
+                    Ok(Wake::Files) | Err(RecvTimeoutError::Timeout) => {
+                        caught_up = self.read_files();
+                        self.judge.expire_if_due();
+                    }
+                    Ok(Wake::Journal(entry)) => self.handle_entry(entry),
+                    Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                        self.judge.send_bans();
+                        self.save_positions(true);
+                        tracing::info!(jail = %self.judge.config.name, "jail stopped");
+                        return;
+                    }
                 }
-                Ok(Wake::Journal(entry)) => self.handle_entry(entry),
-                Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    self.save_positions(true);
-                    tracing::info!(jail = %self.judge.config.name, "jail stopped");
-                    return;
+                if self.judge.bans_due() {
+                    break;
                 }
+                woke = match woken.try_recv() {
+                    Ok(wake) => Ok(wake),
+                    Err(_) => break,
+                };
             }
+            // Bans are durable before the positions past their lines are.
+            self.judge.send_bans();
             self.save_positions(false);
             self.publish_health_if_due();
         }
@@ -520,15 +560,67 @@ impl Judge {
             tracing::info!(jail = %jail, %addr, "not banned: ignore_command exited 0");
             return;
         }
-        // The ban is durable before positions are saved: after a crash in
-        // between, lines are read again and may ban again, but a ban is
-        // never lost.
-        match self.actions.ban(&config, net, config.max_retry) {
-            Ok(done) => {
-                self.stats.bans.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(jail = %jail, %net, "{done}");
+        // The ban waits for the rest of its burst, briefly.
+        self.pending.push(net);
+        self.pending_since.get_or_insert_with(Instant::now);
+        if self.bans_due() {
+            self.send_bans();
+        }
+    }
+
+    /// Whether the waiting ban requests should go now: enough of them, or
+    /// the first has waited long enough.
+    fn bans_due(&self) -> bool {
+        self.pending.len() >= MAX_PENDING_BANS
+            || self
+                .pending_since
+                .is_some_and(|since| since.elapsed() >= MAX_BAN_DELAY)
+    }
+
+    /// Sends the waiting ban requests to the core as one request and logs
+    /// what each came to. The bans are durable before this returns, so
+    /// positions saved afterwards never skip a line whose ban was lost.
+    fn send_bans(&mut self) {
+        self.pending_since = None;
+        if self.pending.is_empty() {
+            return;
+        }
+        let nets = std::mem::take(&mut self.pending);
+        let count = nets.len();
+        let jail = &self.config.name;
+        match self
+            .actions
+            .ban_many(&self.config, nets, self.config.max_retry)
+        {
+            Ok(outcomes) => {
+                let (mut banned, mut refused) = (0u64, 0u64);
+                for (net, outcome) in outcomes {
+                    let logged = banned + refused < LOGGED_PER_BURST;
+                    match outcome {
+                        Ok(done) => {
+                            banned += 1;
+                            if logged {
+                                tracing::info!(jail = %jail, %net, "{done}");
+                            }
+                        }
+                        Err(why) => {
+                            refused += 1;
+                            if logged {
+                                tracing::warn!(jail = %jail, %net, "not banned: {why}");
+                            }
+                        }
+                    }
+                }
+                self.stats.bans.fetch_add(banned, Ordering::Relaxed);
+                let unlogged = (banned + refused).saturating_sub(LOGGED_PER_BURST);
+                if unlogged > 0 {
+                    tracing::info!(
+                        jail = %jail,
+                        "this burst also handled {unlogged} more networks, not logged one by one ({banned} banned, {refused} not banned in all; `orch list` shows the bans)"
+                    );
+                }
             }
-            Err(refused) => tracing::warn!(jail = %jail, %net, "not banned: {refused}"),
+            Err(failed) => tracing::warn!(jail = %jail, count, "not banned: {failed}"),
         }
     }
 }

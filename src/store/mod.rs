@@ -476,23 +476,38 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Records that the jail `jail` banned `net` at `now`: one more ban in
-    /// its history (history past retention starts again at 1). Durable
-    /// (one fdatasync) before returning; returns the new history.
-    pub fn record_jail_ban(
+    /// Records that the jail `jail` banned each of `nets` at `now`: one
+    /// more ban in each one's history (history past retention starts again
+    /// at 1). All with one append and one fdatasync before returning.
+    pub fn record_jail_bans(
         &mut self,
         jail: &str,
-        net: IpNet,
+        nets: &[IpNet],
         now: u64,
-    ) -> Result<BanHistory, StoreError> {
-        let history = BanHistory {
-            count: self.jail_history(jail, &net, now).count.saturating_add(1),
-            last_banned: now,
-        };
+    ) -> Result<(), StoreError> {
         let jail = crate::quote::cut(jail, MAX_BAN_TEXT_BYTES);
-        self.append_record(&jail_history_record(jail, net, history))?;
-        self.state.jail_histories.set(jail, net, history);
-        Ok(history)
+        let mut encoded = Vec::new();
+        let mut changed: HashMap<IpNet, BanHistory> = HashMap::with_capacity(nets.len());
+        for net in nets {
+            let before = match changed.get(net) {
+                Some(history) => *history,
+                None => self.jail_history(jail, net, now),
+            };
+            let history = BanHistory {
+                count: before.count.saturating_add(1),
+                last_banned: now,
+            };
+            encode_record(&mut encoded, &jail_history_record(jail, *net, history));
+            changed.insert(*net, history);
+        }
+        if encoded.is_empty() {
+            return Ok(());
+        }
+        self.append_durably(&encoded)?;
+        for (net, history) in changed {
+            self.state.jail_histories.set(jail, net, history);
+        }
+        Ok(())
     }
 
     /// Every jail's history of every network, within
@@ -864,10 +879,10 @@ mod tests {
                 store.jail_history("sshd", &addr, NOW),
                 BanHistory::default()
             );
-            store.record_jail_ban("sshd", addr, NOW).unwrap();
-            let second = store.record_jail_ban("sshd", addr, NOW + HOUR).unwrap();
-            assert_eq!(second.count, 2);
-            store.record_jail_ban("nginx", addr, NOW).unwrap();
+            store.record_jail_bans("sshd", &[addr], NOW).unwrap();
+            store.record_jail_bans("sshd", &[addr], NOW + HOUR).unwrap();
+            assert_eq!(store.jail_history("sshd", &addr, NOW + HOUR).count, 2);
+            store.record_jail_bans("nginx", &[addr], NOW).unwrap();
         }
         let mut store = open(dir.path());
         let expected = BanHistory {
@@ -911,11 +926,13 @@ mod tests {
         assert_eq!(store.jail_history("sshd", &v6, NOW).count, 4);
         assert_eq!(store.cursor("jailhist/sshd/2001:db8::/64"), None);
         assert_eq!(store.cursor("jail/sshd/journal"), Some("s=abc;i=1"));
-        assert_eq!(store.record_jail_ban("sshd", v6, NOW).unwrap().count, 5);
+        // One call counts each network once per time it is named.
+        store.record_jail_bans("sshd", &[v6, v6], NOW).unwrap();
+        assert_eq!(store.jail_history("sshd", &v6, NOW).count, 6);
         store.compact().unwrap();
         drop(store);
         let store = open(dir.path());
-        assert_eq!(store.jail_history("sshd", &v6, NOW).count, 5);
+        assert_eq!(store.jail_history("sshd", &v6, NOW).count, 6);
     }
 
     #[test]

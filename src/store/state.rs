@@ -57,7 +57,7 @@ pub(super) struct MemState {
     /// Log readers' positions, by key (see [`Store::set_cursors`]).
     pub(super) cursors: std::collections::BTreeMap<String, String>,
     /// How often each jail banned each network (see
-    /// [`Store::record_jail_ban`]).
+    /// [`Store::record_jail_bans`]).
     pub(super) jail_histories: JailHistories,
     /// This host's own bans kept under a longer ban of another host (see
     /// [`Store::set_shadowed`]); few, so a plain map.

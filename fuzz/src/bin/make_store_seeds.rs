@@ -38,7 +38,7 @@ fn seed(name: &str, compact: bool) -> std::io::Result<()> {
             .set_cursors(&[("file:/var/log/auth.log".into(), "1:42:1000".into())])
             .map_err(std::io::Error::other)?;
         store
-            .record_jail_ban("sshd", made[1].net, NOW)
+            .record_jail_bans("sshd", &[made[1].net], NOW)
             .map_err(std::io::Error::other)?;
         if compact {
             store.compact().map_err(std::io::Error::other)?;

@@ -284,6 +284,49 @@ fn a_jail_ban_grows_for_repeat_offenders() {
 }
 
 #[test]
+fn a_burst_of_jail_bans_is_one_transaction_and_a_refused_network_holds_back_none() {
+    let mut h = start_with(GROWING_JAIL, &[]);
+    let jail = h.core.config().jails.jails[0].clone();
+    let burst = [
+        net("192.0.2.7"),
+        net("127.0.0.1"),
+        net("198.51.100.0/24"),
+        net("198.51.100.0/25"),
+        net("192.0.2.7"),
+    ];
+    let outcomes = h
+        .core
+        .jail_ban_many(&jail, &burst, 5)
+        .expect("burst stored");
+    let lines: Vec<String> = outcomes
+        .iter()
+        .map(|(net, outcome)| match outcome {
+            Ok(line) => format!("{net} {line}"),
+            Err(err) => format!("{net} refused: {err}"),
+        })
+        .collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "one outcome per distinct network: {lines:?}"
+    );
+    assert!(lines[1].starts_with("127.0.0.1/32 refused"), "{lines:?}");
+    assert!(lines[2].contains("banned for 1h"), "{lines:?}");
+    assert!(
+        lines[3].contains("overlaps the banned prefix 198.51.100.0/24"),
+        "a prefix inside another of the same burst: {lines:?}"
+    );
+    let scripts = h.scripts();
+    let script = only(&scripts);
+    assert!(script.contains("192.0.2.7 timeout"), "{script}");
+    assert!(script.contains("198.51.100.0/24 timeout"), "{script}");
+    assert_eq!(h.core.ban_count(), 2);
+    // Each banned network's jail history grew once.
+    let again = h.jail_ban("192.0.2.7").expect("second ban");
+    assert!(again.contains("banned 1 time(s) before"), "{again}");
+}
+
+#[test]
 fn a_jail_leaves_a_longer_running_ban_alone() {
     let mut h = start_with(GROWING_JAIL, &[]);
     h.ban("192.0.2.7", DAY).expect("manual ban");
