@@ -11,8 +11,12 @@
 //! stop that drift: big buffers are mapped and unmapped, and an arena
 //! shrinks once more than [`TRIM_THRESHOLD_BYTES`] is free at its top.
 //!
-//! This module only talks to the allocator; it must not decide when a job
-//! is large (the core, the reconciler and the fleet session do).
+//! It also reads what this process has resident, split into its own
+//! (anonymous) pages and file pages, for reports.
+//!
+//! This module only talks to the allocator and reads /proc; it must not
+//! decide when a job is large (the core, the reconciler and the fleet
+//! session do).
 
 /// Blocks this large are mapped on their own and unmapped when freed.
 const MMAP_THRESHOLD_BYTES: i32 = 256 * 1024;
@@ -36,5 +40,52 @@ pub fn release_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// This process's resident memory, in KiB: its own (anonymous) pages, and
+/// file pages (mapped files, the program itself), which the kernel can
+/// drop and read back as needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resident {
+    pub anonymous_kib: u64,
+    pub file_kib: u64,
+}
+
+/// What [`Resident`] is now, from /proc/self/status; `None` where that
+/// file or its fields are missing.
+pub fn resident_now() -> Option<Resident> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(Resident {
+        anonymous_kib: field("RssAnon:")?,
+        file_kib: field("RssFile:")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_memory_is_read_and_grows_with_a_touched_buffer() {
+        let before = resident_now().expect("/proc/self/status has RssAnon and RssFile");
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = resident_now().expect("still readable");
+        assert!(
+            after.anonymous_kib >= before.anonymous_kib + 32 * 1024,
+            "{before:?} -> {after:?}"
+        );
+        assert!(after.file_kib > 0, "the program itself is file pages");
+        drop(touched);
     }
 }

@@ -42,6 +42,9 @@ pub struct Summary {
     pub ignored: u64,
     pub per_regex: Vec<u64>,
     pub seconds: f64,
+    /// Resident memory at the end of a run over a mapped file, whose pages
+    /// are file pages: reported apart, as they are the log, not orch's.
+    pub mapped_run_memory: Option<crate::memory::Resident>,
 }
 
 /// Runs `filter` over every line of `log`. With `json`, each match is
@@ -72,6 +75,9 @@ pub fn run(
     };
     let mut summary = tally.summary;
     summary.seconds = started.elapsed().as_secs_f64();
+    if mapped.is_some() {
+        summary.mapped_run_memory = crate::memory::resident_now();
+    }
     for (line_number, failure) in &tally.failures {
         writeln!(out, "{}", failure_json(*line_number, failure)).map_err(read_error)?;
     }
@@ -354,9 +360,17 @@ pub fn describe(filter: &dyn LineFilter, summary: &Summary) -> String {
     } else {
         0.0
     };
+    let memory = match summary.mapped_run_memory {
+        Some(resident) => format!(
+            "; resident {:.1} MB of its own, {:.1} MB file pages (mostly the mapped log, which the kernel can drop)",
+            resident.anonymous_kib as f64 / 1024.0,
+            resident.file_kib as f64 / 1024.0
+        ),
+        None => String::new(),
+    };
     let _ = writeln!(
         text,
-        "speed:    {speed:.0} lines/s ({:.3} s)",
+        "speed:    {speed:.0} lines/s ({:.3} s){memory}",
         summary.seconds
     );
     text
