@@ -242,6 +242,13 @@ mod tests {
         text.parse().expect("test net parses")
     }
 
+    /// A store in a fresh temporary directory (kept alive by the `TempDir`).
+    fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), NOW).expect("store opens");
+        (dir, store)
+    }
+
     fn manual_ban(net: IpNet, expires: u64) -> BanRecord {
         BanRecord {
             net,
@@ -265,8 +272,7 @@ mod tests {
     fn a_repeat_offender_of_this_jail_is_banned_longer_and_others_bans_do_not_count() {
         let config = config("factor = 1.0");
         let sshd = jail(&config, "sshd");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = Store::open(dir.path(), NOW).expect("store opens");
+        let (_dir, mut store) = temp_store();
         let addr = net("192.0.2.7/32");
         let first = decide(sshd, &config.bans, &store, &addr, 5, NOW);
         assert_eq!(seconds_of(first), (600, 0));
@@ -285,8 +291,7 @@ mod tests {
     fn overall_counts_every_source_and_a_longer_running_ban_is_left_alone() {
         let config = config("factor = 1.0, overall = true");
         let sshd = jail(&config, "sshd");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = Store::open(dir.path(), NOW).expect("store opens");
+        let (_dir, mut store) = temp_store();
         let addr = net("2001:db8::/64");
         store
             .insert_bans(&[manual_ban(addr, NOW + 86_400)])
@@ -304,8 +309,7 @@ mod tests {
     fn recidive_escalates_at_its_maxretry_and_is_seeded_from_the_history() {
         let config = config("factor = 1.0");
         let (sshd, recidive) = (jail(&config, "sshd"), jail(&config, "recidive"));
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut store = Store::open(dir.path(), NOW).expect("store opens");
+        let (_dir, mut store) = temp_store();
         let addr = net("198.51.100.4/32");
         let stats = || Arc::new(JailStats::default());
         let mut bans = JailBans::default();

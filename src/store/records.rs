@@ -404,6 +404,28 @@ mod tests {
     }
 
     #[test]
+    fn hostile_jail_history_records_are_rejected_or_cut() {
+        let mut payload = Vec::new();
+        let long_jail = "j".repeat(MAX_BAN_TEXT_BYTES * 4);
+        encode_payload(
+            &mut payload,
+            &jail_history_record(&long_jail, net("192.0.2.1/32"), BanHistory::default()),
+        );
+        // A jail name longer than a ban's text is cut when written.
+        match decode_payload(&payload).expect("decodes") {
+            Record::JailHistory { jail, .. } => assert_eq!(jail.len(), MAX_BAN_TEXT_BYTES),
+            other => panic!("decoded as {other:?}"),
+        }
+        // Cut short anywhere, or a name that is not UTF-8: refused.
+        for end in 1..payload.len() {
+            assert!(decode_payload(&payload[..end]).is_err(), "cut at {end}");
+        }
+        let last = payload.len() - 1;
+        payload[last] = 0xff;
+        assert!(decode_payload(&payload).is_err(), "invalid UTF-8");
+    }
+
+    #[test]
     fn bad_prefix_family_and_trailing_bytes_are_rejected() {
         assert!(decode_payload(&[KIND_UNBAN, FAMILY_V4, 1, 2, 3, 4, 33]).is_err());
         assert!(decode_payload(&[KIND_UNBAN, 5, 1, 2, 3, 4, 32]).is_err());
