@@ -1,4 +1,4 @@
-//! How orch starts other programs (hooks, `ignore_command`, journalctl,
+//! How orch starts other programs (hooks, `ignore_command`,
 //! nft): they inherit stdin, stdout and stderr and nothing else. orch runs
 //! as root and holds descriptors a child must not get, above all the
 //! netlink socket that owns orch's table, which libnftables opens without

@@ -1,8 +1,13 @@
 //! A journal jail under a real systemd and journald: orch installed with
 //! `orch install-units` (so under its hardened unit) follows the journal
 //! of `ssh.service`, bans after maxretry failures, ignores the same text
-//! forged from outside that unit, and resumes at its saved cursor after a
-//! restart.
+//! forged from outside that unit, resumes at its saved cursor after a
+//! restart, keeps following across a journal rotation, gives each of
+//! several journal jails its own entries, and cuts an overlong message.
+//!
+//! The lines come from transient units (`systemd-run`); on a host with
+//! openssh-server, its `ssh.service` is removed from the sandbox's overlay
+//! first, so the name is free.
 
 mod common;
 
@@ -23,6 +28,11 @@ bantime = "1h"
 /// A sandbox running orch on `config`, once its jail follows the journal.
 fn boot_with_orch(config: &str) -> SystemdSandbox {
     let sandbox = SystemdSandbox::boot();
+    // The host's sshd units (if any) must not hold the names the test's
+    // transient units take; only the sandbox's overlay changes.
+    sandbox
+        .sh("rm -f /lib/systemd/system/ssh.service /lib/systemd/system/ssh@.service /etc/systemd/system/sshd.service && systemctl daemon-reload")
+        .expect_ok("free the name ssh.service");
     sandbox.install_and_start_orch(Some(config));
     sandbox.wait_for_journal_jails();
     sandbox
@@ -30,6 +40,12 @@ fn boot_with_orch(config: &str) -> SystemdSandbox {
 
 /// Logs `messages` from a transient `ssh.service`, as sshd-session would.
 fn log_from_ssh_service(sandbox: &SystemdSandbox, messages: &[String]) {
+    log_from_unit(sandbox, "ssh.service", messages);
+}
+
+/// Logs `messages` from a transient service `unit`, under sshd-session's
+/// name.
+fn log_from_unit(sandbox: &SystemdSandbox, unit: &str, messages: &[String]) {
     let script = messages
         .iter()
         .map(|m| format!("echo '{m}'"))
@@ -39,7 +55,7 @@ fn log_from_ssh_service(sandbox: &SystemdSandbox, messages: &[String]) {
         .run(
             "systemd-run",
             &[
-                "--unit=ssh.service",
+                &format!("--unit={unit}"),
                 "--wait",
                 "--quiet",
                 "-p",
@@ -49,7 +65,7 @@ fn log_from_ssh_service(sandbox: &SystemdSandbox, messages: &[String]) {
                 &script,
             ],
         )
-        .expect_ok("systemd-run ssh.service");
+        .expect_ok(&format!("systemd-run {unit}"));
 }
 
 fn failures(addr: &str, count: usize) -> Vec<String> {
@@ -171,4 +187,48 @@ fn a_forgeable_comm_match_reads_only_roots_entries() {
         "nobody's forged lines banned\n{}",
         sandbox.journal("orch.service")
     );
+}
+
+/// The reader keeps following when journald rotates its files, and each
+/// journal jail gets the entries of its own unit only; a message longer
+/// than a line may be is cut and counted.
+#[test]
+fn journal_jails_follow_rotation_and_get_their_own_units_entries() {
+    let sandbox = boot_with_orch(
+        "[jails.sshd]\njournal = { matches = [\"_SYSTEMD_UNIT=ssh.service\"] }\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n\
+         [jails.other]\nfilter = \"sshd\"\njournal = { matches = [\"_SYSTEMD_UNIT=other-ssh.service\"] }\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n",
+    );
+    sandbox
+        .run("journalctl", &["--rotate"])
+        .expect_ok("journalctl --rotate");
+    log_from_ssh_service(&sandbox, &failures("192.0.2.77", 3));
+    log_from_unit(&sandbox, "other-ssh.service", &failures("192.0.2.78", 3));
+    wait_until(Duration::from_secs(10), "both addresses banned", || {
+        banned(&sandbox, "192.0.2.77") && banned(&sandbox, "192.0.2.78")
+    });
+    let list = sandbox.run(ORCH, &["list"]).expect_ok("list").stdout;
+    let jail_of = |addr: &str| {
+        list.lines()
+            .find(|l| l.starts_with(addr))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    assert!(jail_of("192.0.2.77").contains("sshd"), "{list}");
+    assert!(jail_of("192.0.2.78").contains("other"), "{list}");
+
+    // Messages far past 16 KiB are cut and counted; the jail reads on.
+    let long: Vec<String> = failures("192.0.2.80", 3)
+        .into_iter()
+        .map(|line| format!("{line} {}", "x".repeat(20_000)))
+        .collect();
+    log_from_ssh_service(&sandbox, &long);
+    log_from_ssh_service(&sandbox, &failures("192.0.2.79", 3));
+    wait_until(Duration::from_secs(10), "192.0.2.79 banned", || {
+        banned(&sandbox, "192.0.2.79")
+    });
+    wait_until(Duration::from_secs(10), "the cut lines in status", || {
+        let status = sandbox.run(ORCH, &["status"]).stdout;
+        status.contains("lines too long (cut) 3,")
+    });
+    sandbox.shutdown();
 }

@@ -4,8 +4,9 @@
 //! A jail is sources (journal units, files) + filters + failure counting.
 //!
 //! - Sources: [`file_source`] follows files (rotation, positions);
-//!   [`journal_source`] follows the journal by cursor; [`journal_trust`]
-//!   tells journal matches any process could forge.
+//!   [`journal_source`] follows the journal by cursor, one reader thread
+//!   for every journal jail, through libsystemd ([`sd_journal`]);
+//!   [`journal_trust`] tells journal matches any process could forge.
 //! - Filters: [`line_filter`] is the one interface between sources and
 //!   filters, whatever the filter kind and engine; [`filter`] loads native
 //!   TOML filters (and the built-in ones) and matches lines with the
@@ -39,4 +40,5 @@ pub mod line_filter;
 pub mod load;
 pub mod recent_asks;
 pub mod runner;
+pub mod sd_journal;
 pub mod test_filter;

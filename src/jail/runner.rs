@@ -142,7 +142,8 @@ impl RunningJail {
     ) -> std::io::Result<RunningJail> {
         let config = Arc::new(config);
         let stats = Arc::new(JailStats::default());
-        // Bounded: a journal backlog waits in journalctl's pipe, not here.
+        // Bounded: a journal backlog waits in the journal (the reader thread
+        // blocks on a full queue), not here.
         let (wake, woken) = mpsc::sync_channel(WAKE_QUEUE);
         let source = match &config.source {
             JailSource::Files(patterns) => {
@@ -349,6 +350,9 @@ impl Worker {
         self.judge.meter.newest_entry = u64::try_from(entry.time).ok();
         if entry.undecodable {
             self.judge.meter.not_utf8 += 1;
+        }
+        if entry.cut {
+            self.judge.meter.too_long += 1;
         }
         self.judge.handle_line(&entry.line, Some(entry.time));
         if let Source::Journal {
