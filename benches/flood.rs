@@ -198,7 +198,7 @@ fn burst(kind: Kind, options: &Options) -> BurstResult {
     // The last attacker's fifth failure is the last failure written; once
     // it is in, count the whole set (about a second at 100k) until all are.
     sampler.watch(last, started);
-    let last_in = sampler.finish(deadline)[0].seen.is_some();
+    let last_seen = sampler.finish(deadline)[0].seen;
     let count = || {
         let elements = live.bans_in_kernel();
         let attackers = elements
@@ -207,9 +207,12 @@ fn burst(kind: Kind, options: &Options) -> BurstResult {
             .count();
         (attackers, elements.len() - attackers)
     };
+    // If the first count finds them all, they were all in when the last
+    // one was; otherwise a later count's end is the (upper-bound) time.
     let (mut banned, mut wrong) = count();
-    let mut elapsed = started.elapsed();
-    while last_in && banned < n && Instant::now() < deadline {
+    let mut elapsed =
+        last_seen.map_or_else(|| started.elapsed(), |seen| seen.duration_since(started));
+    while last_seen.is_some() && banned < n && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         (banned, wrong) = count();
         elapsed = started.elapsed();

@@ -6,13 +6,16 @@
 //! its CPU time and peak memory.
 //!
 //! Every daemon is SIGKILLed and reaped on drop (a panic included), before
-//! its namespace and temp dir go. This module must not touch the host's
+//! its namespace and temp dir go; a peer also gets SIGKILL from the kernel
+//! if the bench itself is killed by a signal (orch and its dbus-daemon,
+//! started by tests/common, are only killed on drop, as in the tests). This module must not touch the host's
 //! firewall or the Debian fail2ban service: it never runs fail2ban-client
 //! without `-s <own socket>`, and every daemon and nft runs in the
 //! namespace.
 
 use std::fmt::Write as _;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -209,6 +212,16 @@ fn spawn_in(
 ) -> KillOnDrop {
     let out = fs::File::create(dir.join("daemon.log")).expect("create the daemon's log");
     let mut cmd = netns.command(program);
+    // SAFETY: prctl(2) is async-signal-safe. If the bench dies without
+    // running destructors (a signal), the kernel kills the daemon too.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.args(args)
         .env("TZ", "UTC")
         .stdin(Stdio::null())
