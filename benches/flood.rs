@@ -11,9 +11,9 @@
 //!   in 5 ms batches: of every ten filler lines three are failures from
 //!   addresses that fail only twice, seven are benign; every P ms (default
 //!   150) a probe address writes its 5 failures at once. Latency is from
-//!   the write of a probe's last line until `get element` finds it in the
-//!   kernel (sampled every 1 ms); p50, p99, max and the daemon's CPU % of
-//!   one core over the window.
+//!   the write of a probe's last line until the kernel's set has it (the
+//!   lookup `nft get element` sends, every 1 ms: benches/flood/probe.rs);
+//!   p50, p99, max and the daemon's CPU % of one core over the window.
 //!
 //! Run as root, after `sh benches/peers.sh` (installs the peers):
 //!
@@ -178,7 +178,7 @@ fn burst(kind: Kind, options: &Options) -> BurstResult {
     let live = Live::start(kind, n.max(50_000));
     let (table, set) = kind.table_and_set();
     let text = lines::burst_text(n);
-    let last = lines::burst_attacker(n - 1).to_string();
+    let last = lines::burst_attacker(n - 1);
     let sampler = Sampler::start(&live.netns.path(), table, set, BURST_POLL_EVERY);
     let perf = Perf::start(
         options.perf.as_deref(),
@@ -199,25 +199,33 @@ fn burst(kind: Kind, options: &Options) -> BurstResult {
     // it is in, count the whole set (about a second at 100k) until all are.
     sampler.watch(last, started);
     let last_seen = sampler.finish(deadline)[0].seen;
-    let count = || {
+    // nft lists a set only between two changes to it (it starts over when
+    // the ruleset's generation moves), and the peers change theirs every
+    // few milliseconds: so the set is counted with the daemon stopped
+    // (SIGSTOP), and the time and CPU are taken when it was stopped. If
+    // the first count finds all, they were all in when the last one was.
+    let mut pass = 0;
+    let (banned, wrong, elapsed, cpu) = loop {
+        live.freeze();
+        let frozen_at = started.elapsed();
+        let cpu = live.cpu_seconds() - cpu_before;
         let elements = live.bans_in_kernel();
-        let attackers = elements
+        let banned = elements
             .iter()
             .filter(|e| lines::is_burst_attacker(e, n))
             .count();
-        (attackers, elements.len() - attackers)
+        let wrong = elements.len() - banned;
+        let elapsed = match last_seen {
+            Some(seen) if pass == 0 && banned >= n => seen.duration_since(started),
+            _ => frozen_at,
+        };
+        if last_seen.is_none() || banned >= n || Instant::now() >= deadline {
+            break (banned, wrong, elapsed, cpu);
+        }
+        live.thaw();
+        pass += 1;
+        std::thread::sleep(Duration::from_millis(500));
     };
-    // If the first count finds them all, they were all in when the last
-    // one was; otherwise a later count's end is the (upper-bound) time.
-    let (mut banned, mut wrong) = count();
-    let mut elapsed =
-        last_seen.map_or_else(|| started.elapsed(), |seen| seen.duration_since(started));
-    while last_seen.is_some() && banned < n && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        (banned, wrong) = count();
-        elapsed = started.elapsed();
-    }
-    let cpu = live.cpu_seconds() - cpu_before;
     drop(perf);
     let result = BurstResult {
         kind,
@@ -300,7 +308,7 @@ fn steady(kind: Kind, options: &Options) -> SteadyResult {
         probes.clear();
         while written < due {
             if elapsed >= next_probe {
-                probes.push(log.probe(&mut text, &stamp).to_string());
+                probes.push(log.probe(&mut text, &stamp));
                 written += MAXRETRY as u64;
                 next_probe += options.probe_every;
             } else {
@@ -326,6 +334,7 @@ fn steady(kind: Kind, options: &Options) -> SteadyResult {
     assert!(live.alive(), "{} exited during the flood", kind.name());
     let latencies: Vec<Option<Duration>> = samples.iter().map(probe::Sample::latency).collect();
     let banned = latencies.iter().flatten().count();
+    live.freeze();
     let in_kernel = live.bans_in_kernel().len();
     let result = SteadyResult {
         kind,

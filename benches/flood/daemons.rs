@@ -179,6 +179,35 @@ impl Live {
         }
     }
 
+    /// Stops the daemon (SIGSTOP), so that its set holds still, and waits
+    /// until the kernel reports it stopped and a child `nft` it had
+    /// started has had time to finish.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let stat = format!("/proc/{}/stat", self.pid());
+        poll_until(Duration::from_secs(5), || {
+            fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+                .unwrap_or(true)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// Lets a frozen daemon go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child, not reaped yet.
+        let sent = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "kill -{signal} {}", self.pid());
+    }
+
     /// Whether the daemon is still running.
     pub fn alive(&mut self) -> bool {
         match &mut self.process {

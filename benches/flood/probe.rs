@@ -1,9 +1,12 @@
 //! Samples the kernel for watched addresses: a thread that enters a
-//! daemon's network namespace, keeps one libnftables context there, and
-//! runs `get element inet <table> <set> { <addr> }` for every outstanding
-//! address at a fixed interval, noting when each first answers. In-process
-//! libnftables costs tens of microseconds a lookup, so a 1 ms interval
-//! does not need an `nft` process per poll.
+//! daemon's network namespace and asks the kernel, for every outstanding
+//! address at a fixed interval, whether it is in the jail's set, noting
+//! when each first is. The lookup is orch's self-check probe
+//! (`orch::firewall::probe::find_missing`): one netlink `GETSETELEM` by
+//! key, which is what `nft get element` sends, without nft 1.0.6's cache
+//! of every element of every set first. That cache made `get element`
+//! cost O(set) and start over whenever the set changed, which a peer
+//! adding one element every few milliseconds does all the time.
 //!
 //! It only reads the kernel: no writing to sets, no judging of results.
 
@@ -14,7 +17,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use orch::firewall::{Executor, LibNftExecutor};
+use std::net::Ipv4Addr;
+
+use orch::firewall::probe::find_missing;
+use orch::firewall::script::{IntactCheck, SampleElement};
 
 /// One watched address: when its last line was written, when the kernel
 /// first had it (`None`: not by the deadline).
@@ -30,7 +36,7 @@ impl Sample {
 }
 
 enum Message {
-    Watch(String, Instant),
+    Watch(Ipv4Addr, Instant),
     /// Stop once nothing is outstanding, or at this instant.
     Finish(Instant),
 }
@@ -41,12 +47,12 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Starts sampling `table`/`set` (family inet) in the namespace at
-    /// `netns` (a `/proc/<pid>/ns/net` path) every `every`.
-    pub fn start(netns: &Path, table: &str, set: &str, every: Duration) -> Sampler {
+    /// Starts sampling `table`/`set` (family inet, IPv4 addresses) in the
+    /// namespace at `netns` (a `/proc/<pid>/ns/net` path) every `every`.
+    pub fn start(netns: &Path, table: &str, set: &'static str, every: Duration) -> Sampler {
         let ns = File::open(netns).expect("open the namespace");
         let (tx, rx) = mpsc::channel();
-        let prefix = format!("get element inet {table} {set} {{ ");
+        let table = table.to_owned();
         let thread = std::thread::Builder::new()
             .name("flood-sampler".into())
             .spawn(move || {
@@ -54,15 +60,14 @@ impl Sampler {
                 // was made for it and never leaves.
                 let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
                 assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-                let nft = LibNftExecutor::open().expect("libnftables");
-                sample(nft, &rx, &prefix, every)
+                sample(&rx, &table, set, every)
             })
             .expect("spawn the sampler");
         Sampler { tx, thread }
     }
 
     /// Watches `addr`, whose last line was written at `written`.
-    pub fn watch(&self, addr: String, written: Instant) {
+    pub fn watch(&self, addr: Ipv4Addr, written: Instant) {
         let _ = self.tx.send(Message::Watch(addr, written));
     }
 
@@ -74,20 +79,29 @@ impl Sampler {
     }
 }
 
-fn sample(
-    mut nft: LibNftExecutor,
-    rx: &Receiver<Message>,
-    prefix: &str,
-    every: Duration,
-) -> Vec<Sample> {
+/// Whether `addr` is in `table`/`set` now; a failed query counts as no.
+fn in_kernel(table: &str, set: &'static str, addr: Ipv4Addr) -> bool {
+    let check = IntactCheck {
+        table: table.to_owned(),
+        chains: Vec::new(),
+        elements: vec![SampleElement {
+            set,
+            key: addr.octets().to_vec(),
+            shown: addr.to_string(),
+        }],
+    };
+    matches!(find_missing(&check), Ok(None))
+}
+
+fn sample(rx: &Receiver<Message>, table: &str, set: &'static str, every: Duration) -> Vec<Sample> {
     let mut samples = Vec::new();
-    // Indices into `samples` of addresses not seen yet, with their lookups.
-    let mut outstanding: Vec<(usize, String)> = Vec::new();
+    // Addresses not seen yet, with their indices in `samples`.
+    let mut outstanding: Vec<(usize, Ipv4Addr)> = Vec::new();
     let mut deadline = None;
     loop {
         let mut take = |message| match message {
             Message::Watch(addr, written) => {
-                outstanding.push((samples.len(), format!("{prefix}{addr} }}")));
+                outstanding.push((samples.len(), addr));
                 samples.push(Sample {
                     written,
                     seen: None,
@@ -109,11 +123,11 @@ fn sample(
         if disconnected {
             deadline = deadline.or(Some(Instant::now()));
         }
-        outstanding.retain(|(index, lookup)| {
-            if nft.run(lookup).is_err() {
+        outstanding.retain(|&(index, addr)| {
+            if !in_kernel(table, set, addr) {
                 return true;
             }
-            samples[*index].seen = Some(Instant::now());
+            samples[index].seen = Some(Instant::now());
             false
         });
         if deadline.is_some_and(|at| outstanding.is_empty() || Instant::now() >= at) {
