@@ -13,13 +13,12 @@ lines=${1:-1000000}
 runs=${2:-3}
 work=${WORK:-/tmp/orch-jail-compare}
 log="$work/auth.log"
-f2brs=/opt/fail2ban-rs/bin/fail2ban-rs
 mkdir -p "$work"
 
 command -v hyperfine >/dev/null || { echo "hyperfine is needed" >&2; exit 1; }
 [ -x /usr/bin/time ] || apt-get install -y time
-command -v fail2ban-regex >/dev/null || apt-get install -y fail2ban
-[ -x "$f2brs" ] || cargo install fail2ban-rs --version 1.5.4 --no-default-features --root /opt/fail2ban-rs
+# fail2ban and fail2ban-rs; sets $f2brs.
+. benches/peers.sh
 
 cargo build --release --bin orch
 cargo bench --bench authlog -- generate "$log" "$lines" 30

@@ -260,6 +260,20 @@ pub fn pid_exists(pid: u32) -> bool {
 /// CPU time (user + system) process `pid` has used so far, in seconds;
 /// 0 if unknown. For benches: read before and after a phase.
 pub fn cpu_seconds(pid: u32) -> f64 {
+    // utime, stime.
+    stat_seconds(pid, 2)
+}
+
+/// Like [`cpu_seconds`], plus the CPU time of the children `pid` has
+/// reaped (for daemons that run a program per ban).
+pub fn cpu_seconds_with_children(pid: u32) -> f64 {
+    // utime, stime, cutime, cstime.
+    stat_seconds(pid, 4)
+}
+
+/// The sum of the first `fields` CPU-time fields of `/proc/<pid>/stat`
+/// (utime, stime, cutime, cstime), in seconds; 0 if unknown.
+fn stat_seconds(pid: u32, fields: usize) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold
     // spaces: utime and stime are the 12th and 13th of those.
@@ -267,12 +281,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks: u64 = after_name
         .split_whitespace()
         .skip(11)
-        .take(2)
+        .take(fields)
         .filter_map(|field| field.parse::<u64>().ok())
         .sum();
     // SAFETY: sysconf only reads a constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
     ticks as f64 / per_second as f64
+}
+
+/// One `… kB` field of `/proc/<pid>/status` (`"VmHWM:"`, say), 0 if
+/// unknown.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The last `n` lines of `text`.
@@ -1336,12 +1361,7 @@ impl Daemon {
 
     /// One `… kB` field of `/proc/<pid>/status`, 0 if unknown.
     fn status_kib(&self, field: &str) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        status_kib(self.pid(), field)
     }
 
     /// Sends SIGHUP (reload the configuration).
