@@ -12,7 +12,7 @@
 //!   addresses that fail only twice, seven are benign; every P ms (default
 //!   150) a probe address writes its 5 failures at once. Latency is from
 //!   the write of a probe's last line until the kernel's set has it (the
-//!   lookup `nft get element` sends, every 1 ms: benches/flood/probe.rs);
+//!   lookup `nft get element` sends, every 1 ms: benches/support/probe.rs);
 //!   p50, p99, max and the daemon's CPU % of one core over the window.
 //!
 //! Run as root, after `sh benches/peers.sh` (installs the peers):
@@ -37,8 +37,6 @@ mod common;
 mod daemons;
 #[path = "flood/lines.rs"]
 mod lines;
-#[path = "flood/probe.rs"]
-mod probe;
 mod support;
 
 use std::fmt::Write as _;
@@ -49,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use daemons::{Kind, Live};
 use lines::{MAXRETRY, SteadyLog};
-use probe::Sampler;
+use support::probe::{self, Sampler};
 
 /// Pacing of the steady writer.
 const BATCH_EVERY: Duration = Duration::from_millis(5);

@@ -18,6 +18,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, NetNs, TestBus, cpu_seconds};
+use support::probe::Sampler;
 
 /// Failures per attacker, and the jail's maxretry.
 const FAILURES: usize = 5;
@@ -57,26 +58,24 @@ fn bench(count: usize) {
     let daemon = Daemon::start(&netns, &bus, &config);
     let attackers = support::addresses_from(Ipv4Addr::new(11, 0, 0, 1), count);
     let text = burst_text(&attackers);
+    // The last attacker's fifth failure is the burst's last line, so its
+    // ban is in the last request: once it is in the kernel, all are (the
+    // core takes requests in order). It is looked up every millisecond
+    // with one netlink request (support::probe); the whole set is counted
+    // once at the end.
+    let last: Ipv4Addr = attackers
+        .last()
+        .and_then(|addr| addr.parse().ok())
+        .expect("at least one attacker");
+    let sampler = Sampler::start(&netns.path(), "orch", "ban4", Duration::from_millis(1));
     let cpu_before = cpu_seconds(daemon.pid());
     let started = Instant::now();
     support::append(&log, &text);
-    // The last attacker's fifth failure is the burst's last line, so its
-    // ban is in the last request: once it is in the kernel, all are (the
-    // core takes requests in order). A lookup of one element is cheap
-    // enough to poll often; the whole set is counted once at the end.
-    let last = attackers.last().expect("at least one attacker").clone();
-    let last_in = common::poll_until(Duration::from_secs(600), || {
-        let found = netns
-            .nft(&["get", "element", "inet", "orch", "ban4", "{", &last, "}"])
-            .ok();
-        if !found {
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        found
-    });
-    let burst = started.elapsed();
+    sampler.watch(last, started);
+    let seen = sampler.finish(started + Duration::from_secs(600));
+    let last_in = seen.first().and_then(|sample| sample.latency());
     let burst_cpu = cpu_seconds(daemon.pid()) - cpu_before;
-    assert!(last_in, "the last attacker was not banned within 600 s");
+    let burst = last_in.expect("the last attacker was not banned within 600 s");
     assert_eq!(kernel_ban_count(&netns), count, "every attacker is banned");
 
     let others = support::addresses_from(Ipv4Addr::new(12, 0, 0, 1), count);

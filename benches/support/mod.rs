@@ -1,11 +1,14 @@
 //! Shared by the benches: distinct addresses to ban, a timed `BanMany`
-//! call through the D-Bus client, and appending a burst to a log.
+//! call through the D-Bus client, appending a burst to a log, and
+//! [`probe`], which watches for addresses to reach the kernel.
 //!
 //! Bench support only: no measuring policy here, and nothing the daemon
 //! uses.
 
 // Each bench uses only some of these.
 #![allow(dead_code)]
+
+pub mod probe;
 
 use std::io::Write;
 use std::net::Ipv4Addr;

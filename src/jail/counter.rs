@@ -72,7 +72,12 @@ impl FailureCounter {
             times: [0; INLINE_TIMES],
         });
         // Failures that left the window, oldest first: overflow, then inline.
-        let mut older = self.overflow.remove(&addr).unwrap_or_default();
+        // (Most jails never overflow: no second lookup for them.)
+        let mut older = if self.overflow.is_empty() {
+            VecDeque::new()
+        } else {
+            self.overflow.remove(&addr).unwrap_or_default()
+        };
         while older.front().is_some_and(|&t| !in_window(t)) {
             older.pop_front();
         }

@@ -478,6 +478,10 @@ impl Judge {
         }
         self.found.clear();
         self.filter.feed(line, &mut self.found);
+        if self.found.is_empty() {
+            return;
+        }
+        // The clock is read only for lines with failures.
         let now = crate::timefmt::now_unix();
         let failures = std::mem::take(&mut self.found);
         for failure in &failures {
