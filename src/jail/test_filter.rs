@@ -138,13 +138,24 @@ impl Tally {
         found: &mut Vec<LineMatch>,
         classify: impl FnOnce(&str, &mut Vec<LineMatch>) -> LineOutcome,
     ) {
-        self.summary.lines += 1;
         // No copy and no conversion unless the line is not valid UTF-8
         // (then it is read lossily).
         let line = match std::str::from_utf8(raw) {
             Ok(line) => Cow::Borrowed(line),
             Err(_) => String::from_utf8_lossy(raw),
         };
+        self.text_line(&line, json, found, classify);
+    }
+
+    /// [`Tally::line`] for a line known to be UTF-8.
+    fn text_line(
+        &mut self,
+        line: &str,
+        json: bool,
+        found: &mut Vec<LineMatch>,
+        classify: impl FnOnce(&str, &mut Vec<LineMatch>) -> LineOutcome,
+    ) {
+        self.summary.lines += 1;
         found.clear();
         match classify(line.trim_end_matches('\r'), found) {
             LineOutcome::Matched => {
@@ -189,15 +200,20 @@ impl Tally {
 /// Every line of `bytes`, without newlines; a last line without a newline
 /// counts too.
 fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line_spans(bytes).map(|span| &bytes[span])
+}
+
+/// Where each line of `bytes` is, as [`lines`] cuts them.
+fn line_spans(bytes: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     let mut start = 0;
     std::iter::from_fn(move || {
         if start >= bytes.len() {
             return None;
         }
         let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
-        let line = &bytes[start..end];
+        let span = start..end;
         start = end + 1;
-        Some(line)
+        Some(span)
     })
 }
 
@@ -249,8 +265,16 @@ fn run_parallel(
                             return finished;
                         };
                         let mut tally = Tally::new(regex_count);
-                        for raw in lines(run) {
-                            tally.line(raw, json, &mut found, &mut classify);
+                        // One UTF-8 check for the whole run is cheaper than
+                        // one per line; lines cut at '\n' stay valid.
+                        let text = std::str::from_utf8(run).ok();
+                        for span in line_spans(run) {
+                            match text.and_then(|text| text.get(span.clone())) {
+                                Some(line) => {
+                                    tally.text_line(line, json, &mut found, &mut classify)
+                                }
+                                None => tally.line(&run[span], json, &mut found, &mut classify),
+                            }
                         }
                         finished.push((index, tally));
                     }
