@@ -833,6 +833,9 @@ mod tests {
                 "198.51.100.4",
                 Some(""),
             ),
+            // No port (older OpenSSH): fail2ban's sample log marks it a
+            // failure; a prefilter on " port " once skipped it.
+            ("Invalid user ftp from 192.0.2.1", "192.0.2.1", Some("ftp")),
             (
                 "Connection closed by authenticating user root 203.0.113.5 port 6000 [preauth]",
                 "203.0.113.5",
