@@ -140,6 +140,27 @@ impl SplitExtractor {
         span: Range<usize>,
         caches: &mut SplitCaches,
     ) -> Option<Captures<'a>> {
+        self.locate(message, span, caches, Trust::MatchFound)
+    }
+
+    /// Whether this pattern matches `message` at its start along the parse
+    /// the backtracker tries first, and if so its groups: as
+    /// [`SplitExtractor::extract`] on the span the pattern alone would
+    /// match, without running a DFA over the whole message. `None` means
+    /// "no such match", not "no match": another parse of PREFIX might still
+    /// match, so the caller must then decide the slow way. The pattern must
+    /// be anchored at the start (see [`super::starts`]).
+    pub fn find<'a>(&self, message: &'a str, caches: &mut SplitCaches) -> Option<Captures<'a>> {
+        self.locate(message, 0..message.len(), caches, Trust::Verify)
+    }
+
+    fn locate<'a>(
+        &self,
+        message: &'a str,
+        span: Range<usize>,
+        caches: &mut SplitCaches,
+        trust: Trust,
+    ) -> Option<Captures<'a>> {
         let anchored =
             |range: Range<usize>| Input::new(message).range(range).anchored(Anchored::Yes);
         let user_start = self
@@ -162,7 +183,11 @@ impl SplitExtractor {
                 (None, user_start)
             }
             Some(between) => {
-                let user_end = match only_occurrence(between, message, span.clone()) {
+                let only = match trust {
+                    Trust::MatchFound => only_occurrence(between, message, span.clone()),
+                    Trust::Verify => None,
+                };
+                let user_end = match only {
                     // The match found by the caller must go through it.
                     Some(at) if at >= user_start => at,
                     _ => {
@@ -190,6 +215,16 @@ impl SplitExtractor {
             user,
         })
     }
+}
+
+/// What [`SplitExtractor::locate`] may take for granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// The pattern is known to match the span: a literal found once in it
+    /// is where the user ends.
+    MatchFound,
+    /// Nothing is known: every step is checked.
+    Verify,
 }
 
 #[cfg(test)]

@@ -35,7 +35,12 @@
 //! the caller uses the arrival time. Only matched lines are dated.
 //!
 //! Speed: the prefilter literals are searched first (SIMD substring search
-//! via the regex crate's literal engines). A line passing it is run once
+//! via the regex crate's literal engines). When every failregex is anchored
+//! at the start, the literals each pattern's matches start with name the
+//! only pattern that can win for a message ([`super::starts`]); that
+//! pattern's split DFAs ([`super::extract`]) then check it and find its
+//! groups without a pass over the whole message. Otherwise (or when that
+//! check cannot tell) a line passing the prefilter is run once
 //! through one multi-pattern regex of all failregexes (a lazy DFA: which
 //! pattern matches, and where); when several match, the one whose match
 //! starts leftmost wins, then the one listed first. Only then are the `host`
@@ -71,6 +76,7 @@ use serde::Deserialize;
 use super::date::LineDates;
 use super::extract::{Captures, SplitCaches, SplitExtractor};
 use super::line_filter::{LineClassifier, LineFilter, LineMatch, LineOutcome, ThreadClassifier};
+use super::starts::{Candidate, StartGuards};
 
 /// Names of the built-in filters, for `builtin` and for listings.
 pub fn builtin_names() -> &'static [&'static str] {
@@ -221,6 +227,9 @@ pub struct Filter {
     prefilter: Option<aho_corasick::AhoCorasick>,
     /// All failregexes at once: which one matches, and where.
     fail_all: meta::Regex,
+    /// When every failregex is anchored at the start: which one alone can
+    /// match a message, so only that one is run (see [`super::starts`]).
+    starts: Option<StartGuards>,
     /// Per failregex: its capture groups, run on the span `fail_all` found.
     extractors: Vec<Extractor>,
     /// Per failregex, compiled alone: for spans too long for its
@@ -468,6 +477,7 @@ impl Filter {
             origin: origin.to_string(),
             description: file.description,
             prefilter,
+            starts: StartGuards::new(&fail_patterns),
             fail_all,
             extractors,
             fail,
@@ -501,6 +511,53 @@ impl Filter {
         self.classify_passed(line, &mut self.scratch.pool.get())
     }
 
+    /// What [`Filter::classify`] must answer, found the slow and plain way:
+    /// each failregex compiled alone by the `regex` crate searches the
+    /// message, the match starting leftmost wins, then the one listed
+    /// first. None of the fast paths (combined DFA, start guards, split
+    /// extractors, backtracker) is used, so tests and the fuzz target
+    /// compare the two. The time is left `None`.
+    pub fn reference_classify(&self, line: &str) -> (LineOutcome, Option<FilterMatch>) {
+        if !self.passes_prefilter(line) {
+            return (LineOutcome::Missed, None);
+        }
+        let message = strip_syslog_prefix(line);
+        let winner = self
+            .fail
+            .iter()
+            .enumerate()
+            .filter_map(|(index, failregex)| {
+                let start = failregex.regex.find(message)?.start();
+                Some((start, index))
+            })
+            .min();
+        let Some((_, regex_index)) = winner else {
+            return (LineOutcome::Missed, None);
+        };
+        if self
+            .ignore_set
+            .as_ref()
+            .is_some_and(|ignore| ignore.is_match(message))
+        {
+            return (LineOutcome::Ignored, None);
+        }
+        let captured = self.fail[regex_index]
+            .find(message)
+            .and_then(|caps| Some((parse_host(caps.host?)?, caps.user)));
+        match captured {
+            Some((host, user)) => (
+                LineOutcome::Matched,
+                Some(FilterMatch {
+                    host,
+                    user: user.map(str::to_string),
+                    regex_index,
+                    time: None,
+                }),
+            ),
+            None => (LineOutcome::Missed, None),
+        }
+    }
+
     /// Whether `line` holds one of the prefilter literals (or there are none).
     fn passes_prefilter(&self, line: &str) -> bool {
         self.prefilter
@@ -515,21 +572,31 @@ impl Filter {
         scratch: &mut Scratch,
     ) -> (LineOutcome, Option<FilterMatch>) {
         let message = strip_syslog_prefix(line);
-        let Some(found) = self
-            .fail_all
-            .search_with(&mut scratch.all, &Input::new(message))
-        else {
-            return (LineOutcome::Missed, None);
+        let (regex_index, captures) = match self.starts.as_ref().map(|s| s.candidate(message)) {
+            Some(Candidate::NoPattern) => return (LineOutcome::Missed, None),
+            Some(Candidate::Pattern(index))
+                if let Some(found) = self.find_alone(index, message, scratch) =>
+            {
+                (index, Some(found))
+            }
+            _ => {
+                let Some(found) = self
+                    .fail_all
+                    .search_with(&mut scratch.all, &Input::new(message))
+                else {
+                    return (LineOutcome::Missed, None);
+                };
+                let regex_index = found.pattern().as_usize();
+                let captures = self.captures(regex_index, message, found.range(), scratch);
+                (regex_index, captures)
+            }
         };
         if let Some(ignore) = &self.ignore_set
             && ignore.is_match(message)
         {
             return (LineOutcome::Ignored, None);
         }
-        let regex_index = found.pattern().as_usize();
-        let captured = self
-            .captures(regex_index, message, found.range(), scratch)
-            .and_then(|caps| Some((parse_host(caps.host?)?, caps.user)));
+        let captured = captures.and_then(|caps| Some((parse_host(caps.host?)?, caps.user)));
         // The pattern matched but captured no valid address.
         let Some((host, user)) = captured else {
             return (LineOutcome::Missed, None);
@@ -547,6 +614,26 @@ impl Filter {
             time,
         };
         (LineOutcome::Matched, Some(found))
+    }
+
+    /// Failregex `index`'s groups if it matches `message` along its first
+    /// parse, checked by its split DFAs alone; `None` if that cannot tell.
+    fn find_alone<'a>(
+        &self,
+        index: usize,
+        message: &'a str,
+        scratch: &mut Scratch,
+    ) -> Option<Captures<'a>> {
+        let split = self.extractors.get(index)?.split.as_ref()?;
+        let caches = scratch.split.get_mut(index)?.as_mut()?;
+        split.find(message, caches)
+    }
+
+    /// Whether the filter knows, for every message, which failregex alone
+    /// can match it (every failregex anchored at the start).
+    #[cfg(test)]
+    pub fn has_start_guards(&self) -> bool {
+        self.starts.is_some()
     }
 
     /// The groups of failregex `index`, whose match is `span` of `message`.
@@ -1297,6 +1384,65 @@ mod tests {
             let caps = f.fail[m.regex_index].find(line).unwrap();
             assert_eq!(Some(m.host), caps.host.and_then(parse_host), "{line}");
             assert_eq!(m.user.as_deref(), caps.user, "{line}");
+        }
+    }
+
+    /// `classify` and `reference_classify` agree on `line`, time aside.
+    fn assert_agrees(f: &Filter, line: &str) {
+        let (outcome, found) = f.classify(line);
+        let (expected_outcome, expected) = f.reference_classify(line);
+        let strip_time = |m: Option<FilterMatch>| m.map(|m| (m.host, m.user, m.regex_index));
+        assert_eq!(
+            (outcome, strip_time(found)),
+            (expected_outcome, strip_time(expected)),
+            "{} on {line:?}",
+            f.origin
+        );
+    }
+
+    /// Every built-in, on hostile sshd lines, every cut of them, and the
+    /// same with a second address spliced in at every space: the fast paths
+    /// (start guards, combined DFA, split extractors) answer what each
+    /// pattern alone answers in the `regex` crate.
+    #[test]
+    fn fast_paths_agree_with_the_reference() {
+        let corpus = [
+            "Failed password for invalid user a b from 192.0.2.2 port 5 ssh2",
+            "Failed password for invalid user invalid user  from 192.0.2.2 port 5 ssh2",
+            "Failed keyboard-interactive/pam for root from 2001:db8::1 port 5 ssh2 [preauth]",
+            "Invalid user  from ::ffff:192.0.2.7 port 1",
+            "Invalid user ftp from 192.0.2.1",
+            "Connection reset by invalid user x 1.2.3.4 port 22 [preauth]",
+            "Disconnected from authenticating user root 1.2.3.4 port 2 [preauth]",
+            "error: maximum authentication attempts exceeded for root from 1.2.3.4 port 2 ssh2 [preauth]",
+            "banner exchange: Connection from 1.2.3.4 port 5: invalid format",
+            "Unable to negotiate with 203.0.113.9 port 4242: no matching cipher found",
+            "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  user=x",
+            "User root from 1.2.3.4 not allowed because not listed in AllowUsers",
+            "Did not receive identification string from 2001:db8::2 port 7",
+            "user unknown: authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=bob rhost=1.2.3.4",
+            "1.2.3.4 - - [25/Nov/2026:10:00:00 +0000] \"GET /wp-login.php HTTP/1.1\" 404 1",
+            "NOQUEUE: reject: RCPT from unknown[1.2.3.4]: 554 5.7.1 Relay access denied",
+        ];
+        let filters: Vec<Filter> = builtin_names().iter().map(|name| builtin(name)).collect();
+        for line in corpus {
+            let mut variants: Vec<String> = (0..=line.len())
+                .filter(|&cut| line.is_char_boundary(cut))
+                .map(|cut| line[..cut].to_string())
+                .collect();
+            for (at, _) in line.match_indices(' ') {
+                variants.push(format!(
+                    "{} from 198.51.100.9 port 9{}",
+                    &line[..at],
+                    &line[at..]
+                ));
+            }
+            variants.push(format!("Nov 25 10:00:00 web1 sshd[1]: {line}"));
+            for variant in &variants {
+                for f in &filters {
+                    assert_agrees(f, variant);
+                }
+            }
         }
     }
 

@@ -11,7 +11,7 @@
 //!   filters, whatever the filter kind and engine; [`filter`] loads native
 //!   TOML filters (and the built-in ones) and matches lines with the
 //!   linear-time `regex` crate ([`extract`] finds the groups of a match
-//!   with DFAs); [`fail2ban`] loads fail2ban's own filter.d `.conf` files
+//!   with DFAs, [`starts`] tells which pattern alone can match a line); [`fail2ban`] loads fail2ban's own filter.d `.conf` files
 //!   and runs them on PCRE2 bounded by a match limit
 //!   ([`fail2ban::backtrack`]); [`date`] reads the timestamp a line starts
 //!   with; [`load`] turns a filter reference into a filter.
@@ -41,4 +41,5 @@ pub mod load;
 pub mod recent_asks;
 pub mod runner;
 pub mod sd_journal;
+pub mod starts;
 pub mod test_filter;
