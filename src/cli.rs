@@ -53,13 +53,20 @@ SIGTERM or SIGINT stops it."
     #[command(
         long_about = "Ban one or more IPv4/IPv6 addresses or CIDR prefixes, in one transaction. \
 Either all are banned or none: an invalid, over-broad (see bans.min_prefix_v4/v6), allowlisted, \
-loopback or own address refuses the whole command. Banning an address again resets its expiry.",
-        after_help = "Examples:\n  orch ban 203.0.113.7\n  orch ban 198.51.100.0/24 2001:db8::7 --for 1d --reason 'port scan'"
+loopback or own address refuses the whole command. Banning an address again resets its expiry.\n\n\
+With --from-file, the addresses come from a file (or stdin, `-`): one address or prefix per line, \
+`#` starting a comment, blank lines skipped, at most 1,000,000 entries. A bad entry is reported \
+with its file and line, and nothing is banned. The whole list goes to the daemon as one BanMany: \
+one transaction and one fsync, as fast as one ban of many (about 100,000 addresses in under a second).",
+        after_help = "Examples:\n  orch ban 203.0.113.7\n  orch ban 198.51.100.0/24 2001:db8::7 --for 1d --reason 'port scan'\n  orch ban --from-file /root/blocklist.txt --for 7d --reason 'blocklist 2026-12'\n  curl -s https://example.org/drop.txt | orch ban --from-file -"
     )]
     Ban {
         /// Addresses or prefixes, e.g. 203.0.113.7, 2001:db8::7, 198.51.100.0/24
-        #[arg(required = true, value_name = "ADDR")]
+        #[arg(required_unless_present = "from_file", value_name = "ADDR")]
         addresses: Vec<String>,
+        /// Also ban every address listed in FILE ('-' reads stdin)
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
         /// How long, e.g. 30m, 1h, 7d (default: bans.default_time)
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
         duration: Option<Duration>,
@@ -341,16 +348,39 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
     match command {
         Command::Ban {
             addresses,
+            from_file,
             duration,
             reason,
         } => {
             let seconds = duration.map(|d| d.as_secs().max(1)).unwrap_or(0);
-            let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+            let listed = match from_file {
+                Some(path) => read_address_file(path)?,
+                None => Vec::new(),
+            };
+            let refs: Vec<&str> = addresses
+                .iter()
+                .chain(&listed)
+                .map(String::as_str)
+                .collect();
+            let progress = Progress::on_terminal();
+            if refs.len() >= BULK_PROGRESS_FROM {
+                progress.show(&format!(
+                    "banning {} addresses (one BanMany)...",
+                    refs.len()
+                ));
+            }
+            let started = std::time::Instant::now();
             let count = proxy
                 .ban_many(&refs, seconds, reason)
                 .await
-                .map_err(changing(Action::Ban))?;
-            println!("banned {count}");
+                .map_err(changing(Action::Ban));
+            progress.clear();
+            let count = count?;
+            if refs.len() >= BULK_PROGRESS_FROM {
+                println!("banned {count} in {:.1} s", started.elapsed().as_secs_f64());
+            } else {
+                println!("banned {count}");
+            }
         }
         Command::Unban {
             addresses,
@@ -414,6 +444,60 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
         | Command::Store(_) => {}
     }
     Ok(())
+}
+
+/// From how many addresses `orch ban` shows progress and the time taken.
+const BULK_PROGRESS_FROM: usize = 10_000;
+
+/// Reads `orch ban --from-file PATH` (`-`: stdin), showing progress on a
+/// terminal.
+fn read_address_file(path: &std::path::Path) -> Result<Vec<String>, Failure> {
+    let progress = Progress::on_terminal();
+    let show = |count: usize| progress.show(&format!("read {count} addresses..."));
+    let listed = if path.as_os_str() == "-" {
+        crate::addr_list::read_list(std::io::stdin().lock(), "stdin", show)
+    } else {
+        let name = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|err| Failure {
+            message: format!("{name}: {err}"),
+            code: 1,
+        })?;
+        crate::addr_list::read_list(std::io::BufReader::new(file), &name, show)
+    };
+    progress.clear();
+    listed.map_err(|err| Failure {
+        message: err.to_string(),
+        code: 1,
+    })
+}
+
+/// A one-line progress note on stderr, only when stderr is a terminal
+/// (scripts and logs get the final line alone).
+struct Progress {
+    on_terminal: bool,
+}
+
+impl Progress {
+    fn on_terminal() -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            on_terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Replaces the note with `text`.
+    fn show(&self, text: &str) {
+        if self.on_terminal {
+            eprint!("\r\x1b[K{text}");
+        }
+    }
+
+    /// Removes the note.
+    fn clear(&self) {
+        if self.on_terminal {
+            eprint!("\r\x1b[K");
+        }
+    }
 }
 
 /// How long `orch sync` waits: it runs inside nftables.service's reload

@@ -4,6 +4,7 @@
 //! dispatches. See `docs/design.md` for how the pieces fit together.
 
 pub mod addr;
+pub mod addr_list;
 pub mod bus;
 pub mod child;
 pub mod cli;

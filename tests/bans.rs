@@ -178,6 +178,86 @@ fn refused_input_gets_a_named_error_and_changes_nothing() {
     assert_eq!(rows.as_array().map(Vec::len), Some(2));
 }
 
+/// `orch ban --from-file`: a 50,000-line list with comments lands in the
+/// kernel as one BanMany; stdin works; a bad entry (named by file and line)
+/// or an allowlisted one refuses the whole list.
+#[test]
+fn ban_from_file_bans_a_whole_list_or_nothing() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let daemon = Daemon::start(&netns, &bus, "allow = [\"192.0.2.0/28\"]\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("blocklist.txt");
+    let mut text = String::from("# exported 2026-12-04\n\n");
+    for i in 0..50_000u32 {
+        text.push_str(&format!(
+            "10.{}.{}.{}  # seen {i}\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    std::fs::write(&list, &text).expect("write list");
+    let list_path = list.display().to_string();
+    let out = daemon
+        .cli(&[
+            "ban",
+            "--from-file",
+            &list_path,
+            "--for",
+            "1h",
+            "--reason",
+            "blocklist",
+        ])
+        .expect_ok("ban --from-file");
+    assert!(out.stdout.starts_with("banned 50000 in "), "{}", out.stdout);
+    let ban4 = netns.set_elements("orch", "ban4");
+    assert_eq!(ban4.len(), 50_000);
+    assert!(has(&ban4, "10.0.195.79"), "the last entry is banned");
+
+    let out = daemon
+        .cli_with_input(
+            &["ban", "198.51.100.7", "--from-file", "-"],
+            "203.0.113.8\n2001:db8::8 # v6\n",
+        )
+        .expect_ok("ban --from-file -");
+    assert_eq!(out.stdout.trim(), "banned 3");
+    assert!(has(&netns.set_elements("orch", "ban6"), "2001:db8::8"));
+
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, "203.0.113.20\n# fine\n203.0.113.300\n203.0.113.21\n").expect("write");
+    let out = daemon.cli(&["ban", "--from-file", &bad.display().to_string()]);
+    assert_eq!(out.status, 1, "{out:?}");
+    let named = format!("{}:3: 203.0.113.300", bad.display());
+    assert!(out.stderr.contains(&named), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was banned"), "{}", out.stderr);
+
+    let allowlisted = dir.path().join("allowlisted.txt");
+    std::fs::write(&allowlisted, "203.0.113.30\n192.0.2.5\n").expect("write");
+    let out = daemon.cli(&["ban", "--from-file", &allowlisted.display().to_string()]);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("org.orch.Orch1.Error.Allowlisted"),
+        "{}",
+        out.stderr
+    );
+    let ban4 = netns.set_elements("orch", "ban4");
+    assert!(!has(&ban4, "203.0.113.20") && !has(&ban4, "203.0.113.30"));
+    assert_eq!(
+        ban4.len(),
+        50_002,
+        "only the second command's two v4 addresses were added"
+    );
+
+    let missing = daemon.cli(&["ban", "--from-file", "/nonexistent/list.txt"]);
+    assert_eq!(missing.status, 1);
+    assert!(
+        missing.stderr.contains("/nonexistent/list.txt"),
+        "{}",
+        missing.stderr
+    );
+}
+
 #[test]
 fn allow_rule_comes_before_ban_rule_and_packets_obey_it() {
     let pair = VethPair::new(&["10.99.0.1/24"], &["10.99.0.2/24", "10.99.0.3/24"]);

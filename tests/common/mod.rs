@@ -1394,6 +1394,12 @@ impl Daemon {
         run_command(self.cli_env(nobody_command(orch_bin())).args(args))
     }
 
+    /// Like [`Daemon::cli`], with `input` on stdin.
+    #[track_caller]
+    pub fn cli_with_input(&self, args: &[&str], input: &str) -> CmdOutput {
+        run_command_with_input(self.cli_env(Command::new(orch_bin())).args(args), input)
+    }
+
     fn cli_env(&self, mut cmd: Command) -> Command {
         cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus_address)
             .env("NO_COLOR", "1")
