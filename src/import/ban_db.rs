@@ -15,7 +15,10 @@ use std::path::Path;
 use rusqlite::types::ValueRef;
 
 use super::ImportError;
-use crate::quote::quote_input;
+use crate::quote::cut;
+
+/// Longest reason a bad row is reported with (it quotes the row's text).
+const MAX_WHY_BYTES: usize = 300;
 
 /// One cell as SQLite gave it.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,7 +161,7 @@ pub fn judge_rows(rows: impl IntoIterator<Item = RawRow>, now: u64) -> DbBans {
             }
             Err(why) => result
                 .bad
-                .push(format!("row {}: {}", index + 1, quote_input(&why))),
+                .push(format!("row {}: {}", index + 1, cut(&why, MAX_WHY_BYTES))),
         }
     }
     for ban in latest.into_values() {
