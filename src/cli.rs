@@ -209,6 +209,10 @@ every problem as file:line:column: message. Exits 0 when the configuration is va
     )]
     CheckConfig,
 
+    /// Bring another tool's jails and bans over to orch (fail2ban)
+    #[command(subcommand)]
+    Import(crate::import::run::ImportCommand),
+
     /// Check or repair the ban store files in the state directory
     #[command(
         subcommand,
@@ -441,7 +445,8 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
         | Command::TestFilter { .. }
         | Command::InstallUnits(_)
         | Command::UninstallUnits(_)
-        | Command::Store(_) => {}
+        | Command::Store(_)
+        | Command::Import(_) => {}
     }
     Ok(())
 }

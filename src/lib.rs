@@ -15,6 +15,7 @@ pub mod file_trust;
 pub mod firewall;
 pub mod fleet;
 pub mod hooks;
+pub mod import;
 pub mod jail;
 pub mod logging;
 pub mod memory;

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::InstallUnits(ref args) => run_units(orch::systemd::install::install(args)),
         Command::UninstallUnits(ref args) => run_units(orch::systemd::install::uninstall(args)),
         Command::Store(ref command) => run_store(&cli, command),
+        Command::Import(ref command) => run_import(&cli, command),
         ref client_command => run_client(client_command),
     }
 }
@@ -227,6 +228,20 @@ fn test_filter(spec: &str, log: &std::path::Path, json: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Err(err) => {
+            eprintln!("orch: {}", printable_lines(&err.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_import(cli: &Cli, command: &orch::import::run::ImportCommand) -> ExitCode {
+    let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(orch::import::run::run(cli.config.as_deref(), command))
+            .map_err(anyhow::Error::from)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("orch: {}", printable_lines(&err.to_string()));
             ExitCode::FAILURE

@@ -20,7 +20,7 @@ use super::polkit::Verdict;
 /// changing actions are the polkit action ids they map to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Ban, BanMany.
+    /// Ban, BanMany, ImportBans.
     Ban,
     /// Unban.
     Unban,
@@ -37,7 +37,7 @@ impl Action {
     /// orch does not know (zbus answers those itself).
     pub fn of_member(member: &str) -> Option<Action> {
         Some(match member {
-            "Ban" | "BanMany" => Action::Ban,
+            "Ban" | "BanMany" | "ImportBans" => Action::Ban,
             "Unban" => Action::Unban,
             "Allow" | "Disallow" => Action::Allow,
             "Sync" | "SyncEvent" | "RunHooks" | "UnbanFleet" => Action::Manage,
@@ -228,6 +228,7 @@ mod tests {
         for (member, action) in [
             ("Ban", Action::Ban),
             ("BanMany", Action::Ban),
+            ("ImportBans", Action::Ban),
             ("Unban", Action::Unban),
             ("Allow", Action::Allow),
             ("Disallow", Action::Allow),

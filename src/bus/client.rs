@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use zbus::{Connection, proxy};
 
-use super::service::{AllowRow, BanRow, HookRow};
+use super::service::{AllowRow, BanRow, HookRow, ImportRow};
 
 /// The changing methods allow interactive authorisation: polkit may ask
 /// the user's authentication agent for a password where its policy says
@@ -23,6 +23,8 @@ pub trait Orch1 {
     fn ban(&self, address: &str, seconds: u64, reason: &str) -> zbus::Result<()>;
     #[zbus(allow_interactive_auth)]
     fn ban_many(&self, addresses: &[&str], seconds: u64, reason: &str) -> zbus::Result<u32>;
+    #[zbus(allow_interactive_auth)]
+    fn import_bans(&self, bans: &[ImportRow]) -> zbus::Result<(u32, u32, Vec<(String, String)>)>;
     #[zbus(allow_interactive_auth)]
     fn unban(&self, address: &str) -> zbus::Result<bool>;
     #[zbus(allow_interactive_auth)]

@@ -11,6 +11,7 @@ use super::errors::OrchError;
 use crate::daemon::core::{Core, CoreError, CoreHandle};
 use crate::daemon::dns_refresh::DnsReports;
 use crate::daemon::hook_runs::HookRuns;
+use crate::daemon::imported_bans::ImportedBan;
 use crate::daemon::jails::JailSupervisor;
 use crate::daemon::listing::{BanQuery, MAX_PAGE_ROWS};
 use crate::store::BanRecord;
@@ -65,6 +66,9 @@ pub type AllowRow = (String, String, String, u64);
 
 /// One row of `RunHooks`/`SyncEvent` results: hook name, status (0 = ok).
 pub type HookRow = (String, i32);
+
+/// One entry of `ImportBans`: address, expires_at (Unix seconds), reason, source.
+pub type ImportRow = (String, u64, String, String);
 
 fn hook_rows(results: &[crate::hooks::HookResult]) -> Vec<HookRow> {
     results
@@ -176,6 +180,32 @@ impl OrchService {
             .await?;
         emit_banned(&emitter, &records).await;
         Ok(u32::try_from(records.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Import bans from another tool (`orch import fail2ban`): each entry
+    /// is (address, expires_at in Unix seconds, reason, source), judged on
+    /// its own: a refused entry does not hold back the others, and one an
+    /// active ban already covers for as long is unchanged. Expiries beyond
+    /// bans.max_time from now are cut to it. Returns (banned, unchanged,
+    /// refused entries with why); one fsync, one kernel transaction.
+    async fn import_bans(
+        &self,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        bans: Vec<ImportRow>,
+    ) -> Result<(u32, u32, Vec<(String, String)>), OrchError> {
+        let bans: Vec<ImportedBan> = bans
+            .into_iter()
+            .map(|(address, expires_at, reason, source)| ImportedBan {
+                address,
+                expires_at,
+                reason,
+                source,
+            })
+            .collect();
+        let outcome = self.run(move |core| core.import_bans(&bans)).await?;
+        emit_banned(&emitter, &outcome.banned).await;
+        let banned = u32::try_from(outcome.banned.len()).unwrap_or(u32::MAX);
+        Ok((banned, outcome.unchanged, outcome.refused))
     }
 
     /// Lift a ban. Returns whether it was banned.

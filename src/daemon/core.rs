@@ -285,7 +285,7 @@ impl Core {
 
     /// Bans checked records: durable (one fsync), noted for the fleet,
     /// then in the kernel (one transaction).
-    fn commit_bans(&mut self, records: &[BanRecord], now: u64) -> Result<(), CoreError> {
+    pub(super) fn commit_bans(&mut self, records: &[BanRecord], now: u64) -> Result<(), CoreError> {
         // Each phase of a big call shows the watchdog the core is alive:
         // a million bans take seconds to check, to store and to apply.
         self.liveness.beat();

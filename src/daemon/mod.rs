@@ -14,6 +14,7 @@ pub mod firewall_event;
 pub mod fleet_apply;
 pub mod fleet_side;
 pub mod hook_runs;
+pub mod imported_bans;
 pub mod jail_bans;
 pub mod jails;
 pub mod lanes;

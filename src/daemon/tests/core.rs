@@ -387,3 +387,50 @@ fn a_firewall_event_re_applies_a_table_the_self_check_cannot_find() {
         Some("nftables.service restarted".into())
     );
 }
+
+#[test]
+fn imported_bans_keep_their_own_expiry_and_a_second_import_changes_nothing() {
+    use crate::daemon::imported_bans::ImportedBan;
+    let mut h = start_with("allow = [\"203.0.113.0/24\"]", &[]);
+    let now = crate::timefmt::now_unix();
+    let entry = |address: &str, expires_at: u64, source: &str| ImportedBan {
+        address: address.to_string(),
+        expires_at,
+        reason: "imported".to_string(),
+        source: source.to_string(),
+    };
+    let bans = [
+        entry("192.0.2.7", now + HOUR, "sshd"),
+        entry("192.0.2.8", now + DAY, "recidive"),
+        entry("192.0.2.9", u64::MAX, "sshd"),
+        entry("203.0.113.9", now + HOUR, "sshd"),
+        entry("192.0.2.10", now - 1, "sshd"),
+        entry("192.0.2.11", now + HOUR, "fleet:web2"),
+        entry("not-an-address", now + HOUR, "sshd"),
+    ];
+    let outcome = h.core.import_bans(&bans).expect("imported");
+    assert_eq!(outcome.banned.len(), 3, "{outcome:?}");
+    assert_eq!(outcome.unchanged, 0);
+    let refused: Vec<&str> = outcome.refused.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        refused,
+        ["203.0.113.9", "192.0.2.10", "192.0.2.11", "not-an-address"]
+    );
+    let scripts = h.scripts();
+    let timeout = timeout_of(only(&scripts), "192.0.2.7").expect("in the script");
+    assert!((HOUR - 2..=HOUR).contains(&timeout), "{timeout}");
+    let recidive = h.stored("192.0.2.8").expect("stored");
+    assert_eq!(&*recidive.source, "recidive");
+    assert_eq!(recidive.expires, now + DAY);
+    let permanent = h.stored("192.0.2.9").expect("stored");
+    assert_eq!(
+        permanent.expires - permanent.created,
+        365 * DAY,
+        "cut to bans.max_time"
+    );
+
+    let again = h.core.import_bans(&bans[..3]).expect("imported again");
+    assert!(again.banned.is_empty(), "{again:?}");
+    assert_eq!(again.unchanged, 3);
+    assert_eq!(h.scripts(), Vec::<String>::new(), "nothing to change");
+}

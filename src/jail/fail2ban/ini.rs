@@ -22,11 +22,18 @@ const MAX_INCLUDE_DEPTH: usize = 16;
 /// Options of one section, names lowercased as Python's `optionxform` does.
 pub type Options = HashMap<String, String>;
 
+/// The section name used for `[DEFAULT]` in [`IniFile::lines`] and
+/// [`Config::location`].
+pub const DEFAULT_SECTION: &str = "DEFAULT";
+
 /// One parsed file: `[DEFAULT]` and the other sections in file order.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct IniFile {
     pub defaults: Options,
     pub sections: Vec<(String, Options)>,
+    /// The 1-based line where each (section, option) was last set
+    /// (`[DEFAULT]` as [`DEFAULT_SECTION`]), for messages.
+    pub lines: HashMap<(String, String), usize>,
 }
 
 impl IniFile {
@@ -47,20 +54,26 @@ pub fn parse(text: &str, origin: &str) -> Result<IniFile, Fail2banError> {
     let mut file = IniFile::default();
     // Where the current section's options live: None = DEFAULT.
     let mut current: Option<Option<usize>> = None;
-    // The option being continued: its name and its lines so far.
-    let mut option: Option<(String, Vec<String>)> = None;
+    // The option being continued: its name, its first line number and its
+    // lines so far.
+    let mut option: Option<(String, usize, Vec<String>)> = None;
     let mut indent_level = 0usize;
 
     fn store(
         file: &mut IniFile,
         current: Option<Option<usize>>,
-        option: &mut Option<(String, Vec<String>)>,
+        option: &mut Option<(String, usize, Vec<String>)>,
     ) {
-        let (Some(section), Some((name, lines))) = (current, option.take()) else {
+        let (Some(section), Some((name, line, lines))) = (current, option.take()) else {
             return;
         };
         let mut value = lines.join("\n");
         value.truncate(value.trim_end().len());
+        let section_name = match section {
+            None => DEFAULT_SECTION.to_string(),
+            Some(index) => file.sections[index].0.clone(),
+        };
+        file.lines.insert((section_name, name.clone()), line);
         match section {
             None => file.defaults.insert(name, value),
             Some(index) => file.sections[index].1.insert(name, value),
@@ -83,7 +96,7 @@ pub fn parse(text: &str, origin: &str) -> Result<IniFile, Fail2banError> {
             // An empty line (not a comment) inside a value is kept.
             if !is_comment_line
                 && comment_start.is_none()
-                && let Some((_, lines)) = option.as_mut()
+                && let Some((_, _, lines)) = option.as_mut()
             {
                 lines.push(String::new());
             }
@@ -91,7 +104,7 @@ pub fn parse(text: &str, origin: &str) -> Result<IniFile, Fail2banError> {
         }
         let indent = line.len() - line.trim_start().len();
         if option.is_some() && indent > indent_level {
-            if let Some((_, lines)) = option.as_mut() {
+            if let Some((_, _, lines)) = option.as_mut() {
                 lines.push(content.to_string());
             }
             continue;
@@ -125,7 +138,7 @@ pub fn parse(text: &str, origin: &str) -> Result<IniFile, Fail2banError> {
         };
         let name = content[..delimiter].trim_end().to_lowercase();
         let value = content[delimiter + 1..].trim().to_string();
-        option = Some((name, vec![value]));
+        option = Some((name, number + 1, vec![value]));
     }
     store(&mut file, current, &mut option);
     Ok(file)
@@ -253,6 +266,8 @@ pub struct Config {
     pub sections: HashMap<String, Options>,
     /// Where the values came from, for error messages.
     pub origin: String,
+    /// The file and line that set each (section, option) last.
+    locations: HashMap<(String, String), (String, usize)>,
 }
 
 impl Config {
@@ -265,7 +280,8 @@ impl Config {
         };
         for file in files {
             let text = read(&file)?;
-            config.merge(parse(&text, &file.display().to_string())?);
+            let name = file.display().to_string();
+            config.merge_from(parse(&text, &name)?, &name);
         }
         Ok(config)
     }
@@ -285,6 +301,16 @@ impl Config {
     /// Merges a later file: its values override; the values they replace
     /// are kept in `KNOWN/<section>`.
     pub fn merge(&mut self, file: IniFile) {
+        let origin = self.origin.clone();
+        self.merge_from(file, &origin);
+    }
+
+    /// [`Config::merge`] of a file read from `path`, whose lines become
+    /// the locations of its options.
+    pub fn merge_from(&mut self, file: IniFile, path: &str) {
+        for (key, line) in file.lines {
+            self.locations.insert(key, (path.to_string(), line));
+        }
         self.defaults.extend(file.defaults);
         for (name, options) in file.sections {
             match self.sections.get_mut(&name) {
@@ -305,6 +331,16 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// Where `option` as seen from `section` was set: the section's own
+    /// line, else `[DEFAULT]`'s, as `file:line`.
+    pub fn location(&self, section: &str, option: &str) -> Option<String> {
+        let option = option.to_lowercase();
+        [section, DEFAULT_SECTION]
+            .iter()
+            .find_map(|sec| self.locations.get(&(sec.to_string(), option.clone())))
+            .map(|(file, line)| format!("{file}:{line}"))
     }
 
     pub fn has_section(&self, name: &str) -> bool {
