@@ -805,8 +805,12 @@ async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
     }
     print_fleet(&printable_facts(proxy.fleet().await?));
     let jails = proxy.jails().await?;
-    if jails.is_empty() {
+    let notes = proxy.jail_notes().await?;
+    if jails.is_empty() && notes.is_empty() {
         println!("jails:      none configured");
+    }
+    for note in notes {
+        println!("jails:      {}", printable(&note));
     }
     for (
         name,

@@ -73,6 +73,12 @@ fn check_config(cli: &Cli) -> ExitCode {
             }
         }
     }
+    if loaded.jails.jails.iter().any(|jail| jail.by_default) {
+        println!(
+            "note: no jails configured: the default jail sshd (journal of ssh.service, sshd.service) \
+             runs where one of those units is installed; [jails.sshd] enabled = false turns it off"
+        );
+    }
     for note in loaded.fleet.jails_kept_local(&loaded.jails) {
         println!("note: {}", printable_lines(&note));
     }

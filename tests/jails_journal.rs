@@ -4,6 +4,8 @@
 //! forged from outside that unit, resumes at its saved cursor after a
 //! restart, keeps following across a journal rotation, gives each of
 //! several journal jails its own entries, and cuts an overlong message.
+//! With no jails configured, the default sshd jail runs only where an
+//! ssh.service unit file is installed, and `orch status` says why.
 //!
 //! The lines come from transient units (`systemd-run`); on a host with
 //! openssh-server, its `ssh.service` is removed from the sandbox's overlay
@@ -27,14 +29,19 @@ bantime = "1h"
 
 /// A sandbox running orch on `config`, once its jail follows the journal.
 fn boot_with_orch(config: &str) -> SystemdSandbox {
+    let sandbox = boot_without_sshd();
+    sandbox.install_and_start_orch(Some(config));
+    sandbox.wait_for_journal_jails();
+    sandbox
+}
+
+/// A sandbox where the host's sshd units (if any) are gone, so the names
+/// are free for the test's own units; only the sandbox's overlay changes.
+fn boot_without_sshd() -> SystemdSandbox {
     let sandbox = SystemdSandbox::boot();
-    // The host's sshd units (if any) must not hold the names the test's
-    // transient units take; only the sandbox's overlay changes.
     sandbox
         .sh("rm -f /lib/systemd/system/ssh.service /lib/systemd/system/ssh@.service /etc/systemd/system/sshd.service && systemctl daemon-reload")
         .expect_ok("free the name ssh.service");
-    sandbox.install_and_start_orch(Some(config));
-    sandbox.wait_for_journal_jails();
     sandbox
 }
 
@@ -231,4 +238,73 @@ fn journal_jails_follow_rotation_and_get_their_own_units_entries() {
         status.contains("lines too long (cut) 3,")
     });
     sandbox.shutdown();
+}
+
+/// Protection by default: no jails configured, and an installed
+/// ssh.service (a unit file, as openssh-server ships) gets the default sshd
+/// jail, which bans after 5 failures; `enabled = false` turns it off; no
+/// sshd unit, no jail. `orch status` says which and why each time.
+#[test]
+fn the_default_sshd_jail_runs_where_sshd_is_installed() {
+    let sandbox = boot_without_sshd();
+    sandbox.write_file(
+        "/etc/systemd/system/ssh.service",
+        "[Unit]\nDescription=stand-in for OpenSSH\n[Service]\nType=oneshot\n\
+         SyslogIdentifier=sshd-session\nExecStart=/bin/sh /run/ssh-lines.sh\n",
+        0o644,
+    );
+    sandbox
+        .systemctl(&["daemon-reload"])
+        .expect_ok("daemon-reload");
+    sandbox.install_and_start_orch(Some("# no jails\n"));
+    sandbox.wait_for_journal_jails();
+    let status = sandbox.run(ORCH, &["status"]).expect_ok("status").stdout;
+    assert!(
+        status.contains(
+            "jail sshd runs by default: no jails are configured and ssh.service is installed; \
+             set jails.sshd.enabled = false in orch.toml to turn it off"
+        ),
+        "{status}"
+    );
+    let script: String = failures("192.0.2.55", 5)
+        .iter()
+        .map(|line| format!("echo '{line}'\n"))
+        .collect();
+    sandbox.write_file("/run/ssh-lines.sh", &script, 0o644);
+    sandbox
+        .systemctl(&["start", "ssh.service"])
+        .expect_ok("start the stand-in ssh.service");
+    wait_until(Duration::from_secs(10), "192.0.2.55 banned", || {
+        banned(&sandbox, "192.0.2.55")
+    });
+
+    // Turned off: no jail runs, and status says none.
+    sandbox.write_file(
+        "/etc/orch/orch.toml",
+        "[jails.sshd]\nenabled = false\n",
+        0o644,
+    );
+    sandbox
+        .systemctl(&["restart", "orch.service"])
+        .expect_ok("restart orch");
+    let status = sandbox.run(ORCH, &["status"]).expect_ok("status").stdout;
+    assert!(
+        status.contains("jails:      none configured") && !status.contains("jail sshd"),
+        "{status}"
+    );
+
+    // No sshd unit on the host: the default jail does not run, and says so.
+    sandbox.write_file("/etc/orch/orch.toml", "# no jails\n", 0o644);
+    sandbox
+        .sh("rm /etc/systemd/system/ssh.service && systemctl daemon-reload && systemctl restart orch.service")
+        .expect_ok("remove ssh.service, restart orch");
+    let status = sandbox.run(ORCH, &["status"]).expect_ok("status").stdout;
+    assert!(
+        status.contains(
+            "jail sshd (the default when no jails are configured) does not run: \
+             none of ssh.service, sshd.service is installed"
+        ),
+        "{status}"
+    );
+    assert!(!status.contains("following the journal"), "{status}");
 }

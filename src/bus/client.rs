@@ -60,6 +60,8 @@ pub trait Orch1 {
     fn fleet(&self) -> zbus::Result<HashMap<String, String>>;
     #[zbus(property)]
     fn jails(&self) -> zbus::Result<Vec<crate::bus::service::JailRow>>;
+    #[zbus(property)]
+    fn jail_notes(&self) -> zbus::Result<Vec<String>>;
 }
 
 /// Why a client command could not be carried out.

@@ -535,6 +535,13 @@ impl OrchService {
         Ok(facts)
     }
 
+    /// Why jails nobody configured run or not: the default sshd jail when
+    /// no jails are configured. Empty otherwise.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn jail_notes(&self) -> Vec<String> {
+        self.jails.notes()
+    }
+
     /// The running log jails and what they have found.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn jails(&self) -> Result<Vec<JailRow>, zbus::fdo::Error> {

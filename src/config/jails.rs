@@ -20,8 +20,17 @@
 //! ```
 //!
 //! Merging follows the other sections: a key set for a jail in a later file
-//! overrides the same key of the same jail from an earlier file. This module
-//! only validates; it must not start readers or ban.
+//! overrides the same key of the same jail from an earlier file.
+//!
+//! Protection by default: when no file names any jail, the section holds
+//! one jail `sshd` (built-in filter, on the journal of ssh.service and
+//! sshd.service), marked [`JailConfig::by_default`]; the daemon runs it only
+//! where one of those units exists, as Debian's fail2ban protects sshd out
+//! of the box. `[jails.sshd] enabled = false` turns it off. A jail that
+//! names no source reads the journal entries its filter's `journalmatch`
+//! names, so `[jails.sshd]` alone is the same jail.
+//!
+//! This module only validates; it must not start readers or ban.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -89,6 +98,9 @@ pub struct IncrementConfig {
 pub struct JailConfig {
     pub name: String,
     pub enabled: bool,
+    /// Not configured: added because no jail is (see the module doc); it
+    /// runs only where its journal's units exist.
+    pub by_default: bool,
     /// The filter reference: a built-in name, a native filter path, or a
     /// fail2ban `.conf` reference with options.
     pub filter: String,
@@ -152,12 +164,10 @@ impl JailsConfig {
     }
 }
 
+/// What a configuration without `[jails]` gets: the default jail.
 impl Default for JailsConfig {
     fn default() -> Self {
-        JailsConfig {
-            max_tracked: DEFAULT_MAX_TRACKED,
-            jails: Vec::new(),
-        }
+        JailsDraft::default().finish(&mut Vec::new())
     }
 }
 
@@ -283,6 +293,9 @@ impl JailsDraft {
     /// The final section; cross-key checks go to `issues`.
     pub(super) fn finish(self, issues: &mut Vec<ConfigIssue>) -> JailsConfig {
         let mut jails = Vec::new();
+        if self.jails.is_empty() {
+            jails.extend(default_jail(issues));
+        }
         for (name, draft) in self.jails {
             if let Some(jail) = draft.finish(&name, issues) {
                 jails.push(jail);
@@ -389,13 +402,6 @@ impl JailDraft {
             }
             (source, false) => source,
         };
-        let Some((source, _)) = source else {
-            issues.push(at.issue(format!(
-                "jails.{name}: says nothing about where to read; set `files = [\"/var/log/…\"]` \
-                 or `journal = {{ matches = [\"_SYSTEMD_UNIT=….service\"] }}`"
-            )));
-            return None;
-        };
         let filter = match self.filter {
             Some((filter, _)) => filter,
             // fail2ban's habit: a jail without a filter uses the filter of
@@ -412,6 +418,21 @@ impl JailDraft {
             spec: filter,
             journal_matches: from_filter,
         } = filter;
+        // No source: the journal entries the filter names, if it names any.
+        let source = match source {
+            Some((source, _)) => source,
+            None if !from_filter.is_empty() => JailSource::Journal {
+                matches: Vec::new(),
+            },
+            None => {
+                issues.push(at.issue(format!(
+                    "jails.{name}: says nothing about where to read, and filter {filter} names no \
+                     journal entries; set `files = [\"/var/log/…\"]` or \
+                     `journal = {{ matches = [\"_SYSTEMD_UNIT=….service\"] }}`"
+                )));
+                return None;
+            }
+        };
         let source = match source {
             JailSource::Journal { matches } if matches.is_empty() => {
                 if from_filter.is_empty() {
@@ -430,6 +451,7 @@ impl JailDraft {
         Some(JailConfig {
             name: name.to_string(),
             enabled: self.enabled.is_none_or(|(enabled, _)| enabled),
+            by_default: false,
             filter,
             source,
             max_retry: value_or(self.max_retry, 5),
@@ -451,6 +473,25 @@ impl JailDraft {
             protocols: value_or(self.protocols, vec![Protocol::Tcp]),
         })
     }
+}
+
+/// The jail that runs when none is configured (see the module doc).
+pub const DEFAULT_JAIL: &str = "sshd";
+
+/// [`DEFAULT_JAIL`] with every setting at its default: what `[jails.sshd]`
+/// alone would be.
+fn default_jail(issues: &mut Vec<ConfigIssue>) -> Option<JailConfig> {
+    let draft = JailDraft {
+        at: Some(Origin {
+            file: PathBuf::from("(built-in default jail)"),
+            line: 0,
+            column: 0,
+        }),
+        ..JailDraft::default()
+    };
+    let mut jail = draft.finish(DEFAULT_JAIL, issues)?;
+    jail.by_default = true;
+    Some(jail)
 }
 
 /// The built-in filter that escalates on orch's own ban history instead of
@@ -642,8 +683,51 @@ mod tests {
     }
 
     #[test]
-    fn no_jails_by_default() {
-        assert_eq!(Config::default().jails, JailsConfig::default());
+    fn an_sshd_journal_jail_by_default_unless_jails_are_configured() {
+        let jails = Config::default().jails;
+        assert_eq!(jails, JailsConfig::default());
+        let [sshd] = &jails.jails[..] else {
+            panic!("{jails:?}")
+        };
+        assert!(sshd.enabled && sshd.by_default, "{sshd:?}");
+        assert_eq!(sshd.filter, "sshd");
+        assert_eq!(
+            sshd.source,
+            JailSource::Journal {
+                matches: vec![
+                    "_SYSTEMD_UNIT=ssh.service".to_string(),
+                    "_SYSTEMD_UNIT=sshd.service".to_string()
+                ]
+            }
+        );
+        // `[jails.sshd]` alone is the same jail, configured.
+        let configured = parse("[jails.sshd]\n").expect("valid").jails;
+        let [same] = &configured.jails[..] else {
+            panic!("{configured:?}")
+        };
+        assert_eq!(
+            JailConfig {
+                by_default: true,
+                ..same.clone()
+            },
+            *sshd
+        );
+        // Turned off.
+        let off = parse("[jails.sshd]\nenabled = false\n")
+            .expect("valid")
+            .jails;
+        assert!(off.jails.iter().all(|jail| !jail.enabled), "{off:?}");
+        // Any configured jail replaces it.
+        let other = parse(
+            "[jails.web]\nfilter = \"nginx-http-auth\"\nfiles = [\"/var/log/nginx/error.log\"]\n",
+        )
+        .expect("valid")
+        .jails;
+        assert_eq!(other.jails.len(), 1);
+        assert_eq!(other.jails[0].name, "web");
+        // `[jails]` settings alone do not count as configuring a jail.
+        let tuned = parse("[jails]\nmax_tracked = 1000\n").expect("valid").jails;
+        assert!(tuned.jails.iter().any(|jail| jail.by_default), "{tuned:?}");
     }
 
     #[test]
@@ -789,7 +873,7 @@ increment = { factor = 2.0, multipliers = [1] }
 files = ["/x"]
 
 [jails.quiet]
-filter = "sshd"
+filter = "nginx-http-auth"
 
 [jails.both]
 filter = "sshd"

@@ -26,6 +26,9 @@ pub struct Jails {
     running: Vec<RunningJail>,
     /// Recidive jails, counted by the core.
     recidive_views: Vec<JailView>,
+    /// Why jails that were not configured run or not (the default jail),
+    /// for `orch status`.
+    notes: Vec<String>,
 }
 
 impl Jails {
@@ -37,7 +40,16 @@ impl Jails {
         let actions: Arc<dyn JailActions> = Arc::new(CoreActions { core: core.clone() });
         let mut running = Vec::new();
         let mut recidive_views = Vec::new();
+        let mut notes = Vec::new();
         for jail in config.jails.jails.iter().filter(|jail| jail.enabled) {
+            if jail.by_default {
+                let (runs, why) = default_jail_verdict(jail);
+                tracing::info!(jail = %jail.name, "{why}");
+                notes.push(why);
+                if !runs {
+                    continue;
+                }
+            }
             if jail.source == JailSource::OwnBans {
                 // The core counts other jails' bans for it.
                 let stats = Arc::new(JailStats::default());
@@ -83,7 +95,13 @@ impl Jails {
         Jails {
             running,
             recidive_views,
+            notes,
         }
+    }
+
+    /// Why the default jail runs or not; empty when jails are configured.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     /// Views for status.
@@ -137,6 +155,12 @@ impl JailSupervisor {
         state.jails.as_ref().map(Jails::views).unwrap_or_default()
     }
 
+    /// See [`Jails::notes`].
+    pub fn notes(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.jails.as_ref().map(Jails::notes).unwrap_or_default()
+    }
+
     /// Restarts the jails if `config` changed `[jails]`; returns whether it
     /// did. Each stopped jail saves its position first, so a jail that is
     /// still configured resumes where it stopped. Blocking.
@@ -160,6 +184,52 @@ impl JailSupervisor {
         if let Some(jails) = state.jails.take() {
             jails.stop();
         }
+    }
+}
+
+/// Whether the default jail (no jails configured) runs on this host, and
+/// why: only where systemd has a unit its journal matches name (ssh.service
+/// or sshd.service for sshd). Blocking: asks systemd.
+fn default_jail_verdict(jail: &JailConfig) -> (bool, String) {
+    let units: Vec<String> = match &jail.source {
+        JailSource::Journal { matches } => matches
+            .iter()
+            .filter_map(|m| m.strip_prefix("_SYSTEMD_UNIT="))
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let name = &jail.name;
+    let off = format!("set jails.{name}.enabled = false in orch.toml to turn it off");
+    let asked = tokio::runtime::Handle::try_current()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(crate::systemd::units::first_installed(&units))
+                .map_err(|e| e.to_string())
+        });
+    match asked {
+        Ok(Some(unit)) => (
+            true,
+            format!(
+                "jail {name} runs by default: no jails are configured and {unit} is installed; {off}"
+            ),
+        ),
+        Ok(None) => (
+            false,
+            format!(
+                "jail {name} (the default when no jails are configured) does not run: none of {} is installed",
+                units.join(", ")
+            ),
+        ),
+        Err(why) => (
+            false,
+            format!(
+                "jail {name} (the default when no jails are configured) does not run: \
+                 cannot tell whether {} is installed: {why}",
+                units.join(" or ")
+            ),
+        ),
     }
 }
 
