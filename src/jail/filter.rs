@@ -572,14 +572,16 @@ impl Filter {
         scratch: &mut Scratch,
     ) -> (LineOutcome, Option<FilterMatch>) {
         let message = strip_syslog_prefix(line);
-        let (regex_index, captures) = match self.starts.as_ref().map(|s| s.candidate(message)) {
+        let alone = match self.starts.as_ref().map(|s| s.candidate(message)) {
             Some(Candidate::NoPattern) => return (LineOutcome::Missed, None),
-            Some(Candidate::Pattern(index))
-                if let Some(found) = self.find_alone(index, message, scratch) =>
-            {
-                (index, Some(found))
-            }
-            _ => {
+            Some(Candidate::Pattern(index)) => self
+                .find_alone(index, message, scratch)
+                .map(|found| (index, Some(found))),
+            _ => None,
+        };
+        let (regex_index, captures) = match alone {
+            Some(found) => found,
+            None => {
                 let Some(found) = self
                     .fail_all
                     .search_with(&mut scratch.all, &Input::new(message))
