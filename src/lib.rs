@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod jail;
 pub mod logging;
 pub mod memory;
+pub mod packaging;
 pub mod quote;
 pub mod store;
 pub mod systemd;
