@@ -25,13 +25,51 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-const ORCH_SERVICE_TEMPLATE: &str = include_str!("../../units/orch.service.in");
-const NFTABLES_DROPIN_TEMPLATE: &str = include_str!("../../units/orch-nftables.conf.in");
-const DBUS_POLICY_TEMPLATE: &str = include_str!("../../units/org.orch.Orch1.conf");
-const POLKIT_ACTIONS_TEMPLATE: &str = include_str!("../../units/org.orch.Orch1.policy");
-const POLKIT_RULES_TEMPLATE: &str = include_str!("../../units/50-orch.rules");
-const FAIL2BAN_DROPIN_TEMPLATE: &str = include_str!("../../units/fail2ban-orch.conf.in");
-const FAIL2BAN_ACTION_TEMPLATE: &str = include_str!("../../units/fail2ban-action-orch.conf.in");
+/// A file orch installs, from its template in `units/`. `install-units`
+/// and the Debian package (`orch gen-assets`, `src/packaging.rs`) both
+/// render these with [`Template::render`], so the two install the same text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// `orch.service`
+    OrchService,
+    /// `nftables.service.d/orch.conf`
+    NftablesDropin,
+    /// The bus policy `org.orch.Orch1.conf`
+    DbusPolicy,
+    /// The polkit actions `org.orch.Orch1.policy`
+    PolkitActions,
+    /// The polkit rule `50-orch.rules`
+    PolkitRules,
+    /// `fail2ban.service.d/orch.conf`
+    Fail2banDropin,
+    /// The fail2ban action `action.d/orch.conf`
+    Fail2banAction,
+    /// The sysusers.d(5) line for an optional dedicated user `orch`
+    /// (installed by the package only).
+    Sysusers,
+}
+
+impl Template {
+    /// The template's text, compiled in from `units/`.
+    fn source(self) -> &'static str {
+        match self {
+            Template::OrchService => include_str!("../../units/orch.service.in"),
+            Template::NftablesDropin => include_str!("../../units/orch-nftables.conf.in"),
+            Template::DbusPolicy => include_str!("../../units/org.orch.Orch1.conf"),
+            Template::PolkitActions => include_str!("../../units/org.orch.Orch1.policy"),
+            Template::PolkitRules => include_str!("../../units/50-orch.rules"),
+            Template::Fail2banDropin => include_str!("../../units/fail2ban-orch.conf.in"),
+            Template::Fail2banAction => include_str!("../../units/fail2ban-action-orch.conf.in"),
+            Template::Sysusers => include_str!("../../units/orch.sysusers.conf"),
+        }
+    }
+
+    /// The file's contents for the orch binary at `bin` (an absolute path
+    /// checked by [`check_bin_path`]).
+    pub fn render(self, bin: &str) -> String {
+        self.source().replace(BIN_PLACEHOLDER, bin)
+    }
+}
 
 /// The orch service unit.
 pub const ORCH_SERVICE: &str = "/etc/systemd/system/orch.service";
@@ -503,11 +541,17 @@ fn resolve_bin(bin: Option<&Path>) -> Result<String, InstallError> {
             .and_then(fs::canonicalize)
             .map_err(InstallError::CurrentExe)?,
     };
+    check_bin_path(&path)
+}
+
+/// `path` as text for [`Template::render`]: absolute, and free of
+/// characters that unit files or fail2ban's shell commands would interpret.
+pub fn check_bin_path(path: &Path) -> Result<String, InstallError> {
     if !path.is_absolute() {
-        return Err(InstallError::RelativeBin(path));
+        return Err(InstallError::RelativeBin(path.to_path_buf()));
     }
     let unusable = |reason: String| InstallError::UnusableBin {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason,
     };
     let text = path
@@ -563,40 +607,24 @@ struct Planned {
 }
 
 fn plan(bin: &str, bind_fail2ban: bool) -> Vec<Planned> {
-    let render = |template: &str| template.replace(BIN_PLACEHOLDER, bin);
-    let mut planned = vec![
-        Planned {
-            path: ORCH_SERVICE,
-            content: render(ORCH_SERVICE_TEMPLATE),
-        },
-        Planned {
-            path: NFTABLES_DROPIN,
-            content: render(NFTABLES_DROPIN_TEMPLATE),
-        },
-        Planned {
-            path: DBUS_POLICY,
-            content: render(DBUS_POLICY_TEMPLATE),
-        },
-        Planned {
-            path: POLKIT_ACTIONS,
-            content: render(POLKIT_ACTIONS_TEMPLATE),
-        },
-        Planned {
-            path: POLKIT_RULES,
-            content: render(POLKIT_RULES_TEMPLATE),
-        },
+    let mut files = vec![
+        (ORCH_SERVICE, Template::OrchService),
+        (NFTABLES_DROPIN, Template::NftablesDropin),
+        (DBUS_POLICY, Template::DbusPolicy),
+        (POLKIT_ACTIONS, Template::PolkitActions),
+        (POLKIT_RULES, Template::PolkitRules),
     ];
     if bind_fail2ban {
-        planned.push(Planned {
-            path: FAIL2BAN_DROPIN,
-            content: render(FAIL2BAN_DROPIN_TEMPLATE),
-        });
-        planned.push(Planned {
-            path: FAIL2BAN_ACTION,
-            content: render(FAIL2BAN_ACTION_TEMPLATE),
-        });
+        files.push((FAIL2BAN_DROPIN, Template::Fail2banDropin));
+        files.push((FAIL2BAN_ACTION, Template::Fail2banAction));
     }
-    planned
+    files
+        .into_iter()
+        .map(|(path, template)| Planned {
+            path,
+            content: template.render(bin),
+        })
+        .collect()
 }
 
 /// What is on disk where a planned file goes.
