@@ -333,9 +333,10 @@ fn changing(action: Action) -> impl Fn(zbus::Error) -> Failure {
 /// What grants a refused change, said after the refusal.
 const ACCESS_HINT: &str = "\nhint: run it as root (sudo orch ...). To let someone ban and unban \
 without root, add them to the group orch-admin (`usermod -aG orch-admin USER`): the polkit rule \
-/etc/polkit-1/rules.d/50-orch.rules and the bus policy /etc/dbus-1/system.d/org.orch.Orch1.conf \
-that `orch install-units` writes grant that group the actions org.orch.Orch1.ban and .unban; the \
-allowlist and sync stay root's (or an administrator's, through polkit).";
+50-orch.rules and the bus policy org.orch.Orch1.conf (in /usr/share/polkit-1/rules.d and \
+/usr/share/dbus-1/system.d from the package, in /etc from `orch install-units`) grant that group \
+the actions org.orch.Orch1.ban and .unban; the allowlist and sync stay root's (or an \
+administrator's, through polkit).";
 
 /// Runs a client command (anything but `daemon` and `check-config`).
 pub async fn run_client(command: &Command) -> Result<(), Failure> {
