@@ -37,11 +37,30 @@ fn boot_with_orch(config: &str) -> SystemdSandbox {
 
 /// A sandbox where the host's sshd units (if any) are gone, so the names
 /// are free for the test's own units; only the sandbox's overlay changes.
+/// On a host with openssh-server the sandbox's systemd started sshd at
+/// boot (ssh.service is enabled), and a unit that runs, or that a
+/// `.wants` link names, stays loaded without its file: so stop it first,
+/// and remove the links too; and Debian's /etc/init.d/ssh would have the
+/// SysV generator make a ssh.service again.
 fn boot_without_sshd() -> SystemdSandbox {
     let sandbox = SystemdSandbox::boot();
     sandbox
-        .sh("rm -f /lib/systemd/system/ssh.service /lib/systemd/system/ssh@.service /etc/systemd/system/sshd.service && systemctl daemon-reload")
+        .sh("systemctl stop ssh.socket ssh.service sshd.service 2>/dev/null; \
+             find /etc/systemd /lib/systemd/system /usr/lib/systemd/system \
+               \\( -name ssh.service -o -name sshd.service -o -name 'ssh@.service' -o -name ssh.socket \\) \
+               -exec rm -f {} + ; \
+             rm -f /etc/init.d/ssh; \
+             systemctl daemon-reload && systemctl reset-failed")
         .expect_ok("free the name ssh.service");
+    let loaded = sandbox.sh("systemctl show -p LoadState --value ssh.service");
+    assert_eq!(
+        loaded.stdout.trim(),
+        "not-found",
+        "ssh.service still loaded in the sandbox: {}",
+        sandbox
+            .sh("systemctl show -p FragmentPath -p DropInPaths -p ActiveState -p Names ssh.service; ls -la /lib/systemd/system/ssh* /usr/lib/systemd/system/ssh* /etc/systemd/system/ssh* 2>&1")
+            .stdout
+    );
     sandbox
 }
 
