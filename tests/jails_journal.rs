@@ -185,16 +185,21 @@ fn a_forgeable_comm_match_reads_only_roots_entries() {
     let sandbox = boot_with_orch(
         "[jails.sshd]\njournal = { matches = [\"_COMM=sshd\"] }\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n",
     );
-    // A program named sshd, as any user can make one.
+    // A program named sshd, as any user can make one. It reads the lines
+    // on stdin and stays alive a second after the last: journald reads a
+    // sender's _COMM from /proc when it takes the message, and a process
+    // already gone by then (one logger per line, on a loaded machine) gives
+    // an entry without _COMM, which no _COMM match reads.
     sandbox
         .sh("mkdir -p /tmp/fake && cp /usr/bin/logger /tmp/fake/sshd && chmod 755 /tmp/fake /tmp/fake/sshd")
         .expect_ok("fake sshd");
     let lines = |addr: &str| {
-        failures(addr, 5)
+        let quoted = failures(addr, 5)
             .iter()
-            .map(|line| format!("/tmp/fake/sshd '{line}'"))
+            .map(|line| format!("'{line}'"))
             .collect::<Vec<_>>()
-            .join("; ")
+            .join(" ");
+        format!("{{ printf '%s\\n' {quoted}; sleep 1; }} | /tmp/fake/sshd")
     };
     sandbox
         .sh(&format!(
@@ -213,6 +218,11 @@ fn a_forgeable_comm_match_reads_only_roots_entries() {
         "nobody's forged lines banned\n{}",
         sandbox.journal("orch.service")
     );
+    // The forged lines are in the journal under the name sshd, so the jail
+    // saw them and passed them over (not: they never matched).
+    let forged = sandbox
+        .sh("journalctl --sync; journalctl _COMM=sshd _UID=65534 -o cat | grep -c 192.0.2.66");
+    assert_eq!(forged.stdout.trim(), "5", "{forged:?}");
 }
 
 /// The reader keeps following when journald rotates its files, and each
