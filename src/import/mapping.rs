@@ -440,15 +440,7 @@ fn map_increment(
     jail: &JailSettings,
     notes: &mut Vec<String>,
 ) -> Result<Option<Increment>, String> {
-    let enabled = match jail.get("bantime.increment") {
-        None => false,
-        Some(text) => parse_bool(text).ok_or_else(|| {
-            format!(
-                "{}: {text:?} is not true or false",
-                jail.at("bantime.increment")
-            )
-        })?,
-    };
+    let enabled = bool_option(jail, "bantime.increment")?;
     if !enabled {
         let unused: Vec<&str> = [
             "bantime.factor",
@@ -529,15 +521,7 @@ fn map_increment(
             Some(text) => positive_seconds(jail, option, text).map(Some),
         }
     };
-    let overall = match jail.get("bantime.overalljails") {
-        None => false,
-        Some(text) => parse_bool(text).ok_or_else(|| {
-            format!(
-                "{}: {text:?} is not true or false",
-                jail.at("bantime.overalljails")
-            )
-        })?,
-    };
+    let overall = bool_option(jail, "bantime.overalljails")?;
     Ok(Some(Increment {
         growth,
         max_time: optional_time("bantime.maxtime")?,
@@ -693,6 +677,16 @@ fn note_others(jail: &JailSettings, notes: &mut Vec<String>) {
                 jail.at(own)
             ));
         }
+    }
+}
+
+/// A true/false option of `jail`, false when unset; the error names where
+/// the bad value was set.
+fn bool_option(jail: &JailSettings, option: &str) -> Result<bool, String> {
+    match jail.get(option) {
+        None => Ok(false),
+        Some(text) => parse_bool(text)
+            .ok_or_else(|| format!("{}: {text:?} is not true or false", jail.at(option))),
     }
 }
 
