@@ -68,6 +68,16 @@ pub fn is_single_address(net: &IpNet) -> bool {
     net.prefix_len() == net.max_prefix_len()
 }
 
+/// How orch writes a network for people and nft: a single address without
+/// its /32 or /128, a prefix in CIDR form.
+pub fn display_net(net: &IpNet) -> String {
+    if is_single_address(net) {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
 /// The network a jail counts and bans `addr` by: the address itself for
 /// IPv4, its `ipv6_prefix` network for IPv6 (so an attacker rotating
 /// addresses inside one /64 is one offender).

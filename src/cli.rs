@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+pub mod exit;
+pub use exit::Failure;
+
 use crate::bus::access::Action;
 use crate::bus::client::{self, CALL_TIMEOUT, ClientError, Orch1Proxy};
 use crate::quote::printable;
@@ -26,8 +29,8 @@ re-applies them whenever the firewall is reloaded, restarted or flushed.\n\n\
 `orch daemon` runs the service; every other command talks to it over the system D-Bus \
 (org.orch.Orch1). Reading commands need nothing; changing commands need root, or a polkit grant: \
 the rule that `orch install-units` writes lets members of the group orch-admin ban and unban.",
-    after_help = "Configuration: /etc/orch/orch.toml, then /etc/orch/conf.d/*.toml in lexical order; \
-with neither, the embedded default (see `orch check-config --help`)."
+    after_help = concat!("Configuration: /etc/orch/orch.toml, then /etc/orch/conf.d/*.toml in lexical order; \
+with neither, the embedded default (see `orch check-config --help`).\n\n", crate::exit_status_help!())
 )]
 pub struct Cli {
     /// Read only this config file (no /etc/orch/conf.d), for `daemon`, `check-config` and `store`
@@ -166,6 +169,20 @@ nftables.service's ExecStartPost= and ExecReload=. It gives up after 20 seconds.
         unit: Option<String>,
     },
 
+    /// Reload the daemon's configuration and wait for its verdict
+    #[command(
+        long_about = "Ask the daemon to re-read its configuration (the same files `orch check-config` \
+reads) and apply it, and wait for the verdict. A configuration that does not load, or that the \
+daemon refuses (state_dir changed, a firewall setting nftables rejects), changes nothing: the \
+running configuration stays, the reason is printed and logged at priority error, and the exit status \
+is 1. This is what `systemctl reload orch` runs (ExecReload=), so a refused configuration makes the \
+reload job fail. Changes that wait for a restart ([dns], the fleet connection) are printed as notes. \
+It needs root or the polkit action org.orch.Orch1.manage, and gives up after 60 seconds. SIGHUP \
+reloads too, but reports nothing to the sender.",
+        after_help = "Examples:\n  orch check-config && orch reload\n  systemctl reload orch"
+    )]
+    Reload,
+
     /// Write orch's systemd unit, nftables drop-in and D-Bus policy
     #[command(
         long_about = crate::systemd::install::INSTALL_LONG_ABOUT,
@@ -295,39 +312,23 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// What a client command ended with: a message for stderr and an exit code.
-pub struct Failure {
-    pub message: String,
-    pub code: u8,
-}
-
-impl From<ClientError> for Failure {
-    fn from(err: ClientError) -> Self {
-        Failure {
-            message: err.to_string(),
-            code: 1,
-        }
-    }
-}
-
 /// A changing command's failure: a refusal says which polkit action the
 /// command needs and what grants it.
 fn changing(action: Action) -> impl Fn(zbus::Error) -> Failure {
-    move |err| {
-        let err = client::classify(err, CALL_TIMEOUT);
-        let denied = matches!(
-            err.error_name(),
-            Some("org.orch.Orch1.Error.AccessDenied" | "org.freedesktop.DBus.Error.AccessDenied")
-        );
-        let mut failure = Failure::from(err);
-        if denied {
-            failure.message.push_str(&format!(
-                "\nthis needs the polkit action {}.{ACCESS_HINT}",
-                action.id()
-            ));
-        }
-        failure
+    move |err| change_failure(action, client::classify(err, CALL_TIMEOUT))
+}
+
+/// See [`changing`].
+fn change_failure(action: Action, err: ClientError) -> Failure {
+    let denied = err.error_name().is_some_and(exit::is_denial);
+    let mut failure = Failure::from(err);
+    if denied {
+        failure.message.push_str(&format!(
+            "\nthis needs the polkit action {}.{ACCESS_HINT}",
+            action.id()
+        ));
     }
+    failure
 }
 
 /// What grants a refused change, said after the refusal.
@@ -347,6 +348,9 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
             (false, None) => None,
         };
         return run_sync(hook_event, unit.as_deref()).await;
+    }
+    if let Command::Reload = command {
+        return run_reload().await;
     }
     let proxy = client::connect(CALL_TIMEOUT).await?;
     let classify = |e| client::classify(e, CALL_TIMEOUT);
@@ -411,10 +415,10 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
                 }
             }
             if !missing.is_empty() {
-                return Err(Failure {
-                    message: format!("not banned: {}", missing.join(", ")),
-                    code: 1,
-                });
+                return Err(Failure::refused(format!(
+                    "not banned: {}",
+                    missing.join(", ")
+                )));
             }
         }
         Command::List {
@@ -441,6 +445,7 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
             .map_err(changing(Action::Allow))?,
         Command::Status => print_status(&proxy).await.map_err(classify)?,
         Command::Sync { .. }
+        | Command::Reload
         | Command::Daemon
         | Command::CheckConfig
         | Command::TestFilter { .. }
@@ -464,17 +469,12 @@ fn read_address_file(path: &std::path::Path) -> Result<Vec<String>, Failure> {
         crate::addr_list::read_list(std::io::stdin().lock(), "stdin", show)
     } else {
         let name = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|err| Failure {
-            message: format!("{name}: {err}"),
-            code: 1,
-        })?;
+        let file =
+            std::fs::File::open(path).map_err(|err| Failure::refused(format!("{name}: {err}")))?;
         crate::addr_list::read_list(std::io::BufReader::new(file), &name, show)
     };
     progress.clear();
-    listed.map_err(|err| Failure {
-        message: err.to_string(),
-        code: 1,
-    })
+    listed.map_err(|err| Failure::refused(err.to_string()))
 }
 
 /// A one-line progress note on stderr, only when stderr is a terminal
@@ -506,6 +506,37 @@ impl Progress {
     }
 }
 
+/// How long `orch reload` waits: the reload re-applies the whole table,
+/// and runs inside systemd's reload job, which must end.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `orch reload`: the daemon's verdict on the configuration on disk.
+async fn run_reload() -> Result<(), Failure> {
+    let proxy = client::connect(RELOAD_TIMEOUT).await?;
+    match proxy.reload().await {
+        Ok(notes) => {
+            for note in notes {
+                println!("note: {}", printable(&note));
+            }
+            println!("configuration reloaded");
+            Ok(())
+        }
+        Err(err) => {
+            let err = client::classify(err, RELOAD_TIMEOUT);
+            let refused = err.error_name() == Some("org.orch.Orch1.Error.ConfigInvalid");
+            let mut failure = change_failure(Action::Manage, err);
+            if refused {
+                failure.message = format!(
+                    "{}\nthe running configuration stays; fix the file (`orch check-config` shows \
+                     every problem), then reload again",
+                    failure.message
+                );
+            }
+            Err(failure)
+        }
+    }
+}
+
 /// How long `orch sync` waits: it runs inside nftables.service's reload
 /// job, which must end even if the daemon hangs.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(20);
@@ -532,10 +563,10 @@ async fn run_sync(hook_event: Option<&str>, unit: Option<&str>) -> Result<(), Fa
             if failed.is_empty() {
                 Ok(())
             } else {
-                Err(Failure {
-                    message: format!("table synced, but hooks failed: {}", failed.join(", ")),
-                    code: 1,
-                })
+                Err(Failure::refused(format!(
+                    "table synced, but hooks failed: {}",
+                    failed.join(", ")
+                )))
             }
         }
         Err(ClientError::NotRunning) => {

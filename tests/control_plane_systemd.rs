@@ -91,6 +91,7 @@ fn the_shipped_policy_drops_changing_calls_from_nobody_and_lets_them_read() {
         ("Allow", "s", vec!["192.0.2.0/24"]),
         ("Sync", "", vec![]),
         ("RunHooks", "", vec![]),
+        ("Reload", "", vec![]),
     ] {
         let mut call = vec![
             "call",

@@ -108,7 +108,7 @@ fn install_writes_every_file_with_the_expected_lines() {
     for line in [
         "Type=notify",
         "ExecStart=/usr/local/bin/orch daemon",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=+/usr/local/bin/orch reload",
         "Restart=on-failure",
         "WatchdogSec=30s",
         "StateDirectory=orch",

@@ -26,7 +26,7 @@ pub enum Action {
     Unban,
     /// Allow, Disallow.
     Allow,
-    /// Sync, SyncEvent, RunHooks, UnbanFleet.
+    /// Sync, SyncEvent, RunHooks, UnbanFleet, Reload.
     Manage,
     /// Anything that only reads (list methods, properties).
     Read,
@@ -40,7 +40,7 @@ impl Action {
             "Ban" | "BanMany" | "ImportBans" => Action::Ban,
             "Unban" => Action::Unban,
             "Allow" | "Disallow" => Action::Allow,
-            "Sync" | "SyncEvent" | "RunHooks" | "UnbanFleet" => Action::Manage,
+            "Sync" | "SyncEvent" | "RunHooks" | "UnbanFleet" | "Reload" => Action::Manage,
             "ListBans" | "ListBansPage" | "ListAllows" => Action::Read,
             _ => return None,
         })
@@ -63,7 +63,7 @@ impl Action {
             Action::Ban => "ban",
             Action::Unban => "unban",
             Action::Allow => "change the allowlist",
-            Action::Manage => "sync orch or run its hooks",
+            Action::Manage => "sync or reload orch or run its hooks",
             Action::Read => "read",
         }
     }
@@ -236,6 +236,7 @@ mod tests {
             ("SyncEvent", Action::Manage),
             ("RunHooks", Action::Manage),
             ("UnbanFleet", Action::Manage),
+            ("Reload", Action::Manage),
         ] {
             assert_eq!(Action::of_member(member), Some(action), "{member}");
             assert!(matches!(decided_without_polkit(0, action), Some(Ok(()))));

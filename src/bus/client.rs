@@ -47,6 +47,8 @@ pub trait Orch1 {
     #[zbus(allow_interactive_auth)]
     fn sync_event(&self, event: &str, unit: &str) -> zbus::Result<Vec<HookRow>>;
     #[zbus(allow_interactive_auth)]
+    fn reload(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(allow_interactive_auth)]
     fn run_hooks(&self) -> zbus::Result<Vec<HookRow>>;
     #[zbus(property)]
     fn ban_count(&self) -> zbus::Result<u32>;

@@ -36,6 +36,8 @@ pub enum OrchError {
     Store(String),
     /// A malformed argument other than an address.
     InvalidArgument(String),
+    /// A reload found the configuration invalid; the running one stays.
+    ConfigInvalid(String),
     /// The fleet is not configured, unreachable, or refused the request.
     Fleet(String),
     /// The daemon is shutting down or broken.

@@ -8,12 +8,14 @@ use zbus::interface;
 use zbus::object_server::SignalEmitter;
 
 use super::errors::OrchError;
+use crate::daemon::bus_link::ServiceParts;
 use crate::daemon::core::{Core, CoreError, CoreHandle};
 use crate::daemon::dns_refresh::DnsReports;
 use crate::daemon::hook_runs::HookRuns;
 use crate::daemon::imported_bans::ImportedBan;
 use crate::daemon::jails::JailSupervisor;
 use crate::daemon::listing::{BanQuery, MAX_PAGE_ROWS};
+use crate::daemon::reload::ReloadRequests;
 use crate::store::BanRecord;
 use crate::timefmt::rfc3339;
 
@@ -33,6 +35,7 @@ pub struct OrchService {
     dns: DnsReports,
     jails: JailSupervisor,
     fleet: Option<crate::fleet::FleetLink>,
+    reloads: ReloadRequests,
 }
 
 /// One row of the `Jails` property: name, filter, source, state, lines
@@ -78,19 +81,14 @@ fn hook_rows(results: &[crate::hooks::HookResult]) -> Vec<HookRow> {
 }
 
 impl OrchService {
-    pub fn new(
-        core: CoreHandle,
-        hooks: HookRuns,
-        dns: DnsReports,
-        jails: JailSupervisor,
-        fleet: Option<crate::fleet::FleetLink>,
-    ) -> Self {
+    pub fn new(parts: ServiceParts) -> Self {
         OrchService {
-            core,
-            hooks,
-            dns,
-            jails,
-            fleet,
+            core: parts.core,
+            hooks: parts.hooks,
+            dns: parts.dns,
+            jails: parts.jails,
+            fleet: parts.fleet,
+            reloads: parts.reloads,
         }
     }
 
@@ -124,11 +122,7 @@ fn ban_row(record: &BanRecord) -> BanRow {
 }
 
 fn display_net(record: &BanRecord) -> String {
-    if crate::addr::is_single_address(&record.net) {
-        record.net.addr().to_string()
-    } else {
-        record.net.to_string()
-    }
+    crate::addr::display_net(&record.net)
 }
 
 async fn emit_banned(emitter: &SignalEmitter<'_>, records: &[BanRecord]) {
@@ -394,6 +388,17 @@ impl OrchService {
         self.run(move |core| core.sync(&cause)).await?;
         let unit = (!unit.is_empty()).then_some(unit);
         Ok(hook_rows(&self.hooks.run_and_wait(&event, unit).await))
+    }
+
+    /// Re-read the configuration files and apply them, as SIGHUP does, and
+    /// return when done: the notes of the new configuration (changes that
+    /// wait for a restart), or `.ConfigInvalid` saying why it was refused,
+    /// in which case the running configuration stays.
+    async fn reload(&self) -> Result<Vec<String>, OrchError> {
+        self.reloads
+            .reload()
+            .await
+            .map_err(OrchError::ConfigInvalid)
     }
 
     /// Run the hooks now (ORCH_EVENT=manual); returns each hook's status.

@@ -97,6 +97,7 @@ pub struct ServiceParts {
     pub dns: super::dns_refresh::DnsReports,
     pub jails: super::jails::JailSupervisor,
     pub fleet: Option<crate::fleet::FleetLink>,
+    pub reloads: super::reload::ReloadRequests,
 }
 
 /// Serves `org.orch.Orch1` on `connection` and takes the name.
@@ -106,10 +107,7 @@ pub async fn serve(connection: &Connection, parts: &ServiceParts) -> zbus::Resul
         .object_server()
         .at(
             OBJECT_PATH,
-            Guarded::new(
-                OrchService::new(parts.core, parts.hooks, parts.dns, parts.jails, parts.fleet),
-                Access::default(),
-            ),
+            Guarded::new(OrchService::new(parts), Access::default()),
         )
         .await?;
     connection.request_name(BUS_NAME).await?;

@@ -19,6 +19,7 @@ use crate::addr::{self, AddrError, BanPolicy};
 use crate::config::Config;
 
 use crate::config::JailConfig;
+use crate::daemon::ban_log;
 use crate::daemon::firewall_event::{self, EventKind, EventSender, FirewallEvent};
 use crate::daemon::jail_bans::{self, JailBanDecision, JailBans};
 use crate::daemon::lanes::{self, Job, LaneReceiver, LaneSenders, Liveness, Next, QueueError};
@@ -368,6 +369,9 @@ impl Core {
             tracing::warn!("incremental ban failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed ban")?;
         }
+        let replacing = stored.replaced.iter().map(|(_, new)| new);
+        let banned: Vec<&BanRecord> = stored.added.iter().chain(replacing).collect();
+        ban_log::banned(banned.into_iter());
         Ok(())
     }
 
@@ -472,12 +476,16 @@ impl Core {
             Ok(outcomes) => {
                 for (net, outcome) in outcomes {
                     match outcome {
-                        Ok(done) => tracing::info!(jail = %jail, %net, "{done}"),
-                        Err(err) => tracing::warn!(jail = %jail, %net, "not banned: {err}"),
+                        Ok(done) => {
+                            tracing::debug!(orch_jail = %jail, orch_address = %net, "{done}")
+                        }
+                        Err(err) => {
+                            tracing::warn!(orch_jail = %jail, orch_address = %net, "not banned: {err}")
+                        }
                     }
                 }
             }
-            Err(err) => tracing::warn!(jail = %jail, count = due.len(), "not banned: {err}"),
+            Err(err) => tracing::warn!(orch_jail = %jail, count = due.len(), "not banned: {err}"),
         }
     }
 
@@ -551,6 +559,7 @@ impl Core {
             tracing::warn!("incremental unban failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed unban")?;
         }
+        ban_log::unbanned(&removed, "unban");
         Ok(removed)
     }
 
@@ -708,8 +717,8 @@ impl Core {
         {
             return Ok(false);
         }
-        tracing::warn!(cause, "orch's table is missing or incomplete; re-applying");
-        self.sync(cause)?;
+        let restored = self.sync(cause)?;
+        ban_log::restored(cause, restored.bans_applied, restored.duration_ms);
         Ok(true)
     }
 
@@ -754,9 +763,7 @@ impl Core {
         // Expired shared bans: the publisher deletes their keys.
         self.note_local_changes(&expired);
         self.forget_expired_holds(now);
-        if !expired.is_empty() {
-            tracing::debug!(count = expired.len(), "expired bans purged");
-        }
+        ban_log::unbanned(&expired, "expire");
         if let Err(err) = self.store.compact_if_needed() {
             tracing::error!("store compaction failed: {err}");
         }

@@ -129,7 +129,7 @@ impl JailBans {
         if !jail.increment.overall
             && let Err(err) = store.record_jail_bans(&jail.name, nets, now)
         {
-            tracing::warn!(jail = %jail.name, "cannot record the jail's ban history: {err}");
+            tracing::warn!(orch_jail = %jail.name, "cannot record the jail's ban history: {err}");
         }
         if jail.source == JailSource::OwnBans {
             return Vec::new();

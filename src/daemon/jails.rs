@@ -44,7 +44,7 @@ impl Jails {
         for jail in config.jails.jails.iter().filter(|jail| jail.enabled) {
             if jail.by_default {
                 let (runs, why) = default_jail_verdict(jail);
-                tracing::info!(jail = %jail.name, "{why}");
+                tracing::info!(orch_jail = %jail.name, "{why}");
                 notes.push(why);
                 if !runs {
                     continue;
@@ -71,7 +71,7 @@ impl Jails {
             let filter = match crate::jail::load::load_filter(&jail.filter) {
                 Ok(filter) => filter,
                 Err(err) => {
-                    tracing::error!(jail = %jail.name, "jail not started: {err}");
+                    tracing::error!(orch_jail = %jail.name, "jail not started: {err}");
                     continue;
                 }
             };
@@ -89,7 +89,7 @@ impl Jails {
                 actions.clone(),
             ) {
                 Ok(started) => running.push(started),
-                Err(err) => tracing::error!(jail = %jail.name, "cannot start the jail: {err}"),
+                Err(err) => tracing::error!(orch_jail = %jail.name, "cannot start the jail: {err}"),
             }
         }
         Jails {

@@ -6,6 +6,7 @@
 //! kernel watchers subscribe before the first apply so no change is missed,
 //! and READY=1 goes out only after the first apply and the bus name.
 
+pub mod ban_log;
 pub mod bus_link;
 pub mod core;
 pub mod dns_refresh;
@@ -21,6 +22,7 @@ pub mod lanes;
 pub mod listing;
 pub mod read_view;
 pub mod reconciler;
+pub mod reload;
 #[cfg(test)]
 mod tests;
 
@@ -31,7 +33,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::bus::service::OrchService;
 use crate::bus::{BUS_NAME, OBJECT_PATH};
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::firewall::monitor::{KernelMonitor, NotificationSwitch};
 use crate::firewall::{Firewall, FirewallError};
 use crate::hooks::HookSettings;
@@ -130,8 +132,10 @@ pub async fn run(
     }
     let fleet = crate::fleet::start(&fleet_config, &handle).await;
 
+    let (reload_requests, mut reload_receiver) = reload::ReloadRequests::channel();
     let service_parts = bus_link::ServiceParts {
         core: handle.clone(),
+        reloads: reload_requests,
         hooks: hook_runs.clone(),
         dns: dns_reports.clone(),
         jails: jails.clone(),
@@ -146,12 +150,24 @@ pub async fn run(
         observed_at: std::time::Instant::now(),
     });
 
+    let reload_parts = reload::ReloadParts {
+        core: &handle,
+        hooks: &hook_runs,
+        jails: &jails,
+        started_with: &running_config,
+        config_path: config_path.as_deref(),
+        hook_setup,
+    };
     let mut bus_error = None;
     loop {
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = hangup.recv() => reload(&handle, &hook_runs, &jails, &running_config, config_path.as_deref()).await,
+            _ = hangup.recv() => { let _ = reload::reload(&reload_parts, "SIGHUP").await; }
+            Some(reply) = reload_receiver.recv() => {
+                let verdict = reload::reload(&reload_parts, "Reload() over D-Bus").await;
+                let _ = reply.send(verdict);
+            }
             why = bus_link::lost(&connection) => {
                 match bus_link::reconnect(&why, &current_bus, &service_parts, &watched, &event_sender).await {
                     Ok(new_connection) => connection = new_connection,
@@ -214,71 +230,6 @@ fn start_hook_runs(config: &Config, current_bus: &bus_link::CurrentBus) -> HookR
             });
         }),
     )
-}
-
-/// SIGHUP: re-read the config; a bad one is refused and the running one kept.
-async fn reload(
-    core: &CoreHandle,
-    hooks: &HookRuns,
-    jails: &jails::JailSupervisor,
-    running: &Config,
-    config_path: Option<&std::path::Path>,
-) {
-    notify::reloading();
-    tracing::info!("SIGHUP: reloading the configuration");
-    match config::load_default_locations(config_path) {
-        Ok(new_config) => match core
-            .call(move |core| {
-                core.reload_config(new_config)
-                    .map(|()| core.config().clone())
-            })
-            .await
-        {
-            Ok(Ok(applied)) => {
-                if let Err(err) = config::last_good::save(&applied) {
-                    tracing::warn!("cannot save the configuration as the last good one: {err}");
-                }
-                hooks.set_setup(hook_setup(&applied));
-                if applied.dns != running.dns {
-                    tracing::warn!("[dns] changes take effect when the daemon restarts");
-                }
-                let connection_of = |f: &crate::config::FleetConfig| {
-                    (
-                        f.servers.clone(),
-                        f.name.clone(),
-                        f.auth.clone(),
-                        f.tls.clone(),
-                        f.bucket.clone(),
-                    )
-                };
-                if connection_of(&applied.fleet) != connection_of(&running.fleet) {
-                    tracing::warn!(
-                        "[fleet] servers, name, credentials, tls and bucket take effect when the daemon restarts (share, apply and the caps apply now)"
-                    );
-                }
-                let (supervisor, jail_core) = (jails.clone(), core.clone());
-                let restarted =
-                    tokio::task::spawn_blocking(move || supervisor.apply(&applied, &jail_core))
-                        .await
-                        .unwrap_or(false);
-                if restarted {
-                    tracing::info!("[jails] changed: jails restarted");
-                }
-                tracing::info!("configuration reloaded");
-            }
-            Ok(Err(err)) | Err(err) => {
-                tracing::error!("configuration reload refused, keeping the running one: {err}")
-            }
-        },
-        Err(err) => {
-            tracing::error!("new configuration is invalid, keeping the running one:\n{err}")
-        }
-    }
-    let status = core
-        .call(|core| core.status_line())
-        .await
-        .unwrap_or_default();
-    notify::ready(&status);
 }
 
 /// Turns systemd unit changes into firewall events, and records states.

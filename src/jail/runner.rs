@@ -162,7 +162,7 @@ impl RunningJail {
                     && let Err(err) =
                         actions.save_positions(file_positions(&config.name, &follower))
                 {
-                    tracing::warn!(jail = %config.name, "cannot save read positions: {err}");
+                    tracing::warn!(orch_jail = %config.name, "cannot save read positions: {err}");
                 }
                 let waker = wake.clone();
                 let (watch, unwatched) = FileWatch::start(&follower.directories(), move || {
@@ -171,7 +171,7 @@ impl RunningJail {
                     let _ = waker.try_send(Wake::Files);
                 });
                 for dir in unwatched {
-                    tracing::warn!(jail = %config.name, "cannot watch {}; polling it every {FILE_POLL:?}", dir.display());
+                    tracing::warn!(orch_jail = %config.name, "cannot watch {}; polling it every {FILE_POLL:?}", dir.display());
                 }
                 Source::Files {
                     follower,
@@ -295,7 +295,7 @@ struct Judge {
 
 impl Worker {
     fn run(&mut self, woken: mpsc::Receiver<Wake>) {
-        tracing::info!(jail = %self.judge.config.name, filter = %self.judge.filter.origin(), source = %self.judge.config.source, "jail started");
+        tracing::info!(orch_jail = %self.judge.config.name, filter = %self.judge.filter.origin(), source = %self.judge.config.source, "jail started");
         let mut caught_up = self.read_files();
         self.publish_health_if_due();
         loop {
@@ -315,7 +315,7 @@ impl Worker {
                     Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => {
                         self.judge.send_bans();
                         self.save_positions(true);
-                        tracing::info!(jail = %self.judge.config.name, "jail stopped");
+                        tracing::info!(orch_jail = %self.judge.config.name, "jail stopped");
                         return;
                     }
                 }
@@ -437,7 +437,7 @@ impl Worker {
             return;
         }
         if let Err(err) = self.judge.actions.save_positions(positions) {
-            tracing::warn!(jail = %jail, "cannot save read positions: {err}");
+            tracing::warn!(orch_jail = %jail, "cannot save read positions: {err}");
         }
     }
 }
@@ -529,7 +529,7 @@ impl Judge {
                     .map(|bytes| format!(", {} unread", human_bytes(bytes)))
                     .unwrap_or_default();
                 tracing::warn!(
-                    jail = %jail,
+                    orch_jail = %jail,
                     "jail {jail} is {lag} behind its log{unread}, more than half its findtime ({}): failures older than findtime are dropped as stale; {:.0} lines/s, {} match-limit hits",
                     human_lag(self.config.find_time),
                     health.lines_per_sec,
@@ -537,7 +537,7 @@ impl Judge {
                 );
             }
             Some(LagChange::Cleared) => {
-                tracing::info!(jail = %jail, "jail {jail} has caught up with its log (lag {lag}, under {})", human_lag(self.meter.threshold() / 2));
+                tracing::info!(orch_jail = %jail, "jail {jail} has caught up with its log (lag {lag}, under {})", human_lag(self.meter.threshold() / 2));
             }
             None => {}
         }
@@ -561,11 +561,11 @@ impl Judge {
             .iter()
             .find(|ignored| crate::addr::overlaps(ignored, &net))
         {
-            tracing::info!(jail = %jail, %net, "not banned: in this jail's ignore list ({ignored})");
+            tracing::info!(orch_jail = %jail, orch_address = %net, "not banned: in this jail's ignore list ({ignored})");
             return;
         }
         if !config.ignore_command.is_empty() && ignore_command_says_ignore(&config, addr) {
-            tracing::info!(jail = %jail, %addr, "not banned: ignore_command exited 0");
+            tracing::info!(orch_jail = %jail, orch_address = %addr, "not banned: ignore_command exited 0");
             return;
         }
         // The ban waits for the rest of its burst, briefly.
@@ -608,13 +608,14 @@ impl Judge {
                         Ok(done) => {
                             banned += 1;
                             if logged {
-                                tracing::info!(jail = %jail, %net, "{done}");
+                                // ban_log has logged the ban itself.
+                                tracing::debug!(orch_jail = %jail, orch_address = %net, "{done}");
                             }
                         }
                         Err(why) => {
                             refused += 1;
                             if logged {
-                                tracing::warn!(jail = %jail, %net, "not banned: {why}");
+                                tracing::warn!(orch_jail = %jail, orch_address = %net, "not banned: {why}");
                             }
                         }
                     }
@@ -623,12 +624,12 @@ impl Judge {
                 let unlogged = (banned + refused).saturating_sub(LOGGED_PER_BURST);
                 if unlogged > 0 {
                     tracing::info!(
-                        jail = %jail,
+                        orch_jail = %jail,
                         "this burst also handled {unlogged} more networks, not logged one by one ({banned} banned, {refused} not banned in all; `orch list` shows the bans)"
                     );
                 }
             }
-            Err(failed) => tracing::warn!(jail = %jail, count, "not banned: {failed}"),
+            Err(failed) => tracing::warn!(orch_jail = %jail, count, "not banned: {failed}"),
         }
     }
 }
@@ -663,7 +664,7 @@ fn ignore_command_says_ignore(config: &JailConfig, addr: IpAddr) -> bool {
     let mut child = match child {
         Ok(child) => child,
         Err(err) => {
-            tracing::warn!(jail = %config.name, "ignore_command {program}: {err}");
+            tracing::warn!(orch_jail = %config.name, "ignore_command {program}: {err}");
             return false;
         }
     };
@@ -683,7 +684,7 @@ fn ignore_command_says_ignore(config: &JailConfig, addr: IpAddr) -> bool {
                 }
                 let _ = child.kill();
                 let _ = child.wait();
-                tracing::warn!(jail = %config.name, "ignore_command {program} did not finish in {IGNORE_COMMAND_TIMEOUT:?}; killed");
+                tracing::warn!(orch_jail = %config.name, "ignore_command {program} did not finish in {IGNORE_COMMAND_TIMEOUT:?}; killed");
                 return false;
             }
         }
