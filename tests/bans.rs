@@ -466,9 +466,10 @@ fn client_commands_say_plainly_when_the_daemon_is_not_running() {
         "SIGTERM ends the daemon cleanly and at once"
     );
     let list = daemon.cli(&["list"]);
-    assert_eq!(list.status, 1);
+    assert_eq!(list.status, 3, "exit status 3: the daemon is not running");
     assert!(
-        list.stderr.contains("daemon is not running"),
+        list.stderr.contains("daemon is not running")
+            && list.stderr.contains("systemctl start orch"),
         "{}",
         list.stderr
     );

@@ -112,6 +112,25 @@ fn the_shipped_policy_drops_changing_calls_from_nobody_and_lets_them_read() {
         );
     }
 
+    // The CLI says the same, with exit status 4 and what grants the action.
+    let cli = sandbox.run(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            ORCH_IN_SANDBOX,
+            "ban",
+            "192.0.2.10",
+        ],
+    );
+    assert_eq!(cli.status, 4, "exit status 4: permission denied: {cli}");
+    assert!(
+        cli.stderr.contains("org.orch.Orch1.ban") && cli.stderr.contains("orch-admin"),
+        "{cli}"
+    );
+
     let listed = busctl_as_nobody(
         &sandbox,
         &[
