@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+pub mod check_config;
 pub mod exit;
+pub mod status;
 pub use exit::Failure;
 
 use crate::bus::access::Action;
@@ -142,12 +144,23 @@ entries, and the current addresses of each DNS allow name ([[dns.allow]]) with t
     /// Show the daemon's state: table, backend, bans, last sync, fleet, jails
     #[command(
         long_about = "Show the daemon's state: table, backend, ownership, bans, last sync, hooks, \
-watched units, fleet, and per jail its bans, failures and lines read, then a health line: lines/s \
+watched units, fleet, and per jail its bans (active now, and made since the daemon started), the \
+addresses with failures counted now, the failures found and lines read, then a health line: lines/s \
 over the last 10 s, lag (how long the jail has been behind its log; for files also the bytes still \
 unread), PCRE2 match-limit hits, and lines too long (cut to 16 KiB) or not UTF-8 (bytes replaced). \
-LAGGING marks a jail more than half its findtime behind: its older failures are dropped as stale."
+LAGGING marks a jail more than half its findtime behind: its older failures are dropped as stale.\n\n\
+With JAIL, only that jail, with its first 50 banned addresses. With --json, one JSON object \
+(schema in docs/json.md). Anyone may read the status.",
+        after_help = "Examples:\n  orch status\n  orch status sshd\n  orch status --json | jq '.jails[] | {name, bans_now}'"
     )]
-    Status,
+    Status {
+        /// Only this jail, with its first banned addresses (like fail2ban-client status JAIL)
+        #[arg(value_name = "JAIL")]
+        jail: Option<String>,
+        /// One JSON object instead (schema: docs/json.md)
+        #[arg(long)]
+        json: bool,
+    },
 
     /// Re-apply orch's whole table from its store now (and run the hooks)
     #[command(
@@ -204,7 +217,8 @@ as in jail.conf, e.g. /etc/fail2ban/filter.d/sshd.conf[mode=aggressive]. fail2ba
 a backtracking engine with a match limit; a line that hits the limit counts as missed. With \
 --json, every failure is printed as one JSON object per line: {\"line\": N, \"host\": \"...\", \
 \"user\": \"...\", \"time\": \"RFC 3339\"}, where time is null when the line has no date the \
-filter reads. Nothing is banned.",
+filter reads, and the last line is the summary: {\"summary\": {\"lines\": N, \"matched\": N, ...}} \
+(schema in docs/json.md). Nothing is banned.",
         after_help = "Examples:\n  orch test-filter sshd /var/log/auth.log\n  orch test-filter '/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]' /var/log/auth.log\n  journalctl -u ssh -o short-iso > /tmp/ssh.log && orch test-filter sshd /tmp/ssh.log --json"
     )]
     TestFilter {
@@ -214,7 +228,7 @@ filter reads. Nothing is banned.",
         /// The log file to read (syslog lines, or journalctl -o short-iso output)
         #[arg(value_name = "LOG")]
         log: PathBuf,
-        /// One JSON object per matched line instead of the summary
+        /// One JSON object per matched line, then one with the summary
         #[arg(long)]
         json: bool,
     },
@@ -222,9 +236,18 @@ filter reads. Nothing is banned.",
     /// Check the configuration and report every error as file:line:column
     #[command(
         long_about = "Load the configuration the daemon would load (or --config PATH) and report \
-every problem as file:line:column: message. Exits 0 when the configuration is valid."
+every problem as file:line:column: message, then the warnings and notes an admin should know: \
+config files or hooks others could change, forgeable journal matches, fleet secrets others could \
+read, the default jail. Exits 0 when the configuration is valid, 1 when it is not. With --json, \
+one JSON object: {\"ok\", \"sources\", \"errors\": [{\"kind\", \"file\", \"line\", \"column\", \"message\"}], \
+\"warnings\", \"notes\"} (schema in docs/json.md).",
+        after_help = "Examples:\n  orch check-config\n  orch check-config --config /tmp/new.toml\n  orch check-config --json | jq -r '.errors[] | \"\\(.file):\\(.line): \\(.message)\"'"
     )]
-    CheckConfig,
+    CheckConfig {
+        /// One JSON object instead (schema: docs/json.md)
+        #[arg(long)]
+        json: bool,
+    },
 
     /// Bring another tool's jails and bans over to orch (fail2ban)
     #[command(subcommand)]
@@ -443,11 +466,21 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
             .disallow(cidr)
             .await
             .map_err(changing(Action::Allow))?,
-        Command::Status => print_status(&proxy).await.map_err(classify)?,
+        Command::Status { jail, json } => {
+            let report = status::gather(&proxy, jail.as_deref())
+                .await
+                .map_err(classify)?
+                .map_err(Failure::refused)?;
+            if *json {
+                print_json(&report);
+            } else {
+                status::print_text(&report, jail.is_some());
+            }
+        }
         Command::Sync { .. }
         | Command::Reload
         | Command::Daemon
-        | Command::CheckConfig
+        | Command::CheckConfig { .. }
         | Command::TestFilter { .. }
         | Command::InstallUnits(_)
         | Command::UninstallUnits(_)
@@ -455,6 +488,14 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
         | Command::Import(_) => {}
     }
     Ok(())
+}
+
+/// Prints `value` as one line of JSON.
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string(value) {
+        Ok(text) => println!("{text}"),
+        Err(err) => eprintln!("orch: cannot write JSON: {err}"),
+    }
 }
 
 /// From how many addresses `orch ban` shows progress and the time taken.
@@ -711,180 +752,6 @@ async fn print_allows(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
             &entry
         };
         println!("{entry:<40} {kind:<8} {name:<30} {expires}");
-    }
-    Ok(())
-}
-
-/// Facts from the daemon with every key and value made [`printable`]:
-/// they carry hook output, error texts and other hosts' names.
-fn printable_facts(
-    facts: std::collections::HashMap<String, String>,
-) -> std::collections::HashMap<String, String> {
-    facts
-        .into_iter()
-        .map(|(key, value)| (printable(&key).into_owned(), printable(&value).into_owned()))
-        .collect()
-}
-
-/// The fleet lines of `orch status`.
-fn print_fleet(facts: &std::collections::HashMap<String, String>) {
-    let Some(name) = facts.get("name") else {
-        println!("fleet:      not configured");
-        return;
-    };
-    let fact = |key: &str| facts.get(key).map(String::as_str).unwrap_or("");
-    let state = fact("state");
-    let connected = state == "connected";
-    let mut line = format!("fleet:      {state}");
-    if connected || !fact("server").is_empty() {
-        line.push_str(&format!(" to {}", fact("server")));
-    }
-    line.push_str(&format!(" as {name}, bucket {}", fact("bucket")));
-    let age = facts
-        .get("last_event")
-        .and_then(|at| at.parse::<u64>().ok())
-        .map(|at| crate::timefmt::now_unix().saturating_sub(at));
-    match age {
-        Some(age) => line.push_str(&format!("; last event {age} s ago")),
-        None => line.push_str("; no event yet"),
-    }
-    line.push_str(&format!("; outbox {}", fact("outbox")));
-    println!("{line}");
-    if let Some(error) = facts.get("last_error") {
-        println!("  last error: {error}");
-    }
-    if let Some(collision) = facts.get("collision") {
-        println!("  name collision: {collision}");
-    }
-    let mut origins: Vec<(&str, &String)> = facts
-        .iter()
-        .filter_map(|(key, count)| key.strip_prefix("origin:").map(|origin| (origin, count)))
-        .collect();
-    origins.sort();
-    for (origin, count) in origins {
-        println!("  bans from {origin}: {count}");
-    }
-    if let Some(skipped) = facts.get("skipped").filter(|n| *n != "0") {
-        println!("  malformed bucket entries skipped: {skipped}");
-    }
-    let mut refused: std::collections::BTreeMap<&str, Vec<(&str, u64)>> = Default::default();
-    for (key, count) in facts {
-        if let Some((origin, why)) = key
-            .strip_prefix("refused:")
-            .and_then(|rest| rest.rsplit_once(':'))
-        {
-            let count = count.parse().unwrap_or(0);
-            refused.entry(origin).or_default().push((why, count));
-        }
-    }
-    for (origin, mut kinds) in refused {
-        kinds.sort();
-        let total: u64 = kinds.iter().map(|(_, count)| count).sum();
-        let detail: Vec<String> = kinds
-            .iter()
-            .map(|(why, count)| format!("{why} {count}"))
-            .collect();
-        println!("  refused from {origin}: {total} ({})", detail.join(", "));
-    }
-}
-
-async fn print_status(proxy: &Orch1Proxy<'_>) -> zbus::Result<()> {
-    let version = printable(&proxy.version().await?).into_owned();
-    let facts = printable_facts(proxy.firewall().await?);
-    let fact = |key: &str| facts.get(key).map(String::as_str).unwrap_or("?");
-    println!("orch {version}: daemon running");
-    if let Some(error) = facts.get("config_error") {
-        println!("config:     INVALID; {error}");
-    }
-    println!("table:      {} via {}", fact("table"), fact("backend"));
-    let ownership = match (fact("owned"), fact("persist")) {
-        ("true", "true") => "owned by the daemon, persists if it exits",
-        ("true", _) => {
-            "owned by the daemon (nft flush ruleset cannot touch it); removed when the daemon exits"
-        }
-        _ => "not owned (re-applied by orch after a flush)",
-    };
-    println!("ownership:  {ownership}");
-    println!("bans:       {}", fact("bans"));
-    println!(
-        "allowlist:  {} static, {} runtime",
-        fact("static_allows"),
-        fact("runtime_allows")
-    );
-    let optional =
-        |key: &str, absent: &'static str| facts.get(key).map(String::as_str).unwrap_or(absent);
-    println!("last sync:  {}", optional("last_sync", "never"));
-    println!("last event: {}", optional("last_event", "none"));
-    println!("hooks:      {}", optional("hooks_last_run", "not run yet"));
-    let mut hooks: Vec<(&str, &String)> = facts
-        .iter()
-        .filter_map(|(key, outcome)| key.strip_prefix("hook:").map(|name| (name, outcome)))
-        .collect();
-    hooks.sort();
-    for (name, outcome) in hooks {
-        println!("  hook {name}: {outcome}");
-    }
-    let mut units: Vec<(&str, &String)> = facts
-        .iter()
-        .filter_map(|(key, state)| key.strip_prefix("unit:").map(|unit| (unit, state)))
-        .collect();
-    units.sort();
-    if units.is_empty() {
-        println!("watching:   no systemd units (no systemd on this bus)");
-    }
-    for (unit, state) in units {
-        println!("watching:   {unit}: {state}");
-    }
-    print_fleet(&printable_facts(proxy.fleet().await?));
-    let jails = proxy.jails().await?;
-    let notes = proxy.jail_notes().await?;
-    if jails.is_empty() && notes.is_empty() {
-        println!("jails:      none configured");
-    }
-    for note in notes {
-        println!("jails:      {}", printable(&note));
-    }
-    for (
-        name,
-        filter,
-        source,
-        state,
-        lines,
-        failures,
-        tracked,
-        bans,
-        lines_per_sec,
-        lag,
-        unread,
-        limit_hits,
-        too_long,
-        not_utf8,
-        lagging,
-    ) in jails
-    {
-        // A negative lag: the jail reads no log (recidive).
-        let health = (lag >= 0.0).then(|| crate::jail::health::Health {
-            lines_per_sec,
-            lag: std::time::Duration::try_from_secs_f64(lag).unwrap_or_default(),
-            bytes_behind: u64::try_from(unread).ok(),
-            limit_hits,
-            too_long,
-            not_utf8,
-            lagging,
-        });
-        let (name, filter, source, state) = (
-            printable(&name),
-            printable(&filter),
-            printable(&source),
-            printable(&state),
-        );
-        println!(
-            "jail {name}: {bans} active bans, {tracked} addresses tracked, {failures} failures in {lines} lines"
-        );
-        println!("  filter {filter}; {source}; {state}");
-        if let Some(health) = health {
-            println!("  health: {}", health.describe());
-        }
     }
     Ok(())
 }

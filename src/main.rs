@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     orch::logging::init();
     match cli.command {
-        Command::CheckConfig => check_config(&cli),
+        Command::CheckConfig { json } => check_config(&cli, json),
         Command::Daemon => run_daemon(&cli),
         Command::TestFilter {
             ref filter,
@@ -37,67 +37,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
         .build()
 }
 
-fn check_config(cli: &Cli) -> ExitCode {
-    let loaded = match config::load_default_locations(cli.config.as_deref()) {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            eprintln!("{}", printable_lines(&err.to_string()));
-            return ExitCode::FAILURE;
+fn check_config(cli: &Cli, json: bool) -> ExitCode {
+    use orch::cli::check_config;
+    let report = check_config::check(cli.config.as_deref());
+    if json {
+        match serde_json::to_string(&report) {
+            Ok(text) => println!("{text}"),
+            Err(err) => eprintln!("orch: cannot write JSON: {err}"),
         }
-    };
-    for source in &loaded.sources {
-        println!("read {}", source.display());
-    }
-    // Secrets others could read: the fleet refuses to connect with them.
-    let secrets: Vec<String> = loaded
-        .fleet
-        .secret_files()
-        .into_iter()
-        .filter_map(|path| orch::file_trust::check_secret(path).err())
-        .map(|why| printable_lines(&why.to_string()))
-        .collect();
-    for why in &secrets {
-        eprintln!("error: {why}");
-    }
-    for why in config::untrusted_sources(&loaded) {
-        println!(
-            "warning: a config file others could change: {}",
-            printable_lines(&why.to_string())
-        );
-    }
-    for jail in &loaded.jails.jails {
-        if let config::JailSource::Journal { matches } = &jail.source {
-            let (_, hardened) = orch::jail::journal_trust::unforgeable_matches(matches);
-            if let Some(warning) = orch::jail::journal_trust::warning(&hardened) {
-                println!("warning: jail {}: {}", jail.name, printable_lines(&warning));
-            }
-        }
-    }
-    if loaded.jails.jails.iter().any(|jail| jail.by_default) {
-        println!(
-            "note: no jails configured: the default jail sshd (journal of ssh.service, sshd.service) \
-             runs where one of those units is installed; [jails.sshd] enabled = false turns it off"
-        );
-    }
-    for note in loaded.fleet.jails_kept_local(&loaded.jails) {
-        println!("note: {}", printable_lines(&note));
-    }
-    for (hook, why) in orch::hooks::untrusted_hooks(&loaded.hooks.dir) {
-        println!(
-            "warning: hook {hook} will not run: {}",
-            printable_lines(&why.to_string())
-        );
-    }
-    if !secrets.is_empty() {
-        eprintln!("orch: the fleet will not connect until these files are fixed");
-        return ExitCode::FAILURE;
-    }
-    if loaded.sources.is_empty() {
-        println!("configuration OK (embedded default; no config file found)");
     } else {
-        println!("configuration OK");
+        check_config::print_text(&report);
     }
-    ExitCode::SUCCESS
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn run_daemon(cli: &Cli) -> ExitCode {
@@ -229,7 +184,9 @@ fn test_filter(spec: &str, log: &std::path::Path, json: bool) -> ExitCode {
     });
     match result {
         Ok((filter, summary)) => {
-            if !json {
+            if json {
+                println!("{}", test_filter::summary_json(filter.as_ref(), &summary));
+            } else {
                 print!("{}", test_filter::describe(filter.as_ref(), &summary));
             }
             ExitCode::SUCCESS

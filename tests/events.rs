@@ -72,7 +72,7 @@ fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_is_bad() {
     wait_until(Duration::from_secs(5), "the refusal in the log", || {
         daemon
             .log()
-            .contains("new configuration is invalid, keeping the running one")
+            .contains("configuration reload refused, keeping the running one")
     });
     assert!(daemon.ping(), "daemon still serving");
     assert!(has(

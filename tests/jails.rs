@@ -86,19 +86,20 @@ fn banned(netns: &NetNs, addr: &str) -> bool {
     netns.set_elements("orch", set).iter().any(|e| e == addr)
 }
 
-/// `lines` and `failures` of the jail, from `orch status`.
+/// `lines` and `failures_total` of the jail, from `orch status sshd --json`.
 fn jail_counts(daemon: &Daemon) -> (u64, u64) {
-    let status = daemon.cli(&["status"]).expect_ok("status").stdout;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("jail sshd:"))
-        .unwrap_or_else(|| panic!("no jail line in:\n{status}"));
-    // "jail sshd: B active bans, T addresses tracked, F failures in L lines"
-    let numbers: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    (numbers[3], numbers[2])
+    let status = daemon
+        .cli(&["status", "sshd", "--json"])
+        .expect_ok("status")
+        .stdout;
+    let report: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    let jail = &report["jails"][0];
+    let number = |key: &str| {
+        jail[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} in {report}"))
+    };
+    (number("lines"), number("failures_total"))
 }
 
 #[test]

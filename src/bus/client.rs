@@ -63,6 +63,8 @@ pub trait Orch1 {
     #[zbus(property)]
     fn jails(&self) -> zbus::Result<Vec<crate::bus::service::JailRow>>;
     #[zbus(property)]
+    fn jail_bans_total(&self) -> zbus::Result<Vec<(String, u64)>>;
+    #[zbus(property)]
     fn jail_notes(&self) -> zbus::Result<Vec<String>>;
 }
 

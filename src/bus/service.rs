@@ -547,6 +547,18 @@ impl OrchService {
         self.jails.notes()
     }
 
+    /// Bans each running jail has made since the daemon started (its
+    /// active bans are in `Jails`).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn jail_bans_total(&self) -> Vec<(String, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.jails
+            .views()
+            .iter()
+            .map(|jail| (jail.name.clone(), jail.stats.bans.load(Relaxed)))
+            .collect()
+    }
+
     /// The running log jails and what they have found.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn jails(&self) -> Result<Vec<JailRow>, zbus::fdo::Error> {

@@ -352,6 +352,24 @@ fn failure_json(line_number: u64, failure: &LineMatch) -> serde_json::Value {
 
 /// The human summary: lines, matched, ignored, missed, hits per failregex,
 /// speed.
+/// The summary as the last line of `--json`: `{"summary": {...}}` (schema
+/// in docs/json.md, `test-filter`).
+pub fn summary_json(filter: &dyn LineFilter, summary: &Summary) -> serde_json::Value {
+    serde_json::json!({
+        "summary": {
+            "filter": filter.origin(),
+            "engine": filter.engine(),
+            "lines": summary.lines,
+            "matched": summary.matched,
+            "no_address": summary.no_address,
+            "ignored": summary.ignored,
+            "missed": summary.lines.saturating_sub(summary.matched + summary.ignored),
+            "per_failregex": summary.per_regex,
+            "seconds": summary.seconds,
+        }
+    })
+}
+
 pub fn describe(filter: &dyn LineFilter, summary: &Summary) -> String {
     let mut text = String::new();
     let _ = writeln!(
