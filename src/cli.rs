@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 pub mod check_config;
 pub mod exit;
+pub mod query;
 pub mod status;
 pub use exit::Failure;
 
@@ -115,6 +116,26 @@ orch prints each page as it arrives, so a million bans list in constant memory. 
         /// Only bans of addresses or prefixes inside CIDR
         #[arg(long, value_name = "CIDR")]
         prefix: Option<String>,
+    },
+
+    /// Say why an address is banned, or allowed
+    #[command(
+        long_about = "Ask the daemon about ADDR (an address or prefix): whether it is banned and by \
+which holds (each ban that covers it, a banned prefix around it included: its source, jail or fleet \
+host, reason, since when and until when), other fleet hosts' bans of it, an own ban kept under a \
+longer remote one, how many times it was banned before (what recidive and bantime.increment count), \
+and the allowlist entries that cover it (static, runtime, or a DNS name's address). With \
+[firewall] element_counters = true it also shows the packets and bytes the ban has dropped. With \
+--json, one JSON object (schema in docs/json.md). Anyone may ask.",
+        after_help = "Examples:\n  orch query 203.0.113.7\n  orch query 2001:db8::7 --json | jq .bans"
+    )]
+    Query {
+        /// An address or prefix, e.g. 203.0.113.7 or 198.51.100.0/24
+        #[arg(value_name = "ADDR")]
+        address: String,
+        /// One JSON object instead (schema: docs/json.md)
+        #[arg(long)]
+        json: bool,
     },
 
     /// Add a runtime allowlist entry (never banned; persisted), or `list` it
@@ -466,6 +487,9 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
             .disallow(cidr)
             .await
             .map_err(changing(Action::Allow))?,
+        Command::Query { address, json } => {
+            query::run(&proxy, address, *json).await.map_err(classify)?
+        }
         Command::Status { jail, json } => {
             let report = status::gather(&proxy, jail.as_deref())
                 .await

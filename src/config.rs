@@ -111,6 +111,9 @@ pub struct FirewallConfig {
     pub priority: i32,
     pub verdict: Verdict,
     pub forward: bool,
+    /// Per-address packet and byte counters on the ban sets, for `orch
+    /// query` (off by default: per-CPU memory for every ban).
+    pub element_counters: bool,
     pub owner: OwnerMode,
 }
 
@@ -458,6 +461,7 @@ struct RawFirewall {
     priority: Option<Spanned<i64>>,
     verdict: Option<Spanned<String>>,
     forward: Option<Spanned<bool>>,
+    element_counters: Option<Spanned<bool>>,
     owner: Option<Spanned<String>>,
 }
 
@@ -483,6 +487,7 @@ struct Merged {
     priority: Located<i32>,
     verdict: Located<Verdict>,
     forward: Located<bool>,
+    element_counters: Located<bool>,
     owner: Located<OwnerMode>,
     default_time: Located<Duration>,
     max_time: Located<Duration>,
@@ -544,6 +549,7 @@ impl Merged {
         bind!(b, self.priority, raw.priority, int_in(PRIORITY_RANGE));
         bind!(b, self.verdict, raw.verdict, check_verdict);
         bind!(b, self.forward, raw.forward, Ok);
+        bind!(b, self.element_counters, raw.element_counters, Ok);
         bind!(b, self.owner, raw.owner, check_owner);
     }
 
@@ -645,6 +651,7 @@ impl Merged {
                 priority: self.priority?.0,
                 verdict: self.verdict?.0,
                 forward: self.forward?.0,
+                element_counters: self.element_counters?.0,
                 owner: self.owner?.0,
             },
             bans: BansConfig {
@@ -1058,6 +1065,7 @@ mod tests {
                     priority: -10,
                     verdict: Verdict::Drop,
                     forward: false,
+                    element_counters: false,
                     owner: OwnerMode::Auto,
                 },
                 bans: BansConfig {
@@ -1157,6 +1165,7 @@ min_prefix_v6 = 64
                 priority: 400,
                 verdict: Verdict::Reject,
                 forward: true,
+                element_counters: false,
                 owner: OwnerMode::Off,
             }
         );

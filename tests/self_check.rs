@@ -57,6 +57,7 @@ fn config(owner: OwnerMode, forward: bool) -> FirewallConfig {
         priority: -10,
         verdict: Verdict::Drop,
         forward,
+        element_counters: false,
         owner,
     }
 }

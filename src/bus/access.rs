@@ -41,7 +41,7 @@ impl Action {
             "Unban" => Action::Unban,
             "Allow" | "Disallow" => Action::Allow,
             "Sync" | "SyncEvent" | "RunHooks" | "UnbanFleet" | "Reload" => Action::Manage,
-            "ListBans" | "ListBansPage" | "ListAllows" => Action::Read,
+            "ListBans" | "ListBansPage" | "ListAllows" | "Query" => Action::Read,
             _ => return None,
         })
     }

@@ -40,6 +40,7 @@ pub trait Orch1 {
     #[zbus(allow_interactive_auth)]
     fn allow(&self, cidr: &str) -> zbus::Result<()>;
     fn list_allows(&self) -> zbus::Result<Vec<AllowRow>>;
+    fn query(&self, address: &str) -> zbus::Result<String>;
     #[zbus(allow_interactive_auth)]
     fn disallow(&self, cidr: &str) -> zbus::Result<()>;
     #[zbus(allow_interactive_auth)]

@@ -344,6 +344,16 @@ impl OrchService {
         Ok(rows)
     }
 
+    /// What holds ADDRESS banned and what allows it: the bans that cover
+    /// it, other fleet hosts' bans, how often it was banned before, the
+    /// allowlist entries that cover it, and the packets and bytes its ban
+    /// has dropped. One JSON object (docs/json.md, `query`). Anyone may ask.
+    async fn query(&self, address: String) -> Result<String, OrchError> {
+        let core_query = self.core.read(move |core| core.query(&address)).await??;
+        let answer = crate::daemon::query::complete(core_query, &self.dns).await;
+        serde_json::to_string(&answer).map_err(|err| OrchError::Failed(err.to_string()))
+    }
+
     /// Add a runtime allowlist entry (persisted).
     async fn allow(&self, cidr: String) -> Result<(), OrchError> {
         self.run(move |core| core.allow(&cidr)).await?;

@@ -195,6 +195,14 @@ impl Core {
         &self.counts
     }
 
+    pub(super) fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+
+    pub(super) fn banned_prefixes(&self) -> impl Iterator<Item = &IpNet> {
+        self.banned_prefixes.iter()
+    }
+
     pub(super) fn fleet(&self) -> &super::fleet_side::FleetSide {
         &self.fleet
     }

@@ -20,6 +20,7 @@ pub mod jail_bans;
 pub mod jails;
 pub mod lanes;
 pub mod listing;
+pub mod query;
 pub mod read_view;
 pub mod reconciler;
 pub mod reload;

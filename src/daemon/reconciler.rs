@@ -104,7 +104,7 @@ impl Reconciler {
 
     /// The kernel element(s) of a stored ban: its remaining time, on the
     /// ports of its source's scope, or on every port.
-    fn element(&self, record: &BanRecord, now: u64) -> TimedElement {
+    pub fn element(&self, record: &BanRecord, now: u64) -> TimedElement {
         TimedElement {
             net: record.net,
             timeout_secs: record.expires.saturating_sub(now).max(1),

@@ -25,7 +25,7 @@ use super::netlink::{
     NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, c_string, open_socket, read_i32_ne,
     read_u32_be, read_u64_be, socklen_of,
 };
-use super::script::IntactCheck;
+use super::script::{IntactCheck, SampleElement};
 
 // Request types and attributes, from <linux/netfilter/nf_tables.h> (the
 // ones the monitor reads too are in `netlink`).
@@ -42,6 +42,15 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_DATA_VALUE: u16 = 1;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+/// One expression of an element, or (from Linux 5.16 on, with more than
+/// one) a list of them.
+const NFTA_SET_ELEM_EXPR: u16 = 7;
+const NFTA_SET_ELEM_EXPRESSIONS: u16 = 11;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_COUNTER_BYTES: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
 
 /// How long one answer may take before the check gives up (the kernel
 /// answers these in microseconds).
@@ -74,16 +83,7 @@ pub fn find_missing(check: &IntactCheck) -> io::Result<Option<String>> {
 
     for element in &check.elements {
         let found = session.request(NFT_MSG_GETSETELEM, NLM_F_ACK, |request| {
-            request
-                .string(NFTA_TABLE, table)
-                .string(NFTA_SET_ELEM_LIST_SET, element.set)
-                .nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
-                    list.nested(NFTA_LIST_ELEM, |item| {
-                        item.nested(NFTA_SET_ELEM_KEY, |key| {
-                            key.attribute(NFTA_DATA_VALUE, &element.key);
-                        });
-                    });
-                });
+            element_lookup(request, table, element)
         })?;
         if found.is_none() {
             return Ok(Some(format!(
@@ -93,6 +93,94 @@ pub fn find_missing(check: &IntactCheck) -> io::Result<Option<String>> {
         }
     }
     Ok(None)
+}
+
+/// A lookup of one element of `table` by its key.
+fn element_lookup(request: &mut MessageBuilder, table: &str, element: &SampleElement) {
+    request
+        .string(NFTA_TABLE, table)
+        .string(NFTA_SET_ELEM_LIST_SET, element.set)
+        .nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+            list.nested(NFTA_LIST_ELEM, |item| {
+                item.nested(NFTA_SET_ELEM_KEY, |key| {
+                    key.attribute(NFTA_DATA_VALUE, &element.key);
+                });
+            });
+        });
+}
+
+/// Packets and bytes an element's counter has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The counters of `elements` of `table`, added up: `Ok(None)` when none of
+/// them is in the kernel or none carries a counter (the sets were made
+/// without `counter`).
+pub fn element_counters(table: &str, elements: &[SampleElement]) -> io::Result<Option<Counted>> {
+    let mut session = Session::open()?;
+    let mut total: Option<Counted> = None;
+    for element in elements {
+        let mut found = None;
+        let result = session.exchange(
+            NFT_MSG_GETSETELEM,
+            NLM_F_ACK,
+            |request| element_lookup(request, table, element),
+            &mut |kind, _family, attributes| {
+                if kind == NFT_MSG_NEWSETELEM {
+                    found = found.or(counter_of_reply(attributes));
+                }
+            },
+        );
+        match result {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(err) => return Err(err),
+        }
+        if let Some(counted) = found {
+            let sum = total.get_or_insert_with(Counted::default);
+            sum.packets = sum.packets.saturating_add(counted.packets);
+            sum.bytes = sum.bytes.saturating_add(counted.bytes);
+        }
+    }
+    Ok(total)
+}
+
+/// The counter in a NEWSETELEM reply: its list of elements, each element's
+/// expression (or list of expressions), the one named "counter".
+fn counter_of_reply(attributes: &[u8]) -> Option<Counted> {
+    let (_, list) =
+        Attributes(attributes).find(|&(kind, _)| kind == NFTA_SET_ELEM_LIST_ELEMENTS)?;
+    Attributes(list).find_map(|(_, element)| {
+        Attributes(element).find_map(|(kind, value)| match kind {
+            NFTA_SET_ELEM_EXPR => counter_of_expression(value),
+            NFTA_SET_ELEM_EXPRESSIONS => {
+                Attributes(value).find_map(|(_, expression)| counter_of_expression(expression))
+            }
+            _ => None,
+        })
+    })
+}
+
+fn counter_of_expression(expression: &[u8]) -> Option<Counted> {
+    let mut attributes = Attributes(expression);
+    let is_counter = Attributes(expression)
+        .any(|(kind, name)| kind == NFTA_EXPR_NAME && c_string(name) == "counter");
+    if !is_counter {
+        return None;
+    }
+    let (_, data) = attributes.find(|&(kind, _)| kind == NFTA_EXPR_DATA)?;
+    let mut counted = Counted::default();
+    for (kind, value) in Attributes(data) {
+        match kind {
+            NFTA_COUNTER_BYTES => counted.bytes = read_u64_be(value)?,
+            NFTA_COUNTER_PACKETS => counted.packets = read_u64_be(value)?,
+            _ => {}
+        }
+    }
+    Some(counted)
 }
 
 /// The kernel's nftables state at one moment, in outline: its generation

@@ -98,6 +98,8 @@ pub struct TableLayout {
     pub priority: i32,
     pub verdict: Verdict,
     pub forward: bool,
+    /// Whether the ban sets count packets and bytes per element.
+    pub element_counters: bool,
 }
 
 impl From<&FirewallConfig> for TableLayout {
@@ -107,6 +109,7 @@ impl From<&FirewallConfig> for TableLayout {
             priority: config.priority,
             verdict: config.verdict,
             forward: config.forward,
+            element_counters: config.element_counters,
         }
     }
 }
@@ -184,38 +187,57 @@ pub struct SampleElement {
 }
 
 impl SampleElement {
-    /// The element `ban` puts in the kernel: the address (a prefix's
-    /// network address), then for a port ban the protocol and port, each
-    /// field padded to 4 bytes as in nftables' registers. `None` for a port
-    /// scope without protocols or ports (it puts nothing in the kernel), and
-    /// for a port-scoped prefix: a concatenated interval set finds a range
-    /// only by both its ends, which a one-key lookup does not give.
+    /// The element `ban` puts in the kernel (the first, for a port ban);
+    /// see [`SampleElement::all_of`].
     fn of(ban: &TimedElement) -> Option<SampleElement> {
+        SampleElement::all_of(ban).into_iter().next()
+    }
+
+    /// Every element `ban` puts in the kernel: the address (a prefix's
+    /// network address), then for a port ban the protocol and port, each
+    /// field padded to 4 bytes as in nftables' registers; one element per
+    /// protocol and port. None for a port scope without protocols or ports
+    /// (it puts nothing in the kernel), and none for a port-scoped prefix: a
+    /// concatenated interval set finds a range only by both its ends, which
+    /// a one-key lookup does not give.
+    pub fn all_of(ban: &TimedElement) -> Vec<SampleElement> {
         if ban.scope.is_some() && !is_single_address(&ban.net) {
-            return None;
+            return Vec::new();
         }
-        let mut key = match ban.net.network() {
+        let address_key = match ban.net.network() {
             std::net::IpAddr::V4(addr) => addr.octets().to_vec(),
             std::net::IpAddr::V6(addr) => addr.octets().to_vec(),
         };
         let addr = element_text(&ban.net);
         let Some(scope) = &ban.scope else {
-            return Some(SampleElement {
+            return vec![SampleElement {
                 set: ban_set_for(&ban.net),
-                key,
+                key: address_key,
                 shown: addr,
-            });
+            }];
         };
-        let (protocol, port) = (scope.protocols.first()?, scope.ports.first()?);
-        key.extend_from_slice(&[protocol.number(), 0, 0, 0]);
-        key.extend_from_slice(&port.to_be_bytes());
-        key.extend_from_slice(&[0, 0]);
-        Some(SampleElement {
-            set: port_ban_set_for(&ban.net),
-            key,
-            shown: format!("{addr} . {} . {port}", protocol.as_str()),
-        })
+        let mut elements = Vec::new();
+        for protocol in &scope.protocols {
+            for port in &scope.ports {
+                let mut key = address_key.clone();
+                key.extend_from_slice(&[protocol.number(), 0, 0, 0]);
+                key.extend_from_slice(&port.to_be_bytes());
+                key.extend_from_slice(&[0, 0]);
+                elements.push(SampleElement {
+                    set: port_ban_set_for(&ban.net),
+                    key,
+                    shown: format!("{addr} . {} . {port}", protocol.as_str()),
+                });
+            }
+        }
+        elements
     }
+}
+
+/// Whether `set` holds bans (and so gets per-element counters when they
+/// are on).
+fn is_ban_set(set: &str) -> bool {
+    BAN_SETS.contains(&set)
 }
 
 /// The ban set an element belongs in: single addresses go to the hash sets,
@@ -338,9 +360,14 @@ impl TableLayout {
         let _ = writeln!(out, "table inet {table} {{");
         let _ = writeln!(out, "  {flags}");
         for (set, addr_type, set_flags) in SET_DECLARATIONS {
+            let counter = if self.element_counters && is_ban_set(set) {
+                " counter;"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 out,
-                "  set {set} {{ type {addr_type}; flags {set_flags}; }}"
+                "  set {set} {{ type {addr_type}; flags {set_flags};{counter} }}"
             );
         }
         self.write_filter_chain(&mut out);
@@ -561,11 +588,39 @@ mod tests {
             priority: -10,
             verdict: Verdict::Drop,
             forward,
+            element_counters: false,
         }
     }
 
     fn net(text: &str) -> IpNet {
         text.parse().expect("test literal")
+    }
+
+    #[test]
+    fn element_counters_go_on_the_ban_sets_only() {
+        let plain = layout(false).full_table(Ownership::Unowned, &TableContents::default());
+        assert!(!plain.contains("counter; }"), "{plain}");
+        let counted = TableLayout {
+            element_counters: true,
+            ..layout(false)
+        }
+        .full_table(Ownership::Unowned, &TableContents::default());
+        for set in BAN_SETS {
+            assert!(
+                counted
+                    .lines()
+                    .any(|line| line.contains(&format!("set {set} "))
+                        && line.ends_with("counter; }")),
+                "{set}: {counted}"
+            );
+        }
+        assert!(
+            counted
+                .lines()
+                .filter(|line| line.contains("set allow"))
+                .all(|line| !line.contains("counter")),
+            "{counted}"
+        );
     }
 
     #[test]

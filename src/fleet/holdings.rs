@@ -143,6 +143,11 @@ impl Holdings {
             .max_by_key(|h| h.expires)
     }
 
+    /// Every host's hold of exactly `net`.
+    pub fn holds_of(&self, net: &IpNet) -> &[Hold] {
+        self.by_net.get(net).map_or(&[], Holds::as_slice)
+    }
+
     /// Every (network, origin) held.
     pub fn pairs(&self) -> impl Iterator<Item = (IpNet, Arc<str>)> + '_ {
         self.by_net.iter().flat_map(|(net, holds)| {

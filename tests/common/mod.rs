@@ -15,6 +15,7 @@
 pub mod fleet_hosts;
 pub mod fleet_lab;
 pub mod fleet_topology;
+pub mod json_schema;
 pub mod nats;
 pub mod nats_jwt;
 pub mod small_disk;
