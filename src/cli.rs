@@ -13,9 +13,11 @@ use clap::{Parser, Subcommand};
 
 pub mod check_config;
 pub mod exit;
+pub mod progress;
 pub mod query;
 pub mod status;
 pub use exit::Failure;
+use progress::Progress;
 
 use crate::bus::access::Action;
 use crate::bus::client::{self, CALL_TIMEOUT, ClientError, Orch1Proxy};
@@ -415,20 +417,15 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
                 .chain(&listed)
                 .map(String::as_str)
                 .collect();
-            let progress = Progress::on_terminal();
-            if refs.len() >= BULK_PROGRESS_FROM {
-                progress.show(&format!(
-                    "banning {} addresses (one BanMany)...",
-                    refs.len()
-                ));
-            }
+            let label = format!("banning {} addresses (one BanMany)...", refs.len());
             let started = std::time::Instant::now();
-            let count = proxy
-                .ban_many(&refs, seconds, reason)
-                .await
-                .map_err(changing(Action::Ban));
-            progress.clear();
-            let count = count?;
+            let call = proxy.ban_many(&refs, seconds, reason);
+            let count = if refs.len() >= BULK_PROGRESS_FROM {
+                Progress::on_terminal().while_running(&label, call).await
+            } else {
+                call.await
+            }
+            .map_err(changing(Action::Ban))?;
             if refs.len() >= BULK_PROGRESS_FROM {
                 println!("banned {count} in {:.1} s", started.elapsed().as_secs_f64());
             } else {
@@ -536,39 +533,13 @@ fn read_address_file(path: &std::path::Path) -> Result<Vec<String>, Failure> {
         let name = path.display().to_string();
         let file =
             std::fs::File::open(path).map_err(|err| Failure::refused(format!("{name}: {err}")))?;
-        crate::addr_list::read_list(std::io::BufReader::new(file), &name, show)
+        let size = file.metadata().map_or(0, |meta| meta.len());
+        let (counted, bytes_read) = progress::CountingReader::new(file);
+        let bar = |_count: usize| progress.bar("reading", bytes_read.get(), size);
+        crate::addr_list::read_list(std::io::BufReader::new(counted), &name, bar)
     };
     progress.clear();
     listed.map_err(|err| Failure::refused(err.to_string()))
-}
-
-/// A one-line progress note on stderr, only when stderr is a terminal
-/// (scripts and logs get the final line alone).
-struct Progress {
-    on_terminal: bool,
-}
-
-impl Progress {
-    fn on_terminal() -> Progress {
-        use std::io::IsTerminal;
-        Progress {
-            on_terminal: std::io::stderr().is_terminal(),
-        }
-    }
-
-    /// Replaces the note with `text`.
-    fn show(&self, text: &str) {
-        if self.on_terminal {
-            eprint!("\r\x1b[K{text}");
-        }
-    }
-
-    /// Removes the note.
-    fn clear(&self) {
-        if self.on_terminal {
-            eprint!("\r\x1b[K");
-        }
-    }
 }
 
 /// How long `orch reload` waits: the reload re-applies the whole table,

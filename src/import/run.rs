@@ -207,8 +207,8 @@ async fn send_bans(bans: &DbBans) -> Result<(), ImportError> {
     };
     let proxy = client::connect(CALL_TIMEOUT).await.map_err(not_running)?;
     println!("sending {} ban(s) to the orch daemon ...", rows.len());
-    let (banned, unchanged, refused) = proxy
-        .import_bans(&rows)
+    let (banned, unchanged, refused) = crate::cli::progress::Progress::on_terminal()
+        .while_running("importing...", proxy.import_bans(&rows))
         .await
         .map_err(|err| not_running(client::classify(err, CALL_TIMEOUT)))?;
     println!(
