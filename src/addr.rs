@@ -68,6 +68,16 @@ pub fn is_single_address(net: &IpNet) -> bool {
     net.prefix_len() == net.max_prefix_len()
 }
 
+/// How `net` is shown to people and other programs: a single address
+/// without its prefix length, a network as `address/length`.
+pub fn display_net(net: &IpNet) -> String {
+    if is_single_address(net) {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
 /// The network a jail counts and bans `addr` by: the address itself for
 /// IPv4, its `ipv6_prefix` network for IPv6 (so an attacker rotating
 /// addresses inside one /64 is one offender).

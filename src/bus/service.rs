@@ -124,11 +124,7 @@ fn ban_row(record: &BanRecord) -> BanRow {
 }
 
 fn display_net(record: &BanRecord) -> String {
-    if crate::addr::is_single_address(&record.net) {
-        record.net.addr().to_string()
-    } else {
-        record.net.to_string()
-    }
+    crate::addr::display_net(&record.net)
 }
 
 async fn emit_banned(emitter: &SignalEmitter<'_>, records: &[BanRecord]) {

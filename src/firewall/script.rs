@@ -252,11 +252,7 @@ fn timeout_text(seconds: u64) -> String {
 }
 
 fn element_text(net: &IpNet) -> String {
-    if is_single_address(net) {
-        net.addr().to_string()
-    } else {
-        net.to_string()
-    }
+    crate::addr::display_net(net)
 }
 
 /// The `flags …;` statement for a table block ("" when unowned).

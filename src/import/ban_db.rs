@@ -76,11 +76,7 @@ pub fn judge_row(row: &RawRow, now: u64) -> Result<DbBan, String> {
     let jail = text(&row.jail).ok_or("the jail is not text")?;
     let ip = text(&row.ip).ok_or("the address is not text")?;
     let net = crate::addr::parse_net(&ip).map_err(|err| err.to_string())?;
-    let address = if crate::addr::is_single_address(&net) {
-        net.addr().to_string()
-    } else {
-        net.to_string()
-    };
+    let address = crate::addr::display_net(&net);
     let time_of_ban = integer(&row.time_of_ban).ok_or("timeofban is not a number")?;
     let time_of_ban = u64::try_from(time_of_ban)
         .map_err(|_| format!("timeofban {time_of_ban} is before 1970"))?;
