@@ -21,10 +21,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod actions;
 mod binder;
 mod fleet;
 mod jails;
 pub mod last_good;
+pub use actions::{ActionConfig, ActionTarget, ActionsConfig, WebhookUrl};
 use binder::{Binder, bind, value_or};
 pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule, url_host};
 
@@ -156,6 +158,8 @@ pub struct Config {
     pub jails: JailsConfig,
     /// Ban sharing with other hosts over NATS JetStream (off by default).
     pub fleet: FleetConfig,
+    /// `[[on_ban]]` and `[[on_unban]]`: programs and webhooks told of bans.
+    pub actions: ActionsConfig,
     /// Files read, in merge order, for messages; empty means the embedded
     /// default alone.
     pub sources: Vec<PathBuf>,
@@ -416,6 +420,8 @@ struct RawLayer {
     dns: Option<RawDns>,
     jails: Option<jails::RawJails>,
     fleet: Option<fleet::RawFleet>,
+    on_ban: Option<Vec<actions::RawAction>>,
+    on_unban: Option<Vec<actions::RawAction>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -499,6 +505,7 @@ struct Merged {
     dns_allow: Vec<crate::dns::DnsAllowEntry>,
     jails: jails::JailsDraft,
     fleet: fleet::FleetDraft,
+    actions: actions::ActionsDraft,
 }
 
 impl Merged {
@@ -530,6 +537,9 @@ impl Merged {
         }
         if let Some(fleet) = layer.fleet {
             self.fleet.apply(fleet, &mut b.section("fleet"));
+        }
+        for (field, raw) in [("on_ban", layer.on_ban), ("on_unban", layer.on_unban)] {
+            self.actions.apply(raw.unwrap_or_default(), field, &mut b);
         }
         if let Some(firewall) = layer.firewall {
             self.apply_firewall(firewall, &mut b.section("firewall"));
@@ -670,6 +680,7 @@ impl Merged {
             },
             jails: self.jails.finish(issues),
             fleet: self.fleet.finish(issues),
+            actions: self.actions.finish(),
             sources,
         })
     }
@@ -1083,6 +1094,7 @@ mod tests {
                 },
                 jails: JailsConfig::default(),
                 fleet: FleetConfig::default(),
+                actions: ActionsConfig::default(),
                 sources: Vec::new(),
             }
         );
