@@ -102,6 +102,9 @@ pub struct Core {
     view: ReadView,
     /// When the core last showed it was alive (for the watchdog).
     liveness: Liveness,
+    /// Where acknowledged bans and unbans go for the ban actions (`None`
+    /// in unit tests).
+    pub(super) ban_events: Option<super::ban_events::BanEventSender>,
 }
 
 /// What a jail's ban of one network came to: a line for the log, or why
@@ -148,6 +151,7 @@ impl Core {
             fleet: Default::default(),
             kernel_events: None,
             config_error: None,
+            ban_events: None,
         };
         core.reconciler
             .set_port_scopes(port_scopes(&core.config.jails));
@@ -298,7 +302,9 @@ impl Core {
         };
         self.note_local_changes(records);
         self.liveness.beat();
-        self.apply_stored(stored, now)
+        self.apply_stored(stored, now)?;
+        self.emit_bans(records);
+        Ok(())
     }
 
     /// Stores `records` (one fsync), then puts them in the kernel; a ban
@@ -309,7 +315,9 @@ impl Core {
         now: u64,
     ) -> Result<(), CoreError> {
         let stored = self.store_bans(records)?;
-        self.apply_stored(stored, now)
+        self.apply_stored(stored, now)?;
+        self.emit_bans(records);
+        Ok(())
     }
 
     /// The first half of [`Core::store_and_apply`]: persists `records` with
@@ -551,6 +559,7 @@ impl Core {
             tracing::warn!("incremental unban failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed unban")?;
         }
+        self.emit_unbans(&removed, "unban");
         Ok(removed)
     }
 
@@ -751,6 +760,7 @@ impl Core {
             self.counts.remove(record);
         }
         self.view.count_removals(expired.len());
+        self.emit_unbans(&expired, "expired");
         // Expired shared bans: the publisher deletes their keys.
         self.note_local_changes(&expired);
         self.forget_expired_holds(now);

@@ -6,6 +6,7 @@
 //! kernel watchers subscribe before the first apply so no change is missed,
 //! and READY=1 goes out only after the first apply and the bus name.
 
+pub mod ban_events;
 pub mod bus_link;
 pub mod core;
 pub mod dns_refresh;
