@@ -103,6 +103,11 @@ pub async fn run(
     .await
     .map_err(|e| DaemonError::Io(std::io::Error::other(e)))??;
     core.set_kernel_events(event_sender.clone());
+    let (actions, ban_events) = crate::actions::Actions::start(
+        running_config.actions.clone(),
+        running_config.fleet.name.clone(),
+    );
+    core.set_ban_events(ban_events);
     let (handle, core_thread) = core.spawn();
 
     if let Some(watcher) = unit_watcher {
@@ -152,7 +157,7 @@ pub async fn run(
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = hangup.recv() => reload(&handle, &hook_runs, &jails, &running_config, config_path.as_deref()).await,
+            _ = hangup.recv() => reload(&handle, &hook_runs, &actions, &jails, &running_config, config_path.as_deref()).await,
             why = bus_link::lost(&connection) => {
                 match bus_link::reconnect(&why, &current_bus, &service_parts, &watched, &event_sender).await {
                     Ok(new_connection) => connection = new_connection,
@@ -221,6 +226,7 @@ fn start_hook_runs(config: &Config, current_bus: &bus_link::CurrentBus) -> HookR
 async fn reload(
     core: &CoreHandle,
     hooks: &HookRuns,
+    actions: &crate::actions::Actions,
     jails: &jails::JailSupervisor,
     running: &Config,
     config_path: Option<&std::path::Path>,
@@ -240,6 +246,7 @@ async fn reload(
                     tracing::warn!("cannot save the configuration as the last good one: {err}");
                 }
                 hooks.set_setup(hook_setup(&applied));
+                actions.set_config(applied.actions.clone());
                 if applied.dns != running.dns {
                     tracing::warn!("[dns] changes take effect when the daemon restarts");
                 }

@@ -1,0 +1,187 @@
+//! Ban actions: what `[[on_ban]]` and `[[on_unban]]` tell the outside
+//! world. The core pushes one event per acknowledged call into a bounded
+//! queue ([`crate::daemon::ban_events`]); one task here takes them,
+//! gathers them per action ([`batch`]: a short window, a rate limit) and
+//! hands each action's batches, one at a time, to a task of their own
+//! ([`exec`], [`webhook`]), so a hanging program or webhook holds up only
+//! its own action, and never the core.
+//!
+//! It must not decide anything about bans, nor wait on the core.
+
+pub mod batch;
+pub mod exec;
+pub mod webhook;
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{ActionConfig, ActionTarget, ActionsConfig};
+use crate::daemon::ban_events::{self, BanEvent, BanEventKind, BanEventReceiver, BanEventSender};
+use batch::{Batch, Batcher};
+
+/// How often the dispatcher looks for networks the full queue counted,
+/// at least.
+const OVERFLOW_CHECK: Duration = Duration::from_secs(1);
+
+/// The running dispatcher: takes a new configuration on reload.
+#[derive(Clone)]
+pub struct Actions {
+    config: watch::Sender<ActionsConfig>,
+}
+
+impl Actions {
+    /// Starts the dispatcher on the current tokio runtime; `host` names
+    /// this host in every event. The sender goes to the core.
+    pub fn start(config: ActionsConfig, host: String) -> (Actions, BanEventSender) {
+        let (sender, receiver) = ban_events::channel(ban_events::QUEUE_CAPACITY);
+        let (config, config_receiver) = watch::channel(config);
+        tokio::spawn(dispatch(receiver, config_receiver, host));
+        (Actions { config }, sender)
+    }
+
+    /// Replaces the actions (SIGHUP). Batches pending for the old ones are
+    /// dropped; deliveries under way finish.
+    pub fn set_config(&self, config: ActionsConfig) {
+        self.config.send_if_modified(|current| {
+            let changed = *current != config;
+            *current = config;
+            changed
+        });
+    }
+}
+
+/// One configured action and its pending batch.
+struct Slot {
+    action: ActionConfig,
+    kind: BanEventKind,
+    /// How the log names it, such as `on_ban[0]`.
+    name: String,
+    batcher: Batcher,
+    /// A delivery is under way; the next batch waits (and keeps merging).
+    busy: bool,
+}
+
+fn slots_of(config: &ActionsConfig) -> Vec<Slot> {
+    let kinds = [
+        (BanEventKind::Ban, "on_ban", &config.on_ban),
+        (BanEventKind::Unban, "on_unban", &config.on_unban),
+    ];
+    kinds
+        .into_iter()
+        .flat_map(|(kind, field, actions)| {
+            actions.iter().enumerate().map(move |(index, action)| Slot {
+                action: action.clone(),
+                kind,
+                name: format!("{field}[{index}]"),
+                batcher: Batcher::new(
+                    action.batch_window,
+                    action.max_events_per_minute,
+                    action.max_addresses,
+                ),
+                busy: false,
+            })
+        })
+        .collect()
+}
+
+/// The dispatcher's loop: events in, batches out, until the core's
+/// sender is gone.
+async fn dispatch(
+    mut events: BanEventReceiver,
+    mut config: watch::Receiver<ActionsConfig>,
+    host: String,
+) {
+    let mut slots = slots_of(&config.borrow_and_update());
+    // Which delivery ended: (generation of the slots, slot index).
+    let (done, mut ended) = mpsc::unbounded_channel::<(u64, usize)>();
+    let mut generation = 0u64;
+    let mut config_open = true;
+    loop {
+        let now = Instant::now();
+        let wake = slots
+            .iter()
+            .filter(|slot| !slot.busy)
+            .filter_map(|slot| slot.batcher.next_due())
+            .fold(now + OVERFLOW_CHECK, Instant::min);
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => feed(&mut slots, event),
+                None => break,
+            },
+            Some((of, index)) = ended.recv() => {
+                if of == generation && let Some(slot) = slots.get_mut(index) {
+                    slot.busy = false;
+                }
+            }
+            changed = config.changed(), if config_open => match changed {
+                Ok(()) => {
+                    generation += 1;
+                    slots = slots_of(&config.borrow_and_update());
+                    tracing::info!(actions = slots.len(), "ban actions reloaded");
+                }
+                Err(_) => config_open = false,
+            },
+            () = tokio::time::sleep_until(now.max(wake).into()) => {}
+        }
+        while let Some(event) = events.try_recv() {
+            feed(&mut slots, event);
+        }
+        for counted in events.take_overflow() {
+            tracing::warn!(
+                event = counted.kind.as_str(),
+                count = counted.count,
+                "ban action queue full: networks counted, not listed"
+            );
+            feed(&mut slots, counted);
+        }
+        let now = Instant::now();
+        for (index, slot) in slots.iter_mut().enumerate() {
+            if slot.busy {
+                continue;
+            }
+            if let Some(batch) = slot.batcher.take_due(now) {
+                slot.busy = true;
+                let (action, name, host, done) = (
+                    slot.action.clone(),
+                    slot.name.clone(),
+                    host.clone(),
+                    done.clone(),
+                );
+                tokio::spawn(async move {
+                    deliver(&action, name, batch, &host).await;
+                    let _ = done.send((generation, index));
+                });
+            }
+        }
+    }
+    tracing::debug!("ban actions stopped");
+}
+
+/// Hands `event` to every action of its kind.
+fn feed(slots: &mut [Slot], event: BanEvent) {
+    let now = Instant::now();
+    for slot in slots.iter_mut().filter(|slot| slot.kind == event.kind) {
+        slot.batcher.push(event.clone(), now);
+    }
+}
+
+/// Runs one action for one batch and logs how it went.
+async fn deliver(action: &ActionConfig, name: String, batch: Batch, host: &str) {
+    let count = batch.event.count;
+    let result = match &action.target {
+        ActionTarget::Exec(argv) => {
+            exec::run(name.clone(), argv, &batch, host, action.timeout).await
+        }
+        ActionTarget::Webhook(url) => {
+            webhook::post(url, &webhook::body(&batch, host), action.timeout)
+                .await
+                .map(|_| ())
+                .map_err(|err| format!("webhook {url}: {err}"))
+        }
+    };
+    match result {
+        Ok(()) => tracing::debug!(action = %name, count, "ban action delivered"),
+        Err(why) => tracing::warn!(action = %name, count, "ban action failed: {why}"),
+    }
+}
