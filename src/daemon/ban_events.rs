@@ -70,26 +70,37 @@ impl BanEvent {
         reason: Option<&str>,
         is_jail: impl Fn(&str) -> bool,
     ) -> Option<BanEvent> {
-        let mut event: Option<BanEvent> = None;
+        let first = records.first()?;
+        let jail_of = |source: &Arc<str>| match is_jail(source) {
+            true => source.clone(),
+            false => Arc::from(""),
+        };
+        let mut event = BanEvent {
+            kind,
+            count: 0,
+            addresses: Vec::with_capacity(records.len().min(MAX_EVENT_ADDRESSES)),
+            source: first.source.clone(),
+            jail: jail_of(&first.source),
+            reason: reason.map_or_else(|| first.reason.clone(), Arc::from),
+            expires_at: None,
+        };
         for record in records {
-            let one = BanEvent {
-                kind,
-                count: 1,
-                addresses: vec![record.net],
-                source: record.source.clone(),
-                jail: match is_jail(&record.source) {
-                    true => record.source.clone(),
-                    false => Arc::from(""),
-                },
-                reason: reason.map_or_else(|| record.reason.clone(), Arc::from),
-                expires_at: (kind == BanEventKind::Ban).then_some(record.expires),
-            };
-            match &mut event {
-                Some(event) => event.merge(one, MAX_EVENT_ADDRESSES),
-                None => event = Some(one),
+            event.count += 1;
+            if event.addresses.len() < MAX_EVENT_ADDRESSES {
+                event.addresses.push(record.net);
+            }
+            if !Arc::ptr_eq(&event.source, &record.source) && *event.source != *record.source {
+                event.source = Arc::from(MIXED);
+                mix(&mut event.jail, &jail_of(&record.source));
+            }
+            if reason.is_none() {
+                mix(&mut event.reason, &record.reason);
+            }
+            if kind == BanEventKind::Ban {
+                event.expires_at = event.expires_at.max(Some(record.expires));
             }
         }
-        event
+        Some(event)
     }
 
     /// Only a count: the networks of events the full queue turned away.
@@ -113,21 +124,22 @@ impl BanEvent {
         let room = cap.saturating_sub(self.addresses.len());
         self.addresses
             .extend(other.addresses.into_iter().take(room));
-        for (mine, theirs) in [
-            (&mut self.source, other.source),
-            (&mut self.jail, other.jail),
-            (&mut self.reason, other.reason),
-        ] {
-            if *mine != theirs {
-                *mine = Arc::from(MIXED);
-            }
-        }
+        mix(&mut self.source, &other.source);
+        mix(&mut self.jail, &other.jail);
+        mix(&mut self.reason, &other.reason);
         self.expires_at = self.expires_at.max(other.expires_at);
     }
 
     /// Whether some networks are counted but not listed.
     pub fn truncated(&self) -> bool {
         (self.addresses.len() as u64) < self.count
+    }
+}
+
+/// `mine` becomes [`MIXED`] unless `theirs` says the same.
+fn mix(mine: &mut Arc<str>, theirs: &Arc<str>) {
+    if !Arc::ptr_eq(mine, theirs) && **mine != **theirs {
+        *mine = Arc::from(MIXED);
     }
 }
 
@@ -297,6 +309,45 @@ mod tests {
         );
         assert_eq!(event.expires_at, None);
         assert!(!event.truncated());
+    }
+
+    #[test]
+    fn the_core_emits_one_event_per_acknowledged_call_and_none_for_a_refused_one() {
+        let mut h = crate::daemon::tests::start_with("allow = [\"192.0.2.0/28\"]\n", &[]);
+        let (sender, mut receiver) = channel(8);
+        h.core.set_ban_events(sender);
+        let many: Vec<String> = (1..=300)
+            .map(|i| format!("10.9.{}.{}", i / 256, i % 256))
+            .collect();
+        h.core.ban(&many, 600, "list", "manual").expect("banned");
+        let event = receiver.try_recv().expect("one event");
+        assert_eq!(
+            (event.kind, event.count, event.addresses.len()),
+            (BanEventKind::Ban, 300, 300)
+        );
+        assert_eq!(
+            (&*event.source, &*event.reason, &*event.jail),
+            ("manual", "list", "")
+        );
+        assert_eq!(receiver.try_recv(), None, "one call, one event");
+        let refused = ["203.0.113.1".to_string(), "192.0.2.1".to_string()];
+        assert!(
+            h.core.ban(&refused, 600, "x", "manual").is_err(),
+            "allowlisted"
+        );
+        assert_eq!(receiver.try_recv(), None, "nothing banned, nothing told");
+        h.core.unban("10.9.0.1").expect("unbanned");
+        let event = receiver.try_recv().expect("an unban event");
+        assert_eq!(
+            (event.kind, event.count, &*event.reason),
+            (BanEventKind::Unban, 1, "unban")
+        );
+        assert_eq!(
+            event.addresses,
+            ["10.9.0.1/32".parse::<IpNet>().expect("net")]
+        );
+        assert!(h.core.unban("10.9.0.1").expect("no-op").is_none());
+        assert_eq!(receiver.try_recv(), None, "nothing removed, nothing told");
     }
 
     #[test]
