@@ -55,6 +55,8 @@ pub enum CoreError {
     Stopped,
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    InvalidArgument(String),
 }
 
 impl CoreError {
@@ -156,6 +158,7 @@ impl Core {
         core.reconciler
             .set_port_scopes(port_scopes(&core.config.jails));
         core.drop_stale_shadows()?;
+        core.purge_expired_allows();
         core.sync("daemon start")?;
         Ok(core)
     }
@@ -571,15 +574,7 @@ impl Core {
 
     /// Adds a runtime allowlist entry (persisted) and applies it.
     pub fn allow(&mut self, input: &str) -> Result<bool, CoreError> {
-        let net = addr::parse_net(input)?;
-        if net.prefix_len() == 0 {
-            return Err(AddrError::TooBroad {
-                net,
-                min: 1,
-                family: if matches!(net, IpNet::V4(_)) { 4 } else { 6 },
-            }
-            .into());
-        }
+        let net = super::runtime_allows::allowable(input)?;
         let added = self.store.add_allow(net)?;
         if added {
             self.apply_allows()?;
@@ -604,7 +599,7 @@ impl Core {
         )))
     }
 
-    fn apply_allows(&mut self) -> Result<(), CoreError> {
+    pub(super) fn apply_allows(&mut self) -> Result<(), CoreError> {
         let allows = self.allowlist();
         if let Err(err) = self.reconciler.set_allows(&allows) {
             tracing::warn!("allowlist update failed ({err}); re-applying the whole table");
@@ -821,6 +816,7 @@ impl Core {
                 Next::Idle => {}
                 Next::Closed => break,
             }
+            self.expire_allows();
             if Instant::now() >= next_tick {
                 self.tick();
                 self.pass_on_unheard_changes();

@@ -22,6 +22,7 @@ pub mod lanes;
 pub mod listing;
 pub mod read_view;
 pub mod reconciler;
+pub mod runtime_allows;
 #[cfg(test)]
 mod tests;
 
