@@ -185,3 +185,129 @@ async fn deliver(action: &ActionConfig, name: String, batch: Batch, host: &str) 
         Err(why) => tracing::warn!(action = %name, count, "ban action failed: {why}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::actions::check_webhook;
+    use crate::store::BanRecord;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::Arc;
+
+    /// A webhook on 127.0.0.1 that passes each JSON body on.
+    fn webhook() -> (
+        crate::config::WebhookUrl,
+        std::sync::mpsc::Receiver<serde_json::Value>,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (bodies, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = line.strip_prefix("Content-Length: ") {
+                        length = value.trim().parse().expect("length");
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).expect("body");
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+                let json = serde_json::from_slice(&body).expect("json");
+                if bodies.send(json).is_err() {
+                    return;
+                }
+            }
+        });
+        let url = check_webhook(&format!("http://127.0.0.1:{port}/")).expect("url");
+        (url, received)
+    }
+
+    fn config(url: &crate::config::WebhookUrl) -> ActionsConfig {
+        ActionsConfig {
+            on_ban: vec![ActionConfig {
+                target: ActionTarget::Webhook(url.clone()),
+                timeout: Duration::from_secs(5),
+                batch_window: Duration::from_millis(200),
+                max_events_per_minute: 30,
+                max_addresses: 1000,
+            }],
+            on_unban: Vec::new(),
+        }
+    }
+
+    fn ban_event(i: u32) -> BanEvent {
+        let record = BanRecord {
+            net: format!("10.0.{}.{}/32", i / 256, i % 256)
+                .parse()
+                .expect("net"),
+            created: 1,
+            expires: 100,
+            reason: Arc::from("r"),
+            source: Arc::from("manual"),
+        };
+        BanEvent::of_records(BanEventKind::Ban, &[record], None, |_| false).expect("event")
+    }
+
+    /// Waits for the next body without blocking the runtime.
+    async fn next(
+        bodies: &std::sync::mpsc::Receiver<serde_json::Value>,
+    ) -> Option<serde_json::Value> {
+        next_within(bodies, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn a_burst_beyond_the_queue_is_one_event_with_every_network_counted() {
+        let (url, bodies) = webhook();
+        let (actions, sender) = Actions::start(config(&url), "web1".into());
+        // The dispatcher cannot run before the first await: all 100 arrive
+        // at once, 64 queued and 36 only counted.
+        for i in 0..100 {
+            sender.send(ban_event(i));
+        }
+        let body = next(&bodies).await.expect("one event");
+        assert_eq!(body["count"], 100, "{body}");
+        assert_eq!(body["addresses"].as_array().map(Vec::len), Some(64));
+        assert_eq!(body["truncated"], true);
+        assert_eq!(body["host"], "web1");
+        // Unbans do not reach an on_ban action.
+        sender.send(BanEvent::counted(BanEventKind::Unban, 5));
+        // With no actions, events go nowhere.
+        actions.set_config(ActionsConfig::default());
+        // One runtime thread: this lets the dispatcher take the change
+        // before the next event is queued.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sender.send(ban_event(1));
+        assert!(
+            next_within(&bodies, Duration::from_millis(600))
+                .await
+                .is_none()
+        );
+        // And back.
+        actions.set_config(config(&url));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sender.send(ban_event(2));
+        let body = next(&bodies).await.expect("after the reload");
+        assert_eq!(body["addresses"], serde_json::json!(["10.0.0.2"]));
+    }
+
+    async fn next_within(
+        bodies: &std::sync::mpsc::Receiver<serde_json::Value>,
+        wait: Duration,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Ok(body) = bodies.try_recv() {
+                return Some(body);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
