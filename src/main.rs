@@ -82,6 +82,12 @@ fn check_config(cli: &Cli) -> ExitCode {
     for note in loaded.fleet.jails_kept_local(&loaded.jails) {
         println!("note: {}", printable_lines(&note));
     }
+    for (action, why) in orch::actions::untrusted_programs(&loaded.actions) {
+        println!(
+            "warning: ban action {action} will not run: {}",
+            printable_lines(&why.to_string())
+        );
+    }
     for (hook, why) in orch::hooks::untrusted_hooks(&loaded.hooks.dir) {
         println!(
             "warning: hook {hook} will not run: {}",

@@ -34,6 +34,7 @@ impl Actions {
     /// Starts the dispatcher on the current tokio runtime; `host` names
     /// this host in every event. The sender goes to the core.
     pub fn start(config: ActionsConfig, host: String) -> (Actions, BanEventSender) {
+        warn_untrusted(&config);
         let (sender, receiver) = ban_events::channel(ban_events::QUEUE_CAPACITY);
         let (config, config_receiver) = watch::channel(config);
         tokio::spawn(dispatch(receiver, config_receiver, host));
@@ -43,12 +44,30 @@ impl Actions {
     /// Replaces the actions (SIGHUP). Batches pending for the old ones are
     /// dropped; deliveries under way finish.
     pub fn set_config(&self, config: ActionsConfig) {
+        warn_untrusted(&config);
         self.config.send_if_modified(|current| {
             let changed = *current != config;
             *current = config;
             changed
         });
     }
+}
+
+/// The exec actions whose program would not run because others than root
+/// could have written it, by name (`on_ban[0]`), with why: for `orch
+/// check-config` and the daemon's start.
+pub fn untrusted_programs(config: &ActionsConfig) -> Vec<(String, crate::file_trust::Untrusted)> {
+    slots_of(config)
+        .into_iter()
+        .filter_map(|slot| match &slot.action.target {
+            ActionTarget::Exec(argv) => {
+                let program = std::path::Path::new(argv.first()?);
+                let why = crate::file_trust::check_root_only(program).err()?;
+                Some((slot.name, why))
+            }
+            ActionTarget::Webhook(_) => None,
+        })
+        .collect()
 }
 
 /// One configured action and its pending batch.
@@ -83,6 +102,12 @@ fn slots_of(config: &ActionsConfig) -> Vec<Slot> {
             })
         })
         .collect()
+}
+
+fn warn_untrusted(config: &ActionsConfig) {
+    for (name, why) in untrusted_programs(config) {
+        tracing::warn!(action = %name, "ban action will not run: {why}");
+    }
 }
 
 /// The dispatcher's loop: events in, batches out, until the core's
@@ -260,6 +285,51 @@ mod tests {
         bodies: &std::sync::mpsc::Receiver<serde_json::Value>,
     ) -> Option<serde_json::Value> {
         next_within(bodies, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn a_hanging_program_is_killed_after_its_timeout_and_untrusted_ones_are_named() {
+        let batch = Batch {
+            event: BanEvent::counted(BanEventKind::Ban, 1),
+            merged: 1,
+            rate_limited: false,
+        };
+        let argv = ["/bin/sleep".to_string(), "30".to_string()];
+        let started = Instant::now();
+        let err = exec::run(
+            "on_ban[0]".into(),
+            &argv,
+            &batch,
+            "h",
+            Duration::from_millis(300),
+        )
+        .await
+        .expect_err("killed");
+        assert!(err.contains("timed out"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let program = dir.path().join("notify");
+        std::fs::write(&program, "#!/bin/sh\n").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o757)).expect("chmod");
+        let mut config = ActionsConfig::default();
+        for argv in [
+            vec!["/bin/true".to_string()],
+            vec![program.display().to_string()],
+        ] {
+            config.on_unban.push(ActionConfig {
+                target: ActionTarget::Exec(argv),
+                timeout: Duration::from_secs(1),
+                batch_window: Duration::from_secs(1),
+                max_events_per_minute: 1,
+                max_addresses: 1,
+            });
+        }
+        let untrusted: Vec<String> = untrusted_programs(&config)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(untrusted, ["on_unban[1]"]);
     }
 
     #[tokio::test]
