@@ -118,6 +118,37 @@ fn a_ban_many_is_one_event_and_a_single_ban_names_its_address() {
 }
 
 #[test]
+fn bans_in_quick_succession_are_batched_and_every_one_is_counted() {
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let listener = netns.bind_loopback();
+    let config = webhook_config(&listener, "batch_window = \"2s\"\n");
+    let events = serve_webhook(listener);
+    let daemon = Daemon::start(&netns, &bus, &config);
+    let calls = 6;
+    for i in 1..=calls {
+        daemon
+            .cli(&["ban", &format!("203.0.113.{i}"), "--reason", "quick"])
+            .expect_ok("ban");
+    }
+    let (mut counted, mut received) = (0, 0);
+    while counted < calls {
+        let event = events
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("only {counted} of {calls} bans told"));
+        counted += event["count"].as_u64().expect("count");
+        received += 1;
+        assert_eq!(event["reason"], "quick");
+        assert_eq!(event["merged"].as_u64(), event["count"].as_u64(), "{event}");
+    }
+    assert_eq!(counted, calls, "each ban counted once");
+    assert!(
+        received < calls,
+        "{calls} bans in quick succession: {received} events"
+    );
+}
+
+#[test]
 fn an_unban_program_gets_the_event_in_its_environment_and_stdin() {
     use std::os::unix::fs::PermissionsExt;
     let netns = NetNs::new();
