@@ -87,6 +87,12 @@ fn an_entry_lists_its_comment_refuses_bans_ends_on_time_and_survives_a_restart()
         "{text}"
     );
     assert!(in_kernel(&netns, "198.51.100.0/24") && in_kernel(&netns, "203.0.113.7"));
+    // The kernel ends them too: element timeouts, none for a plain entry.
+    let timeouts = netns.set_elements_with_expiry("orch", "allow4");
+    let left = |element: &str| timeouts.iter().find(|(e, _)| e == element).map(|(_, t)| *t);
+    let vpn_left = left("198.51.100.0/24").flatten().expect("a timeout");
+    assert!((3590..=3600).contains(&vpn_left), "{timeouts:?}");
+    assert_eq!(left("192.0.2.50"), Some(None), "{timeouts:?}");
 
     let refused = daemon.cli(&["ban", "198.51.100.9"]);
     assert!(!refused.ok(), "{refused}");

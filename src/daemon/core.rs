@@ -600,8 +600,8 @@ impl Core {
     }
 
     pub(super) fn apply_allows(&mut self) -> Result<(), CoreError> {
-        let allows = self.allowlist();
-        if let Err(err) = self.reconciler.set_allows(&allows) {
+        let (allows, ends) = (self.allowlist(), self.allow_timeouts(now_unix()));
+        if let Err(err) = self.reconciler.set_allows(&allows, &ends) {
             tracing::warn!("allowlist update failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed allowlist update")?;
         }
@@ -611,10 +611,11 @@ impl Core {
     /// Re-applies the whole table from the store.
     pub fn sync(&mut self, cause: &str) -> Result<SyncInfo, CoreError> {
         self.liveness.beat();
-        let allows = self.allowlist();
+        let (now, allows) = (now_unix(), self.allowlist());
+        let ends = self.allow_timeouts(now);
         Ok(self
             .reconciler
-            .sync_all(&self.store, &allows, &self.dns_allows, now_unix(), cause)?)
+            .sync_all(&self.store, &allows, &ends, &self.dns_allows, now, cause)?)
     }
 
     /// Takes the addresses the DNS allow names now resolve to and swaps

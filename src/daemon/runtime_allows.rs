@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use super::core::{Core, CoreError};
 use crate::addr::{self, AddrError};
+use crate::firewall::AllowTimeouts;
 use crate::store::{AllowNote, MAX_ALLOW_COMMENT_BYTES};
 use crate::timefmt::now_unix;
 
@@ -83,6 +84,20 @@ impl Core {
         store
             .runtime_allows()
             .map(|net| (*net, store.allow_note(net).cloned()))
+            .collect()
+    }
+
+    /// Seconds left of the runtime allows that end, for the kernel's
+    /// element timeouts; an entry the config file also lists never ends.
+    pub(super) fn allow_timeouts(&self, now: u64) -> AllowTimeouts {
+        let store = self.store();
+        store
+            .runtime_allows()
+            .filter(|net| !self.config().allow.contains(net))
+            .filter_map(|net| {
+                let expires = store.allow_note(net)?.expires?;
+                Some((*net, expires.saturating_sub(now).max(1)))
+            })
             .collect()
     }
 
