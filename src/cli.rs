@@ -679,7 +679,7 @@ async fn print_allows(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
             .iter()
             .map(|(entry, kind, name, expires_at)| {
                 // A runtime row's third column is its comment.
-                let (name, comment) = if kind == "runtime" { ("", name) } else { (name.as_str(), &String::new()) };
+                let (name, comment) = if kind == "runtime" { ("", name.as_str()) } else { (name.as_str(), "") };
                 serde_json::json!({"entry": entry, "kind": kind, "name": name, "comment": comment, "expires_at": expires_at})
             })
             .collect();
