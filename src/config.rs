@@ -7,7 +7,8 @@
 //!
 //! Merge rules: files are applied in order (main file, then conf.d files in
 //! lexical filename order); a scalar key in a later file overrides earlier
-//! ones, while `allow` entries from all files are appended together. Keys
+//! ones, while `allow` entries (and `[[on_ban]]`/`[[on_unban]]` tables)
+//! from all files are appended together. Keys
 //! that no file sets keep the embedded default.
 
 use std::fmt;
