@@ -161,4 +161,18 @@ fn an_entry_lists_its_comment_refuses_bans_ends_on_time_and_survives_a_restart()
         },
     );
     assert!(in_kernel(&netns, "198.51.100.0/24"), "the 1h entry stays");
+
+    // One that ends while the daemon is down is gone when it starts.
+    daemon
+        .cli(&["allow", "192.0.2.88", "--for", "1s"])
+        .expect_ok("allow for 1s");
+    let ends = now() + 1;
+    daemon.stop();
+    wait_until(Duration::from_secs(5), "the 1s entry's end passes", || {
+        now() > ends
+    });
+    daemon.restart(&netns, &bus);
+    assert!(row(&runtime_allows(&daemon), "192.0.2.88/32").is_none());
+    assert!(!in_kernel(&netns, "192.0.2.88"));
+    assert!(in_kernel(&netns, "198.51.100.0/24"));
 }
