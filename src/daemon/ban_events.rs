@@ -351,6 +351,31 @@ mod tests {
     }
 
     #[test]
+    fn a_jails_burst_is_one_event_naming_the_jail() {
+        let toml = "[jails.sshd]\nfiles = [\"/var/log/auth.log\"]\nbantime = \"1h\"\n";
+        let mut h = crate::daemon::tests::start_with(toml, &[]);
+        let (sender, mut receiver) = channel(8);
+        h.core.set_ban_events(sender);
+        let jail = h.core.config().jails.jails[0].clone();
+        let nets = [
+            "192.0.2.7/32".parse().expect("net"),
+            "192.0.2.8/32".parse().expect("net"),
+        ];
+        h.core.jail_ban_many(&jail, &nets, 5).expect("banned");
+        let event = receiver.try_recv().expect("one event for the burst");
+        assert_eq!(
+            (event.count, &*event.source, &*event.jail),
+            (2, "sshd", "sshd")
+        );
+        assert!(
+            event
+                .expires_at
+                .is_some_and(|at| at > crate::timefmt::now_unix() + 3500)
+        );
+        assert_eq!(receiver.try_recv(), None);
+    }
+
+    #[test]
     fn a_full_queue_counts_instead_of_waiting() {
         let (sender, mut receiver) = channel(1);
         let records = [record("192.0.2.1/32", "manual", "x", 9)];
