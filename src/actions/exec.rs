@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::ActionError;
 use super::batch::Batch;
 
 /// The environment an exec action gets for `batch` (on top of PATH and
@@ -63,9 +64,9 @@ pub async fn run(
     batch: &Batch,
     host: &str,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ActionError> {
     let Some((program, args)) = argv.split_first() else {
-        return Err("no program".to_string());
+        return Err(ActionError::NoProgram);
     };
     let env = environment(batch, host);
     let result =
@@ -74,7 +75,10 @@ pub async fn run(
     if result.outcome.is_success() {
         Ok(())
     } else {
-        Err(result.outcome.to_string())
+        Err(ActionError::Program {
+            program: program.clone(),
+            outcome: result.outcome,
+        })
     }
 }
 
@@ -134,7 +138,7 @@ mod tests {
         )
         .await
         .expect_err("refused");
-        assert!(err.contains("was not run"), "{err}");
+        assert!(err.to_string().contains("was not run"), "{err}");
         assert!(!marker.exists());
     }
 }

@@ -20,6 +20,23 @@ use crate::config::{ActionConfig, ActionTarget, ActionsConfig};
 use crate::daemon::ban_events::{self, BanEvent, BanEventKind, BanEventReceiver, BanEventSender};
 use batch::{Batch, Batcher};
 
+/// Why one delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("no program to run")]
+    NoProgram,
+    #[error("{program} {outcome}")]
+    Program {
+        program: String,
+        outcome: crate::hooks::HookOutcome,
+    },
+    #[error("webhook {url}: {source}")]
+    Webhook {
+        url: String,
+        source: webhook::WebhookError,
+    },
+}
+
 /// How often the dispatcher looks for networks the full queue counted,
 /// at least.
 const OVERFLOW_CHECK: Duration = Duration::from_secs(1);
@@ -202,7 +219,10 @@ async fn deliver(action: &ActionConfig, name: String, batch: Batch, host: &str) 
             webhook::post(url, &webhook::body(&batch, host), action.timeout)
                 .await
                 .map(|_| ())
-                .map_err(|err| format!("webhook {url}: {err}"))
+                .map_err(|source| ActionError::Webhook {
+                    url: url.to_string(),
+                    source,
+                })
         }
     };
     match result {
@@ -305,7 +325,7 @@ mod tests {
         )
         .await
         .expect_err("killed");
-        assert!(err.contains("timed out"), "{err}");
+        assert!(err.to_string().contains("timed out"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         let dir = tempfile::tempdir().expect("tempdir");
         let program = dir.path().join("notify");
