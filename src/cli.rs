@@ -144,18 +144,27 @@ and the allowlist entries that cover it (static, runtime, or a DNS name's addres
     #[command(
         long_about = "Add CIDR (or a single address) to the runtime allowlist. Allowlisted \
 traffic is accepted by orch's table before any ban is checked, and bans overlapping it are refused. \
-Runtime entries persist across restarts; remove them with `orch disallow`.\n\n\
+Runtime entries persist across restarts; remove them with `orch disallow`. With --for the entry \
+ends by itself (in the store and in the kernel); --comment says why it is there. Allowing an entry \
+again with --for or --comment replaces its end and comment.\n\n\
 `orch allow list` shows the whole allowlist instead: static entries from the config, runtime \
-entries, and the current addresses of each DNS allow name ([[dns.allow]]) with their expiry.",
-        after_help = "Examples:\n  orch allow 192.0.2.0/24\n  orch allow list\n  orch allow list --json"
+entries with their comment and end, and the current addresses of each DNS allow name \
+([[dns.allow]]) with their expiry.",
+        after_help = "Examples:\n  orch allow 192.0.2.0/24\n  orch allow 198.51.100.7 --for 2h --comment 'vendor VPN'\n  orch allow list\n  orch allow list --json"
     )]
     Allow {
         /// An address or prefix, or the word `list`
         #[arg(value_name = "CIDR|list")]
         cidr: String,
-        /// With `list`: one JSON array of {entry, kind, name, expires_at}
+        /// With `list`: one JSON array of {entry, kind, name, comment, expires_at}
         #[arg(long)]
         json: bool,
+        /// End the entry after DURATION, e.g. 30m, 2h, 7d (default: never)
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Why the entry is there (one line, at most 256 bytes)
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
     },
 
     /// Remove a runtime allowlist entry
@@ -476,10 +485,23 @@ pub async fn run_client(command: &Command) -> Result<(), Failure> {
             };
             print_list(&proxy, *json, &filter).await.map_err(classify)?
         }
-        Command::Allow { cidr, json } if cidr == "list" => {
+        Command::Allow { cidr, json, .. } if cidr == "list" => {
             print_allows(&proxy, *json).await.map_err(classify)?
         }
-        Command::Allow { cidr, .. } => proxy.allow(cidr).await.map_err(changing(Action::Allow))?,
+        Command::Allow {
+            cidr,
+            duration,
+            comment,
+            ..
+        } => match (duration, comment) {
+            (None, None) => proxy.allow(cidr).await,
+            _ => {
+                let seconds = duration.map_or(0, |d| d.as_secs().max(1));
+                let comment = comment.as_deref().unwrap_or("");
+                proxy.allow_with(cidr, seconds, comment).await
+            }
+        }
+        .map_err(changing(Action::Allow))?,
         Command::Disallow { cidr } => proxy
             .disallow(cidr)
             .await
@@ -723,7 +745,9 @@ async fn print_allows(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
         let rows: Vec<serde_json::Value> = rows
             .iter()
             .map(|(entry, kind, name, expires_at)| {
-                serde_json::json!({"entry": entry, "kind": kind, "name": name, "expires_at": expires_at})
+                // A runtime row's third column is its comment.
+                let (name, comment) = if kind == "runtime" { ("", name.as_str()) } else { (name.as_str(), "") };
+                serde_json::json!({"entry": entry, "kind": kind, "name": name, "comment": comment, "expires_at": expires_at})
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
@@ -733,7 +757,10 @@ async fn print_allows(proxy: &Orch1Proxy<'_>, json: bool) -> zbus::Result<()> {
         println!("the allowlist is empty");
         return Ok(());
     }
-    println!("{:<40} {:<8} {:<30} EXPIRES", "ENTRY", "KIND", "DNS NAME");
+    println!(
+        "{:<40} {:<8} {:<30} EXPIRES",
+        "ENTRY", "KIND", "DNS NAME / COMMENT"
+    );
     for (entry, kind, name, expires_at) in &rows {
         let (entry, kind, name) = (printable(entry), printable(kind), printable(name));
         let expires = if *expires_at == 0 {

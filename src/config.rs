@@ -7,7 +7,8 @@
 //!
 //! Merge rules: files are applied in order (main file, then conf.d files in
 //! lexical filename order); a scalar key in a later file overrides earlier
-//! ones, while `allow` entries from all files are appended together. Keys
+//! ones, while `allow` entries (and `[[on_ban]]`/`[[on_unban]]` tables)
+//! from all files are appended together. Keys
 //! that no file sets keep the embedded default.
 
 use std::fmt;
@@ -21,10 +22,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod actions;
 mod binder;
 mod fleet;
 mod jails;
 pub mod last_good;
+pub use actions::{ActionConfig, ActionTarget, ActionsConfig, WebhookUrl};
 use binder::{Binder, bind, value_or};
 pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule, url_host};
 
@@ -159,6 +162,8 @@ pub struct Config {
     pub jails: JailsConfig,
     /// Ban sharing with other hosts over NATS JetStream (off by default).
     pub fleet: FleetConfig,
+    /// `[[on_ban]]` and `[[on_unban]]`: programs and webhooks told of bans.
+    pub actions: ActionsConfig,
     /// Files read, in merge order, for messages; empty means the embedded
     /// default alone.
     pub sources: Vec<PathBuf>,
@@ -419,6 +424,8 @@ struct RawLayer {
     dns: Option<RawDns>,
     jails: Option<jails::RawJails>,
     fleet: Option<fleet::RawFleet>,
+    on_ban: Option<Vec<actions::RawAction>>,
+    on_unban: Option<Vec<actions::RawAction>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -504,6 +511,7 @@ struct Merged {
     dns_allow: Vec<crate::dns::DnsAllowEntry>,
     jails: jails::JailsDraft,
     fleet: fleet::FleetDraft,
+    actions: actions::ActionsDraft,
 }
 
 impl Merged {
@@ -535,6 +543,9 @@ impl Merged {
         }
         if let Some(fleet) = layer.fleet {
             self.fleet.apply(fleet, &mut b.section("fleet"));
+        }
+        for (field, raw) in [("on_ban", layer.on_ban), ("on_unban", layer.on_unban)] {
+            self.actions.apply(raw.unwrap_or_default(), field, &mut b);
         }
         if let Some(firewall) = layer.firewall {
             self.apply_firewall(firewall, &mut b.section("firewall"));
@@ -677,6 +688,7 @@ impl Merged {
             },
             jails: self.jails.finish(issues),
             fleet: self.fleet.finish(issues),
+            actions: self.actions.finish(),
             sources,
         })
     }
@@ -1091,6 +1103,7 @@ mod tests {
                 },
                 jails: JailsConfig::default(),
                 fleet: FleetConfig::default(),
+                actions: ActionsConfig::default(),
                 sources: Vec::new(),
             }
         );

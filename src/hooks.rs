@@ -13,6 +13,9 @@
 //! directory above it, not root's or writable by group or others) is not
 //! run; its result says why ([`crate::file_trust`]).
 //!
+//! Ban actions' programs ([`run_program`]) run the same way, with their
+//! arguments and the event's addresses on stdin.
+//!
 //! This module only *runs* hooks; `daemon::hook_runs` decides when.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -242,23 +245,70 @@ pub async fn run_hooks(settings: &HookSettings, env: &[(String, String)]) -> Vec
     let mut results = Vec::with_capacity(names.len());
     for name in names {
         let path = dir.join(&name);
-        if let Err(untrusted) = crate::file_trust::check_root_only(&path) {
-            let why = untrusted.to_string();
-            let outcome = HookOutcome::Untrusted { why: why.clone() };
-            tracing::warn!(hook = %name, "hook {outcome}");
-            results.push(HookResult {
-                name,
-                outcome,
-                duration: Duration::ZERO,
-                // What `orch status` shows of it.
-                stderr_tail: vec![why],
-            });
+        if let Some(refused) = refuse_untrusted(&path, &name) {
+            results.push(refused);
             continue;
         }
         let timeout = settings.timeout_for(&name);
-        results.push(run_hook(&path, name, timeout, &env).await);
+        let program = Program {
+            path: &path,
+            args: &[],
+            env: &env,
+            input: None,
+        };
+        results.push(run_hook(program, name, timeout).await);
     }
     results
+}
+
+/// Runs one program the way a hook runs (same trust check, process group,
+/// timeout and output handling), with arguments, `env` on top of the
+/// clean environment, and `input` on its stdin. `name` is what the log
+/// calls it. For ban actions (`crate::actions`).
+pub async fn run_program(
+    path: &Path,
+    name: String,
+    args: &[String],
+    env: &[(String, String)],
+    input: Vec<u8>,
+    timeout: Duration,
+) -> HookResult {
+    if let Some(refused) = refuse_untrusted(path, &name) {
+        return refused;
+    }
+    let env = hook_env(env);
+    let program = Program {
+        path,
+        args,
+        env: &env,
+        input: Some(input),
+    };
+    run_hook(program, name, timeout).await
+}
+
+/// The result of a program not run because others than root could have
+/// written it; `None` when it may run.
+fn refuse_untrusted(path: &Path, name: &str) -> Option<HookResult> {
+    let untrusted = crate::file_trust::check_root_only(path).err()?;
+    let why = untrusted.to_string();
+    let outcome = HookOutcome::Untrusted { why: why.clone() };
+    tracing::warn!(hook = %name, "hook {outcome}");
+    Some(HookResult {
+        name: name.to_string(),
+        outcome,
+        duration: Duration::ZERO,
+        // What `orch status` shows of it.
+        stderr_tail: vec![why],
+    })
+}
+
+/// What to start: the file, its arguments, its whole environment, and
+/// what goes to its stdin (`None`: /dev/null).
+struct Program<'a> {
+    path: &'a Path,
+    args: &'a [String],
+    env: &'a [(String, String)],
+    input: Option<Vec<u8>>,
 }
 
 /// The hooks in `dir` that would not run because others than root could
@@ -292,15 +342,10 @@ fn hook_env(env: &[(String, String)]) -> Vec<(String, String)> {
     all
 }
 
-async fn run_hook(
-    path: &Path,
-    name: String,
-    timeout: Duration,
-    env: &[(String, String)],
-) -> HookResult {
+async fn run_hook(program: Program<'_>, name: String, timeout: Duration) -> HookResult {
     tracing::debug!(hook = %name, timeout = %humantime::format_duration(timeout), "running hook");
     let mut capture = Capture::new(&name);
-    let (outcome, duration) = execute(path, &name, timeout, env, &mut capture).await;
+    let (outcome, duration) = execute(program, &name, timeout, &mut capture).await;
     let stderr_tail = capture.finish();
     match &outcome {
         HookOutcome::Succeeded => tracing::info!(
@@ -325,14 +370,13 @@ fn round_ms(duration: Duration) -> Duration {
 /// Starts the hook, waits for it (or kills it), drains its output into
 /// `capture`, and cleans up its process group.
 async fn execute(
-    path: &Path,
+    program: Program<'_>,
     name: &str,
     timeout: Duration,
-    env: &[(String, String)],
     capture: &mut Capture<'_>,
 ) -> (HookOutcome, Duration) {
     let started = Instant::now();
-    let mut child = match spawn(path, env).await {
+    let mut child = match spawn(&program).await {
         Ok(child) => child,
         Err(err) => {
             let message = if err.raw_os_error() == Some(libc::ENOEXEC) {
@@ -355,6 +399,14 @@ async fn execute(
     };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
+    // Fed on the side: a program that does not read its stdin cannot
+    // stall the run, and its end (or kill) ends the write.
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), program.input) {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = tokio::time::timeout(timeout, stdin.write_all(&input)).await;
+        });
+    }
 
     let (outcome, duration) = {
         let pump = pump(stdout, stderr, capture);
@@ -407,15 +459,20 @@ async fn execute(
 
 /// Spawns the hook; retries briefly while its file is busy (ETXTBSY: it is
 /// being written, or another thread's fork still holds a writer).
-async fn spawn(path: &Path, env: &[(String, String)]) -> io::Result<Child> {
+async fn spawn(program: &Program<'_>) -> io::Result<Child> {
     let mut attempt = 0;
     loop {
-        let mut command = Command::new(path);
+        let mut command = Command::new(program.path);
+        let stdin = match program.input {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        };
         command
+            .args(program.args)
             .env_clear()
-            .envs(env.iter().map(|(key, value)| (key, value)))
+            .envs(program.env.iter().map(|(key, value)| (key, value)))
             .current_dir("/")
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)

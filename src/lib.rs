@@ -3,6 +3,7 @@
 //! The library holds every module; `src/main.rs` only parses arguments and
 //! dispatches. See `docs/design.md` for how the pieces fit together.
 
+pub mod actions;
 pub mod addr;
 pub mod addr_list;
 pub mod bus;

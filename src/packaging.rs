@@ -393,7 +393,7 @@ mod tests {
     fn the_config_page_documents_exactly_the_keys_the_parser_accepts() {
         let documented = documented_keys();
         let tables: BTreeSet<String> = [
-            "firewall", "bans", "systemd", "hooks", "dns", "jails", "fleet",
+            "firewall", "bans", "systemd", "hooks", "dns", "jails", "fleet", "on_ban", "on_unban",
         ]
         .map(str::to_owned)
         .into();
@@ -409,6 +409,10 @@ mod tests {
             "dns.allow",
             accepted_keys("[[dns.allow]]\nname = \"a.example\"\nbogus_key = 1\n"),
         );
+        let on_ban = accepted_keys("[[on_ban]]\nexec = [\"/bin/true\"]\nbogus_key = 1\n");
+        let on_unban = accepted_keys("[[on_unban]]\nexec = [\"/bin/true\"]\nbogus_key = 1\n");
+        assert_eq!(on_ban, on_unban, "one section documents both");
+        expected.insert("on_ban", on_ban);
         // [jails] is read by hand (RawJails): max_tracked, then jail tables.
         expected.insert("jails", ["max_tracked".to_owned()].into());
         expected.insert(

@@ -95,9 +95,9 @@ fn written(owner: OwnerMode, forward: bool, bans: &[TimedElement]) -> Firewall {
 fn apply(firewall: &mut Firewall, bans: &[TimedElement]) {
     let no_dns = DnsElements::default();
     let contents = TableContents {
-        allows: &[],
         dns_allows: &no_dns,
         bans,
+        ..TableContents::default()
     };
     firewall.apply_full(&contents).expect("full apply");
 }

@@ -151,6 +151,12 @@ fuzz_target!(|input: Input| {
         })
         .collect();
     let allows: Vec<IpNet> = input.allows.iter().take(64).map(Net::net).collect();
+    // Every other entry ends, some of them inside entries that do not.
+    let allow_timeouts: orch::firewall::AllowTimeouts = allows
+        .iter()
+        .step_by(2)
+        .map(|net| (*net, 1 + u64::from(net.prefix_len()) * 97))
+        .collect();
     let dns_allows = DnsElements {
         any_port: (input.dns_any_port.iter().take(32))
             .map(|(net, timeout)| timed(net.host(), *timeout))
@@ -161,6 +167,7 @@ fuzz_target!(|input: Input| {
     };
     let contents = TableContents {
         allows: &allows,
+        allow_timeouts: &allow_timeouts,
         dns_allows: &dns_allows,
         bans: &bans,
     };
@@ -168,7 +175,7 @@ fuzz_target!(|input: Input| {
         layout.full_table(Ownership::Unowned, &contents),
         layout.add_bans(&bans),
         layout.remove_bans(&bans),
-        layout.replace_allows(&allows),
+        layout.replace_allows(&allows, &allow_timeouts),
         layout.replace_dns_allows(&dns_allows),
     ] {
         if let Err(err) = nft(&script, true) {

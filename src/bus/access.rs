@@ -24,7 +24,7 @@ pub enum Action {
     Ban,
     /// Unban.
     Unban,
-    /// Allow, Disallow.
+    /// Allow, AllowWith, Disallow.
     Allow,
     /// Sync, SyncEvent, RunHooks, UnbanFleet, Reload.
     Manage,
@@ -39,7 +39,7 @@ impl Action {
         Some(match member {
             "Ban" | "BanMany" | "ImportBans" => Action::Ban,
             "Unban" => Action::Unban,
-            "Allow" | "Disallow" => Action::Allow,
+            "Allow" | "AllowWith" | "Disallow" => Action::Allow,
             "Sync" | "SyncEvent" | "RunHooks" | "UnbanFleet" | "Reload" => Action::Manage,
             "ListBans" | "ListBansPage" | "ListAllows" | "Query" => Action::Read,
             _ => return None,
@@ -231,6 +231,7 @@ mod tests {
             ("ImportBans", Action::Ban),
             ("Unban", Action::Unban),
             ("Allow", Action::Allow),
+            ("AllowWith", Action::Allow),
             ("Disallow", Action::Allow),
             ("Sync", Action::Manage),
             ("SyncEvent", Action::Manage),

@@ -39,6 +39,8 @@ pub trait Orch1 {
     ) -> zbus::Result<(Vec<BanRow>, String)>;
     #[zbus(allow_interactive_auth)]
     fn allow(&self, cidr: &str) -> zbus::Result<()>;
+    #[zbus(allow_interactive_auth)]
+    fn allow_with(&self, cidr: &str, seconds: u64, comment: &str) -> zbus::Result<()>;
     fn list_allows(&self) -> zbus::Result<Vec<AllowRow>>;
     fn query(&self, address: &str) -> zbus::Result<String>;
     #[zbus(allow_interactive_auth)]

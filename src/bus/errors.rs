@@ -64,6 +64,7 @@ impl From<CoreError> for OrchError {
             CoreError::Firewall(_) => OrchError::Firewall(message),
             CoreError::Store(_) => OrchError::Store(message),
             CoreError::Busy(_) => OrchError::Busy(message),
+            CoreError::InvalidArgument(_) => OrchError::InvalidArgument(message),
             _ => OrchError::Failed(message),
         }
     }

@@ -64,7 +64,8 @@ pub type JailRow = (
 );
 
 /// One row of `ListAllows`: entry (address or prefix), kind ("static",
-/// "runtime" or "dns"), DNS name (dns rows only), expires_at (0 = never).
+/// "runtime" or "dns"), the DNS name of a dns row or the comment of a
+/// runtime row, expires_at (0 = never).
 pub type AllowRow = (String, String, String, u64);
 
 /// One row of `RunHooks`/`SyncEvent` results: hook name, status (0 = ok).
@@ -306,14 +307,20 @@ impl OrchService {
     /// addresses of each DNS allow name with their expiry. A DNS name with
     /// no address yet is listed with an empty entry.
     async fn list_allows(&self) -> Result<Vec<AllowRow>, OrchError> {
-        let (static_allows, runtime_allows) = self.core.read(|core| core.allow_entries()).await?;
-        let mut rows: Vec<AllowRow> = Vec::new();
-        for (kind, nets) in [("static", static_allows), ("runtime", runtime_allows)] {
-            rows.extend(
-                nets.iter()
-                    .map(|net| (net.to_string(), kind.to_string(), String::new(), 0)),
-            );
-        }
+        let (static_allows, runtime_allows) = self
+            .core
+            .read(|core| (core.config().allow.clone(), core.runtime_allow_entries()))
+            .await?;
+        let mut rows: Vec<AllowRow> = static_allows
+            .iter()
+            .map(|net| (net.to_string(), "static".to_string(), String::new(), 0))
+            .collect();
+        rows.extend(runtime_allows.into_iter().map(|(net, note)| {
+            let (comment, expires) = note.map_or((String::new(), 0), |note| {
+                (note.comment, note.expires.unwrap_or(0))
+            });
+            (net.to_string(), "runtime".to_string(), comment, expires)
+        }));
         let reports = self.dns.lock().map(|r| r.clone()).unwrap_or_default();
         for report in reports {
             // Each family's state: "dns A", "dns AAAA"; a family with no
@@ -357,6 +364,20 @@ impl OrchService {
     /// Add a runtime allowlist entry (persisted).
     async fn allow(&self, cidr: String) -> Result<(), OrchError> {
         self.run(move |core| core.allow(&cidr)).await?;
+        Ok(())
+    }
+
+    /// Add a runtime allowlist entry (persisted) that ends after `seconds`
+    /// (0: never) and carries `comment` (at most 256 bytes, one line); an
+    /// entry already there takes this end and comment.
+    async fn allow_with(
+        &self,
+        cidr: String,
+        seconds: u64,
+        comment: String,
+    ) -> Result<(), OrchError> {
+        self.run(move |core| core.allow_with(&cidr, seconds, &comment))
+            .await?;
         Ok(())
     }
 

@@ -95,6 +95,12 @@ pub fn check(config_path: Option<&Path>) -> CheckReport {
             }
         }
     }
+    for (action, why) in crate::actions::untrusted_programs(&loaded.actions) {
+        report.warnings.push(format!(
+            "ban action {action} will not run: {}",
+            printable_lines(&why.to_string())
+        ));
+    }
     for (hook, why) in crate::hooks::untrusted_hooks(&loaded.hooks.dir) {
         report.warnings.push(format!(
             "hook {hook} will not run: {}",

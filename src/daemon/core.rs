@@ -56,6 +56,8 @@ pub enum CoreError {
     Stopped,
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    InvalidArgument(String),
 }
 
 impl CoreError {
@@ -103,6 +105,9 @@ pub struct Core {
     view: ReadView,
     /// When the core last showed it was alive (for the watchdog).
     liveness: Liveness,
+    /// Where acknowledged bans and unbans go for the ban actions (`None`
+    /// in unit tests).
+    pub(super) ban_events: Option<super::ban_events::BanEventSender>,
 }
 
 /// What a jail's ban of one network came to: a line for the log, or why
@@ -149,10 +154,12 @@ impl Core {
             fleet: Default::default(),
             kernel_events: None,
             config_error: None,
+            ban_events: None,
         };
         core.reconciler
             .set_port_scopes(port_scopes(&core.config.jails));
         core.drop_stale_shadows()?;
+        core.purge_expired_allows();
         core.sync("daemon start")?;
         Ok(core)
     }
@@ -307,7 +314,9 @@ impl Core {
         };
         self.note_local_changes(records);
         self.liveness.beat();
-        self.apply_stored(stored, now)
+        self.apply_stored(stored, now)?;
+        self.emit_bans(records);
+        Ok(())
     }
 
     /// Stores `records` (one fsync), then puts them in the kernel; a ban
@@ -318,7 +327,9 @@ impl Core {
         now: u64,
     ) -> Result<(), CoreError> {
         let stored = self.store_bans(records)?;
-        self.apply_stored(stored, now)
+        self.apply_stored(stored, now)?;
+        self.emit_bans(records);
+        Ok(())
     }
 
     /// The first half of [`Core::store_and_apply`]: persists `records` with
@@ -568,6 +579,7 @@ impl Core {
             self.sync("recovery after a failed unban")?;
         }
         ban_log::unbanned(&removed, "unban");
+        self.emit_unbans(&removed, "unban");
         Ok(removed)
     }
 
@@ -579,15 +591,7 @@ impl Core {
 
     /// Adds a runtime allowlist entry (persisted) and applies it.
     pub fn allow(&mut self, input: &str) -> Result<bool, CoreError> {
-        let net = addr::parse_net(input)?;
-        if net.prefix_len() == 0 {
-            return Err(AddrError::TooBroad {
-                net,
-                min: 1,
-                family: if matches!(net, IpNet::V4(_)) { 4 } else { 6 },
-            }
-            .into());
-        }
+        let net = super::runtime_allows::allowable(input)?;
         let added = self.store.add_allow(net)?;
         if added {
             self.apply_allows()?;
@@ -612,9 +616,9 @@ impl Core {
         )))
     }
 
-    fn apply_allows(&mut self) -> Result<(), CoreError> {
-        let allows = self.allowlist();
-        if let Err(err) = self.reconciler.set_allows(&allows) {
+    pub(super) fn apply_allows(&mut self) -> Result<(), CoreError> {
+        let (allows, ends) = (self.allowlist(), self.allow_timeouts(now_unix()));
+        if let Err(err) = self.reconciler.set_allows(&allows, &ends) {
             tracing::warn!("allowlist update failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed allowlist update")?;
         }
@@ -624,10 +628,11 @@ impl Core {
     /// Re-applies the whole table from the store.
     pub fn sync(&mut self, cause: &str) -> Result<SyncInfo, CoreError> {
         self.liveness.beat();
-        let allows = self.allowlist();
+        let (now, allows) = (now_unix(), self.allowlist());
+        let ends = self.allow_timeouts(now);
         Ok(self
             .reconciler
-            .sync_all(&self.store, &allows, &self.dns_allows, now_unix(), cause)?)
+            .sync_all(&self.store, &allows, &ends, &self.dns_allows, now, cause)?)
     }
 
     /// Takes the addresses the DNS allow names now resolve to and swaps
@@ -768,10 +773,11 @@ impl Core {
             self.counts.remove(record);
         }
         self.view.count_removals(expired.len());
+        self.emit_unbans(&expired, "expired");
         // Expired shared bans: the publisher deletes their keys.
         self.note_local_changes(&expired);
         self.forget_expired_holds(now);
-        ban_log::unbanned(&expired, "expire");
+        ban_log::unbanned(&expired, "expired");
         if let Err(err) = self.store.compact_if_needed() {
             tracing::error!("store compaction failed: {err}");
         }
@@ -826,6 +832,7 @@ impl Core {
                 Next::Idle => {}
                 Next::Closed => break,
             }
+            self.expire_allows();
             if Instant::now() >= next_tick {
                 self.tick();
                 self.pass_on_unheard_changes();

@@ -6,6 +6,7 @@
 //! kernel watchers subscribe before the first apply so no change is missed,
 //! and READY=1 goes out only after the first apply and the bus name.
 
+pub mod ban_events;
 pub mod ban_log;
 pub mod bus_link;
 pub mod core;
@@ -24,6 +25,7 @@ pub mod query;
 pub mod read_view;
 pub mod reconciler;
 pub mod reload;
+pub mod runtime_allows;
 #[cfg(test)]
 mod tests;
 
@@ -105,6 +107,11 @@ pub async fn run(
     .await
     .map_err(|e| DaemonError::Io(std::io::Error::other(e)))??;
     core.set_kernel_events(event_sender.clone());
+    let (actions, ban_events) = crate::actions::Actions::start(
+        running_config.actions.clone(),
+        running_config.fleet.name.clone(),
+    );
+    core.set_ban_events(ban_events);
     let (handle, core_thread) = core.spawn();
 
     if let Some(watcher) = unit_watcher {
@@ -154,6 +161,7 @@ pub async fn run(
     let reload_parts = reload::ReloadParts {
         core: &handle,
         hooks: &hook_runs,
+        actions: &actions,
         jails: &jails,
         started_with: &running_config,
         config_path: config_path.as_deref(),

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use crate::firewall::monitor::KernelEvent;
 use crate::firewall::script::PortScope;
 use crate::firewall::{
-    DnsElements, Firewall, FirewallError, FirewallStatus, TableContents, TimedElement,
+    AllowTimeouts, DnsElements, Firewall, FirewallError, FirewallStatus, TableContents,
+    TimedElement,
 };
 use crate::memory::release_freed_memory;
 use crate::store::{BanRecord, Store};
@@ -117,6 +118,7 @@ impl Reconciler {
         &mut self,
         store: &Store,
         allows: &[IpNet],
+        allow_timeouts: &AllowTimeouts,
         dns_allows: &DnsAllows,
         now: u64,
         cause: &str,
@@ -130,6 +132,7 @@ impl Reconciler {
         let dns = dns_allows.elements(now);
         let result = self.firewall.apply_full(&TableContents {
             allows,
+            allow_timeouts,
             dns_allows: &dns,
             bans: &bans,
         });
@@ -232,8 +235,12 @@ impl Reconciler {
         self.firewall.replace_dns_allows(&dns_allows.elements(now))
     }
 
-    pub fn set_allows(&mut self, allows: &[IpNet]) -> Result<(), FirewallError> {
-        self.firewall.replace_allows(allows)
+    pub fn set_allows(
+        &mut self,
+        allows: &[IpNet],
+        timeouts: &AllowTimeouts,
+    ) -> Result<(), FirewallError> {
+        self.firewall.replace_allows(allows, timeouts)
     }
 
     pub fn firewall_status(&self) -> FirewallStatus {

@@ -53,6 +53,7 @@ impl ReloadRequests {
 pub struct ReloadParts<'a> {
     pub core: &'a CoreHandle,
     pub hooks: &'a HookRuns,
+    pub actions: &'a crate::actions::Actions,
     pub jails: &'a JailSupervisor,
     /// The configuration the daemon started with (DNS and the fleet
     /// connection keep it until a restart).
@@ -107,6 +108,7 @@ async fn load_and_apply(parts: &ReloadParts<'_>) -> Verdict {
         ));
     }
     parts.hooks.set_setup((parts.hook_setup)(&applied));
+    parts.actions.set_config(applied.actions.clone());
     let running = parts.started_with;
     if applied.dns != running.dns {
         notes.push("[dns] changes take effect when the daemon restarts".to_string());

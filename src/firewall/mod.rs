@@ -21,7 +21,7 @@ pub use libnft::LibNftExecutor;
 use monitor::{KernelEvent, NotificationSwitch};
 pub use nft_cli::NftCliExecutor;
 use probe::Snapshot;
-pub use script::{DnsElements, Ownership, TableContents, TableLayout, TimedElement};
+pub use script::{AllowTimeouts, DnsElements, Ownership, TableContents, TableLayout, TimedElement};
 
 /// What can go wrong getting a script into the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -236,9 +236,15 @@ impl Firewall {
         self.run(&self.layout.remove_bans(bans), bans.len())
     }
 
-    /// Replaces the allow sets with `allows`.
-    pub fn replace_allows(&mut self, allows: &[IpNet]) -> Result<(), FirewallError> {
-        self.executor.run(&self.layout.replace_allows(allows))
+    /// Replaces the allow sets with `allows`, those that end with their
+    /// timeouts.
+    pub fn replace_allows(
+        &mut self,
+        allows: &[IpNet],
+        timeouts: &AllowTimeouts,
+    ) -> Result<(), FirewallError> {
+        self.executor
+            .run(&self.layout.replace_allows(allows, timeouts))
     }
 
     /// True when the table, its chains with all their rules, and the

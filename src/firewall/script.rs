@@ -39,8 +39,8 @@ pub mod sets {
 /// jail with ports bans IPv6 prefixes too (`ipv6_prefix`), so the port
 /// ban sets come in both kinds as well.
 const SET_DECLARATIONS: [(&str, &str, &str); 14] = [
-    (sets::ALLOW4, "ipv4_addr", "interval"),
-    (sets::ALLOW6, "ipv6_addr", "interval"),
+    (sets::ALLOW4, "ipv4_addr", "interval, timeout"),
+    (sets::ALLOW6, "ipv6_addr", "interval, timeout"),
     (sets::DNSALLOW4, "ipv4_addr", "timeout"),
     (sets::DNSALLOW6, "ipv6_addr", "timeout"),
     (sets::DNSPORT4, "ipv4_addr . inet_service", "timeout"),
@@ -127,11 +127,20 @@ static NO_DNS_ALLOWS: DnsElements = DnsElements {
     by_port: Vec::new(),
 };
 
+/// Seconds left of the allowlist entries that end, by entry as given;
+/// the others never end.
+pub type AllowTimeouts = std::collections::BTreeMap<IpNet, u64>;
+
+/// No allowlist entry ends, for [`TableContents::default`].
+static NO_ALLOW_TIMEOUTS: AllowTimeouts = AllowTimeouts::new();
+
 /// Everything a full apply puts into the table.
 #[derive(Debug, Clone, Copy)]
 pub struct TableContents<'a> {
     /// Static and runtime allowlist (aggregated when written).
     pub allows: &'a [IpNet],
+    /// When those of `allows` that end do (see [`TableLayout::replace_allows`]).
+    pub allow_timeouts: &'a AllowTimeouts,
     /// Addresses allowed by DNS names, with their timeouts.
     pub dns_allows: &'a DnsElements,
     pub bans: &'a [TimedElement],
@@ -141,6 +150,7 @@ impl Default for TableContents<'_> {
     fn default() -> Self {
         TableContents {
             allows: &[],
+            allow_timeouts: &NO_ALLOW_TIMEOUTS,
             dns_allows: &NO_DNS_ALLOWS,
             bans: &[],
         }
@@ -379,7 +389,7 @@ impl TableLayout {
             );
         }
         out.push_str("}\n");
-        out.push_str(&self.add_allows(contents.allows));
+        out.push_str(&self.add_allows(contents.allows, contents.allow_timeouts));
         out.push_str(&self.add_dns_allows(contents.dns_allows));
         out.push_str(&self.add_bans(contents.bans));
         out
@@ -495,13 +505,15 @@ impl TableLayout {
     }
 
     /// Replaces both allow sets with `allows` (aggregated first, since
-    /// interval sets refuse overlapping elements).
-    pub fn replace_allows(&self, allows: &[IpNet]) -> String {
+    /// interval sets refuse overlapping elements). An element ends with
+    /// the last entry in it (`timeouts`), and never if one of them never
+    /// does: the kernel never ends an allow before the core would.
+    pub fn replace_allows(&self, allows: &[IpNet], timeouts: &AllowTimeouts) -> String {
         let mut out = String::new();
         for set in [sets::ALLOW4, sets::ALLOW6] {
             let _ = writeln!(out, "flush set inet {} {set}", self.table);
         }
-        out.push_str(&self.add_allows(allows));
+        out.push_str(&self.add_allows(allows, timeouts));
         out
     }
 
@@ -549,15 +561,31 @@ impl TableLayout {
         self.element_commands("add", &by_set)
     }
 
-    fn add_allows(&self, allows: &[IpNet]) -> String {
-        let merged = IpNet::aggregate(&allows.to_vec());
-        let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = merged
-            .into_iter()
-            .partition(|net| matches!(net, IpNet::V4(_)));
-        let by_set = [
-            (sets::ALLOW4, v4.iter().map(element_text).collect()),
-            (sets::ALLOW6, v6.iter().map(element_text).collect()),
-        ];
+    fn add_allows(&self, allows: &[IpNet], timeouts: &AllowTimeouts) -> String {
+        let mut merged = IpNet::aggregate(&allows.to_vec());
+        merged.sort_by_key(IpNet::network);
+        // Seconds left of each merged element: the longest of the entries
+        // in it, `None` (never ends) once one of them never does.
+        let mut left: Vec<Option<u64>> = vec![Some(0); merged.len()];
+        for allow in allows {
+            let after = merged.partition_point(|m| m.network() <= allow.network());
+            let Some(index) = after.checked_sub(1) else {
+                continue;
+            };
+            left[index] = match (left[index], timeouts.get(allow)) {
+                (Some(so_far), Some(&seconds)) => Some(so_far.max(seconds)),
+                _ => None,
+            };
+        }
+        let mut by_set = [(sets::ALLOW4, Vec::new()), (sets::ALLOW6, Vec::new())];
+        for (net, left) in merged.iter().zip(left) {
+            let slot = usize::from(matches!(net, IpNet::V6(_)));
+            let text = match left {
+                Some(seconds) => format!("{} timeout {}", element_text(net), timeout_text(seconds)),
+                None => element_text(net),
+            };
+            by_set[slot].1.push(text);
+        }
         self.element_commands("add", &by_set)
     }
 
@@ -840,13 +868,57 @@ mod tests {
 
     #[test]
     fn allows_are_aggregated() {
-        let script = layout(false).replace_allows(&[
-            net("10.0.0.0/8"),
-            net("10.1.0.0/16"),
-            net("2001:db8::1/128"),
-        ]);
+        let none = AllowTimeouts::new();
+        let script = layout(false).replace_allows(
+            &[
+                net("10.0.0.0/8"),
+                net("10.1.0.0/16"),
+                net("2001:db8::1/128"),
+            ],
+            &none,
+        );
         assert!(script.contains("add element inet orch allow4 { 10.0.0.0/8 }"));
         assert!(script.contains("add element inet orch allow6 { 2001:db8::1 }"));
         assert!(script.starts_with("flush set inet orch allow4\n"));
+    }
+
+    #[test]
+    fn an_aggregated_allow_ends_with_its_last_entry_and_never_if_one_never_does() {
+        let allows = [
+            net("10.0.0.0/8"),
+            net("10.1.0.0/16"),
+            net("192.0.2.0/25"),
+            net("192.0.2.128/25"),
+            net("198.51.100.7/32"),
+            net("2001:db8::1/128"),
+        ];
+        let timeouts: AllowTimeouts = [
+            (net("10.1.0.0/16"), 60),
+            (net("192.0.2.0/25"), 60),
+            (net("192.0.2.128/25"), 7200),
+            (net("2001:db8::1/128"), 90_000),
+        ]
+        .into();
+        let script = layout(false).replace_allows(&allows, &timeouts);
+        assert!(
+            script.contains(
+                "add element inet orch allow4 { 10.0.0.0/8, 192.0.2.0/24 timeout 7200s, 198.51.100.7 }"
+            ),
+            "{script}"
+        );
+        assert!(
+            script.contains("add element inet orch allow6 { 2001:db8::1 timeout 1d3600s }"),
+            "{script}"
+        );
+        let full = layout(false).full_table(
+            Ownership::Owned,
+            &TableContents {
+                allows: &allows,
+                allow_timeouts: &timeouts,
+                ..TableContents::default()
+            },
+        );
+        assert!(full.contains("set allow4 { type ipv4_addr; flags interval, timeout; }"));
+        assert!(full.contains("192.0.2.0/24 timeout 7200s"), "{full}");
     }
 }

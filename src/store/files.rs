@@ -240,7 +240,10 @@ fn write_snapshot_records(
         }
     }
     for net in &state.allows {
-        emit(out, &Record::Allow { net: *net })?;
+        match state.allow_notes.get(net) {
+            Some(note) => emit(out, &super::records::allow_noted_record(*net, note))?,
+            None => emit(out, &Record::Allow { net: *net })?,
+        }
     }
     for (key, value) in &state.cursors {
         emit(out, &Record::Cursor { key, value })?;

@@ -65,6 +65,18 @@ use state::MemState;
 /// jail, another fleet host).
 pub const MAX_BAN_TEXT_BYTES: usize = 256;
 
+/// Longest comment of a runtime allowlist entry, in bytes.
+pub const MAX_ALLOW_COMMENT_BYTES: usize = 256;
+
+/// What a runtime allowlist entry says beyond its network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowNote {
+    /// Unix seconds; the entry is over once `now >= expires`. `None`: never.
+    pub expires: Option<u64>,
+    /// Why it is there (at most [`MAX_ALLOW_COMMENT_BYTES`]); may be empty.
+    pub comment: String,
+}
+
 /// Longest key or value of a cursor record (log positions), in bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
 
@@ -124,6 +136,9 @@ const KIND_CURSOR: u8 = 7;
 const KIND_SHADOW: u8 = 8;
 const KIND_UNSHADOW: u8 = 9;
 const KIND_JAIL_HISTORY: u8 = 10;
+/// A runtime allow with a comment and an expiry (orch before this kind
+/// wrote only [`KIND_ALLOW`]; both replay, the later one wins).
+const KIND_ALLOW_NOTED: u8 = 11;
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
@@ -393,7 +408,43 @@ impl Store {
         }
         self.append_record(&Record::Disallow { net: *net })?;
         self.state.allows.remove(net);
+        self.state.allow_notes.remove(net);
         Ok(true)
+    }
+
+    /// Adds a runtime allowlist entry with `note`, or gives an entry
+    /// already there this note instead of its own; true unless it was
+    /// there with this very note. A comment longer than
+    /// [`MAX_ALLOW_COMMENT_BYTES`] is cut. Durable before returning.
+    pub fn add_allow_noted(&mut self, net: IpNet, note: AllowNote) -> Result<bool, StoreError> {
+        let comment = crate::quote::cut(&note.comment, MAX_ALLOW_COMMENT_BYTES);
+        let note = AllowNote {
+            expires: note.expires,
+            comment: comment.to_string(),
+        };
+        if self.state.allows.contains(&net) && self.state.allow_notes.get(&net) == Some(&note) {
+            return Ok(false);
+        }
+        self.append_record(&records::allow_noted_record(net, &note))?;
+        self.state.allows.insert(net);
+        self.state.allow_notes.insert(net, note);
+        Ok(true)
+    }
+
+    /// The comment and expiry of a runtime allowlist entry, if it has them.
+    pub fn allow_note(&self, net: &IpNet) -> Option<&AllowNote> {
+        self.state.allow_notes.get(net)
+    }
+
+    /// The runtime allowlist entries over by `now` (still stored: remove
+    /// them with [`Store::remove_allow`]).
+    pub fn expired_allows(&self, now: u64) -> Vec<IpNet> {
+        self.state
+            .allow_notes
+            .iter()
+            .filter(|(_, note)| note.expires.is_some_and(|expires| expires <= now))
+            .map(|(net, _)| *net)
+            .collect()
     }
 
     /// This host's own ban of `net` kept under another host's longer ban,
@@ -734,6 +785,69 @@ mod tests {
         HOUR, NOW, append_garbage, ban, file_len, log_path, many_bans, net, open, sorted_bans,
     };
     use super::*;
+
+    #[test]
+    fn noted_allows_survive_reopen_and_compaction_and_plain_ones_clear_notes() {
+        let dir = tempfile::tempdir().unwrap();
+        let note = |expires: Option<u64>, comment: &str| AllowNote {
+            expires,
+            comment: comment.to_string(),
+        };
+        let vpn = net("198.51.100.7/32");
+        let lab = net("2001:db8:ab::/48");
+        {
+            let mut store = open(dir.path());
+            // An entry of an older orch (no note) gets one.
+            assert!(store.add_allow(lab).unwrap());
+            assert!(store.add_allow_noted(lab, note(None, "lab")).unwrap());
+            assert!(
+                store
+                    .add_allow_noted(vpn, note(Some(NOW + HOUR), "vendor VPN"))
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .add_allow_noted(vpn, note(Some(NOW + HOUR), "vendor VPN"))
+                    .unwrap()
+            );
+            let long = "é".repeat(MAX_ALLOW_COMMENT_BYTES);
+            assert!(
+                store
+                    .add_allow_noted(net("192.0.2.99/32"), note(None, &long))
+                    .unwrap()
+            );
+            let cut = store.allow_note(&net("192.0.2.99/32")).unwrap();
+            assert_eq!(cut.comment.len(), MAX_ALLOW_COMMENT_BYTES);
+            assert!(store.remove_allow(&net("192.0.2.99/32")).unwrap());
+        }
+        for round in ["from the log", "from a snapshot"] {
+            let mut store = open(dir.path());
+            assert_eq!(
+                store.allow_note(&vpn),
+                Some(&note(Some(NOW + HOUR), "vendor VPN")),
+                "{round}"
+            );
+            assert_eq!(store.allow_note(&lab), Some(&note(None, "lab")), "{round}");
+            assert_eq!(store.allow_note(&net("192.0.2.99/32")), None, "{round}");
+            assert_eq!(store.runtime_allows().count(), 2, "{round}");
+            assert_eq!(store.expired_allows(NOW + HOUR - 1), Vec::<IpNet>::new());
+            assert_eq!(store.expired_allows(NOW + HOUR), vec![vpn]);
+            store.compact().unwrap();
+        }
+        let mut store = open(dir.path());
+        assert!(store.remove_allow(&vpn).unwrap());
+        assert!(store.allow_note(&vpn).is_none());
+        // Plain Allow (as an older orch writes it) after a noted one: no note.
+        store.append_record(&Record::Allow { net: lab }).unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.allow_note(&lab), None);
+        assert_eq!(
+            store.runtime_allows().copied().collect::<Vec<_>>(),
+            vec![lab]
+        );
+        assert!(store.expired_allows(u64::MAX).is_empty());
+    }
 
     #[test]
     fn bans_allows_and_history_survive_reopen() {

@@ -10,9 +10,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
-    BanHistory, BanRecord, FAMILY_V4, FAMILY_V6, KIND_ALLOW, KIND_BAN, KIND_CURSOR, KIND_DISALLOW,
-    KIND_HISTORY, KIND_JAIL_HISTORY, KIND_SHADOW, KIND_SNAPSHOT_END, KIND_UNBAN, KIND_UNSHADOW,
-    MAX_BAN_TEXT_BYTES, MAX_TEXT_BYTES,
+    AllowNote, BanHistory, BanRecord, FAMILY_V4, FAMILY_V6, KIND_ALLOW, KIND_ALLOW_NOTED, KIND_BAN,
+    KIND_CURSOR, KIND_DISALLOW, KIND_HISTORY, KIND_JAIL_HISTORY, KIND_SHADOW, KIND_SNAPSHOT_END,
+    KIND_UNBAN, KIND_UNSHADOW, MAX_ALLOW_COMMENT_BYTES, MAX_BAN_TEXT_BYTES, MAX_TEXT_BYTES,
 };
 use crate::quote::cut as truncate_at_char_boundary;
 
@@ -37,6 +37,13 @@ pub(super) enum Record<'a> {
     },
     Disallow {
         net: IpNet,
+    },
+    /// A runtime allow with a comment and an expiry (`expires` 0: never);
+    /// replaces whatever note the net had.
+    AllowNoted {
+        net: IpNet,
+        expires: u64,
+        comment: &'a str,
     },
     History {
         net: IpNet,
@@ -97,6 +104,14 @@ pub(super) fn shadow_record(record: &BanRecord) -> Record<'_> {
     }
 }
 
+pub(super) fn allow_noted_record(net: IpNet, note: &AllowNote) -> Record<'_> {
+    Record::AllowNoted {
+        net,
+        expires: note.expires.unwrap_or(0),
+        comment: &note.comment,
+    }
+}
+
 pub(super) fn history_record(net: IpNet, history: BanHistory) -> Record<'static> {
     Record::History {
         net,
@@ -135,6 +150,16 @@ pub(super) fn encode_payload(out: &mut Vec<u8>, record: &Record<'_>) {
         Record::Unban { net } => encode_net_record(out, KIND_UNBAN, net),
         Record::Allow { net } => encode_net_record(out, KIND_ALLOW, net),
         Record::Disallow { net } => encode_net_record(out, KIND_DISALLOW, net),
+        Record::AllowNoted {
+            net,
+            expires,
+            comment,
+        } => {
+            out.push(KIND_ALLOW_NOTED);
+            encode_net(out, net);
+            out.extend_from_slice(&expires.to_le_bytes());
+            encode_text(out, comment, MAX_ALLOW_COMMENT_BYTES);
+        }
         Record::History {
             net,
             count,
@@ -316,6 +341,11 @@ pub(super) fn decode_payload(payload: &[u8]) -> Result<Record<'_>, String> {
         KIND_UNBAN => Record::Unban { net: reader.net()? },
         KIND_ALLOW => Record::Allow { net: reader.net()? },
         KIND_DISALLOW => Record::Disallow { net: reader.net()? },
+        KIND_ALLOW_NOTED => Record::AllowNoted {
+            net: reader.net()?,
+            expires: reader.u64()?,
+            comment: reader.text()?,
+        },
         KIND_HISTORY => Record::History {
             net: reader.net()?,
             count: reader.u32()?,
@@ -375,6 +405,11 @@ mod tests {
             Record::Disallow {
                 net: net("10.0.0.0/8"),
             },
+            Record::AllowNoted {
+                net: net("198.51.100.7/32"),
+                expires: 1_700_000_000,
+                comment: "vendor VPN",
+            },
             Record::History {
                 net: net("192.0.2.1/32"),
                 count: u32::MAX,
@@ -386,7 +421,7 @@ mod tests {
                 count: 3,
                 last_banned: 1_700_000_000,
             },
-            Record::SnapshotEnd { record_count: 6 },
+            Record::SnapshotEnd { record_count: 7 },
         ];
         let mut encoded = vec![0; FILE_HEADER_LEN];
         for record in &records {

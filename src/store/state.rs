@@ -54,6 +54,9 @@ pub(super) struct MemState {
     /// History of nets with no active ban.
     pub(super) idle_history: HashMap<IpNet, BanHistory>,
     pub(super) allows: BTreeSet<IpNet>,
+    /// Comments and expiries of runtime allows that have them (a subset
+    /// of `allows`).
+    pub(super) allow_notes: std::collections::BTreeMap<IpNet, super::AllowNote>,
     /// Log readers' positions, by key (see [`Store::set_cursors`]).
     pub(super) cursors: std::collections::BTreeMap<String, String>,
     /// How often each jail banned each network (see
@@ -74,6 +77,7 @@ impl Default for MemState {
             repeat_counts: HashMap::new(),
             idle_history: HashMap::new(),
             allows: BTreeSet::new(),
+            allow_notes: Default::default(),
             cursors: Default::default(),
             jail_histories: JailHistories::default(),
             shadows: HashMap::new(),
@@ -268,9 +272,24 @@ impl MemState {
             }
             Record::Allow { net } => {
                 self.allows.insert(net);
+                self.allow_notes.remove(&net);
+            }
+            Record::AllowNoted {
+                net,
+                expires,
+                comment,
+            } => {
+                self.allows.insert(net);
+                let note = super::AllowNote {
+                    expires: (expires != 0).then_some(expires),
+                    comment: truncate_at_char_boundary(comment, super::MAX_ALLOW_COMMENT_BYTES)
+                        .to_string(),
+                };
+                self.allow_notes.insert(net, note);
             }
             Record::Disallow { net } => {
                 self.allows.remove(&net);
+                self.allow_notes.remove(&net);
             }
             Record::JailHistory {
                 jail,
@@ -330,6 +349,7 @@ impl MemState {
                 history: BanHistory { count, last_banned },
             },
             Record::Allow { .. }
+            | Record::AllowNoted { .. }
             | Record::Disallow { .. }
             | Record::Cursor { .. }
             | Record::JailHistory { .. }

@@ -570,6 +570,18 @@ impl NetNs {
             });
     }
 
+    /// A TCP listener on `127.0.0.1` (any free port) inside this
+    /// namespace, bound by a thread that entered it; the caller accepts.
+    pub fn bind_loopback(&self) -> TcpListener {
+        let ns = self.ns_file.try_clone().expect("dup netns handle");
+        std::thread::spawn(move || {
+            enter_netns(&ns).expect("setns");
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0 in the netns")
+        })
+        .join()
+        .expect("bind thread")
+    }
+
     /// Tries a TCP connection from this namespace, with source address `from`
     /// (which must be configured here; a `/prefix` suffix is ignored), to
     /// `to:port`. Returns true if the handshake completed within `timeout`,

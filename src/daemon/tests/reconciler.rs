@@ -52,7 +52,7 @@ impl Fixture {
     fn sync(&mut self, allows: &[ipnet::IpNet], dns: &DnsAllows, now: u64) -> String {
         let info = self
             .reconciler
-            .sync_all(&self.store, allows, dns, now, "test")
+            .sync_all(&self.store, allows, &Default::default(), dns, now, "test")
             .expect("applied");
         assert_eq!(info.at_unix, now);
         let script = self.log.take().pop().expect("a full apply");
