@@ -5,7 +5,10 @@
 //!
 //! A big batch (a 100k BanMany, a mass expiry) is logged as its first
 //! [`ENTRIES_PER_BATCH`] entries and one summary with the count, so the
-//! journal is never flooded. It only logs; it must not decide anything.
+//! journal is never flooded. Bans from other fleet hosts are logged at
+//! debug only: another host decides how many arrive and how fast, and the
+//! fleet code already logs them in rate-limited summaries (see
+//! `fleet/log_window.rs`). It only logs; it must not decide anything.
 
 use crate::logging::{MESSAGE_ID_BAN, MESSAGE_ID_RESTORED, MESSAGE_ID_UNBAN};
 use crate::store::BanRecord;
@@ -23,10 +26,30 @@ fn jail_of(source: &str) -> &str {
     }
 }
 
+/// Whether another fleet host's ban put `record` here.
+fn from_the_fleet(record: &BanRecord) -> bool {
+    record.source.starts_with("fleet:")
+}
+
+/// The local records to log one by one, after a debug count of the fleet's.
+fn local_only<'a>(records: impl Iterator<Item = &'a BanRecord>, what: &str) -> Vec<&'a BanRecord> {
+    let (fleet, local): (Vec<&BanRecord>, Vec<&BanRecord>) =
+        records.partition(|r| from_the_fleet(r));
+    if !fleet.is_empty() {
+        tracing::debug!(
+            orch_count = fleet.len(),
+            "{what}: {} from other fleet hosts",
+            fleet.len()
+        );
+    }
+    local
+}
+
 /// Bans now in the store and the kernel.
-pub fn banned<'a>(records: impl ExactSizeIterator<Item = &'a BanRecord>) {
+pub fn banned<'a>(records: impl Iterator<Item = &'a BanRecord>) {
+    let records = local_only(records, "banned");
     let total = records.len();
-    for record in records.take(ENTRIES_PER_BATCH) {
+    for record in records.into_iter().take(ENTRIES_PER_BATCH) {
         let address = crate::addr::display_net(&record.net);
         let length = std::time::Duration::from_secs(record.expires.saturating_sub(record.created));
         tracing::info!(
@@ -55,6 +78,7 @@ pub fn banned<'a>(records: impl ExactSizeIterator<Item = &'a BanRecord>) {
 
 /// Bans lifted; `why` is "unban", "expire" or "fleet".
 pub fn unbanned(records: &[BanRecord], why: &str) {
+    let records = local_only(records.iter(), why);
     for record in records.iter().take(ENTRIES_PER_BATCH) {
         let address = crate::addr::display_net(&record.net);
         tracing::info!(
