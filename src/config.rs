@@ -25,8 +25,10 @@ mod binder;
 mod fleet;
 mod jails;
 pub mod last_good;
+mod metrics;
 use binder::{Binder, bind, value_or};
 pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule, url_host};
+pub use metrics::{MetricsConfig, MetricsListen};
 
 /// The config files read that someone other than root could have changed
 /// (owner, or a writable file or directory): they can set `hooks.dir` or
@@ -156,6 +158,8 @@ pub struct Config {
     pub jails: JailsConfig,
     /// Ban sharing with other hosts over NATS JetStream (off by default).
     pub fleet: FleetConfig,
+    /// The metrics endpoint and textfile (off by default).
+    pub metrics: MetricsConfig,
     /// Files read, in merge order, for messages; empty means the embedded
     /// default alone.
     pub sources: Vec<PathBuf>,
@@ -416,6 +420,7 @@ struct RawLayer {
     dns: Option<RawDns>,
     jails: Option<jails::RawJails>,
     fleet: Option<fleet::RawFleet>,
+    metrics: Option<metrics::RawMetrics>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -499,6 +504,7 @@ struct Merged {
     dns_allow: Vec<crate::dns::DnsAllowEntry>,
     jails: jails::JailsDraft,
     fleet: fleet::FleetDraft,
+    metrics: metrics::MetricsDraft,
 }
 
 impl Merged {
@@ -530,6 +536,9 @@ impl Merged {
         }
         if let Some(fleet) = layer.fleet {
             self.fleet.apply(fleet, &mut b.section("fleet"));
+        }
+        if let Some(metrics) = layer.metrics {
+            self.metrics.apply(metrics, &mut b.section("metrics"));
         }
         if let Some(firewall) = layer.firewall {
             self.apply_firewall(firewall, &mut b.section("firewall"));
@@ -670,6 +679,7 @@ impl Merged {
             },
             jails: self.jails.finish(issues),
             fleet: self.fleet.finish(issues),
+            metrics: self.metrics.finish(),
             sources,
         })
     }
@@ -1083,6 +1093,7 @@ mod tests {
                 },
                 jails: JailsConfig::default(),
                 fleet: FleetConfig::default(),
+                metrics: MetricsConfig::default(),
                 sources: Vec::new(),
             }
         );

@@ -393,7 +393,7 @@ mod tests {
     fn the_config_page_documents_exactly_the_keys_the_parser_accepts() {
         let documented = documented_keys();
         let tables: BTreeSet<String> = [
-            "firewall", "bans", "systemd", "hooks", "dns", "jails", "fleet",
+            "firewall", "bans", "systemd", "hooks", "dns", "jails", "fleet", "metrics",
         ]
         .map(str::to_owned)
         .into();
@@ -402,7 +402,9 @@ mod tests {
         top.retain(|key| !tables.contains(key));
         let mut expected: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         expected.insert("(top)", top);
-        for table in ["firewall", "bans", "systemd", "hooks", "dns", "fleet"] {
+        for table in [
+            "firewall", "bans", "systemd", "hooks", "dns", "fleet", "metrics",
+        ] {
             expected.insert(table, accepted_keys(&format!("[{table}]\nbogus_key = 1\n")));
         }
         expected.insert(
