@@ -328,6 +328,8 @@ impl Core {
         }
         self.store.insert_bans(records)?;
         self.count_stored(&stored, records);
+        let new_nets: HashSet<IpNet> = stored.added.iter().map(|record| record.net).collect();
+        self.view.count_additions(new_nets.len());
         self.banned_prefixes.extend(
             records
                 .iter()
@@ -608,9 +610,12 @@ impl Core {
     pub fn sync(&mut self, cause: &str) -> Result<SyncInfo, CoreError> {
         self.liveness.beat();
         let allows = self.allowlist();
-        Ok(self
-            .reconciler
-            .sync_all(&self.store, &allows, &self.dns_allows, now_unix(), cause)?)
+        let now = now_unix();
+        let synced =
+            self.reconciler
+                .sync_all(&self.store, &allows, &self.dns_allows, now, cause)?;
+        self.view.count_restore(&synced);
+        Ok(synced)
     }
 
     /// Takes the addresses the DNS allow names now resolve to and swaps
@@ -940,6 +945,12 @@ impl CoreHandle {
     /// [`ReadView::removals`]).
     pub fn removals(&self) -> u64 {
         self.view.removals()
+    }
+
+    /// The counters kept beside the publication (additions, removals,
+    /// restores by cause), read without waiting.
+    pub fn read_view(&self) -> &ReadView {
+        &self.view
     }
 
     /// When the core last showed it was alive.
