@@ -129,6 +129,15 @@ pub async fn run(
         tracing::info!("{note}");
     }
     let fleet = crate::fleet::start(&fleet_config, &handle).await;
+    let sources = crate::metrics::Sources {
+        core: handle.clone(),
+        jails: jails.clone(),
+        hooks: hook_runs.clone(),
+        fleet: fleet.clone(),
+        table: fleet_config.firewall.table.clone(),
+        state_dir: fleet_config.state_dir.clone(),
+    };
+    crate::metrics::start(&fleet_config, sources).await;
 
     let service_parts = bus_link::ServiceParts {
         core: handle.clone(),
@@ -241,6 +250,9 @@ async fn reload(
                 hooks.set_setup(hook_setup(&applied));
                 if applied.dns != running.dns {
                     tracing::warn!("[dns] changes take effect when the daemon restarts");
+                }
+                if applied.metrics != running.metrics {
+                    tracing::warn!("[metrics] changes take effect when the daemon restarts");
                 }
                 let connection_of = |f: &crate::config::FleetConfig| {
                     (
