@@ -462,8 +462,8 @@ mod tests {
         assert_eq!(cut.len(), 255, "never cut inside a character");
     }
 
-    #[test]
-    fn every_family_has_help_and_type_before_its_samples() {
+    /// A snapshot with something in every part.
+    fn full_snapshot() -> Snapshot {
         let mut snapshot = Snapshot {
             version: "1.2.3".into(),
             bans_added: 7,
@@ -503,7 +503,12 @@ mod tests {
             .restores
             .by_cause
             .insert("daemon start".into(), (1, 1234));
-        let text = render(&snapshot);
+        snapshot
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_before_its_samples() {
+        let text = render(&full_snapshot());
         let mut declared: Vec<(String, String)> = Vec::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# HELP ") {
@@ -560,5 +565,28 @@ mod tests {
             !unreadable.contains("orch_fleet_"),
             "no fleet, no fleet metrics"
         );
+    }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+        let text = render(&full_snapshot());
+        let dashboard = include_str!("../../examples/grafana-orch.json");
+        let _: serde_json::Value = serde_json::from_str(dashboard).expect("valid JSON");
+        let mut used = 0;
+        for (at, _) in dashboard.match_indices("orch_") {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if name == "orch_" {
+                continue;
+            }
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} is not rendered"
+            );
+            used += 1;
+        }
+        assert!(used >= 15, "{used}");
     }
 }
