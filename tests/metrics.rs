@@ -266,3 +266,164 @@ fn hostile_clients_get_an_error_or_a_close_and_the_endpoint_still_serves() {
         .mode();
     assert_eq!(mode & 0o777, 0o644, "node_exporter must be able to read it");
 }
+
+/// A `GET /metrics` on the unix socket at `socket`: the body of a 200.
+fn unix_scrape(socket: &Path) -> String {
+    body_of(&exchange(unix_stream(socket), SCRAPE)).to_string()
+}
+
+#[test]
+fn a_failing_hook_and_a_jail_reading_its_log_show_in_the_scrape() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hooks = dir.path().join("hooks.d");
+    std::fs::create_dir(&hooks).expect("hooks dir");
+    let hook = hooks.join("10-broken");
+    std::fs::write(&hook, "#!/bin/sh\nexit 3\n").expect("write the hook");
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let log = dir.path().join("auth.log");
+    std::fs::write(&log, "").expect("create the log");
+    let socket = dir.path().join("metrics.sock");
+    let config = format!(
+        "[metrics]\nlisten = \"{}\"\n[hooks]\ndir = \"{}\"\n\
+         [jails.sshd]\nfiles = [\"{}\"]\nmaxretry = 5\nfindtime = \"10m\"\n",
+        socket.display(),
+        hooks.display(),
+        log.display()
+    );
+    let netns = NetNs::new();
+    let bus = TestBus::start();
+    let _daemon = Daemon::start(&netns, &bus, &config);
+
+    // The hooks run once at start.
+    let mut body = String::new();
+    let ran = poll_until(Duration::from_secs(10), || {
+        body = unix_scrape(&socket);
+        value(&body, r#"orch_hook_failures_total{hook="10-broken"}"#) == Some(1.0)
+    });
+    assert!(ran, "the failed start hook is not counted:\n{body}");
+    assert_eq!(
+        value(&body, r#"orch_hook_runs_total{hook="10-broken"}"#),
+        Some(1.0)
+    );
+    assert_eq!(value(&body, "orch_hook_batches_total"), Some(1.0));
+
+    let stamp = orch::timefmt::rfc3339(orch::timefmt::now_unix());
+    let lines = format!(
+        "{stamp} web1 sshd[4242]: Failed password for root from 198.51.100.7 port 40000 ssh2\n\
+         {stamp} web1 sshd[4242]: Connection closed by 198.51.100.8 port 40001\n"
+    );
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut file| file.write_all(lines.as_bytes()))
+        .expect("append to the log");
+    let counted = poll_until(Duration::from_secs(10), || {
+        body = unix_scrape(&socket);
+        value(&body, r#"orch_jail_lines_total{jail="sshd"}"#) == Some(2.0)
+            && value(&body, r#"orch_jail_matches_total{jail="sshd"}"#) == Some(1.0)
+    });
+    assert!(
+        counted,
+        "the jail's lines and matches are not counted:\n{body}"
+    );
+    assert_eq!(
+        value(&body, r#"orch_jail_tracked_addresses{jail="sshd"}"#),
+        Some(1.0)
+    );
+    let lagged = poll_until(Duration::from_secs(5), || {
+        body = unix_scrape(&socket);
+        value(&body, r#"orch_jail_lag_seconds{jail="sshd"}"#).is_some()
+    });
+    assert!(lagged, "no lag for a jail reading a file:\n{body}");
+    promtool_accepts(&body);
+}
+
+/// Scrapes a unix socket from inside the sandbox; exits 3 when the
+/// connection is refused for lack of permission.
+const SANDBOX_SCRAPER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    sys.exit(3)
+s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+reply = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    reply += chunk
+sys.stdout.write(reply.decode())
+"#;
+
+#[test]
+fn under_the_installed_unit_with_the_documented_drop_in_the_socket_and_textfile_work() {
+    use common::systemd::{ORCH_IN_SANDBOX, SystemdSandbox};
+    const SOCKET: &str = "/run/orch/metrics.sock";
+    const TEXTFILE: &str = "/var/lib/prometheus/node-exporter/orch.prom";
+    let sandbox = SystemdSandbox::boot();
+    // What examples/orch.toml and orch.toml(5) tell an admin to add.
+    sandbox.write_file(
+        "/etc/systemd/system/orch.service.d/metrics.conf",
+        "[Service]\nRuntimeDirectory=orch\nReadWritePaths=/var/lib/prometheus/node-exporter\n",
+        0o644,
+    );
+    sandbox
+        .run("mkdir", &["-p", "/var/lib/prometheus/node-exporter"])
+        .expect_ok("textfile directory");
+    sandbox.install_and_start_orch(Some(&format!(
+        "[metrics]\nlisten = \"{SOCKET}\"\ntextfile = \"{TEXTFILE}\"\ninterval = \"1s\"\n"
+    )));
+    let scrape = || {
+        let out = sandbox.run("/usr/bin/python3", &["-c", SANDBOX_SCRAPER, SOCKET]);
+        body_of(&out.expect_ok("scrape as root").stdout).to_string()
+    };
+    wait_until(Duration::from_secs(10), "the metrics socket", || {
+        sandbox.run("test", &["-S", SOCKET]).ok()
+    });
+    let mode = sandbox
+        .run("stat", &["-c", "%a %U", SOCKET])
+        .expect_ok("stat");
+    assert_eq!(mode.stdout.trim(), "660 root");
+
+    sandbox
+        .run(ORCH_IN_SANDBOX, &["ban", "192.0.2.7"])
+        .expect_ok("ban");
+    let body = scrape();
+    promtool_accepts(&body);
+    assert_eq!(value(&body, "orch_bans_added_total"), Some(1.0), "{body}");
+    assert_eq!(value(&body, "orch_firewall_counters_up"), Some(1.0));
+    assert!(
+        value(&body, "orch_resident_memory_bytes").is_some(),
+        "{body}"
+    );
+
+    let nobody = sandbox.run(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            SANDBOX_SCRAPER,
+            SOCKET,
+        ],
+    );
+    assert_eq!(nobody.status, 3, "uid 65534 must not connect: {nobody}");
+
+    wait_until(Duration::from_secs(10), "the textfile", || {
+        sandbox.run("test", &["-f", TEXTFILE]).ok()
+    });
+    let written = sandbox.read_file(TEXTFILE).expect("read the textfile");
+    promtool_accepts(&written);
+    let mode = sandbox
+        .run("stat", &["-c", "%a", TEXTFILE])
+        .expect_ok("stat");
+    assert_eq!(mode.stdout.trim(), "644", "under UMask=0077 too");
+    let restarts = sandbox.systemctl(&["show", "-P", "NRestarts", "orch.service"]);
+    assert_eq!(restarts.stdout.trim(), "0");
+}
