@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::MetricsError;
 use crate::config::MetricsListen;
@@ -93,10 +93,9 @@ impl Listener {
             let render = render.clone();
             tokio::spawn(async move {
                 match connection {
-                    Connection::Tcp(stream) => answer(stream, render).await,
-                    Connection::Unix(stream) => answer(stream, render).await,
+                    Connection::Tcp(stream) => serve_one(stream, render, slot).await,
+                    Connection::Unix(stream) => serve_one(stream, render, slot).await,
                 }
-                drop(slot);
             });
         }
     }
@@ -138,9 +137,21 @@ fn remove_socket(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Answers one connection, then frees its slot before closing it, so a
+/// client that saw the close finds the slot free.
+async fn serve_one<S>(mut stream: S, render: Render, slot: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    answer(&mut stream, render).await;
+    drop(slot);
+    // Sends the end of the stream at once; nothing to wait for.
+    let _ = stream.shutdown().await;
+}
+
 /// Reads one request head and answers it, within the deadlines.
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, render: Render) {
-    let head = match tokio::time::timeout(REQUEST_DEADLINE, read_head(&mut stream)).await {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, render: Render) {
+    let head = match tokio::time::timeout(REQUEST_DEADLINE, read_head(stream)).await {
         Ok(Ok(head)) => head,
         // Slow, silent or gone: close without a word.
         Ok(Err(_)) | Err(_) => return,
@@ -152,11 +163,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, render: Render
         },
         Err((code, reason)) => response(code, reason, TEXT, &format!("{reason}\n")),
     };
-    let _ = tokio::time::timeout(RESPONSE_DEADLINE, async {
-        stream.write_all(&response).await?;
-        stream.shutdown().await
-    })
-    .await;
+    let _ = tokio::time::timeout(RESPONSE_DEADLINE, stream.write_all(&response)).await;
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -302,7 +309,10 @@ mod tests {
     async fn exchange(request: &[u8]) -> String {
         let render: Render = Arc::new(|| "orch_up 1\n".to_string());
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let served = tokio::spawn(answer(server, render));
+        let slot = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a free slot");
+        let served = tokio::spawn(serve_one(server, render, slot));
         client.write_all(request).await.expect("write");
         let mut reply = String::new();
         client.read_to_string(&mut reply).await.expect("read");
