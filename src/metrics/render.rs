@@ -489,6 +489,7 @@ mod tests {
             ],
             fleet: Some(FleetSample {
                 connected: true,
+                last_remote_change: Some(1_700_000_100),
                 refused: BTreeMap::from([(
                     "web2".to_string(),
                     BTreeMap::from([("prefix".to_string(), 4)]),
