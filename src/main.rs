@@ -82,6 +82,9 @@ fn check_config(cli: &Cli) -> ExitCode {
     for note in loaded.fleet.jails_kept_local(&loaded.jails) {
         println!("note: {}", printable_lines(&note));
     }
+    if let Some(note) = loaded.metrics.exposure_note() {
+        println!("note: {note}");
+    }
     for (hook, why) in orch::hooks::untrusted_hooks(&loaded.hooks.dir) {
         println!(
             "warning: hook {hook} will not run: {}",

@@ -72,6 +72,19 @@ impl MetricsConfig {
     pub fn enabled(&self) -> bool {
         self.listen.is_some() || self.textfile.is_some()
     }
+
+    /// What to tell the admin when the endpoint listens beyond this host
+    /// (check-config prints it, the daemon logs it).
+    pub fn exposure_note(&self) -> Option<String> {
+        match &self.listen {
+            Some(MetricsListen::Tcp(addr)) if !addr.ip().is_loopback() => Some(format!(
+                "metrics.listen {addr} is reachable from other hosts: whoever reaches that port \
+                 reads the ban counts and the names of jails, hooks and fleet hosts; filter the \
+                 port or listen on 127.0.0.1"
+            )),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,6 +220,14 @@ mod tests {
         let config = parse_str(unix, Path::new("orch.toml")).expect("valid");
         let socket = MetricsListen::Unix(PathBuf::from("/run/orch/metrics.sock"));
         assert_eq!(config.metrics.listen, Some(socket));
+        assert_eq!(config.metrics.exposure_note(), None);
+        let wide = "[metrics]\nlisten = \"0.0.0.0:9727\"\n";
+        let config = parse_str(wide, Path::new("orch.toml")).expect("valid");
+        let note = config.metrics.exposure_note().expect("a note");
+        assert!(
+            note.starts_with("metrics.listen 0.0.0.0:9727 is reachable"),
+            "{note}"
+        );
         let off = "[metrics]\nlisten = \"\"\ntextfile = \"\"\n";
         let layers = [(Path::new("a.toml"), first), (Path::new("b.toml"), off)];
         let config = parse_layers(&layers).expect("valid");

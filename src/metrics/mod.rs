@@ -39,6 +39,9 @@ pub async fn start(config: &Config, sources: Sources) {
         return;
     }
     let render: server::Render = Arc::new(move || render::render(&collect::snapshot(&sources)));
+    if let Some(note) = metrics.exposure_note() {
+        tracing::warn!("{note}");
+    }
     if let Some(listen) = &metrics.listen {
         match server::Listener::bind(listen).await {
             Ok(listener) => {
