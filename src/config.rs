@@ -28,8 +28,10 @@ mod fleet;
 mod jails;
 pub mod last_good;
 pub use actions::{ActionConfig, ActionTarget, ActionsConfig, WebhookUrl};
+mod metrics;
 use binder::{Binder, bind, value_or};
 pub use fleet::{FleetAuth, FleetConfig, FleetTls, ShareRule, url_host};
+pub use metrics::{MetricsConfig, MetricsListen};
 
 /// The config files read that someone other than root could have changed
 /// (owner, or a writable file or directory): they can set `hooks.dir` or
@@ -164,6 +166,8 @@ pub struct Config {
     pub fleet: FleetConfig,
     /// `[[on_ban]]` and `[[on_unban]]`: programs and webhooks told of bans.
     pub actions: ActionsConfig,
+    /// The metrics endpoint and textfile (off by default).
+    pub metrics: MetricsConfig,
     /// Files read, in merge order, for messages; empty means the embedded
     /// default alone.
     pub sources: Vec<PathBuf>,
@@ -426,6 +430,7 @@ struct RawLayer {
     fleet: Option<fleet::RawFleet>,
     on_ban: Option<Vec<actions::RawAction>>,
     on_unban: Option<Vec<actions::RawAction>>,
+    metrics: Option<metrics::RawMetrics>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -512,6 +517,7 @@ struct Merged {
     jails: jails::JailsDraft,
     fleet: fleet::FleetDraft,
     actions: actions::ActionsDraft,
+    metrics: metrics::MetricsDraft,
 }
 
 impl Merged {
@@ -546,6 +552,9 @@ impl Merged {
         }
         for (field, raw) in [("on_ban", layer.on_ban), ("on_unban", layer.on_unban)] {
             self.actions.apply(raw.unwrap_or_default(), field, &mut b);
+        }
+        if let Some(metrics) = layer.metrics {
+            self.metrics.apply(metrics, &mut b.section("metrics"));
         }
         if let Some(firewall) = layer.firewall {
             self.apply_firewall(firewall, &mut b.section("firewall"));
@@ -689,6 +698,7 @@ impl Merged {
             jails: self.jails.finish(issues),
             fleet: self.fleet.finish(issues),
             actions: self.actions.finish(),
+            metrics: self.metrics.finish(),
             sources,
         })
     }
@@ -1104,6 +1114,7 @@ mod tests {
                 jails: JailsConfig::default(),
                 fleet: FleetConfig::default(),
                 actions: ActionsConfig::default(),
+                metrics: MetricsConfig::default(),
                 sources: Vec::new(),
             }
         );

@@ -20,6 +20,7 @@ pub mod import;
 pub mod jail;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod packaging;
 pub mod quote;
 pub mod store;

@@ -394,6 +394,7 @@ mod tests {
         let documented = documented_keys();
         let tables: BTreeSet<String> = [
             "firewall", "bans", "systemd", "hooks", "dns", "jails", "fleet", "on_ban", "on_unban",
+            "metrics",
         ]
         .map(str::to_owned)
         .into();
@@ -402,7 +403,9 @@ mod tests {
         top.retain(|key| !tables.contains(key));
         let mut expected: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         expected.insert("(top)", top);
-        for table in ["firewall", "bans", "systemd", "hooks", "dns", "fleet"] {
+        for table in [
+            "firewall", "bans", "systemd", "hooks", "dns", "fleet", "metrics",
+        ] {
             expected.insert(table, accepted_keys(&format!("[{table}]\nbogus_key = 1\n")));
         }
         expected.insert(

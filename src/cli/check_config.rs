@@ -95,6 +95,9 @@ pub fn check(config_path: Option<&Path>) -> CheckReport {
             }
         }
     }
+    if let Some(note) = loaded.metrics.exposure_note() {
+        report.notes.push(note);
+    }
     for (action, why) in crate::actions::untrusted_programs(&loaded.actions) {
         report.warnings.push(format!(
             "ban action {action} will not run: {}",

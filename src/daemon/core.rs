@@ -348,6 +348,8 @@ impl Core {
         }
         self.store.insert_bans(records)?;
         self.count_stored(&stored, records);
+        let new_nets: HashSet<IpNet> = stored.added.iter().map(|record| record.net).collect();
+        self.view.count_additions(new_nets.len());
         self.banned_prefixes.extend(
             records
                 .iter()
@@ -630,9 +632,11 @@ impl Core {
         self.liveness.beat();
         let (now, allows) = (now_unix(), self.allowlist());
         let ends = self.allow_timeouts(now);
-        Ok(self
-            .reconciler
-            .sync_all(&self.store, &allows, &ends, &self.dns_allows, now, cause)?)
+        let synced =
+            self.reconciler
+                .sync_all(&self.store, &allows, &ends, &self.dns_allows, now, cause)?;
+        self.view.count_restore(&synced);
+        Ok(synced)
     }
 
     /// Takes the addresses the DNS allow names now resolve to and swaps
@@ -962,6 +966,12 @@ impl CoreHandle {
     /// [`ReadView::removals`]).
     pub fn removals(&self) -> u64 {
         self.view.removals()
+    }
+
+    /// The counters kept beside the publication (additions, removals,
+    /// restores by cause), read without waiting.
+    pub fn read_view(&self) -> &ReadView {
+        &self.view
     }
 
     /// When the core last showed it was alive.

@@ -38,6 +38,8 @@ pub struct HookStatus {
     pub last: BTreeMap<String, (i32, u64, Vec<String>)>,
     pub runs: u64,
     pub last_run: Option<(String, u64)>,
+    /// Hook name -> (times it ran, times it failed), for the metrics.
+    pub counts: BTreeMap<String, (u64, u64)>,
 }
 
 /// Reported for every failed hook, to emit `HookFailed(s name, i status)`.
@@ -172,6 +174,9 @@ fn record(status: &Mutex<HookStatus>, event: &str, results: &[HookResult]) {
     status.runs += 1;
     status.last_run = Some((event.to_string(), now));
     for result in results {
+        let (ran, failed) = status.counts.entry(result.name.clone()).or_default();
+        *ran += 1;
+        *failed += u64::from(!result.outcome.is_success());
         status.last.insert(
             result.name.clone(),
             (

@@ -139,6 +139,15 @@ pub async fn run(
         tracing::info!("{note}");
     }
     let fleet = crate::fleet::start(&fleet_config, &handle).await;
+    let sources = crate::metrics::Sources {
+        core: handle.clone(),
+        jails: jails.clone(),
+        hooks: hook_runs.clone(),
+        fleet: fleet.clone(),
+        table: fleet_config.firewall.table.clone(),
+        state_dir: fleet_config.state_dir.clone(),
+    };
+    crate::metrics::start(&fleet_config, sources).await;
 
     let (reload_requests, mut reload_receiver) = reload::ReloadRequests::channel();
     let service_parts = bus_link::ServiceParts {

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::firewall_event::EventKind;
 use super::reconciler::SyncInfo;
@@ -52,6 +52,11 @@ pub struct ReadView {
     /// without a publication: a reader holding an answer about a ban (a
     /// jail's recent asks) knows it may be stale once this moved.
     removals: Arc<AtomicU64>,
+    /// Networks newly banned since the start (not re-bans of a banned
+    /// one), counted as they are stored, for the metrics.
+    additions: Arc<AtomicU64>,
+    /// Full re-applies of the table since the start, by cause.
+    restores: Arc<Mutex<RestoreTally>>,
 }
 
 impl ReadView {
@@ -70,11 +75,71 @@ impl ReadView {
         self.removals.fetch_add(count as u64, Ordering::Release);
     }
 
+    /// Networks newly banned so far (see the field).
+    pub fn additions(&self) -> u64 {
+        self.additions.load(Ordering::Acquire)
+    }
+
+    /// Counts `count` newly banned networks.
+    pub(super) fn count_additions(&self, count: usize) {
+        self.additions.fetch_add(count as u64, Ordering::Release);
+    }
+
+    /// Full re-applies so far, by cause.
+    pub fn restores(&self) -> RestoreTally {
+        self.restores
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Counts one full re-apply of the table.
+    pub(super) fn count_restore(&self, sync: &SyncInfo) {
+        self.restores
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(&sync.cause, sync.duration_ms);
+    }
+
     /// Replaces the publication; readers holding the old one keep it.
     pub(super) fn publish(&self, published: Published) {
         if let Ok(mut current) = self.current.write() {
             *current = Some(Arc::new(published));
         }
+    }
+}
+
+/// Causes counted by name; further ones are counted under
+/// [`OTHER_CAUSES`]. Causes name units, tables and D-Bus events, so they are
+/// few, but a merged burst joins several into one text.
+const COUNTED_CAUSES: usize = 32;
+/// Where restores of causes beyond [`COUNTED_CAUSES`] are counted.
+pub const OTHER_CAUSES: &str = "(other causes)";
+/// Longest cause kept as a name, in bytes.
+const CAUSE_MAX_BYTES: usize = 120;
+
+/// Full re-applies of the table by cause: how many, and how long they took
+/// in all (milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreTally {
+    pub by_cause: BTreeMap<String, (u64, u64)>,
+}
+
+impl RestoreTally {
+    fn add(&mut self, cause: &str, duration_ms: u64) {
+        let mut end = cause.len().min(CAUSE_MAX_BYTES);
+        while !cause.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cause = &cause[..end];
+        let key = if self.by_cause.contains_key(cause) || self.by_cause.len() < COUNTED_CAUSES {
+            cause
+        } else {
+            OTHER_CAUSES
+        };
+        let (count, total_ms) = self.by_cause.entry(key.to_string()).or_default();
+        *count += 1;
+        *total_ms = total_ms.saturating_add(duration_ms);
     }
 }
 
@@ -181,6 +246,25 @@ mod tests {
         assert_eq!(
             by_origin(&by_source).into_iter().collect::<Vec<_>>(),
             vec![("web2".to_string(), 4)]
+        );
+    }
+
+    #[test]
+    fn restores_are_counted_per_cause_within_bounds() {
+        let mut tally = RestoreTally::default();
+        for i in 0..40 {
+            tally.add(&format!("cause {i}"), 10);
+        }
+        tally.add("cause 0", 5);
+        tally.add(&"é".repeat(100), 1);
+        assert_eq!(tally.by_cause.len(), COUNTED_CAUSES + 1);
+        assert_eq!(tally.by_cause["cause 0"], (2, 15));
+        assert_eq!(tally.by_cause[OTHER_CAUSES], (9, 81));
+        assert!(
+            tally
+                .by_cause
+                .keys()
+                .all(|cause| cause.len() <= CAUSE_MAX_BYTES)
         );
     }
 }

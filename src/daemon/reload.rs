@@ -113,6 +113,9 @@ async fn load_and_apply(parts: &ReloadParts<'_>) -> Verdict {
     if applied.dns != running.dns {
         notes.push("[dns] changes take effect when the daemon restarts".to_string());
     }
+    if applied.metrics != running.metrics {
+        notes.push("[metrics] changes take effect when the daemon restarts".to_string());
+    }
     let connection_of = |f: &crate::config::FleetConfig| {
         (
             f.servers.clone(),

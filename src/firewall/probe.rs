@@ -9,6 +9,9 @@
 //! Here each question is one small request: a lookup by key, or a dump of
 //! the table's rules (rules only, never set elements).
 //!
+//! It also reads the rules' counters for the metrics (one dump of the
+//! table's rules, never its set elements).
+//!
 //! This module only reads; it never changes the kernel, and it does not
 //! decide what to do about what it finds.
 
@@ -47,10 +50,18 @@ const NFT_MSG_NEWSETELEM: u16 = 12;
 /// one) a list of them.
 const NFTA_SET_ELEM_EXPR: u16 = 7;
 const NFTA_SET_ELEM_EXPRESSIONS: u16 = 11;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_COUNTER_BYTES: u16 = 1;
 const NFTA_COUNTER_PACKETS: u16 = 2;
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+/// Verdict codes, from <linux/netfilter.h>.
+const NF_DROP: u32 = 0;
+const NF_ACCEPT: u32 = 1;
 
 /// How long one answer may take before the check gives up (the kernel
 /// answers these in microseconds).
@@ -265,6 +276,92 @@ impl Snapshot {
     }
 }
 
+/// What a rule does with the packets it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleVerdict {
+    Accept,
+    Drop,
+    Reject,
+    /// Jumps, or no verdict at all.
+    Other,
+}
+
+/// One rule's counter, as the kernel holds it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCounter {
+    pub chain: String,
+    /// The set the rule looks the packet up in (`ban4`, `allow6`, ...).
+    pub set: Option<String>,
+    pub verdict: RuleVerdict,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Every rule of `table` that has a counter, from one dump of its rules.
+/// The counters start at zero whenever the table is re-applied.
+pub fn rule_counters(table: &str) -> io::Result<Vec<RuleCounter>> {
+    let mut session = Session::open()?;
+    let mut counters = Vec::new();
+    session.exchange(
+        NFT_MSG_GETRULE,
+        NLM_F_DUMP,
+        |request| {
+            request.string(NFTA_TABLE, table);
+        },
+        &mut |kind, _, attributes| {
+            if kind == NFT_MSG_NEWRULE {
+                counters.extend(rule_counter(attributes));
+            }
+        },
+    )?;
+    Ok(counters)
+}
+
+/// The counter of one rule message, with the rule's set and verdict;
+/// `None` for a rule without a counter (or a message too damaged to say).
+fn rule_counter(attributes: &[u8]) -> Option<RuleCounter> {
+    fn attribute(attributes: &[u8], wanted: u16) -> Option<&[u8]> {
+        Attributes(attributes).find_map(|(kind, value)| (kind == wanted).then_some(value))
+    }
+    let chain = c_string(attribute(attributes, NFTA_RULE_CHAIN)?).into_owned();
+    let (mut set, mut verdict, mut counted) = (None, RuleVerdict::Other, None);
+    for (_, expression) in Attributes(attribute(attributes, NFTA_RULE_EXPRESSIONS)?) {
+        let name = attribute(expression, NFTA_EXPR_NAME).map(c_string);
+        let data = attribute(expression, NFTA_EXPR_DATA).unwrap_or_default();
+        match name.as_deref() {
+            Some("counter") => {
+                let packets = attribute(data, NFTA_COUNTER_PACKETS).and_then(read_u64_be);
+                let bytes = attribute(data, NFTA_COUNTER_BYTES).and_then(read_u64_be);
+                counted = Some((packets?, bytes?));
+            }
+            Some("lookup") => {
+                set = attribute(data, NFTA_LOOKUP_SET).map(|name| c_string(name).into_owned());
+            }
+            Some("reject") => verdict = RuleVerdict::Reject,
+            Some("immediate") => {
+                let code = attribute(data, NFTA_IMMEDIATE_DATA)
+                    .and_then(|data| attribute(data, NFTA_DATA_VERDICT))
+                    .and_then(|data| attribute(data, NFTA_VERDICT_CODE))
+                    .and_then(read_u32_be);
+                verdict = match code {
+                    Some(NF_DROP) => RuleVerdict::Drop,
+                    Some(NF_ACCEPT) => RuleVerdict::Accept,
+                    _ => RuleVerdict::Other,
+                };
+            }
+            _ => {}
+        }
+    }
+    let (packets, bytes) = counted?;
+    Some(RuleCounter {
+        chain,
+        set,
+        verdict,
+        packets,
+        bytes,
+    })
+}
+
 /// One socket, one request at a time.
 struct Session {
     fd: OwnedFd,
@@ -446,6 +543,73 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attributes of a rule message as the kernel sends it for
+    /// `... @set counter <verdict>`.
+    fn rule_message(set: &str, verdict: Option<u32>, reject: bool) -> Vec<u8> {
+        let mut builder = MessageBuilder::new(NFT_MSG_NEWRULE, 0, 1, NFPROTO_INET);
+        builder
+            .string(NFTA_TABLE, "orch")
+            .string(NFTA_RULE_CHAIN, "filter")
+            .nested(NFTA_RULE_EXPRESSIONS, |list| {
+                list.nested(NFTA_LIST_ELEM, |lookup| {
+                    lookup.string(NFTA_EXPR_NAME, "lookup");
+                    lookup.nested(NFTA_EXPR_DATA, |data| {
+                        data.string(NFTA_LOOKUP_SET, set);
+                    });
+                });
+                list.nested(NFTA_LIST_ELEM, |counter| {
+                    counter.string(NFTA_EXPR_NAME, "counter");
+                    counter.nested(NFTA_EXPR_DATA, |data| {
+                        data.attribute(NFTA_COUNTER_BYTES, &120u64.to_be_bytes());
+                        data.attribute(NFTA_COUNTER_PACKETS, &2u64.to_be_bytes());
+                    });
+                });
+                if let Some(code) = verdict {
+                    list.nested(NFTA_LIST_ELEM, |immediate| {
+                        immediate.string(NFTA_EXPR_NAME, "immediate");
+                        immediate.nested(NFTA_EXPR_DATA, |data| {
+                            data.nested(NFTA_IMMEDIATE_DATA, |value| {
+                                value.nested(NFTA_DATA_VERDICT, |verdict| {
+                                    verdict.attribute(NFTA_VERDICT_CODE, &code.to_be_bytes());
+                                });
+                            });
+                        });
+                    });
+                }
+                if reject {
+                    list.nested(NFTA_LIST_ELEM, |reject| {
+                        reject.string(NFTA_EXPR_NAME, "reject");
+                    });
+                }
+            });
+        let bytes = builder.finish();
+        bytes[crate::firewall::netlink::NLMSG_HDRLEN + NFGENMSG_LEN..].to_vec()
+    }
+
+    #[test]
+    fn rule_counters_carry_their_set_and_verdict() {
+        let drop = rule_counter(&rule_message("ban4", Some(NF_DROP), false)).expect("counter");
+        assert_eq!(
+            drop,
+            RuleCounter {
+                chain: "filter".into(),
+                set: Some("ban4".into()),
+                verdict: RuleVerdict::Drop,
+                packets: 2,
+                bytes: 120,
+            }
+        );
+        let accept = rule_counter(&rule_message("allow6", Some(NF_ACCEPT), false));
+        assert_eq!(accept.map(|c| c.verdict), Some(RuleVerdict::Accept));
+        let reject = rule_counter(&rule_message("bannet6", None, true));
+        assert_eq!(reject.map(|c| c.verdict), Some(RuleVerdict::Reject));
+        let message = rule_message("ban4", Some(NF_DROP), false);
+        for cut in 0..message.len() {
+            // Whatever a damaged message holds, reading it never panics.
+            let _ = rule_counter(&message[..cut]);
+        }
+    }
 
     fn snapshot(generation: u32, tables: &[(u8, &str, u64)]) -> Snapshot {
         Snapshot {

@@ -25,7 +25,7 @@
 //! - `repair.rs`: `orch store verify` and `orch store salvage`.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -240,6 +240,16 @@ impl std::fmt::Debug for Store {
             .field("log_len", &self.log_len)
             .finish_non_exhaustive()
     }
+}
+
+/// The size in bytes of each store file in `dir` that exists (snapshot,
+/// log and the previous pair), by file name. Only reads the directory, so
+/// anyone may ask while the daemon holds the store.
+pub fn file_sizes(dir: &Path) -> Vec<(&'static str, u64)> {
+    [SNAPSHOT_FILE, LOG_FILE, SNAPSHOT_PREV_FILE, LOG_PREV_FILE]
+        .into_iter()
+        .filter_map(|name| Some((name, fs::metadata(dir.join(name)).ok()?.len())))
+        .collect()
 }
 
 impl Store {
