@@ -56,20 +56,28 @@ pub struct Resident {
 /// file or its fields are missing.
 pub fn resident_now() -> Option<Resident> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
-    };
     Some(Resident {
-        anonymous_kib: field("RssAnon:")?,
-        file_kib: field("RssFile:")?,
+        anonymous_kib: status_kib(&status, "RssAnon:")?,
+        file_kib: status_kib(&status, "RssFile:")?,
     })
+}
+
+/// All of this process's resident memory (`VmRSS`), in bytes.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_kib(&status, "VmRSS:")?.checked_mul(1024)
+}
+
+/// A `name: N kB` field of /proc/self/status, in KiB.
+fn status_kib(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

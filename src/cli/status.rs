@@ -111,21 +111,16 @@ pub async fn gather(
     };
     let fleet_facts = printable_facts(proxy.fleet().await?);
     let totals: HashMap<String, u64> = proxy.jail_bans_total().await?.into_iter().collect();
-    let mut jails = Vec::new();
-    for row in proxy.jails().await? {
-        let report = jail_report(row, &totals);
-        if jail.is_none_or(|wanted| wanted == report.name) {
-            jails.push(report);
-        }
-    }
+    let mut jails: Vec<JailReport> = proxy
+        .jails()
+        .await?
+        .into_iter()
+        .map(|row| jail_report(row, &totals))
+        .collect();
     if let Some(wanted) = jail {
+        let names: Vec<String> = jails.iter().map(|report| report.name.clone()).collect();
+        jails.retain(|report| report.name == wanted);
         let Some(report) = jails.first_mut() else {
-            let names: Vec<String> = proxy
-                .jails()
-                .await?
-                .into_iter()
-                .map(|row| printable(&row.0).into_owned())
-                .collect();
             let known = if names.is_empty() {
                 "no jails run".to_string()
             } else {

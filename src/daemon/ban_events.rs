@@ -231,6 +231,12 @@ impl Core {
         self.emit(BanEventKind::Ban, records, None);
     }
 
+    /// Logs `records`, just removed, and why, and tells the ban actions.
+    pub(super) fn announce_unbans(&self, records: &[BanRecord], why: &str) {
+        super::ban_log::unbanned(records, why);
+        self.emit_unbans(records, why);
+    }
+
     /// Tells the ban actions about `records`, just removed, and why.
     pub(super) fn emit_unbans(&self, records: &[BanRecord], why: &str) {
         self.emit(BanEventKind::Unban, records, Some(why));

@@ -18,7 +18,7 @@ pub const ENTRIES_PER_BATCH: usize = 20;
 
 /// The jail behind a ban source: sources are "manual", "fleet:<host>",
 /// "import:<tool>" or a jail's name.
-fn jail_of(source: &str) -> &str {
+pub fn jail_of(source: &str) -> &str {
     if source == "manual" || source.contains(':') {
         ""
     } else {

@@ -580,8 +580,7 @@ impl Core {
             tracing::warn!("incremental unban failed ({err}); re-applying the whole table");
             self.sync("recovery after a failed unban")?;
         }
-        ban_log::unbanned(&removed, "unban");
-        self.emit_unbans(&removed, "unban");
+        self.announce_unbans(&removed, "unban");
         Ok(removed)
     }
 
@@ -777,11 +776,10 @@ impl Core {
             self.counts.remove(record);
         }
         self.view.count_removals(expired.len());
-        self.emit_unbans(&expired, "expired");
+        self.announce_unbans(&expired, "expired");
         // Expired shared bans: the publisher deletes their keys.
         self.note_local_changes(&expired);
         self.forget_expired_holds(now);
-        ban_log::unbanned(&expired, "expired");
         if let Err(err) = self.store.compact_if_needed() {
             tracing::error!("store compaction failed: {err}");
         }

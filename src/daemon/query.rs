@@ -94,6 +94,8 @@ pub struct Dropped {
 /// counters the caller reads (when the sets count).
 pub struct CoreQuery {
     pub answer: QueryAnswer,
+    /// The network asked about (the answer writes it for people).
+    pub net: IpNet,
     pub counted_elements: Vec<SampleElement>,
     pub table: String,
     pub counters_on: bool,
@@ -103,7 +105,9 @@ impl BanHold {
     fn of(record: &BanRecord) -> BanHold {
         let source = record.source.to_string();
         let origin_host = source.strip_prefix("fleet:").map(str::to_string);
-        let jail = (!source.contains(':') && source != "manual").then(|| source.clone());
+        let jail = Some(super::ban_log::jail_of(&source))
+            .filter(|jail| !jail.is_empty())
+            .map(str::to_string);
         BanHold {
             network: addr::display_net(&record.net),
             source,
@@ -175,6 +179,7 @@ impl Core {
         };
         Ok(CoreQuery {
             answer,
+            net,
             counted_elements,
             table: self.reconciler().table().to_string(),
             counters_on: self.config().firewall.element_counters,
@@ -185,14 +190,7 @@ impl Core {
 /// Finishes a core query off the core thread: the DNS allow names that
 /// cover the address now, and the counters of its ban elements.
 pub async fn complete(query: CoreQuery, dns: &DnsReports) -> QueryAnswer {
-    let mut answer = query.answer;
-    let Ok(net) = answer
-        .address
-        .parse::<IpNet>()
-        .or_else(|_| answer.address.parse::<std::net::IpAddr>().map(IpNet::from))
-    else {
-        return answer;
-    };
+    let (mut answer, net) = (query.answer, query.net);
     let now = now_unix();
     let reports = dns.lock().map(|r| r.clone()).unwrap_or_default();
     for report in reports {

@@ -66,7 +66,7 @@ pub fn snapshot(sources: &Sources) -> Snapshot {
             .into_iter()
             .map(|(file, bytes)| (file.to_string(), bytes))
             .collect(),
-        rss_bytes: resident_bytes(),
+        rss_bytes: crate::memory::resident_bytes(),
     }
 }
 
@@ -102,21 +102,11 @@ fn fleet(link: &FleetLink) -> FleetSample {
     }
 }
 
-/// `VmRSS` of this process, in bytes.
-fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?;
-    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    kib.checked_mul(1024)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn resident_memory_is_read() {
-        let rss = super::resident_bytes().expect("VmRSS of this test");
+        let rss = crate::memory::resident_bytes().expect("VmRSS of this test");
         assert!(rss > 1 << 20, "{rss}");
     }
 }
