@@ -138,6 +138,25 @@ fn every_json_output_fits_its_documented_schema() {
     );
     let bad = daemon.cli(&["query", "not-an-address"]);
     assert_eq!(bad.status, 1, "{bad}");
+    // Any local user may query: a 64 KiB argument full of escapes and
+    // line breaks is refused with a short, printable message, on stderr
+    // only, and the daemon answers the next query as before.
+    let hostile = "\u{1b}[2J1.2.3.4\n/".repeat(4096);
+    let refused = daemon.cli(&["query", &hostile, "--json"]);
+    assert_eq!(
+        refused.status,
+        1,
+        "{}",
+        &refused.stderr[..refused.stderr.len().min(300)]
+    );
+    assert!(refused.stdout.is_empty(), "nothing on stdout");
+    assert!(
+        refused.stderr.len() < 1024 && !refused.stderr.contains('\u{1b}'),
+        "the refusal must be short and printable: {} bytes",
+        refused.stderr.len()
+    );
+    let again = json(daemon.cli(&["query", BANNED_CLIENT, "--json"]), "query");
+    assert_eq!(again["banned"], true, "{again}");
 
     let checked = json(
         run_orch(&[
