@@ -127,11 +127,7 @@ pub struct RestoreTally {
 
 impl RestoreTally {
     fn add(&mut self, cause: &str, duration_ms: u64) {
-        let mut end = cause.len().min(CAUSE_MAX_BYTES);
-        while !cause.is_char_boundary(end) {
-            end -= 1;
-        }
-        let cause = &cause[..end];
+        let cause = crate::quote::cut(cause, CAUSE_MAX_BYTES);
         let key = if self.by_cause.contains_key(cause) || self.by_cause.len() < COUNTED_CAUSES {
             cause
         } else {

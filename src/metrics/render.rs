@@ -386,11 +386,7 @@ impl Exposition {
 /// feeds escaped as the format requires; other control characters become
 /// `?` so that no reader's line handling can be confused.
 fn escape_label_value(out: &mut String, value: &str) {
-    let mut end = value.len().min(LABEL_MAX_BYTES);
-    while !value.is_char_boundary(end) {
-        end -= 1;
-    }
-    for c in value[..end].chars() {
+    for c in crate::quote::cut(value, LABEL_MAX_BYTES).chars() {
         match c {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
